@@ -1,0 +1,188 @@
+"""The declarative description of one HF vision-language family.
+
+An adapter answers, for one family, the questions every analysis asks:
+
+* where the decoder layers, the final norm and the unembedding live;
+* which config field holds the image-token id;
+* which extra inputs the forward needs besides ``input_ids`` and ``pixel_values``;
+* how the image tokens of one image map onto a patch grid (tiles, newline tokens,
+  2x2 merges, pixel shuffle...).
+
+Token geometry is computed from the inputs (``input_ids``, ``pixel_values``,
+``image_sizes``, ``image_grid_thw``...) and the config, never from constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ...errors import InputError
+
+Inputs = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GridView:
+    """One spatial arrangement of an image's tokens.
+
+    ``positions[r, c]`` is the absolute sequence position of the token that covers
+    cell ``(r, c)`` of the view, or ``-1`` where no token covers it (e.g. the padding
+    that LLaVA-NeXT removes from its high-resolution tiles).
+    """
+
+    name: str
+    positions: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return int(self.positions.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where one image's tokens sit in the sequence and on its patch grid(s).
+
+    ``positions`` lists every image-token position of the image, ascending,
+    including tokens that belong to no cell (newline tokens, a CLS token, a tile's
+    separator). ``views[0]`` is the primary grid: the one analyses and figures use.
+    """
+
+    image_index: int
+    positions: torch.Tensor
+    views: tuple[GridView, ...]
+
+    @property
+    def grid(self) -> GridView:
+        return self.views[0]
+
+    def view(self, name: str) -> GridView:
+        for view in self.views:
+            if view.name == name:
+                return view
+        names = ", ".join(v.name for v in self.views)
+        raise KeyError(f"image {self.image_index} has no view {name!r} (views: {names})")
+
+    def cell_index(self) -> torch.Tensor:
+        """For each token in ``positions``: its flat index on the primary grid, or -1."""
+        flat = self.grid.positions.reshape(-1)
+        index = torch.full((len(self.positions),), -1, dtype=torch.long)
+        lookup = {int(p): i for i, p in enumerate(self.positions.tolist())}
+        for cell, pos in enumerate(flat.tolist()):
+            if pos >= 0:
+                index[lookup[pos]] = cell
+        return index
+
+
+def row_major(positions: torch.Tensor, rows: int, cols: int, name: str = "grid") -> GridView:
+    """A view whose cells are ``positions`` in row-major order."""
+    positions = torch.as_tensor(positions, dtype=torch.long)
+    if positions.numel() != rows * cols:
+        raise InputError(
+            f"cannot lay {positions.numel()} image tokens on a {rows}x{cols} grid"
+        )
+    return GridView(name, positions.reshape(rows, cols).clone())
+
+
+def split_by_counts(positions: torch.Tensor, counts: Sequence[int], family: str) -> list[torch.Tensor]:
+    """Split the ordered image-token positions of one sequence into per-image runs."""
+    total = int(sum(counts))
+    if total != len(positions):
+        raise InputError(
+            f"image-token count mismatch for {family}: the text has {len(positions)} image "
+            f"tokens but the images need {total} ({', '.join(map(str, counts))} per image); "
+            "build the prompt with the model's processor so the placeholders are expanded"
+        )
+    out, start = [], 0
+    for count in counts:
+        out.append(positions[start : start + count])
+        start += count
+    return out
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """Base class: the declarative part. Subclasses implement :meth:`image_layouts`."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers_path: str = "model.language_model.layers"
+    final_norm_path: str = "model.language_model.norm"
+    embed_path: str = "model.language_model.embed_tokens"
+    lm_head_path: str = "lm_head"
+    attn_name: str = "self_attn"
+    mlp_name: str = "mlp"
+    image_token_fields: tuple[str, ...] = ("image_token_id", "image_token_index")
+    required_inputs: tuple[str, ...] = ("input_ids", "pixel_values")
+    # Inputs that change the forward when present and must travel with input_ids.
+    passthrough_inputs: tuple[str, ...] = ()
+    # Prompt used when the processor carries no chat template; ``{image}`` is
+    # replaced by one image placeholder per image.
+    fallback_prompt: str = "{image}\n{question}"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    # -- config --------------------------------------------------------------
+
+    def image_token_id(self, config: Any) -> int:
+        for name in self.image_token_fields:
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        raise InputError(
+            f"{self.name} config has none of {', '.join(self.image_token_fields)}; "
+            "cannot tell which tokens are image tokens"
+        )
+
+    def text_config(self, config: Any) -> Any:
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def n_layers(self, config: Any) -> int:
+        return int(self.text_config(config).num_hidden_layers)
+
+    # -- inputs --------------------------------------------------------------
+
+    def check_inputs(self, inputs: Inputs) -> None:
+        """Raise one clear line if an input the forward needs is missing."""
+        missing = [k for k in self.required_inputs if inputs.get(k) is None]
+        if missing:
+            need = ", ".join(f"`{k}`" for k in missing)
+            raise InputError(
+                f"{self.name} inputs are missing {need}; pass the full processor output "
+                f"(it needs {', '.join(self.required_inputs)})"
+            )
+
+    def image_positions(self, inputs: Inputs, config: Any, row: int = 0) -> torch.Tensor:
+        ids = torch.as_tensor(inputs["input_ids"])[row]
+        return (ids == self.image_token_id(config)).nonzero().flatten()
+
+    def image_layouts(self, inputs: Inputs, config: Any, row: int = 0) -> list[ImageLayout]:
+        """Per image in batch row ``row``: its token positions and patch grid(s)."""
+        raise NotImplementedError
+
+    def images_in_row(self, inputs: Inputs, row: int, n_images_total: int) -> tuple[int, int]:
+        """(first image index, number of images) belonging to batch row ``row``.
+
+        Families whose processor returns all images of a batch flattened in order
+        share this: images are assigned to rows by their count of image runs.
+        """
+        ids = torch.as_tensor(inputs["input_ids"])
+        if ids.shape[0] == 1:
+            return 0, n_images_total
+        per_row = n_images_total // ids.shape[0]
+        if per_row * ids.shape[0] != n_images_total:
+            raise InputError(
+                f"{self.name}: cannot assign {n_images_total} images to {ids.shape[0]} batch rows "
+                "evenly; run rows with different image counts separately"
+            )
+        return row * per_row, per_row
