@@ -20,11 +20,12 @@ from interp.models.tiny import build_tiny, tiny_model_types
 
 def _layer0_input(model, inputs):
     captured = {}
-    layers = model.get_decoder().layers if hasattr(model.get_decoder(), "layers") else None
-    handle = layers[0].register_forward_pre_hook(
-        lambda module, args, kwargs: captured.setdefault("h", (args[0] if args else kwargs["hidden_states"]).detach()),
-        with_kwargs=True,
-    )
+
+    def hook(module, args, kwargs):
+        captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    layers = adapter_for(model.config).resolve(model, "layers")
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
             model(**inputs)

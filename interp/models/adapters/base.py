@@ -150,6 +150,14 @@ class FamilyAdapter:
     def n_layers(self, config: Any) -> int:
         return int(self.text_config(config).num_hidden_layers)
 
+    def resolve(self, model: Any, part: str) -> Any:
+        """The torch module at ``layers``/``final_norm``/``embed``/``lm_head`` of a HF model."""
+        path = getattr(self, f"{part}_path")
+        module = model
+        for attr in path.split("."):
+            module = getattr(module, attr)
+        return module
+
     # -- inputs --------------------------------------------------------------
 
     def check_inputs(self, inputs: Inputs) -> None:
