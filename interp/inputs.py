@@ -28,6 +28,7 @@ class Prepared:
     image_positions: torch.Tensor
     layouts: list[ImageLayout]
     prompt: str
+    question_positions: torch.Tensor
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -120,7 +121,27 @@ def prepare(
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     if device is not None:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return from_inputs(inputs, adapter, config, prompt=text)
+    prepared = from_inputs(inputs, adapter, config, prompt=text)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        found = find_subsequence(prepared.input_ids[0], tokenizer(question, add_special_tokens=False)["input_ids"])
+        if found is not None:
+            prepared.question_positions = found
+    return prepared
+
+
+def find_subsequence(ids: torch.Tensor, pattern: Sequence[int]) -> torch.Tensor | None:
+    """Positions of the last occurrence of ``pattern`` in ``ids``, or None."""
+    n = len(pattern)
+    if n == 0 or n > len(ids):
+        return None
+    pattern_t = torch.as_tensor(pattern, dtype=ids.dtype)
+    windows = ids.unfold(0, n, 1)
+    hits = (windows == pattern_t).all(dim=1).nonzero().flatten()
+    if hits.numel() == 0:
+        return None
+    start = int(hits[-1])
+    return torch.arange(start, start + n)
 
 
 def from_inputs(inputs: dict, adapter: FamilyAdapter, config: Any, *, prompt: str = "") -> Prepared:
@@ -134,4 +155,7 @@ def from_inputs(inputs: dict, adapter: FamilyAdapter, config: Any, *, prompt: st
         )
     cpu_inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     layouts = adapter.image_layouts(cpu_inputs, config)
-    return Prepared(inputs=inputs, image_positions=positions, layouts=layouts, prompt=prompt)
+    seq_len = int(cpu_inputs["input_ids"].shape[-1])
+    after_images = torch.arange(int(positions.max()) + 1, seq_len - 1)
+    return Prepared(inputs=inputs, image_positions=positions, layouts=layouts, prompt=prompt,
+                    question_positions=after_images)

@@ -15,10 +15,10 @@ from .base import FamilyAdapter, GridView, ImageLayout
 
 FAMILY_MODULES = (
     "llava",
-
-
-
-
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
 
 
 

@@ -15,10 +15,10 @@ from .common import TinySpec
 
 TINY_MODULES = (
     "llava",
-
-
-
-
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
 
 
 

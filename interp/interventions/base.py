@@ -1,0 +1,143 @@
+"""The intervention protocol and the per-step context handed to interventions in a trace.
+
+An intervention says *where* (a list of ``(layer, site)`` pairs, see
+:mod:`interp.hooks`) and *what* (:meth:`Intervention.at_site`, which receives the
+site's current value and returns the value to continue with). Selectors such as
+"the last token" or "the question tokens" are resolved to positions by
+:meth:`Intervention.bind` before the trace starts, so nothing inside the trace
+needs the processor or the tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from ..errors import InterpError
+from ..hooks import check_layer
+
+
+class StepContext:
+    """What an intervention knows inside the trace, for one forward (step) of the run.
+
+    ``offset`` is the absolute position of the first row of the current hidden
+    states (0 at prefill, ``prompt_len + step - 1`` while decoding); ``records`` is
+    the dict that recordings go into and that later interventions may read.
+    """
+
+    def __init__(self, step: int, offset: int, image_positions, question_positions, seq_len: int, records: dict):
+        self.step = step
+        self.offset = offset
+        self.image_positions = image_positions
+        self.question_positions = question_positions
+        self.seq_len = seq_len
+        self.records = records
+
+    def local_rows(self, positions, length: int):
+        """Indices into the current window of those absolute ``positions`` it contains."""
+        local = positions - self.offset
+        return local[(local >= 0) & (local < length)]
+
+
+def resolve_layers(layers: Any, n_layers: int) -> list[int]:
+    """``"all"``, an int, a range or an iterable of ints -> sorted in-range layer list."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise InterpError(f"layers must be an int, an iterable of ints or 'all', got {layers!r}")
+        return list(range(n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    resolved = sorted({check_layer(layer, n_layers) for layer in layers})
+    if not resolved:
+        raise InterpError("an intervention needs at least one layer")
+    return resolved
+
+
+def resolve_positions(selector: Any, *, image_positions, question_positions, seq_len: int, what: str):
+    """A token selector -> absolute positions (LongTensor), or the string ``"last"``.
+
+    Selectors: ``"last"``, ``"image"``, ``"text"`` (every non-image token),
+    ``"question"``, ``"all"``, or explicit positions (negative count from the end).
+    """
+    if isinstance(selector, str):
+        if selector == "last":
+            return "last"
+        if selector == "image":
+            return image_positions.clone()
+        if selector == "question":
+            return question_positions.clone()
+        if selector == "all":
+            return torch.arange(seq_len)
+        if selector == "text":
+            keep = torch.ones(seq_len, dtype=torch.bool)
+            keep[image_positions] = False
+            return keep.nonzero().flatten()
+        raise InterpError(
+            f"unknown {what} selector {selector!r}; use 'last', 'image', 'text', 'question', 'all' or positions"
+        )
+    positions = torch.as_tensor(selector, dtype=torch.long).flatten()
+    positions = torch.where(positions < 0, positions + seq_len, positions)
+    if positions.numel() and (positions.min() < 0 or positions.max() >= seq_len):
+        raise InterpError(f"{what} positions out of range for a sequence of {seq_len} tokens")
+    return positions
+
+
+class Intervention:
+    """Base class. Subclasses set ``self.layers`` and implement :meth:`sites` / :meth:`at_site`."""
+
+    #: apply at every generation step instead of only at the prefill forward
+    every_step: bool = False
+    #: key under which recordings are stored (recorders only)
+    name: str | None = None
+
+    def sites(self) -> list[tuple[int | None, str]]:
+        raise NotImplementedError
+
+    def bind(self, n_layers: int, prepared) -> "Intervention":
+        """A copy with layers checked and token selectors resolved for ``prepared``."""
+        bound = copy.copy(self)
+        bound.layers = resolve_layers(self.layers, n_layers)
+        bound._bind(prepared)
+        return bound
+
+    def _bind(self, prepared) -> None:
+        """Resolve selectors against ``prepared`` (override when there are any)."""
+
+    def active(self, ctx: StepContext) -> bool:
+        return ctx.step == 0 or self.every_step
+
+    def at_site(self, layer: int | None, site: str, value: Any, ctx: StepContext) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def image_token_subset(tokens: Any, ctx: StepContext) -> torch.Tensor:
+    """Absolute positions of the selected image tokens (``tokens`` may be a callable of ``ctx``)."""
+    if callable(tokens):
+        tokens = tokens(ctx)
+    if tokens is None:
+        return ctx.image_positions
+    tokens = torch.as_tensor(tokens)
+    if tokens.dtype == torch.bool:
+        return ctx.image_positions[tokens.to(ctx.image_positions.device)]
+    return ctx.image_positions[tokens.long().to(ctx.image_positions.device)]
+
+
+def check_token_subset(tokens: Any, n_image_tokens: int) -> None:
+    """One clear error for a static subset that does not fit the image tokens."""
+    if tokens is None or callable(tokens):
+        return
+    tokens = torch.as_tensor(tokens)
+    if tokens.dtype == torch.bool:
+        if tokens.numel() != n_image_tokens:
+            raise InterpError(
+                f"boolean token mask has {tokens.numel()} entries but the prompt has {n_image_tokens} image tokens"
+            )
+        return
+    if tokens.numel() and (tokens.min() < -n_image_tokens or tokens.max() >= n_image_tokens):
+        raise InterpError(f"image-token indices must be in 0..{n_image_tokens - 1}")

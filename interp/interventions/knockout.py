@@ -1,0 +1,58 @@
+"""Attention knockout: block attention edges from some tokens to others.
+
+As in "Cross-modal Information Flow in Multimodal LLMs" (Zhang et al., 2025): over a
+window of layers, the queries at ``src`` may not attend to the keys at ``dst``
+(e.g. last token -> image, question -> image). Implemented by editing the mask the
+attention function receives, so it works with eager and SDPA attention alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import Intervention, StepContext, resolve_positions
+from .runtime import block_edges, query_window
+
+
+class AttentionKnockout(Intervention):
+    """Block attention from ``src`` queries to ``dst`` keys at ``layers``.
+
+    ``src``/``dst``: ``"last"``, ``"image"``, ``"text"``, ``"question"``, ``"all"``
+    or explicit positions. While decoding (``every_step=True``) only the new token's
+    row exists: ``src="last"`` (or ``"all"``) then blocks the new token's edges.
+    """
+
+    def __init__(self, src: Any, dst: Any, layers: Any, every_step: bool = False):
+        self.src = src
+        self.dst = dst
+        self.layers = layers
+        self.every_step = every_step
+
+    def _bind(self, prepared) -> None:
+        where = dict(
+            image_positions=prepared.image_positions,
+            question_positions=prepared.question_positions,
+            seq_len=prepared.seq_len,
+        )
+        self._src = resolve_positions(self.src, what="src", **where)
+        self._src_all = self.src == "all"
+        self._dst = resolve_positions(self.dst, what="dst", **where)
+        if isinstance(self._dst, str):  # "last" as a destination: the last prompt token
+            self._dst = torch.tensor([prepared.seq_len - 1])
+
+    def sites(self):
+        return [(layer, "attn_pattern") for layer in self.layers]
+
+    def at_site(self, layer, site, call, ctx: StepContext):
+        window = query_window(call)
+        if isinstance(self._src, str) or (self._src_all and ctx.step > 0):
+            rows = torch.tensor([len(window) - 1])
+        else:
+            rows = ctx.local_rows(self._src, len(window)) if ctx.step == 0 else torch.empty(0, dtype=torch.long)
+        cols = self._dst[self._dst < int(window[-1]) + 1]
+        if rows.numel() == 0 or cols.numel() == 0:
+            return call
+        device = call[0][1].device
+        return block_edges(call, rows.to(device), cols.to(device))

@@ -1,0 +1,201 @@
+"""What runs inside an nnsight trace: reading and writing hook sites, attention rows.
+
+Everything here uses only torch and the nnsight envoys it is handed, so a trace that
+calls it can be shipped to NDIF (``remote=True``) and rebuilt there (the package is
+registered for serialisation by value).
+
+Sites (see :mod:`interp.hooks`):
+
+* ``resid_pre`` / ``resid_post``: the decoder layer's first input / its output;
+* ``attn_pattern``: the ``(args, kwargs)`` of the attention *function* call inside
+  the attention module (``attention_interface(self, q, k, v, mask, ...)``), i.e.
+  queries and keys after rotary embedding and before grouped-query expansion, and
+  the mask the family built (causal, sliding-window, bidirectional image);
+* ``attn_out`` / ``mlp_out``: the attention / MLP module outputs;
+* ``final_norm``: the final norm's output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def envoy_at(root, path: str):
+    """The envoy at a dotted ``path`` below ``root`` (a module path, e.g. ``model.language_model``)."""
+    envoy = root
+    for attr in path.split("."):
+        envoy = getattr(envoy, attr)
+    return envoy
+
+
+class SiteAccess:
+    """Where each site of a decoder layer lives, for one family (plain strings).
+
+    ``attention_op`` is the name of the attention-function call in the attention
+    module's source (found by inspecting the module, not hard-coded).
+    """
+
+    def __init__(self, layers_path: str, final_norm_path: str, attn_name: str, mlp_name: str, attention_op: str):
+        self.layers_path = layers_path
+        self.final_norm_path = final_norm_path
+        self.attn_name = attn_name
+        self.mlp_name = mlp_name
+        self.attention_op = attention_op
+
+    def layer(self, model, layer: int):
+        return envoy_at(model, self.layers_path)[layer]
+
+    def read(self, model, layer, site: str):
+        if site == "final_norm":
+            return envoy_at(model, self.final_norm_path).output
+        block = self.layer(model, layer)
+        if site == "resid_pre":
+            return block.input
+        if site == "attn_pattern":
+            return getattr(getattr(block, self.attn_name).source, self.attention_op).inputs
+        if site == "attn_out":
+            return first(getattr(block, self.attn_name).output)
+        if site == "mlp_out":
+            return first(getattr(block, self.mlp_name).output)
+        if site == "resid_post":
+            return first(block.output)
+        raise KeyError(site)
+
+    def write(self, model, layer, site: str, value) -> None:
+        if site == "final_norm":
+            envoy_at(model, self.final_norm_path).output = value
+            return
+        block = self.layer(model, layer)
+        if site == "resid_pre":
+            block.input = value
+        elif site == "attn_pattern":
+            getattr(getattr(block, self.attn_name).source, self.attention_op).inputs = value
+        elif site == "attn_out":
+            attn = getattr(block, self.attn_name)
+            attn.output = replace_first(attn.output, value)
+        elif site == "mlp_out":
+            mlp = getattr(block, self.mlp_name)
+            mlp.output = replace_first(mlp.output, value)
+        elif site == "resid_post":
+            block.output = replace_first(block.output, value)
+        else:
+            raise KeyError(site)
+
+
+def first(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def replace_first(old, new):
+    if isinstance(old, tuple):
+        return (new,) + tuple(old[1:])
+    if isinstance(old, list):
+        return [new] + list(old[1:])
+    return new
+
+
+# -- the attention call ---------------------------------------------------------
+
+
+def attention_call_parts(call_inputs):
+    """``(module, query, key, mask, kwargs)`` from the attention function's ``(args, kwargs)``."""
+    args, kwargs = call_inputs
+    module, query, key = args[0], args[1], args[2]
+    if len(args) > 4:
+        mask = args[4]
+    else:
+        mask = kwargs.get("attention_mask")
+    return module, query, key, mask, kwargs
+
+
+def with_mask(call_inputs, mask):
+    """The attention call's ``(args, kwargs)`` with ``mask`` in place of the original mask."""
+    args, kwargs = call_inputs
+    if len(args) > 4:
+        return (tuple(args[:4]) + (mask,) + tuple(args[5:]), kwargs)
+    kwargs = dict(kwargs)
+    kwargs["attention_mask"] = mask
+    return (tuple(args), kwargs)
+
+
+def additive_mask(mask, query, key, kwargs):
+    """The mask as an additive float tensor broadcastable to (batch, heads, q, k).
+
+    HF hands the attention function a float additive mask (eager), a boolean
+    keep-mask (SDPA), or ``None`` when the kernel applies causality itself; the
+    ``None`` case is rebuilt here (causal, plus the sliding window when given).
+    """
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    dtype = query.dtype
+    if mask is None:
+        q_pos = torch.arange(k_len - q_len, k_len, device=query.device)[:, None]
+        k_pos = torch.arange(k_len, device=query.device)[None, :]
+        keep = k_pos <= q_pos
+        window = kwargs.get("sliding_window")
+        if window:
+            keep = keep & (q_pos - k_pos < window)
+        return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    mask = mask[..., :k_len]
+    if mask.dtype == torch.bool:
+        return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+    return mask.to(dtype)
+
+
+def attention_probs(call_inputs, rows=None):
+    """Attention probabilities (batch, heads, len(rows) or q, k) as HF eager computes them.
+
+    ``rows`` selects query rows (indices into the current query window) so that a
+    model running SDPA never materialises the full pattern.
+    """
+    module, query, key, mask, kwargs = attention_call_parts(call_inputs)
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = getattr(module, "scaling", None)
+    if scaling is None:
+        scaling = 1.0 / math.sqrt(query.shape[-1])
+    additive = additive_mask(mask, query, key, kwargs)
+    if rows is not None:
+        query = query[:, :, rows]
+        if additive.shape[-2] != 1:
+            additive = additive[:, :, rows]
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:
+        key = key.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores + additive
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def block_edges(call_inputs, rows, cols):
+    """The attention call with edges (query ``rows`` -> key ``cols``) masked out.
+
+    ``rows`` index the current query window; ``cols`` are absolute key positions.
+    """
+    module, query, key, mask, kwargs = attention_call_parts(call_inputs)
+    if mask is not None and mask.dtype == torch.bool:
+        new = mask[..., : key.shape[-2]].clone()
+        if new.shape[-2] == 1 and query.shape[-2] > 1:
+            new = new.expand(*new.shape[:-2], query.shape[-2], new.shape[-1]).clone()
+        block = new[..., rows, :]
+        block[..., cols] = False
+        new[..., rows, :] = block
+        return with_mask(call_inputs, new)
+    new = additive_mask(mask, query, key, kwargs).clone()
+    if new.shape[-2] == 1 and query.shape[-2] > 1:
+        new = new.expand(*new.shape[:-2], query.shape[-2], new.shape[-1]).clone()
+    block = new[..., rows, :]
+    block[..., cols] = torch.finfo(new.dtype).min
+    new[..., rows, :] = block
+    return with_mask(call_inputs, new)
+
+
+def query_window(call_inputs):
+    """Absolute positions of the current query rows (prefill: all; decoding: the new ones)."""
+    _, query, key, _, _ = attention_call_parts(call_inputs)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    return torch.arange(k_len - q_len, k_len)

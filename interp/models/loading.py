@@ -1,0 +1,109 @@
+"""``interp.load``: a HF model id, a local directory, a tiny test model, or a built model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InterpError
+from .adapters import adapter_for
+from .vlm import VLM
+
+TASK = "image-text-to-text"
+
+
+def _wrap(model: torch.nn.Module, processor: Any):
+    from nnsight import TransformersModel
+
+    return TransformersModel(model, processor=processor, task=TASK)
+
+
+def _resolve_dtype(dtype: Any) -> Any:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise InterpError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'") from None
+
+
+def load(
+    name_or_path: Any = "tiny:llava",
+    processor: Any = None,
+    *,
+    dtype: Any = None,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
+    remote: bool | str = False,
+) -> VLM:
+    """Load a vision-language model for interpretability work.
+
+    ``name_or_path`` is one of:
+
+    * a HF model id (``"llava-hf/llava-1.5-7b-hf"``; needs hub access or a local cache),
+    * a local directory holding a HF model and its processor,
+    * ``"tiny:<model_type>"``: a tiny random model of that family, built offline,
+    * an already-built HF model, with ``processor`` given.
+
+    ``remote=True`` runs every trace on NDIF (key from ``NDIF_API_KEY``); the model is
+    then built on the meta device here and never loaded locally. ``remote="local"``
+    runs traces through nnsight's local simulation of the remote path.
+    ``attn_implementation`` defaults to the checkpoint's (SDPA for most): every hook,
+    attention pattern included, works under SDPA.
+    """
+    if isinstance(name_or_path, torch.nn.Module):
+        if processor is None:
+            raise InterpError("loading an already-built model needs its processor: load(model, processor)")
+        model = name_or_path
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        adapter = adapter_for(model.config)
+        return VLM(_wrap(model, processor), processor, adapter, remote=remote)
+
+    if not isinstance(name_or_path, (str, Path)):
+        raise InterpError(f"cannot load {type(name_or_path).__name__}; pass a model id, a directory or a model")
+    name = str(name_or_path)
+
+    if name.startswith("tiny:"):
+        from .tiny import build_tiny
+
+        model_type = name.split(":", 1)[1]
+        adapter_for(model_type)  # one clear error for an unknown family
+        model, tiny_processor = build_tiny(model_type, attn_implementation=attn_implementation or "sdpa")
+        if dtype not in (None, "auto"):
+            model = model.to(_resolve_dtype(dtype))
+        return VLM(_wrap(model, tiny_processor), tiny_processor, adapter_for(model.config), name=name, remote=remote)
+
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(name).expanduser()
+    if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
+        if not local.is_dir():
+            raise InterpError(f"model directory not found: {local}")
+        name = str(local)
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as error:
+        raise InterpError(f"cannot load a model config from {name!r}: {str(error).splitlines()[0]}") from None
+    adapter = adapter_for(config)  # unsupported families fail here, before any weights load
+    if processor is None:
+        processor = AutoProcessor.from_pretrained(name)
+
+    if remote is True:
+        from nnsight import TransformersModel
+
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        wrapped = TransformersModel(name, processor=processor, task=TASK, dispatch=False, **kwargs)
+        return VLM(wrapped, processor, adapter, name=name, remote=True)
+
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = _resolve_dtype(dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
+    return VLM(_wrap(model, processor), processor, adapter, name=name, remote=remote)

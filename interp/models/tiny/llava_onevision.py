@@ -1,0 +1,97 @@
+"""Tiny random LLaVA-OneVision: SigLIP tower (4x4 patches per 32 px tile) + Qwen2 LM.
+
+Like the real checkpoints it keeps every SigLIP token (``"full"``; SigLIP has no CLS)
+and uses ``anyres_max_9``; the pinpoints are multiples of the tile, so a 48x64 image
+alone in its prompt is tiled 2x2 (6x8 unpadded grid + 4x4 base grid).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from unittest import mock
+
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+from transformers.processing_utils import ProcessorMixin
+from transformers.video_processing_utils import VideoProcessorMixin
+
+from .common import TinySpec, finish
+from .tokenizer import byte_tokenizer, chat_template
+
+MODEL_TYPE = "llava_onevision"
+
+
+@contextmanager
+def video_processor_check_without_torchvision():
+    """Let a processor accept its video processor when torchvision is absent.
+
+    ``ProcessorMixin.__init__`` checks every sub-processor's class by looking the base
+    class up through ``transformers``' auto mappings; without torchvision the video
+    mapping is a placeholder and the lookup raises, even though the video processor
+    itself builds (it is only unusable for actual videos). During construction only,
+    check the video processor against ``VideoProcessorMixin`` directly.
+    """
+    original = ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, argument_name, argument):
+        if argument_name == "video_processor":
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"Received a {type(argument).__name__} for argument video_processor")
+            return VideoProcessorMixin
+        return original(self, argument_name, argument)
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", check):
+        yield
+
+
+def pinpoints(tile: int) -> list[list[int]]:
+    return [[tile * i, tile * j] for i in range(1, 4) for j in range(1, 4)]
+
+
+def build(spec: TinySpec):
+    tile = spec.image_size
+    side = tile // spec.patch_size
+    grid_pinpoints = pinpoints(tile)
+    tokenizer = byte_tokenizer(
+        image_token="<image>", video_token="<video>", template=chat_template("<image>\n")
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": tile, "width": tile},
+        image_grid_pinpoints=grid_pinpoints,
+    )
+    with video_processor_check_without_torchvision():
+        processor = LlavaOnevisionProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=LlavaOnevisionVideoProcessor(),
+            num_image_tokens=side * side,
+            vision_feature_select_strategy="full",
+            vision_aspect_ratio="anyres_max_9",
+            chat_template=tokenizer.chat_template,
+        )
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(
+            hidden_size=spec.vision_hidden,
+            intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_layers,
+            num_attention_heads=2,
+            image_size=tile,
+            patch_size=spec.patch_size,
+            vision_use_head=False,
+        ),
+        text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=grid_pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    return finish(LlavaOnevisionForConditionalGeneration, config, processor, spec)

@@ -1,0 +1,180 @@
+"""The loaded model: an nnsight wrapper, its processor and its family adapter, together."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import InterpError
+from ..hooks import all_hook_names, check_layer, parse_hook_name
+from ..inputs import Prepared, from_inputs, prepare
+from ..interventions.runtime import SiteAccess, envoy_at
+from .adapters.base import FamilyAdapter
+
+_ATTENTION_OP = re.compile(r"^attention_interface_(\d+)$")
+
+
+def find_attention_op(attn_envoy) -> str:
+    """The name of the attention-function call in an attention module's source.
+
+    HF attention modules call ``attention_interface(self, q, k, v, mask, ...)``;
+    nnsight numbers each binding and call of that name. The call is the last one.
+    """
+    names = [name for name in attn_envoy.source.names if _ATTENTION_OP.match(name)]
+    if not names:
+        raise InterpError(
+            f"cannot find the attention function call in {type(attn_envoy._module).__name__}; "
+            "attention hooks need a transformers attention module that calls `attention_interface`"
+        )
+    return max(names, key=lambda name: int(_ATTENTION_OP.match(name).group(1)))
+
+
+class VLM:
+    """One loaded vision-language model.
+
+    ``nnsight`` is the :class:`nnsight.TransformersModel` (use it for your own
+    traces), ``processor`` the HF processor, ``adapter`` the family adapter.
+    """
+
+    def __init__(self, nnsight_model, processor, adapter: FamilyAdapter, *, name: str = "", remote: bool = False):
+        self.nnsight = nnsight_model
+        self.processor = processor
+        self.adapter = adapter
+        self.name = name or getattr(self.config, "_name_or_path", "") or adapter.name
+        self.remote = remote
+        attn = getattr(envoy_at(self.nnsight, adapter.layers_path)[0], adapter.attn_name)
+        self.access = SiteAccess(
+            adapter.layers_path, adapter.final_norm_path, adapter.attn_name, adapter.mlp_name, find_attention_op(attn)
+        )
+
+    # -- the model -----------------------------------------------------------
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The underlying HF model (``...ForConditionalGeneration``)."""
+        return self.nnsight._module
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers(self.config)
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:  # pragma: no cover - a model always has parameters
+            return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id(self.config)
+
+    @property
+    def attn_implementation(self) -> str:
+        return getattr(self.adapter.text_config(self.config), "_attn_implementation", None) or getattr(
+            self.config, "_attn_implementation", "eager"
+        )
+
+    def layer(self, index: int):
+        """The nnsight envoy of decoder layer ``index`` (range-checked)."""
+        return envoy_at(self.nnsight, self.adapter.layers_path)[check_layer(index, self.n_layers)]
+
+    @property
+    def layers(self):
+        return envoy_at(self.nnsight, self.adapter.layers_path)
+
+    def hook_names(self) -> list[str]:
+        return all_hook_names(self.n_layers)
+
+    # -- inputs --------------------------------------------------------------
+
+    def prepare(self, images: Any, question: str, *, prompt: str | None = None) -> Prepared:
+        """Chat-templated model inputs for ``question`` about ``images``, with image geometry."""
+        return prepare(
+            self.processor, self.adapter, self.config, images, question,
+            prompt=prompt, dtype=self.dtype, device=self.device if not self.remote else None,
+        )
+
+    def from_inputs(self, inputs: dict) -> Prepared:
+        """Wrap ready-made processor outputs (validated; image tokens located)."""
+        return from_inputs(dict(inputs), self.adapter, self.config)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    # -- running -------------------------------------------------------------
+
+    def trace_kwargs(self, remote: bool | str | None) -> dict:
+        if remote is None:
+            remote = self.remote
+        if not remote:
+            return {}
+        if remote is True and not os.environ.get("NDIF_API_KEY"):
+            from nnsight import CONFIG
+
+            if not CONFIG.API.APIKEY:
+                raise InterpError("remote=True needs an NDIF API key: set NDIF_API_KEY (see https://nnsight.net)")
+        _register_for_remote()
+        return {"remote": remote}
+
+    def trace(self, prepared: Prepared | dict, *, remote: bool | str | None = None, **kwargs):
+        """``with vlm.trace(prepared):`` — an nnsight trace over the prepared inputs."""
+        inputs = prepared.inputs if isinstance(prepared, Prepared) else prepared
+        self.adapter.check_inputs(inputs)
+        return self.nnsight.trace(dict(inputs), **self.trace_kwargs(remote), **kwargs)
+
+    def run(self, prepared: Prepared, *interventions, generate: bool = False, max_new_tokens: int = 16,
+            remote: bool | str | None = None, **generate_kwargs):
+        """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`."""
+        from ..interventions.plan import Plan
+
+        return Plan(*interventions).run(
+            self, prepared, generate=generate, max_new_tokens=max_new_tokens,
+            remote=remote, **generate_kwargs,
+        )
+
+    def read(self, hook_name: str):
+        """Inside ``with vlm.trace(...)``: the value at a TransformerLens-style hook name.
+
+        ``attn.hook_pattern`` is computed from the attention call's queries and keys
+        (equal to HF eager attention probabilities).
+        """
+        from ..interventions.runtime import attention_probs
+
+        point = parse_hook_name(hook_name, self.n_layers)
+        value = self.access.read(self.nnsight, point.layer, point.site)
+        return attention_probs(value) if point.site == "attn_pattern" else value
+
+    def write(self, hook_name: str, value) -> None:
+        """Inside a trace: replace the value at a hook name (not ``attn.hook_pattern``)."""
+        point = parse_hook_name(hook_name, self.n_layers)
+        if point.site == "attn_pattern":
+            raise InterpError("attn.hook_pattern is read-only; use AttentionKnockout to change attention")
+        self.access.write(self.nnsight, point.layer, point.site, value)
+
+    def __repr__(self) -> str:
+        return f"VLM({self.name!r}, family={self.adapter.name}, layers={self.n_layers}, attn={self.attn_implementation})"
+
+
+def _register_for_remote() -> None:
+    """Ship this package's code by value with remote requests (NDIF does not have it)."""
+    import nnsight
+
+    import interp
+
+    nnsight.register(interp)
+
+
+__all__: Sequence[str] = ["VLM", "find_attention_op"]
