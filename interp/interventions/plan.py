@@ -10,6 +10,7 @@ value back once if it changed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -178,7 +179,8 @@ class Plan:
         # Every step: the loop ends when generation does, so nothing may follow it in
         # the body; the token each step produced is read off nnsight's streamer, whose
         # first output is the prompt and each later one the token of the step before.
-        with torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+        with warnings.catch_warnings(), torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
             records = nnsight.save({})
             streamed = nnsight.save([])
             step_logits = nnsight.save([])
