@@ -46,3 +46,38 @@ def sample_for(vlm, image=None, question: str = "What colour is the square?"):
 
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+# -- never pip-install from the test suite -------------------------------------
+# TransformerLens's bridge pip-installs torchvision at run time when a processor will
+# not load (``_ensure_torchvision`` in transformer_lens/model_bridge/sources/
+# transformers/helpers.py runs ``uv pip install`` / ``python -m pip install`` through
+# ``subprocess``). For the whole session every subprocess goes through this guard: a
+# pip install is refused (PermissionError) and recorded; anything else runs as usual.
+
+
+def _is_pip_install(args) -> bool:
+    import os
+
+    words = os.fsdecode(args).split() if isinstance(args, (str, bytes)) else [os.fsdecode(a) for a in args]
+    names = [os.path.basename(word) for word in words]
+    return "install" in names and any(name == "pip" or name.startswith("pip3") for name in names)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pip_install_attempts():
+    """The pip installs something tried this session (refused); tests assert it stays empty."""
+    import subprocess
+
+    attempts: list = []
+
+    class NoPipInstallPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            if _is_pip_install(args):
+                attempts.append(args)
+                raise PermissionError(f"the test suite must not pip-install anything: {args!r}")
+            super().__init__(args, *rest, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "Popen", NoPipInstallPopen)
+        yield attempts

@@ -105,5 +105,3 @@ ADAPTER = LlavaNextAdapter(
     ),
     extra={"test_image_size": (48, 64)},
 )
-
-__all__ = ["ADAPTER", "LlavaNextAdapter", "best_resolution", "unpad_bounds", "highres_shape"]

@@ -1,17 +1,19 @@
 """LLaVA-OneVision (``llava_onevision``): anyres like LLaVA-NeXT, two token layouts.
 
-Which layout an image gets follows ``batch_num_images`` (returned by the processor
-and passed to the forward): an image alone in its prompt is "patched", an image that
-shares its prompt with others is not. Without ``batch_num_images`` the model patches
-every image, and so does this adapter.
+Which layout an image gets follows ``batch_num_images`` (returned by the image
+processor, passed to the forward): an image in a group of one is "patched", images
+grouped with others are not. A flat image list (what :func:`interp.inputs.prepare`
+passes) makes groups of one, so every image is patched even when several share a
+prompt; a nested list (``[[a, b]]``) groups them. Without ``batch_num_images`` the
+model patches every image, and so does this adapter.
 
-* Patched (single image): the base tile's ``side x side`` tokens, row-major, then the
+* Patched: the base tile's ``side x side`` tokens, row-major, then the
   unpadded assembled high-resolution grid row by row, each row followed by one
   ``image_newline`` token. When that grid holds more than ``anyres_max_N`` tiles'
   worth of patches (``config.vision_aspect_ratio``; ratio > 1.1) the model
   bilinearly shrinks it to ``int(rows // ratio) x int(cols // ratio)`` first, and the
   view is that shrunken grid. Views: ``"highres"`` (primary) and ``"base"``.
-* Not patched (several images in one prompt): the processor pads the image to a
+* Not patched (grouped images): the processor pads the image to a
   centred square, so the model emits the ``side x side`` tokens of that square and a
   single ``image_newline`` token at the end. View: ``"base"``, cropped to the patch
   rows/columns that overlap the image (those over the square padding, like the
@@ -116,9 +118,9 @@ ADAPTER = LlavaOnevisionAdapter(
     required_inputs=("input_ids", "pixel_values", "image_sizes"),
     passthrough_inputs=("batch_num_images",),
     notes=(
-        "LLaVA-OneVision: single image = base grid + unpadded anyres grid with a newline per "
-        "row (shrunk past anyres_max_N); several images per prompt = padded-square base grid "
-        "+ one trailing newline each."
+        "LLaVA-OneVision: image in a batch_num_images group of one = base grid + unpadded "
+        "anyres grid with a newline per row (shrunk past anyres_max_N); grouped images = "
+        "padded-square base grid + one trailing newline each."
     ),
     extra={"test_image_size": (48, 64)},
 )

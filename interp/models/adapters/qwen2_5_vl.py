@@ -8,14 +8,13 @@ the merger, so the LM sees the same layout as Qwen2-VL.
 
 from __future__ import annotations
 
-from .qwen2_vl import QwenVLAdapter
+from .qwen2_vl import QWEN_FALLBACK_PROMPT, QwenVLAdapter
 
 ADAPTER = QwenVLAdapter(
     name="Qwen2.5-VL",
     model_types=("qwen2_5_vl",),
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
-    passthrough_inputs=("image_grid_thw", "mm_token_type_ids"),
-    fallback_prompt="<|im_start|>user\n{image}{question}<|im_end|>\n<|im_start|>assistant\n",
+    fallback_prompt=QWEN_FALLBACK_PROMPT,
     notes=(
         "Qwen2.5-VL: windowed ViT, each LM token a 2x2 merge of 14 px patches, row-major over "
         "(h/2, w/2) from image_grid_thw. Without mm_token_type_ids the forward silently falls "

@@ -19,6 +19,11 @@ from ...errors import InputError
 from .base import FamilyAdapter, GridView, ImageLayout, row_major, split_by_counts
 
 
+QWEN_FALLBACK_PROMPT = (
+    "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
 class QwenVLAdapter(FamilyAdapter):
     """Shared by Qwen2-VL, Qwen2.5-VL and Qwen3-VL (same token geometry)."""
 
@@ -58,6 +63,9 @@ class QwenVLAdapter(FamilyAdapter):
     def image_layouts(self, inputs, config, row=0):
         grids = self.merged_grids(inputs, config)
         counts = [t * h * w for t, h, w in grids]
+        ids = torch.as_tensor(inputs["input_ids"])
+        every_row = (ids == self.image_token_id(config)).reshape(-1).nonzero().flatten()
+        split_by_counts(every_row, counts, self.name)  # the whole batch: one clear error on a mismatch
         first, count = self.row_images(inputs, config, counts, row)
         runs = split_by_counts(self.image_positions(inputs, config, row), counts[first : first + count], self.name)
         layouts = []
@@ -74,8 +82,7 @@ ADAPTER = QwenVLAdapter(
     name="Qwen2-VL",
     model_types=("qwen2_vl",),
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
-    passthrough_inputs=("image_grid_thw", "mm_token_type_ids"),
-    fallback_prompt="<|im_start|>user\n{image}{question}<|im_end|>\n<|im_start|>assistant\n",
+    fallback_prompt=QWEN_FALLBACK_PROMPT,
     notes=(
         "Qwen2-VL: dynamic resolution; each LM token is a 2x2 merge of 14 px patches, "
         "row-major over (h/2, w/2) from image_grid_thw; M-RoPE needs mm_token_type_ids."

@@ -10,14 +10,13 @@ updates; the positions and grid are unchanged.
 
 from __future__ import annotations
 
-from .qwen2_vl import QwenVLAdapter
+from .qwen2_vl import QWEN_FALLBACK_PROMPT, QwenVLAdapter
 
 ADAPTER = QwenVLAdapter(
     name="Qwen3-VL",
     model_types=("qwen3_vl",),
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
-    passthrough_inputs=("image_grid_thw", "mm_token_type_ids"),
-    fallback_prompt="<|im_start|>user\n{image}{question}<|im_end|>\n<|im_start|>assistant\n",
+    fallback_prompt=QWEN_FALLBACK_PROMPT,
     notes=(
         "Qwen3-VL: each LM token a 2x2 merge of 16 px patches, row-major over (h/2, w/2) from "
         "image_grid_thw; DeepStack injects tower features into the image positions after the "

@@ -19,13 +19,13 @@ TINY_MODULES = (
     "qwen2_vl",
     "qwen2_5_vl",
     "qwen3_vl",
-
-
-
-
-
-
-
+    "llava_onevision",
+    "idefics3",
+    "mistral3",
+    "smolvlm",
+    "gemma3",
+    "internvl",
+    "paligemma",
 )
 
 

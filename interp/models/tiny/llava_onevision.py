@@ -2,7 +2,7 @@
 
 Like the real checkpoints it keeps every SigLIP token (``"full"``; SigLIP has no CLS)
 and uses ``anyres_max_9``; the pinpoints are multiples of the tile, so a 48x64 image
-alone in its prompt is tiled 2x2 (6x8 unpadded grid + 4x4 base grid).
+in a group of one (any flat image list) is tiled 2x2 (6x8 unpadded grid + 4x4 base grid).
 """
 
 from __future__ import annotations
