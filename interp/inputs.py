@@ -116,7 +116,8 @@ def prepare(
         encoded = processor(images=pil_images, text=text, return_tensors="pt")
     except ValueError as error:
         raise InputError(f"the processor rejected the inputs: {str(error).splitlines()[0]}") from None
-    inputs = dict(encoded)
+    # training targets some processors add (PaliGemma's `labels`) are not model inputs here
+    inputs = {k: v for k, v in dict(encoded).items() if k != "labels"}
     if dtype is not None and "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     if device is not None:

@@ -65,10 +65,10 @@ def test_missing_required_extra_inputs(model_type):
 
 
 def test_extra_inputs_are_declared_where_the_forward_needs_them():
-    assert "image_sizes" in adapter_for("llava_next").required_inputs if "llava_next" in tiny_model_types() else True
+    for model_type in ("llava_next", "llava_onevision", "mistral3"):
+        assert "image_sizes" in adapter_for(model_type).required_inputs
     for model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        if model_type in tiny_model_types():
-            assert "image_grid_thw" in adapter_for(model_type).required_inputs
+        assert {"image_grid_thw", "mm_token_type_ids"} <= set(adapter_for(model_type).required_inputs)
 
 
 def test_unsupported_model_type_lists_the_supported_ones(tmp_path):

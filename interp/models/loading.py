@@ -76,7 +76,9 @@ def load(
             model = model.to(_resolve_dtype(dtype))
         return VLM(_wrap(model, tiny_processor), tiny_processor, adapter_for(model.config), name=name, remote=remote)
 
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .processors import load_processor
 
     local = Path(name).expanduser()
     if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
@@ -89,7 +91,7 @@ def load(
         raise InterpError(f"cannot load a model config from {name!r}: {str(error).splitlines()[0]}") from None
     adapter = adapter_for(config)  # unsupported families fail here, before any weights load
     if processor is None:
-        processor = AutoProcessor.from_pretrained(name)
+        processor = load_processor(name)
 
     if remote is True:
         from nnsight import TransformersModel

@@ -44,7 +44,7 @@ class Gemma3Adapter(FamilyAdapter):
 ADAPTER = Gemma3Adapter(
     name="Gemma 3",
     model_types=("gemma3",),
-    passthrough_inputs=("token_type_ids",),
+    required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
     fallback_prompt="<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n",
     notes=(
         "Gemma 3: SigLIP grid average-pooled to mm_tokens_per_image (16x16 = 256 at 896 px), "

@@ -12,7 +12,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
 from .common import TinySpec, finish
-from .qwen2_vl import image_only_processor
+from ..processors import image_only_processor
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "internvl"

@@ -6,7 +6,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
 
 from .common import TinySpec, finish
-from .qwen2_vl import MERGE, image_only_processor, mrope_section, qwen_image_processor, qwen_tokenizer, token_ids
+from ..processors import image_only_processor
+from .qwen2_vl import MERGE, mrope_section, qwen_image_processor, qwen_tokenizer, token_ids
 
 MODEL_TYPE = "qwen2_5_vl"
 

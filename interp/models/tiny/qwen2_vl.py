@@ -1,7 +1,7 @@
 """Tiny random Qwen2-VL: NaViT-style tower with 2x2 patch merger + Qwen2 LM with M-RoPE.
 
 Also holds the pieces the other Qwen-VL builders share: the tokenizer with the
-Qwen vision specials, the image processor and :func:`image_only_processor`.
+Qwen vision specials and the image processor.
 """
 
 from __future__ import annotations
@@ -10,30 +10,13 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VL
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ..processors import image_only_processor
 from .common import TinySpec, finish
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "qwen2_vl"
 
 MERGE = 2
-
-
-def image_only_processor(processor_class):
-    """``processor_class`` without its video processor.
-
-    The Qwen-VL and InternVL processors take a video processor, whose class needs
-    torchvision; even ``video_processor=None`` fails the class check without it. The
-    subclass drops that attribute and keeps the class name, so images and text are
-    processed by the unmodified HF code.
-    """
-
-    class ImageOnly(processor_class):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
-    ImageOnly.__module__ = __name__
-    return ImageOnly
 
 
 def qwen_tokenizer():

@@ -7,7 +7,8 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
 
 from .common import TinySpec, finish
-from .qwen2_vl import MERGE, image_only_processor, mrope_section, qwen_image_processor, qwen_tokenizer, token_ids
+from ..processors import image_only_processor
+from .qwen2_vl import MERGE, mrope_section, qwen_image_processor, qwen_tokenizer, token_ids
 
 MODEL_TYPE = "qwen3_vl"
 
