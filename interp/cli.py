@@ -99,6 +99,36 @@ def _quickstart(args) -> int:
     return 0
 
 
+def _organism_train(args) -> int:
+    from .models.organism import WEIGHTS_DIR
+    from .models.organism.train import TrainConfig, train
+
+    config = TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
+                         adapt_steps=args.adapt_steps, batch=args.batch)
+    summary = train(config, Path(args.out) if args.out else WEIGHTS_DIR)
+    print(json.dumps(summary["seconds"]))
+    return 0
+
+
+def _organism_eval(args) -> int:
+    from . import load
+    from .data.synthetic import SyntheticVQA
+    from .models.organism.evaluate import evaluate
+
+    vlm = load(args.variant)
+    dataset = SyntheticVQA(args.split, seed=args.seed, image_size=vlm.config.vision_config.image_size)
+    result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
+    result = {"model": args.variant, "split": args.split, "seed": args.seed, **result}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{args.variant} on {args.split} (n={result['n']}): accuracy {result['accuracy']:.3f}"
+              + (f", blind {result['blind_accuracy']:.3f}" if "blind_accuracy" in result else ""))
+        for kind, value in result["per_kind"].items():
+            print(f"  {kind:<10} {value:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Where does vision meet language inside a VLM?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-new-tokens", type=int, default=8)
     quick.add_argument("--out", default=None, help="directory for quickstart.json")
     quick.set_defaults(func=_quickstart)
+
+    organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
+    org_sub = organism.add_subparsers(dest="organism_command", required=True)
+    org_train = org_sub.add_parser("train", help="train the organism (seeded; writes its shipped weights)")
+    org_train.add_argument("--seed", type=int, default=0)
+    org_train.add_argument("--tower-steps", type=int, default=250)
+    org_train.add_argument("--align-steps", type=int, default=150)
+    org_train.add_argument("--adapt-steps", type=int, default=300)
+    org_train.add_argument("--batch", type=int, default=16)
+    org_train.add_argument("--out", default=None, help="directory for the weights (default: the package's)")
+    org_train.set_defaults(func=_organism_train)
+    org_eval = org_sub.add_parser("eval", help="accuracy on the synthetic benchmark, with and without the image")
+    org_eval.add_argument("--variant", default="organism", choices=["organism", "organism-frozen"])
+    org_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
+    org_eval.add_argument("--limit", type=int, default=None)
+    org_eval.add_argument("--seed", type=int, default=0)
+    org_eval.add_argument("--no-blind", action="store_true", help="skip the blank-image run")
+    org_eval.add_argument("--json", action="store_true")
+    org_eval.set_defaults(func=_organism_eval)
     return parser
 
 

@@ -44,6 +44,7 @@ def load(
 
     * a HF model id (``"llava-hf/llava-1.5-7b-hf"``; needs hub access or a local cache),
     * a local directory holding a HF model and its processor,
+    * ``"organism"`` / ``"organism-frozen"``: the embedded model organism (offline),
     * ``"tiny:<model_type>"``: a tiny random model of that family, built offline,
     * an already-built HF model, with ``processor`` given.
 
@@ -80,6 +81,12 @@ def load(
 
     from .processors import load_processor
 
+    from .organism import VARIANTS, organism_dir
+
+    label = None
+    if name in VARIANTS:
+        label, name = name, str(organism_dir(name))
+
     local = Path(name).expanduser()
     if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
         if not local.is_dir():
@@ -108,4 +115,4 @@ def load(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
-    return VLM(_wrap(model, processor), processor, adapter, name=name, remote=remote)
+    return VLM(_wrap(model, processor), processor, adapter, name=label or name, remote=remote)

@@ -1,0 +1,215 @@
+"""``interp organism train``: the organism's reproducible, seeded training recipe.
+
+Like a real VLM, in three stages:
+
+0. **Tower pre-training** on its own: the CLIP tower learns dense per-patch (colour,
+   shape) labels of the synthetic scenes (real VLM encoders come pre-trained too).
+1. **Alignment** (LLaVA stage 1): projector (and tower, at a lower rate) trained to
+   answer questions through the *frozen* SmolLM2. Saved as ``organism-frozen``.
+2. **Adaptation** (LLaVA stage 2): additionally the LM's attention projections
+   (q/k/v/o) are trained; MLPs, embeddings and head stay SmolLM2's. Saved as ``organism``.
+
+Loss: cross-entropy on the answer tokens (and the closing ``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import WEIGHTS_DIR
+from .build import ATTENTION_PROJECTIONS, TowerSpec, build_organism, trainable_state
+
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    tower_steps: int = 250
+    tower_batch: int = 64
+    tower_lr: float = 1e-3
+    align_steps: int = 150
+    adapt_steps: int = 300
+    batch: int = 16
+    lr_projector: float = 1e-3
+    lr_tower: float = 1e-4
+    lr_attention: float = 1e-4
+    warmup: int = 20
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_samples: int = 96
+    tower: TowerSpec = field(default_factory=TowerSpec)
+
+
+def _pixel_values(processor, images) -> torch.Tensor:
+    return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+# -- stage 0 -------------------------------------------------------------------------
+
+
+def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) -> None:
+    """Dense per-patch colour and shape classification on the tower's patch outputs."""
+    from ...data.synthetic import COLOURS, SHAPES
+
+    tower = model.model.vision_tower
+    grid = config.tower.grid
+    hidden = config.tower.hidden_size
+    heads = torch.nn.ModuleDict({
+        "colour": torch.nn.Linear(hidden, len(COLOURS) + 1),
+        "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
+    })
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.01)
+    tower.train()
+    start = time.time()
+    index = 0
+    progress = tqdm(range(config.tower_steps), desc="stage 0: tower", unit="step")
+    for step in progress:
+        samples = [dataset[index + i] for i in range(config.tower_batch)]
+        index += config.tower_batch
+        pixels = _pixel_values(processor, [s.image for s in samples])
+        labels = [dataset.patch_labels(s, grid, grid) for s in samples]
+        colour = torch.stack([c for c, _ in labels]).flatten()
+        shape = torch.stack([s for _, s in labels]).flatten()
+        features = tower(pixels).last_hidden_state[:, 1:]  # drop CLS: one row per patch
+        features = features.reshape(-1, hidden)
+        logits_c, logits_s = heads["colour"](features), heads["shape"](features)
+        loss = torch.nn.functional.cross_entropy(logits_c, colour) + torch.nn.functional.cross_entropy(logits_s, shape)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        accuracy = float(((logits_c.argmax(-1) == colour) & (logits_s.argmax(-1) == shape)).float().mean())
+        progress.set_postfix(loss=f"{loss.item():.3f}", patch_acc=f"{accuracy:.3f}")
+        if step % 25 == 0 or step == config.tower_steps - 1:
+            log.append({"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
+                        "seconds": round(time.time() - start, 1)})
+    tower.eval()
+
+
+# -- stages 1 and 2 ----------------------------------------------------------------------
+
+
+def collate(processor, samples, *, with_answers: bool):
+    """Right-padded batch; labels cover the answer tokens and the closing <|im_end|>."""
+    from ...inputs import chat_messages
+
+    tokenizer = processor.tokenizer
+    pixels = _pixel_values(processor, [s.image for s in samples])
+    rows, labels = [], []
+    for sample in samples:
+        prompt = processor.apply_chat_template(chat_messages(sample.question, 1), add_generation_prompt=True)
+        prompt_ids = processor(images=sample.image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
+        answer_ids = tokenizer(sample.answer + "<|im_end|>", add_special_tokens=False)["input_ids"] if with_answers else []
+        rows.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_t = torch.full((len(rows), width), -100)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        label_t[i, : len(label)] = torch.tensor(label)
+    return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels}, label_t
+
+
+def quick_accuracy(model, processor, dataset, n: int) -> dict:
+    from .evaluate import evaluate
+
+    model.eval()
+    result = evaluate(model, processor, dataset, limit=n, blind=False)
+    return {"accuracy": round(result["accuracy"], 4), **{k: round(v, 3) for k, v in result["per_kind"].items()}}
+
+
+def train_answers(model, processor, train, val, config: TrainConfig, *, steps: int, stage: int,
+                  with_attention: bool, log: list, first_index: int) -> int:
+    """Train the projector and tower (and attention projections) on answer tokens."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    groups = [
+        {"params": list(model.model.multi_modal_projector.parameters()), "lr": config.lr_projector},
+        {"params": list(model.model.vision_tower.parameters()), "lr": config.lr_tower},
+    ]
+    if with_attention:
+        attention = [
+            p for name, p in model.model.language_model.named_parameters()
+            if ".self_attn." in name and name.split(".")[-2] in ATTENTION_PROJECTIONS
+        ]
+        groups.append({"params": attention, "lr": config.lr_attention})
+    for group in groups:
+        for parameter in group["params"]:
+            parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    base = [g["lr"] for g in groups]
+    index = first_index
+    start = time.time()
+    progress = tqdm(range(steps), desc=f"stage {stage}: {'adapt' if with_attention else 'align'}", unit="step")
+    for step in progress:
+        scale = min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * scale
+        samples = [train[index + i] for i in range(config.batch)]
+        index += config.batch
+        inputs, labels = collate(processor, samples, with_answers=True)
+        model.train()
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
+        if (step + 1) % config.eval_every == 0 or step == steps - 1:
+            entry["val"] = quick_accuracy(model, processor, val, config.eval_samples)
+            progress.write(f"stage {stage} step {step + 1}: loss {loss.item():.3f} val {entry['val']}")
+        log.append(entry)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return index
+
+
+def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> dict:
+    """Run all stages; write ``organism-frozen.safetensors``, ``organism.safetensors`` and
+    ``training_log.json`` into ``out_dir``. Returns the log."""
+    from safetensors.torch import save_file
+
+    from ...data.synthetic import SyntheticVQA
+
+    torch.manual_seed(config.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = build_organism(config.tower, seed=config.seed, attn_implementation="sdpa")
+    processor.tokenizer.padding_side = "right"
+    train_set = SyntheticVQA("train", seed=config.seed, image_size=config.tower.image_size)
+    val_set = SyntheticVQA("val", seed=config.seed, image_size=config.tower.image_size)
+    log: list = []
+    started = time.time()
+    pretrain_tower(model, processor, train_set, config, log)
+    t0 = time.time() - started
+    index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
+                          with_attention=False, log=log, first_index=100_000)
+    t1 = time.time() - started
+    meta = {"config": json.dumps(asdict(config)), "variant": "organism-frozen"}
+    save_file(trainable_state(model, with_attention=False), str(out_dir / "organism-frozen.safetensors"), metadata=meta)
+    train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
+                  with_attention=True, log=log, first_index=index)
+    t2 = time.time() - started
+    meta["variant"] = "organism"
+    save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
+    summary = {
+        "config": asdict(config),
+        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "total": round(t2, 1)},
+        "torch": torch.__version__,
+        "log": log,
+    }
+    (out_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
+    return summary
