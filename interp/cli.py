@@ -31,20 +31,17 @@ def _hooks(args) -> int:
     return 0
 
 
-def _demo_image(path: str | None):
-    """The user's image, or a drawn scene (a red square and a blue disc on grey)."""
-    if path:
-        return path
-    from PIL import Image, ImageDraw
+def _demo_sample(image: str | None, question: str | None, image_size: int):
+    """The user's image and question, or test sample 0 of the synthetic benchmark."""
+    if image is not None:
+        return image, question or "What is in the image?"
+    from .data.synthetic import SyntheticVQA
 
-    image = Image.new("RGB", (96, 64), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([8, 8, 36, 36], fill=(220, 30, 30))
-    draw.ellipse([56, 24, 88, 56], fill=(30, 60, 220))
-    return image
+    sample = SyntheticVQA("test", seed=0, image_size=image_size)[0]
+    return sample.image, question or sample.question
 
 
-def quickstart(model: str, image: str | None, question: str, out: Path | None, max_new_tokens: int = 8) -> dict:
+def quickstart(model: str, image: str | None, question: str | None, out: Path | None, max_new_tokens: int = 8) -> dict:
     """Load, answer, record last-token -> image attention at every layer, and mask the
     image tokens at each layer's input in turn (one pass per layer)."""
     import torch
@@ -53,7 +50,9 @@ def quickstart(model: str, image: str | None, question: str, out: Path | None, m
     from . import RecordAttention, ScaleImageTokens, load
 
     vlm = load(model)
-    sample = vlm.prepare(_demo_image(image), question)
+    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96)
+    picture, question = _demo_sample(image, question, image_size)
+    sample = vlm.prepare(picture, question)
     clean = vlm.run(sample, RecordAttention("all"), generate=True, max_new_tokens=max_new_tokens)
     answer_token = int(clean.sequences[0, 0])
     clean_logprob = torch.log_softmax(clean.logits.float(), -1)[0, answer_token]
@@ -129,6 +128,23 @@ def _organism_eval(args) -> int:
     return 0
 
 
+def _organism_card(args) -> int:
+    from . import load
+    from .data.synthetic import SyntheticVQA
+    from .models.organism import VARIANTS, WEIGHTS_DIR
+    from .models.organism.card import write_card
+    from .models.organism.evaluate import evaluate
+
+    results = {}
+    for variant in VARIANTS:
+        vlm = load(variant)
+        dataset = SyntheticVQA("test", seed=0, image_size=vlm.config.vision_config.image_size)
+        results[variant] = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, progress=True)
+        print(f"{variant}: accuracy {results[variant]['accuracy']:.3f}, blind {results[variant]['blind_accuracy']:.3f}")
+    print(f"wrote {write_card(WEIGHTS_DIR, results)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Where does vision meet language inside a VLM?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.set_defaults(func=_hooks)
 
     quick = sub.add_parser("quickstart", help="load, answer, record attention and mask image tokens per layer")
-    quick.add_argument("--model", default="tiny:llava", help="HF id, local dir or tiny:<model_type>")
-    quick.add_argument("--image", default=None, help="image file (default: a drawn scene)")
-    quick.add_argument("--question", default="What colour is the square?")
+    quick.add_argument("--model", default="organism", help="organism, a HF id, a local dir or tiny:<model_type>")
+    quick.add_argument("--image", default=None, help="image file (default: a synthetic benchmark test scene)")
+    quick.add_argument("--question", default=None, help="default: the benchmark question of that scene")
     quick.add_argument("--max-new-tokens", type=int, default=8)
     quick.add_argument("--out", default=None, help="directory for quickstart.json")
     quick.set_defaults(func=_quickstart)
@@ -165,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_eval.add_argument("--no-blind", action="store_true", help="skip the blank-image run")
     org_eval.add_argument("--json", action="store_true")
     org_eval.set_defaults(func=_organism_eval)
+    org_card = org_sub.add_parser("card", help="evaluate both variants on the test split and write MODEL_CARD.md")
+    org_card.add_argument("--limit", type=int, default=None)
+    org_card.set_defaults(func=_organism_card)
     return parser
 
 

