@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .errors import HookNameError, LayerIndexError
 
-# site -> (position inside a layer, human description)
+# site -> its position inside a decoder layer's forward
 SITES = {
     "resid_pre": 0,
     "attn_pattern": 1,
@@ -55,9 +55,14 @@ class HookPoint:
 
     @property
     def order(self) -> tuple[int, int]:
-        if self.site == "final_norm":
-            return (1 << 30, 0)
-        return (self.layer, SITES[self.site])
+        return site_order(self.layer, self.site)
+
+
+def site_order(layer: int | None, site: str) -> tuple[int, int]:
+    """When the forward reaches ``site`` of ``layer``: the final norm comes after every layer."""
+    if site == "final_norm":
+        return (1 << 30, 0)
+    return (layer, SITES[site])
 
 
 def check_layer(layer: int, n_layers: int) -> int:

@@ -18,12 +18,8 @@ import nnsight
 import torch
 
 from ..errors import InterpError
-from ..hooks import SITES
+from ..hooks import site_order
 from .base import Intervention, StepContext
-
-
-def _order(layer, site) -> tuple[int, int]:
-    return (1 << 30, 0) if site == "final_norm" else (layer, SITES[site])
 
 
 def build_schedule(bound: list[Intervention]) -> list[tuple[Any, str, list[Intervention]]]:
@@ -34,7 +30,7 @@ def build_schedule(bound: list[Intervention]) -> list[tuple[Any, str, list[Inter
             items = by_site.setdefault((layer, site), [])
             if intervention not in items:
                 items.append(intervention)
-    return [(layer, site, items) for (layer, site), items in sorted(by_site.items(), key=lambda kv: _order(*kv[0]))]
+    return [(layer, site, items) for (layer, site), items in sorted(by_site.items(), key=lambda kv: site_order(*kv[0]))]
 
 
 def execute_step(model, access, schedule, ctx: StepContext) -> None:

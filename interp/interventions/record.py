@@ -109,8 +109,6 @@ class RecordResidual(Intervention):
             if self._positions is not None and ctx.step == 0:
                 rows = ctx.local_rows(self._positions, len(query_window(value)))
             record = attention_probs(value, rows)
-        elif site == "resid_pre" and isinstance(value, tuple):
-            record = value[0]
         else:
             record = value
             if self._positions is not None and ctx.step == 0:

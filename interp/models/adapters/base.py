@@ -73,16 +73,6 @@ class ImageLayout:
         names = ", ".join(v.name for v in self.views)
         raise KeyError(f"image {self.image_index} has no view {name!r} (views: {names})")
 
-    def cell_index(self) -> torch.Tensor:
-        """For each token in ``positions``: its flat index on the primary grid, or -1."""
-        flat = self.grid.positions.reshape(-1)
-        index = torch.full((len(self.positions),), -1, dtype=torch.long)
-        lookup = {int(p): i for i, p in enumerate(self.positions.tolist())}
-        for cell, pos in enumerate(flat.tolist()):
-            if pos >= 0:
-                index[lookup[pos]] = cell
-        return index
-
 
 def row_major(positions: torch.Tensor, rows: int, cols: int, name: str = "grid") -> GridView:
     """A view whose cells are ``positions`` in row-major order."""
@@ -124,8 +114,6 @@ class FamilyAdapter:
     mlp_name: str = "mlp"
     image_token_fields: tuple[str, ...] = ("image_token_id", "image_token_index")
     required_inputs: tuple[str, ...] = ("input_ids", "pixel_values")
-    # Inputs that change the forward when present and must travel with input_ids.
-    passthrough_inputs: tuple[str, ...] = ()
     # Prompt used when the processor carries no chat template; ``{image}`` is
     # replaced by one image placeholder per image.
     fallback_prompt: str = "{image}\n{question}"

@@ -132,7 +132,6 @@ ADAPTER = Idefics3Adapter(
     layers_path="model.text_model.layers",
     final_norm_path="model.text_model.norm",
     embed_path="model.text_model.embed_tokens",
-    passthrough_inputs=("pixel_attention_mask",),
     fallback_prompt="User:{image}{question}<end_of_utterance>\nAssistant:",
     notes=(
         "Idefics3: image split into square tiles (364 px) + a global image; pixel shuffle (scale 2) "

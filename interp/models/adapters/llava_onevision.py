@@ -116,7 +116,6 @@ ADAPTER = LlavaOnevisionAdapter(
     name="LLaVA-OneVision",
     model_types=("llava_onevision",),
     required_inputs=("input_ids", "pixel_values", "image_sizes"),
-    passthrough_inputs=("batch_num_images",),
     notes=(
         "LLaVA-OneVision: image in a batch_num_images group of one = base grid + unpadded "
         "anyres grid with a newline per row (shrunk past anyres_max_N); grouped images = "

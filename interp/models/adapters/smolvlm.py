@@ -17,7 +17,6 @@ ADAPTER = Idefics3Adapter(
     layers_path="model.text_model.layers",
     final_norm_path="model.text_model.norm",
     embed_path="model.text_model.embed_tokens",
-    passthrough_inputs=("pixel_attention_mask",),
     fallback_prompt="<|im_start|>User:{image}{question}<end_of_utterance>\nAssistant:",
     notes=(
         "SmolVLM: Idefics3 layout; 512 px tiles + global image, pixel shuffle (scale 4 in the small "

@@ -11,22 +11,11 @@ import importlib
 from pathlib import Path
 
 from ...errors import UnsupportedModelError
+from ..adapters import FAMILY_MODULES
 from .common import TinySpec
 
-TINY_MODULES = (
-    "llava",
-    "llava_next",
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "llava_onevision",
-    "idefics3",
-    "mistral3",
-    "smolvlm",
-    "gemma3",
-    "internvl",
-    "paligemma",
-)
+# one tiny builder module per family module, under the same name
+TINY_MODULES = FAMILY_MODULES
 
 
 def _builders() -> dict:
