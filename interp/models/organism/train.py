@@ -44,6 +44,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 50
     eval_samples: int = 96
+    progress_file: str | None = None  # the log so far, rewritten at every evaluation
     tower: TowerSpec = field(default_factory=TowerSpec)
 
 
@@ -90,6 +91,7 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         if step % 25 == 0 or step == config.tower_steps - 1:
             log.append({"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
                         "seconds": round(time.time() - start, 1)})
+            progress.write(f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f}")
     tower.eval()
 
 
@@ -170,6 +172,8 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         if (step + 1) % config.eval_every == 0 or step == steps - 1:
             entry["val"] = quick_accuracy(model, processor, val, config.eval_samples)
             progress.write(f"stage {stage} step {step + 1}: loss {loss.item():.3f} val {entry['val']}")
+            if config.progress_file:
+                Path(config.progress_file).write_text(json.dumps(log + [entry], indent=1))
         log.append(entry)
     model.eval()
     for parameter in model.parameters():
@@ -187,6 +191,8 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     torch.manual_seed(config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.progress_file is None:
+        config.progress_file = str(out_dir / "training_progress.json")
     model, processor = build_organism(config.tower, seed=config.seed, attn_implementation="sdpa")
     processor.tokenizer.padding_side = "right"
     train_set = SyntheticVQA("train", seed=config.seed, image_size=config.tower.image_size)
@@ -212,4 +218,5 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
         "log": log,
     }
     (out_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
+    Path(config.progress_file).unlink(missing_ok=True)
     return summary
