@@ -88,3 +88,21 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     assert len(report["layers"]) == report["n_layers"] == 4
     assert report["image_tokens"] == report["grid"][0] * report["grid"][1]
     assert all(0 < row["image_attention_mass"] < 1 for row in report["layers"])
+
+
+def test_remote_load_builds_on_meta_and_never_loads_weights(tmp_path, monkeypatch):
+    from nnsight import CONFIG
+
+    save_tiny("llava", tmp_path)
+    vlm = interp.load(str(tmp_path), remote=True)
+    assert vlm.remote and vlm.device.type == "meta"
+    sample = vlm.prepare(make_image(), "Which shape is red?")
+    assert sample.n_image_tokens == sample.grid.shape[0] * sample.grid.shape[1]
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    try:
+        vlm.run(sample, interp.RecordAttention([0]))
+    except interp.InterpError as error:
+        assert "NDIF API key" in str(error)
+    else:  # pragma: no cover
+        raise AssertionError("expected an error")
