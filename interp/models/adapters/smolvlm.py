@@ -9,14 +9,15 @@ primary view ``tiles`` (the tiles assembled, ``side x side`` tokens each), plus 
 
 from __future__ import annotations
 
-from .idefics3 import Idefics3Adapter
+from dataclasses import replace
 
-ADAPTER = Idefics3Adapter(
+from .idefics3 import ADAPTER as IDEFICS3
+
+# same module paths and layout code as Idefics3
+ADAPTER = replace(
+    IDEFICS3,
     name="SmolVLM",
     model_types=("smolvlm",),
-    layers_path="model.text_model.layers",
-    final_norm_path="model.text_model.norm",
-    embed_path="model.text_model.embed_tokens",
     fallback_prompt="<|im_start|>User:{image}{question}<end_of_utterance>\nAssistant:",
     notes=(
         "SmolVLM: Idefics3 layout; 512 px tiles + global image, pixel shuffle (scale 4 in the small "
