@@ -100,7 +100,8 @@ train split only; numbers below are on the held-out test split.
 Total wall time {seconds['total'] / 60:.1f} min on 2 CPU cores (torch {summary['torch']}). AdamW, linear
 warm-up ({config['warmup']} steps) then cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the
 answer tokens and the closing `<|im_end|>`. Stage 0 ended at patch accuracy
-{last_tower['patch_accuracy']:.3f} (colour and shape both right).
+{last_tower['patch_accuracy']:.3f} (colour and shape both right; shape accuracy on object patches
+{last_tower.get('object_shape_accuracy', float('nan')):.3f}).
 
 ![loss curve](loss_curve.png)
 
@@ -117,8 +118,8 @@ Validation accuracy during training ({config['eval_samples']} val samples, greed
 ### `organism-frozen` (LM untouched)
 {_table(results['organism-frozen'])}
 
-Blind accuracy replaces every image by a blank one: the question alone gives chance-level
-answers (chance: 1/6 attribute, 1/4 identity, 1/2 existence and spatial, 1/3 counting).
+Blind accuracy replaces every image by a blank one, so it measures what the question alone
+gives; chance is 1/6 for attribute, 1/4 identity, 1/2 existence and spatial, 1/3 counting.
 
 ## Files
 {chr(10).join(f'- `{name}`: {size:.1f} MB (fp16; only the weights that differ from SmolLM2)' for name, size in sizes.items())}

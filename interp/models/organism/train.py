@@ -31,17 +31,17 @@ from .build import ATTENTION_PROJECTIONS, TowerSpec, build_organism, trainable_s
 @dataclass
 class TrainConfig:
     seed: int = 0
-    tower_steps: int = 250
+    tower_steps: int = 1200
     tower_batch: int = 64
-    tower_lr: float = 1e-3
+    tower_lr: float = 3e-4
     align_steps: int = 150
-    adapt_steps: int = 300
+    adapt_steps: int = 400
     batch: int = 16
     lr_projector: float = 1e-3
     lr_tower: float = 1e-4
     lr_attention: float = 1e-4
     warmup: int = 20
-    grad_clip: float = 1.0
+    grad_clip: float = 5.0  # global norm; 0 disables
     eval_every: int = 50
     eval_samples: int = 96
     progress_file: str | None = None  # the log so far, rewritten at every evaluation
@@ -67,12 +67,14 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
     })
     params = list(tower.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.05)
     tower.train()
     start = time.time()
     index = 0
     progress = tqdm(range(config.tower_steps), desc="stage 0: tower", unit="step")
     for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = config.tower_lr * min(1.0, (step + 1) / 30)
         samples = [dataset[index + i] for i in range(config.tower_batch)]
         index += config.tower_batch
         pixels = _pixel_values(processor, [s.image for s in samples])
@@ -85,13 +87,17 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         loss = torch.nn.functional.cross_entropy(logits_c, colour) + torch.nn.functional.cross_entropy(logits_s, shape)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         accuracy = float(((logits_c.argmax(-1) == colour) & (logits_s.argmax(-1) == shape)).float().mean())
+        on_object = colour > 0
+        shape_accuracy = float((logits_s.argmax(-1) == shape)[on_object].float().mean())
         progress.set_postfix(loss=f"{loss.item():.3f}", patch_acc=f"{accuracy:.3f}")
         if step % 25 == 0 or step == config.tower_steps - 1:
             log.append({"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
-                        "seconds": round(time.time() - start, 1)})
-            progress.write(f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f}")
+                        "object_shape_accuracy": shape_accuracy, "seconds": round(time.time() - start, 1)})
+            progress.write(f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f} "
+                           f"shape accuracy on object patches {shape_accuracy:.3f}")
     tower.eval()
 
 
@@ -165,7 +171,8 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         loss = model(**inputs, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.3f}")
         entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
