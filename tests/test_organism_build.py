@@ -1,0 +1,78 @@
+"""Assembling the organism from the real SmolLM2 weights, and its training machinery."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.data.synthetic import SyntheticVQA
+from interp.models.organism.build import TowerSpec, apply_trained_state, build_organism, trainable_state
+from interp.models.organism.train import collate
+
+
+@pytest.fixture(scope="module")
+def assembled():
+    return build_organism(TowerSpec(), seed=0)
+
+
+def test_the_language_model_is_the_pretrained_smollm2(assembled):
+    """A text-only question through the assembled LLaVA: a random LM could not answer it."""
+    model, processor = assembled
+    tokenizer = processor.tokenizer
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}],
+        add_generation_prompt=True,
+    )
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=10, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_processor_expands_the_image_to_the_patch_grid(assembled):
+    model, processor = assembled
+    spec = TowerSpec()
+    sample = SyntheticVQA("val", seed=0, image_size=spec.image_size)[0]
+    inputs, labels = collate(processor, [sample], with_answers=True)
+    n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert n_image == spec.grid * spec.grid
+    answer = labels[0][labels[0] != -100]
+    assert processor.tokenizer.decode(answer) == sample.answer + "<|im_end|>"
+
+
+def test_shipped_state_round_trips_in_fp16(assembled):
+    model, processor = assembled
+    state = trainable_state(model, with_attention=True)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    # attention projections of all 30 layers, tower, projector, <image> row; no LM MLPs
+    assert not any(k.startswith("model.language_model.") and ".mlp." in k for k in state)
+    assert sum(".self_attn.q_proj." in k for k in state) == model.config.text_config.num_hidden_layers
+    size_mb = sum(v.numel() * 2 for v in state.values()) / 2**20
+    assert size_mb <= 60
+    fresh, _ = build_organism(TowerSpec(), seed=1)
+    before = fresh.model.multi_modal_projector.linear_1.weight.clone()
+    apply_trained_state(fresh, state)
+    after = fresh.model.multi_modal_projector.linear_1.weight
+    assert not torch.equal(before, after)
+    assert (after - model.model.multi_modal_projector.linear_1.weight).abs().max() < 1e-3
+
+
+def test_answer_loss_falls_when_training_on_one_batch():
+    model, processor = build_organism(TowerSpec(), seed=0)
+    processor.tokenizer.padding_side = "right"
+    samples = [SyntheticVQA("train", seed=0)[i] for i in range(4)]
+    inputs, labels = collate(processor, samples, with_answers=True)
+    params = list(model.model.multi_modal_projector.parameters())
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in params:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
