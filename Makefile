@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make main   # set up .venv, then run the main job
+#   make main   # set up .venv, then run the main job (quick start)
 #   make test   # set up .venv, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 main: setup
-	$(BIN)/interp quickstart --out $(OUT)
+	$(BIN)/interp quickstart --model tiny:llava --out $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q

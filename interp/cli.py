@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.set_defaults(func=_hooks)
 
     quick = sub.add_parser("quickstart", help="load, answer, record attention and mask image tokens per layer")
-    quick.add_argument("--model", default="organism", help="organism, a HF id, a local dir or tiny:<model_type>")
+    quick.add_argument("--model", default="tiny:llava",
+                       help="a HF id, a local dir, tiny:<model_type>, or organism once its weights are trained")
     quick.add_argument("--image", default=None, help="image file (default: a synthetic benchmark test scene)")
     quick.add_argument("--question", default=None, help="default: the benchmark question of that scene")
     quick.add_argument("--max-new-tokens", type=int, default=8)

@@ -46,7 +46,8 @@ def test_shipped_state_round_trips_in_fp16(assembled):
     assert all(v.dtype == torch.float16 for v in state.values())
     # attention projections of all 30 layers, tower, projector, <image> row; no LM MLPs
     assert not any(k.startswith("model.language_model.") and ".mlp." in k for k in state)
-    assert sum(".self_attn.q_proj." in k for k in state) == model.config.text_config.num_hidden_layers
+    lm_queries = [k for k in state if k.startswith("model.language_model.") and k.endswith("self_attn.q_proj.weight")]
+    assert len(lm_queries) == model.config.text_config.num_hidden_layers
     size_mb = sum(v.numel() * 2 for v in state.values()) / 2**20
     assert size_mb <= 60
     fresh, _ = build_organism(TowerSpec(), seed=1)
