@@ -175,17 +175,19 @@ class Plan:
         # Every step: the loop ends when generation does, so nothing may follow it in
         # the body; the token each step produced is read off nnsight's streamer, whose
         # first output is the prompt and each later one the token of the step before.
-        with warnings.catch_warnings(), torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+        with warnings.catch_warnings():
+            # nnsight warns that the open loop's last step "was never reached": by design
             warnings.filterwarnings("ignore", message=".*was never reached.*")
-            records = nnsight.save({})
-            streamed = nnsight.save([])
-            step_logits = nnsight.save([])
-            for step in tracer.iter[:]:
-                streamed.append(model.generator.streamer.output)
-                offset = 0 if step == 0 else seq_len + step - 1
-                ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
-                execute_step(model, access, schedule, ctx)
-                step_logits.append(model.output.logits[:, -1])
+            with torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+                records = nnsight.save({})
+                streamed = nnsight.save([])
+                step_logits = nnsight.save([])
+                for step in tracer.iter[:]:
+                    streamed.append(model.generator.streamer.output)
+                    offset = 0 if step == 0 else seq_len + step - 1
+                    ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
+                    execute_step(model, access, schedule, ctx)
+                    step_logits.append(model.output.logits[:, -1])
         new_ids = torch.cat([torch.as_tensor(t).reshape(-1, 1) for t in streamed[1:]], dim=1).cpu()
         logits_list = [t.detach().cpu() for t in step_logits]
         return RunResult(prepared, _to_cpu(records), logits=logits_list[0], sequences=new_ids,
