@@ -26,6 +26,17 @@ class TinySpec:
     def with_(self, **changes) -> "TinySpec":
         return replace(self, **changes)
 
+    def vit_kwargs(self, image_size=None, patch_size=None) -> dict:
+        """Kwargs shared by the CLIP/SigLIP/Pixtral/InternViT-style vision configs."""
+        return dict(
+            hidden_size=self.vision_hidden,
+            intermediate_size=2 * self.vision_hidden,
+            num_hidden_layers=self.vision_layers,
+            num_attention_heads=2,
+            image_size=self.image_size if image_size is None else image_size,
+            patch_size=self.patch_size if patch_size is None else patch_size,
+        )
+
     def llama_kwargs(self, vocab_size: int) -> dict:
         """Kwargs shared by the Llama/Mistral/Qwen2-style text configs."""
         return dict(

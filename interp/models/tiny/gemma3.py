@@ -64,12 +64,7 @@ def build(spec: TinySpec):
     config = Gemma3Config(
         text_config=text,
         vision_config=SiglipVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=spec.patch_size,
+            **spec.vit_kwargs(image_size=image_size),
             vision_use_head=False,
         ),
         mm_tokens_per_image=mm_tokens,

@@ -51,17 +51,6 @@ def image_seq_len(spec: TinySpec) -> int:
     return (spec.image_size // spec.patch_size) ** 2 // SCALE_FACTOR**2
 
 
-def vision_kwargs(spec: TinySpec) -> dict:
-    return dict(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=2 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=2,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
-
-
 def build(spec: TinySpec):
     tokenizer = byte_tokenizer(IMAGE_SPECIALS, image_token="<image>", template=idefics_template("<s>"))
     processor = Idefics3Processor(
@@ -71,7 +60,7 @@ def build(spec: TinySpec):
         chat_template=tokenizer.chat_template,
     )
     config = Idefics3Config(
-        vision_config=Idefics3VisionConfig(**vision_kwargs(spec)),
+        vision_config=Idefics3VisionConfig(**spec.vit_kwargs()),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
         scale_factor=SCALE_FACTOR,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

@@ -44,12 +44,7 @@ def build(spec: TinySpec):
     )
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=(spec.image_size, spec.image_size),
-            patch_size=(spec.patch_size, spec.patch_size),
+            **spec.vit_kwargs(image_size=(spec.image_size, spec.image_size), patch_size=(spec.patch_size, spec.patch_size)),
         ),
         text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),

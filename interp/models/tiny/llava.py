@@ -33,12 +33,7 @@ def build(spec: TinySpec):
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
+            **spec.vit_kwargs(),
         ),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

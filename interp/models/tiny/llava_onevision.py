@@ -78,12 +78,7 @@ def build(spec: TinySpec):
         )
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=spec.patch_size,
+            **spec.vit_kwargs(image_size=tile),
             vision_use_head=False,
         ),
         text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),

@@ -77,13 +77,8 @@ def build(spec: TinySpec):
     text.head_dim = spec.text_hidden // spec.text_heads
     config = Mistral3Config(
         vision_config=PixtralVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
+            **spec.vit_kwargs(image_size=longest, patch_size=patch),
             head_dim=spec.vision_hidden // 2,
-            image_size=longest,
-            patch_size=patch,
         ),
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),

@@ -34,12 +34,7 @@ def build(spec: TinySpec):
     text = GemmaConfig(**spec.llama_kwargs(len(tokenizer)), head_dim=spec.text_hidden // spec.text_heads)
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
+            **spec.vit_kwargs(),
             vision_use_head=False,
         ),
         text_config=text,

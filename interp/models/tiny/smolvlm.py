@@ -10,7 +10,7 @@ from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor as _
 from transformers.processing_utils import ProcessorMixin
 
 from .common import TinySpec, finish
-from .idefics3 import IMAGE_SPECIALS, SCALE_FACTOR, image_seq_len, tile_settings, vision_kwargs
+from .idefics3 import IMAGE_SPECIALS, SCALE_FACTOR, image_seq_len, tile_settings
 from .tokenizer import byte_tokenizer
 
 MODEL_TYPE = "smolvlm"
@@ -49,7 +49,7 @@ def build(spec: TinySpec):
         chat_template=tokenizer.chat_template,
     )
     config = SmolVLMConfig(
-        vision_config=SmolVLMVisionConfig(**vision_kwargs(spec)),
+        vision_config=SmolVLMVisionConfig(**spec.vit_kwargs()),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
         scale_factor=SCALE_FACTOR,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
