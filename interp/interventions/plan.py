@@ -139,8 +139,11 @@ class Plan:
         return [item.bind(vlm.n_layers, prepared) for item in self.interventions]
 
     def run(self, vlm, prepared, *, generate: bool = False, max_new_tokens: int = 16,
-            remote: bool | str | None = None, **generate_kwargs) -> RunResult:
-        """Run the plan on ``prepared`` in one trace (prefill) or one generation."""
+            remote: bool | str | None = None, logit_positions=None, **generate_kwargs) -> RunResult:
+        """Run the plan on ``prepared`` in one trace (prefill) or one generation.
+
+        Without generation, ``logits`` are the last position's ``(batch, vocab)``, or with
+        ``logit_positions`` (a list of positions) those positions' ``(batch, n, vocab)``."""
         bound = self.bind(vlm, prepared)
         schedule = build_schedule(bound)
         every_step = generate and any(item.every_step for item in bound)
@@ -157,7 +160,10 @@ class Plan:
                 records = nnsight.save({})
                 ctx = StepContext(0, 0, image_positions, question_positions, seq_len, records)
                 execute_step(model, access, schedule, ctx)
-                logits = model.output.logits[:, -1].save()
+                if logit_positions is None:
+                    logits = model.output.logits[:, -1].save()
+                else:
+                    logits = model.output.logits[:, logit_positions].save()
             return RunResult(prepared, _to_cpu(records), logits=logits.detach().cpu())
 
         kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}

@@ -1,0 +1,152 @@
+"""Statistics the paper left out: bootstrap CIs over samples, paired comparisons, and
+automatic detection of fusion and review layers.
+
+Everything resamples *samples* (items), so the uncertainty is about which questions
+were asked, and comparisons of two conditions on the same items are paired.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InterpError
+
+
+def bootstrap_mean_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: percentile bootstrap CI of the mean over the given per-sample values."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise InterpError("no values to bootstrap")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_bootstrap_diff(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(b - a), low, high)`` over paired per-sample values (same items, same order)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise InterpError(f"paired values differ in length: {a.shape} vs {b.shape}")
+    return bootstrap_mean_ci(b - a, n_boot=n_boot, level=level, seed=seed)
+
+
+def mcnemar_exact(a, b) -> dict:
+    """Exact (binomial) McNemar test of paired binary outcomes: ``{"b_only", "a_only", "p_value"}``.
+
+    ``a_only`` counts items right under ``a`` only, ``b_only`` under ``b`` only; the
+    two-sided p-value is ``min(1, 2 * P[X <= min])`` for ``X ~ Binomial(a_only + b_only, 1/2)``.
+    """
+    a = np.asarray(a, dtype=np.float64) >= 0.5
+    b = np.asarray(b, dtype=np.float64) >= 0.5
+    a_only = int((a & ~b).sum())
+    b_only = int((b & ~a).sum())
+    n = a_only + b_only
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(min(1.0, 2 * tail))}
+
+
+def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int = 2000, level: float = 0.95,
+                  seed: int = 0) -> pd.DataFrame:
+    """Per (variant, layer): mean ``metric`` with a bootstrap CI, and the paired difference
+    to the unmasked baseline with its CI (at ``level``) and a family-wise CI (Bonferroni over
+    the layers of the variant), plus McNemar's p-value for binary metrics."""
+    base = sweep[sweep.variant == "baseline"].set_index("item")[metric]
+    if base.empty:
+        raise InterpError("the sweep has no baseline rows")
+    rows = []
+    for variant, group in sweep[sweep.variant != "baseline"].groupby("variant", sort=False):
+        n_layers = group.layer.nunique()
+        fw_level = 1 - (1 - level) / max(1, n_layers)
+        for layer, cell in group.groupby("layer"):
+            cell = cell.set_index("item")[metric]
+            paired = base.loc[cell.index]
+            mean, low, high = bootstrap_mean_ci(cell.values, n_boot=n_boot, level=level, seed=seed)
+            diff, d_low, d_high = paired_bootstrap_diff(paired.values, cell.values, n_boot=n_boot, level=level, seed=seed)
+            _, fw_low, fw_high = paired_bootstrap_diff(paired.values, cell.values, n_boot=n_boot, level=fw_level, seed=seed)
+            row = {"variant": variant, "layer": int(layer), "n": int(cell.size), "mean": mean, "low": low, "high": high,
+                   "diff": diff, "diff_low": d_low, "diff_high": d_high, "fw_low": fw_low, "fw_high": fw_high}
+            if metric == "correct":
+                row["p_value"] = mcnemar_exact(paired.values, cell.values)["p_value"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class FusionFinding:
+    """Detected fusion layers and review layer of one sweep variant, with the evidence."""
+
+    variant: str
+    baseline: float
+    fusion_layers: list[int] = field(default_factory=list)
+    review_layer: int | None = None
+    significant_layers: list[int] = field(default_factory=list)
+    statement: str = ""
+
+    def to_dict(self) -> dict:
+        return {"variant": self.variant, "baseline": self.baseline, "fusion_layers": self.fusion_layers,
+                "review_layer": self.review_layer, "significant_layers": self.significant_layers,
+                "statement": self.statement}
+
+
+def _blocks(layers: list[int]) -> list[list[int]]:
+    blocks: list[list[int]] = []
+    for layer in sorted(layers):
+        if blocks and layer == blocks[-1][-1] + 1:
+            blocks[-1].append(layer)
+        else:
+            blocks.append([layer])
+    return blocks
+
+
+def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: float | None = None,
+                  min_drop: float = 0.05, min_gap: int = 2, review_from: float = 0.5) -> FusionFinding:
+    """Fusion layers: masking there lowers accuracy significantly — the family-wise
+    (Bonferroni over layers) paired-bootstrap CI of the drop lies below zero and the drop is
+    at least ``min_drop``. The *fusion layers* are the first contiguous block of such layers
+    (plus blocks that follow it with gaps shorter than ``min_gap``). A *review layer* is a
+    later significant layer, in the deepest ``1 - review_from`` of the stack, reached after
+    at least ``min_gap`` consecutive layers without a significant drop (the model
+    recovered, then looks at the image again); the deepest-drop layer of that block is
+    reported. Either may be absent; :attr:`FusionFinding.statement` says what was found.
+    """
+    rows = effects[effects.variant == variant].sort_values("layer")
+    if rows.empty:
+        raise InterpError(f"no sweep rows for variant {variant!r}")
+    n_layers = int(rows.layer.max()) + 1
+    significant = rows[(rows.fw_high < 0) & (rows["diff"] <= -min_drop)]
+    sig_layers = [int(x) for x in significant.layer]
+    base = float(baseline) if baseline is not None else float((rows["mean"] - rows["diff"]).iloc[0])
+    finding = FusionFinding(variant=variant, baseline=base, significant_layers=sig_layers)
+    blocks = _blocks(sig_layers)
+    if not blocks:
+        finding.statement = (f"No layer where masking the image tokens ({variant}) lowers accuracy significantly "
+                             f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected.")
+        return finding
+    fusion = list(blocks[0])
+    rest = blocks[1:]
+    while rest and rest[0][0] - fusion[-1] - 1 < min_gap:
+        fusion += rest.pop(0)
+    finding.fusion_layers = fusion
+    late = [b for b in rest if b[0] >= review_from * n_layers]
+    if late:
+        block = late[0]
+        drops = rows.set_index("layer").loc[block, "diff"]
+        finding.review_layer = int(drops.idxmin())
+    text = f"Fusion layers {_span(fusion)} (masking there drops accuracy significantly)"
+    if finding.review_layer is not None:
+        text += f"; review layer {finding.review_layer} (a late significant drop after recovery)."
+    else:
+        text += "; no review layer (no late significant drop after a recovery)."
+    finding.statement = text
+    return finding
+
+
+def _span(layers: list[int]) -> str:
+    return ", ".join(f"{b[0]}-{b[-1]}" if len(b) > 1 else str(b[0]) for b in _blocks(layers))

@@ -1,0 +1,152 @@
+"""The layer-wise masking sweep: where does the answer start to depend on the image?
+
+For every decoder layer ``l`` and every sample, a *condition* edits the forward
+pass (prefill only) and the reference answer is scored:
+
+=================== ===========================================================
+variant             edit at layer ``l``
+=================== ===========================================================
+``single``          image-token hidden states x ``scale`` at the input of ``l``
+                    (the paper: x 1e-9)
+``window``          the same at the inputs of ``l .. l+window-1``
+``cumulative``      the same at the inputs of every layer from ``l`` on
+``knockout_last``   the last prompt token may not attend to image tokens in
+                    layers ``l .. l+window-1``
+``knockout_question`` the question tokens may not attend to image tokens there
+=================== ===========================================================
+
+Scoring (``scoring=``):
+
+* ``"teacher"``: one teacher-forced pass scores both the reference answer's
+  log-probability and *exact greedy correctness* (see :mod:`interp.analysis.teacher`);
+* ``"generate"``: greedy generation, scored VQA-style by the item's scorer, plus
+  the teacher-forced log-probability.
+
+Execution (``mode=``): ``"fast"`` runs the clean pass once per sample and restarts
+each condition at its first edited layer, several conditions batched in one
+forward (:mod:`interp.analysis.prefix`; teacher scoring, local models);
+``"naive"`` runs every condition as a full pass through a
+:class:`~interp.interventions.Plan` (the reference the fast mode is tested
+against, and the path for ``remote=`` runs). ``"auto"`` picks fast where it applies.
+
+The result is a tidy DataFrame, one row per (item, variant, layer), with the
+baseline as ``variant="baseline"``, ``layer=-1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InterpError
+from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
+from .items import Item, as_items
+from .prefix import capture, continue_from, supports_prefix_reuse
+from .teacher import TeacherForced, teacher_force
+
+VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_question")
+SCORINGS = ("teacher", "generate")
+MODES = ("auto", "fast", "naive")
+
+
+def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3,
+              scale: float = 1e-9) -> list:
+    """The interventions of one sweep condition (unbound)."""
+    span = list(range(layer, min(layer + window, n_layers)))
+    if variant == "single":
+        return [ScaleImageTokens(layer, scale)]
+    if variant == "window":
+        return [ScaleImageTokens(span, scale)]
+    if variant == "cumulative":
+        return [ScaleImageTokens(list(range(layer, n_layers)), scale)]
+    if variant == "knockout_last":
+        return [AttentionKnockout([tf.last_prompt_position], "image", span)]
+    if variant == "knockout_question":
+        return [AttentionKnockout("question", "image", span)]
+    raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(VARIANTS)}")
+
+
+def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
+                  window: int = 3, scale: float = 1e-9, scoring: str = "teacher", mode: str = "auto",
+                  limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
+                  remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
+    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating."""
+    variants = tuple(variants)
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if scoring not in SCORINGS:
+        raise InterpError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if mode not in MODES:
+        raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
+    if window < 1:
+        raise InterpError("window must be at least 1 layer")
+    items = as_items(samples, limit)
+    from ..interventions.base import resolve_layers
+
+    layer_list = resolve_layers(layers, vlm.n_layers)
+    fast_reason = supports_prefix_reuse(vlm) or ("generation scoring" if scoring == "generate" else None) or (
+        "remote execution" if remote not in (None, False) else None)
+    if mode == "fast" and fast_reason:
+        raise InterpError(f"the fast sweep does not apply here ({fast_reason}); use mode='naive'")
+    fast = mode == "fast" or (mode == "auto" and fast_reason is None)
+    rows: list[dict] = []
+    bar = tqdm(items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample",
+               disable=not progress)
+    for item in bar:
+        prepared = vlm.prepare(item.image, item.question)
+        tf = teacher_force(vlm, prepared, item.answers[0])
+        conditions = [(v, l) for l in layer_list for v in variants]
+        if fast:
+            results = _fast(vlm, tf, conditions, window, scale, batch)
+        else:
+            results = _naive(vlm, tf, prepared, conditions, window, scale, scoring, max_new_tokens, remote, item)
+        for (variant, layer), result in results.items():
+            rows.append({"item": item.id, "kind": item.kind, "variant": variant, "layer": layer, **result})
+    frame = pd.DataFrame(rows)
+    frame.attrs.update({"scoring": scoring, "mode": "fast" if fast else "naive", "scale": scale,
+                        "window": window, "n_layers": vlm.n_layers, "model": vlm.name})
+    return frame
+
+
+def _fast(vlm, tf: TeacherForced, conditions, window, scale, batch) -> dict:
+    prefix = capture(vlm, tf.prepared, tf.positions)
+    logprob, match = tf.score(prefix.logits)
+    results = {("baseline", -1): {"correct": float(match), "logprob": logprob}}
+    by_start: dict[int, list] = {}
+    for variant, layer in conditions:
+        by_start.setdefault(layer, []).append((variant, layer))
+    for start, group in by_start.items():
+        for i in range(0, len(group), batch):
+            chunk = group[i : i + batch]
+            bound = [Plan(condition(v, l, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
+                     for v, l in chunk]
+            logits = continue_from(vlm, prefix, tf.prepared, start, bound)
+            for key, row in zip(chunk, logits):
+                logprob, match = tf.score(row)
+                results[key] = {"correct": float(match), "logprob": logprob}
+    return results
+
+
+def _naive(vlm, tf: TeacherForced, prepared, conditions, window, scale, scoring, max_new_tokens, remote,
+           item: Item) -> dict:
+    positions = tf.positions.tolist()
+
+    def score(interventions) -> dict:
+        run = vlm.run(tf.prepared, *interventions, logit_positions=positions, remote=remote)
+        logprob, match = tf.score(run.logits[0])
+        result = {"correct": float(match), "logprob": logprob}
+        if scoring == "generate":
+            gen = vlm.run(prepared, *interventions, generate=True, max_new_tokens=max_new_tokens, remote=remote)
+            result["prediction"] = gen.text[0]
+            result["correct"] = item.score(gen.text[0])
+        return result
+
+    results = {("baseline", -1): score([])}
+    for variant, layer in conditions:
+        results[(variant, layer)] = score(condition(variant, layer, vlm.n_layers, tf, window=window, scale=scale))
+    return results
