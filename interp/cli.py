@@ -1,4 +1,4 @@
-"""Command line: ``interp families | hooks | quickstart``.
+"""Command line: ``interp families | hooks | quickstart | reproduce | organism ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -145,6 +145,37 @@ def _organism_card(args) -> int:
     return 0
 
 
+def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_size: int):
+    """``(samples, label)`` for ``--dataset``: the synthetic benchmark or an evaluation task."""
+    if dataset == "synthetic":
+        from .data.synthetic import SyntheticVQA
+
+        split = split or "test"
+        return SyntheticVQA(split, seed=0, image_size=image_size), f"synthetic:{split}"
+    from .data.tasks import load_task
+
+    return load_task(dataset, data_dir, split=split), dataset
+
+
+def _reproduce(args) -> int:
+    from . import load
+    from .analysis.reproduce import ReproduceConfig, reproduce
+
+    vlm = load(args.model, remote=bool(args.remote))
+    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
+    config = ReproduceConfig(scoring=args.scoring, mode=args.mode, window=args.window, seed=args.seed,
+                             remote=True if args.remote else None, n_boot=args.n_boot)
+    report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config)
+    single = report["masking"]["findings"].get("single", {})
+    print(f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "
+          f"{report['baseline_accuracy']['mean']:.3f}")
+    if single:
+        print(single["statement"])
+    print(f"wrote {Path(args.out) / 'report.md'}, report.json and figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Where does vision meet language inside a VLM?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,13 +195,29 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default=None, help="directory for quickstart.json")
     quick.set_defaults(func=_quickstart)
 
+    rep = sub.add_parser("reproduce", help="run the paper's analyses and write figures and a report")
+    rep.add_argument("--out", required=True, help="output directory (figures, report.md, report.json, CSVs)")
+    rep.add_argument("--model", default="organism", help="HF id, local dir, tiny:<model_type>, organism (default)")
+    rep.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
+    rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
+    rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
+    rep.add_argument("--limit", type=int, default=200, help="number of samples (default 200)")
+    rep.add_argument("--scoring", default="teacher", choices=["teacher", "generate"],
+                     help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
+    rep.add_argument("--mode", default="auto", choices=["auto", "fast", "naive"])
+    rep.add_argument("--window", type=int, default=3, help="layers per window / knockout span")
+    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    rep.add_argument("--n-boot", type=int, default=2000)
+    rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
+    rep.set_defaults(func=_reproduce)
+
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)
     org_train = org_sub.add_parser("train", help="train the organism (seeded; writes its shipped weights)")
     org_train.add_argument("--seed", type=int, default=0)
     org_train.add_argument("--tower-steps", type=int, default=1200)
     org_train.add_argument("--align-steps", type=int, default=150)
-    org_train.add_argument("--adapt-steps", type=int, default=400)
+    org_train.add_argument("--adapt-steps", type=int, default=1000)
     org_train.add_argument("--batch", type=int, default=16)
     org_train.add_argument("--out", default=None, help="directory for the weights (default: the package's)")
     org_train.set_defaults(func=_organism_train)

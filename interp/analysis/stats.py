@@ -126,7 +126,7 @@ def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: f
     finding = FusionFinding(variant=variant, baseline=base, significant_layers=sig_layers)
     blocks = _blocks(sig_layers)
     if not blocks:
-        finding.statement = (f"No layer where masking the image tokens ({variant}) lowers accuracy significantly "
+        finding.statement = (f"No layer where the {variant} edit lowers accuracy significantly "
                              f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected.")
         return finding
     fusion = list(blocks[0])
@@ -150,3 +150,15 @@ def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: f
 
 def _span(layers: list[int]) -> str:
     return ", ".join(f"{b[0]}-{b[-1]}" if len(b) > 1 else str(b[0]) for b in _blocks(layers))
+
+
+def per_layer_ci(frame: pd.DataFrame, value: str, *, by: tuple[str, ...] = ("layer",), n_boot: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Mean of ``value`` per group with a bootstrap CI over the rows (items) of the group:
+    columns ``*by, mean, low, high, n``."""
+    rows = []
+    for key, group in frame.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        mean, low, high = bootstrap_mean_ci(group[value].values, n_boot=n_boot, level=level, seed=seed)
+        rows.append({**dict(zip(by, key)), "mean": mean, "low": low, "high": high, "n": int(len(group))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,266 @@
+"""The paper's analyses, checked against independent computations on tiny models.
+
+* teacher forcing vs. real greedy generation and a plain HF forward;
+* the fast (prefix-reuse) sweep vs. the naive per-layer re-run and vs. plain PyTorch
+  forward-pre-hooks, across mask types (SDPA None mask, eager float masks, Gemma3's
+  bidirectional/sliding masks, Qwen2-VL's M-RoPE);
+* contrastive masking in one trace vs. the fast path and a hand computation;
+* statistics and distances vs. hand-worked numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.analysis.attention import attention_maps, layer_distances, persistent_noise, relevant_mass
+from interp.analysis.contrastive import compare_to_baseline, contrastive_eval
+from interp.analysis.distance import hellinger, jsd
+from interp.analysis.items import Item, as_items
+from interp.analysis.logit_lens import early_output
+from interp.analysis.stats import bootstrap_mean_ci, detect_fusion, layer_effects, mcnemar_exact
+from interp.analysis.sweep import VARIANTS, masking_sweep
+from interp.analysis.teacher import teacher_force
+from interp.data.synthetic import SyntheticVQA
+from interp.errors import InterpError
+from interp.interventions import ContrastiveMask
+from interp.interventions.contrastive import bottom_fraction, contrast
+
+from .conftest import make_image, tiny_vlm
+
+
+def _items(vlm, n=2):
+    size = vlm.adapter.extra.get("test_image_size", (48, 64))
+    return [Item(id=str(i), image=make_image(*size, seed=i), question="What colour is the square?", answers=("red",),
+                 kind="attribute", boxes=((0, 0, size[1] // 2, size[0] // 2),)) for i in range(n)]
+
+
+def _hf_logprobs(vlm, tf):
+    """Plain HF forward (no nnsight): log-probs of the targets at the scored positions."""
+    with torch.no_grad():
+        logits = vlm.model(**tf.prepared.inputs).logits[0].float()
+    logprobs = torch.log_softmax(logits[tf.positions], -1)
+    return logprobs.gather(1, tf.targets[:, None]).squeeze(1), logits[tf.positions].argmax(-1)
+
+
+def test_teacher_forcing_matches_generation_and_plain_forward():
+    vlm = tiny_vlm("llava", "sdpa")
+    item = _items(vlm, 1)[0]
+    prepared = vlm.prepare(item.image, item.question)
+    generated = vlm.run(prepared, generate=True, max_new_tokens=4)
+    tokenizer = vlm.processor.tokenizer
+    text = tokenizer.decode(generated.sequences[0][:3])
+    tf = teacher_force(vlm, prepared, text)
+    assert tf.prompt_len == prepared.seq_len and tf.last_prompt_position == prepared.seq_len - 1
+    picked, argmax = _hf_logprobs(vlm, tf)
+    run = vlm.run(tf.prepared, logit_positions=tf.positions.tolist())
+    logprob, match = tf.score(run.logits[0])
+    assert logprob == pytest.approx(float(picked[: tf.n_answer].sum()), abs=1e-4)
+    assert match == bool((argmax == tf.targets).all())
+    # the greedy continuation itself is matched token for token
+    assert torch.equal(argmax[: tf.n_answer], generated.sequences[0][: tf.n_answer])
+    other = teacher_force(vlm, prepared, "zzz qqq")
+    _, other_match = other.score(vlm.run(other.prepared, logit_positions=other.positions.tolist()).logits[0])
+    assert other_match is False
+
+
+@pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"),
+                                             ("qwen2_vl", "sdpa")])
+def test_fast_sweep_equals_naive_rerun(model_type, attn):
+    vlm = tiny_vlm(model_type, attn)
+    items = _items(vlm, 2)
+    kwargs = dict(variants=VARIANTS, window=2, progress=False)
+    fast = masking_sweep(vlm, items, mode="fast", **kwargs)
+    naive = masking_sweep(vlm, items, mode="naive", **kwargs)
+    assert fast.attrs["mode"] == "fast" and naive.attrs["mode"] == "naive"
+    assert len(fast) == len(naive) == 2 * (1 + len(VARIANTS) * vlm.n_layers)
+    merged = fast.merge(naive, on=["item", "variant", "layer"], suffixes=("_fast", "_naive"))
+    assert (merged.logprob_fast - merged.logprob_naive).abs().max() < 1e-4
+    assert (merged.correct_fast == merged.correct_naive).all()
+    # the edits matter: masking every layer from 0 moves the answer's log-probability
+    cumulative0 = fast[(fast.variant == "cumulative") & (fast.layer == 0)].logprob.values
+    baseline = fast[fast.variant == "baseline"].logprob.values
+    assert np.abs(cumulative0 - baseline).max() > 1e-3
+
+
+def test_sweep_matches_plain_pytorch_hooks():
+    """Scaling image tokens at layer l with a forward-pre-hook gives the sweep's numbers."""
+    vlm = tiny_vlm("llava", "sdpa")
+    item = _items(vlm, 1)[0]
+    sweep = masking_sweep(vlm, [item], variants=("single",), mode="fast", progress=False)
+    prepared = vlm.prepare(item.image, item.question)
+    tf = teacher_force(vlm, prepared, item.answers[0])
+    positions = prepared.image_positions
+    for layer in range(vlm.n_layers):
+        def scale(module, args, kwargs):
+            hidden = args[0].clone() if args else kwargs["hidden_states"].clone()
+            hidden[:, positions] *= 1e-9
+            if args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        block = vlm.adapter.resolve(vlm.model, "layers")[layer]
+        handle = block.register_forward_pre_hook(scale, with_kwargs=True)
+        try:
+            picked, _ = _hf_logprobs(vlm, tf)
+        finally:
+            handle.remove()
+        expected = float(picked[: tf.n_answer].sum())
+        got = float(sweep[(sweep.variant == "single") & (sweep.layer == layer)].logprob.iloc[0])
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_fast_sweep_refused_where_it_cannot_apply():
+    vlm = tiny_vlm("qwen3_vl", "sdpa")
+    items = _items(vlm, 1)
+    with pytest.raises(InterpError, match="DeepStack"):
+        masking_sweep(vlm, items, mode="fast", progress=False)
+    auto = masking_sweep(vlm, items, variants=("single",), progress=False)
+    assert auto.attrs["mode"] == "naive"
+    with pytest.raises(InterpError, match="unknown sweep variant"):
+        masking_sweep(vlm, items, variants=("nope",), progress=False)
+
+
+def test_contrastive_fast_equals_one_trace_intervention():
+    vlm = tiny_vlm("llava", "sdpa")
+    items = _items(vlm, 2)
+    review = vlm.n_layers - 1
+    kwargs = dict(review_layer=review, fusion_layers=[0], crop=False, progress=False)
+    fast = contrastive_eval(vlm, items, mode="fast", **kwargs)
+    naive = contrastive_eval(vlm, items, mode="naive", **kwargs)
+    assert (fast.logprob - naive.logprob).abs().max() < 1e-4
+    assert (fast.pre_layer == naive.pre_layer).all()
+    table = compare_to_baseline(fast)
+    assert set(table.columns) >= {"diff", "diff_low", "diff_high", "p_value"}
+
+
+def test_contrast_by_hand():
+    ref = torch.tensor([0.1, 0.5, 0.4])
+    candidates = {0: torch.tensor([0.1, 0.5, 0.4]), 1: torch.tensor([0.6, 0.2, 0.2])}
+    pre, c = contrast(ref, candidates, "jsd")
+    assert pre == 1  # the farther candidate
+    assert torch.allclose(c, torch.tensor([0.0, 0.3, 0.2]))
+    assert bottom_fraction(torch.tensor([0.3, 0.0, 0.2, 0.1]), 0.5).tolist() == [False, True, False, True]
+
+
+def test_distances_by_hand():
+    p = torch.tensor([0.5, 0.5, 0.0])
+    q = torch.tensor([0.0, 0.5, 0.5])
+    m = np.array([0.25, 0.5, 0.25])
+    kl = lambda a: sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0)  # noqa: E731
+    assert float(jsd(p, q)) == pytest.approx(0.5 * kl([0.5, 0.5, 0]) + 0.5 * kl([0, 0.5, 0.5]), abs=1e-6)
+    assert float(hellinger(p, q)) == pytest.approx(math.sqrt(1 - 0.5), abs=1e-6)
+    assert float(jsd(p, p)) == pytest.approx(0.0, abs=1e-7) and float(hellinger(p, p)) == pytest.approx(0, abs=1e-6)
+    # unnormalised weights are renormalised
+    assert float(hellinger(2 * p, q)) == pytest.approx(float(hellinger(p, q)), abs=1e-6)
+
+
+def test_mcnemar_and_bootstrap_by_hand():
+    a = [1, 1, 1, 1, 0, 0, 1, 0]
+    b = [1, 0, 0, 0, 0, 1, 1, 0]
+    result = mcnemar_exact(a, b)
+    # discordant: a only = 3, b only = 1; p = 2 * P[X <= 1], X ~ Bin(4, 1/2) = 2 * 5/16
+    assert (result["a_only"], result["b_only"]) == (3, 1)
+    assert result["p_value"] == pytest.approx(10 / 16)
+    mean, low, high = bootstrap_mean_ci([0, 1, 1, 1], n_boot=500)
+    assert mean == 0.75 and 0 <= low <= mean <= high <= 1
+
+
+def _effects(drops: dict[int, float], n_layers: int = 12, n_items: int = 60) -> pd.DataFrame:
+    rows = []
+    rng = np.random.default_rng(0)
+    for item in range(n_items):
+        rows.append({"item": str(item), "kind": "", "variant": "baseline", "layer": -1, "correct": 1.0, "logprob": 0.0})
+        for layer in range(n_layers):
+            wrong = rng.uniform() < drops.get(layer, 0.0)
+            rows.append({"item": str(item), "kind": "", "variant": "single", "layer": layer,
+                         "correct": 0.0 if wrong else 1.0, "logprob": 0.0})
+    return layer_effects(pd.DataFrame(rows), n_boot=400)
+
+
+def test_detect_fusion_and_review_layers():
+    finding = detect_fusion(_effects({1: 0.8, 2: 0.9, 3: 0.7, 10: 0.6}))
+    assert finding.fusion_layers == [1, 2, 3]
+    assert finding.review_layer == 10
+    assert "review layer 10" in finding.statement
+    none = detect_fusion(_effects({}))
+    assert none.fusion_layers == [] and none.review_layer is None and "No layer" in none.statement
+    no_review = detect_fusion(_effects({2: 0.9, 3: 0.9}))
+    assert no_review.fusion_layers == [2, 3] and no_review.review_layer is None
+
+
+def test_attention_maps_and_masses_by_hand():
+    vlm = tiny_vlm("llava", "eager")
+    item = _items(vlm, 1)[0]
+    maps = attention_maps(vlm, [item], progress=False)
+    prepared = vlm.prepare(item.image, item.question)
+    with torch.no_grad():
+        out = vlm.model(**prepared.inputs, output_attentions=True)
+    for layer in range(vlm.n_layers):
+        expected = out.attentions[layer][0, :, -1, prepared.image_positions].mean(0)
+        got = torch.tensor(maps[maps.layer == layer].sort_values("token").attention.values)
+        assert torch.allclose(got, expected.float(), atol=1e-6)
+    mass = relevant_mass(maps)
+    layer0 = maps[maps.layer == 0]
+    grid = layer0[layer0.row >= 0]
+    share = grid[grid.relevant.astype(bool)].attention.sum() / grid.attention.sum()
+    assert mass[mass.layer == 0].relevant_share.iloc[0] == pytest.approx(share)
+    assert mass.relevant_area.iloc[0] == pytest.approx(grid.relevant.astype(bool).mean())
+    noise = persistent_noise(maps, k=2, persist=0.5)
+    assert not noise.empty and not any(
+        bool(grid[(grid.row == r) & (grid.col == c)].relevant.iloc[0]) for r, c in zip(noise.row, noise.col))
+    distances = layer_distances(maps, reference_layer=1)
+    assert distances[distances.layer == 1].jsd.abs().max() < 1e-7
+
+
+def test_early_output_last_layer_is_the_model_output():
+    vlm = tiny_vlm("llava", "sdpa")
+    item = _items(vlm, 1)[0]
+    lens = early_output(vlm, [item], progress=False)
+    tf = teacher_force(vlm, vlm.prepare(item.image, item.question), item.answers[0])
+    picked, _ = _hf_logprobs(vlm, tf)
+    last = lens[lens.layer == vlm.n_layers - 1].logprob.iloc[0]
+    assert last == pytest.approx(float(picked[: tf.n_answer].sum()), abs=1e-4)
+    assert lens.layer.nunique() == vlm.n_layers
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "idefics3"])
+def test_analyses_run_unchanged_on_other_families(model_type):
+    vlm = tiny_vlm(model_type, "sdpa")
+    items = _items(vlm, 1)
+    sweep = masking_sweep(vlm, items, variants=("single", "knockout_last"), progress=False)
+    assert len(sweep) == 1 + 2 * vlm.n_layers
+    maps = attention_maps(vlm, items, progress=False)
+    assert not relevant_mass(maps).empty
+    assert len(early_output(vlm, items, progress=False)) == vlm.n_layers
+    rows = contrastive_eval(vlm, items, review_layer=vlm.n_layers - 1, progress=False)
+    assert set(rows.method) == {"baseline", "v1", "v2"}
+
+
+def test_analyses_under_remote_local_equal_local():
+    vlm = tiny_vlm("llava", "sdpa")
+    items = _items(vlm, 1)
+    local = masking_sweep(vlm, items, variants=("single",), mode="naive", progress=False)
+    remote = masking_sweep(vlm, items, variants=("single",), mode="naive", remote="local", progress=False)
+    assert np.allclose(local.logprob, remote.logprob, atol=1e-5)
+    maps_local = attention_maps(vlm, items, progress=False)
+    maps_remote = attention_maps(vlm, items, remote="local", progress=False)
+    assert np.allclose(maps_local.attention, maps_remote.attention, atol=1e-6)
+    a = contrastive_eval(vlm, items, review_layer=vlm.n_layers - 1, mode="naive", crop=False, progress=False)
+    b = contrastive_eval(vlm, items, review_layer=vlm.n_layers - 1, mode="naive", crop=False, remote="local",
+                         progress=False)
+    assert np.allclose(a.logprob, b.logprob, atol=1e-5) and (a.pre_layer == b.pre_layer).all()
+
+
+def test_items_from_synthetic_and_errors():
+    items = as_items(SyntheticVQA("test", seed=0), limit=3)
+    assert [i.id for i in items] == ["test-000000", "test-000001", "test-000002"]
+    assert items[0].relevant_mask(6, 6).equal(SyntheticVQA("test", seed=0)[0].relevant_mask(6, 6))
+    with pytest.raises(InterpError):
+        as_items([])
+    with pytest.raises(InterpError):
+        as_items([object()])
