@@ -14,6 +14,7 @@ from .hooks import all_hook_names, parse_hook_name
 from .inputs import Prepared
 from .interventions import (
     AttentionKnockout,
+    ContrastiveMask,
     MeanAblateImageTokens,
     NoiseAblateImageTokens,
     Plan,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionKnockout",
+    "ContrastiveMask",
     "InterpError",
     "MeanAblateImageTokens",
     "NoiseAblateImageTokens",

@@ -231,7 +231,7 @@ def _example(vlm, items, maps, out, review, reference, contrastive, config) -> d
     panels = {f"A_pre (layer {pre})": on_grid(norm(attention[pre].numpy())),
               f"A_ref (layer {reference})": on_grid(norm(attention[reference].numpy())),
               "C = max(A_ref − A_pre, 0)": on_grid(c.numpy()),
-              f"kept tokens (ρ={rho})": on_grid(keep.numpy()).astype(bool)}
+              f"masked (dark): bottom ρ={rho}": on_grid(keep.numpy()).astype(bool)}
     plotting.contrastive_example(load_image(item.image), panels, title=f"{item.question} ({item.answers[0]})",
                                  out_dir=out)
     return {"item": item.id, "question": item.question, "answer": item.answers[0], "pre_layer": pre,

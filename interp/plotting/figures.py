@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .style import COLUMN, FULL, palette, paper_style, save
 
@@ -43,6 +44,7 @@ def masking_curve(effects: pd.DataFrame, *, baseline: tuple[float, float, float]
                 ax.annotate("review", (finding["review_layer"], ax.get_ylim()[1]), fontsize=7, color="tab:red",
                             ha="center", va="bottom")
         ax.set_xlabel("layer l")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(ncol=3, loc="lower right", frameon=False)
@@ -89,6 +91,7 @@ def relevant_vs_noise(relevant: pd.DataFrame, noise: pd.DataFrame, area: float, 
             ax.fill_between(frame.layer, frame.low, frame.high, color=colour, alpha=0.15, lw=0)
         ax.axhline(area, color="tab:green", ls=":", lw=1, label="region area (uniform)")
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("share of image attention")
         ax.legend(frameon=False)
         save(fig, out_dir, name)
@@ -106,6 +109,7 @@ def layer_distance(distances: dict[str, pd.DataFrame], reference_layer: int, *, 
             ax.fill_between(frame.layer, frame.low, frame.high, color=colour, alpha=0.15, lw=0)
         ax.axvline(reference_layer, color="grey", ls=":", lw=1)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"distance to layer {reference_layer}")
         ax.legend(frameon=False)
         save(fig, out_dir, name)
@@ -124,6 +128,7 @@ def early_output(accuracy: pd.DataFrame, *, final: float | None = None, out_dir:
             ax.legend(frameon=False)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("layer read out")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy")
         save(fig, out_dir, name)
     return fig
@@ -175,6 +180,7 @@ def pre_layer_histogram(counts: pd.DataFrame, *, n_layers: int, out_dir: str | P
         ax.bar(counts.layer, counts["count"], color="tab:orange", width=0.8)
         ax.set_xlim(-0.5, n_layers - 0.5)
         ax.set_xlabel("chosen pre layer i*")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("samples")
         save(fig, out_dir, name)
     return fig
