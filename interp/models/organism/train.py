@@ -4,6 +4,10 @@ Like a real VLM, in three stages:
 
 0. **Tower pre-training** on its own: the CLIP tower learns dense per-patch (colour,
    shape) labels of the synthetic scenes (real VLM encoders come pre-trained too).
+   Then the projector is initialised so that each patch's image token lands near the
+   sum of SmolLM2's embeddings of its words (`` red`` + `` circle``; `` background``):
+   a cheap regression (no LM forward) that gives the frozen LM readable image tokens,
+   much as LLaVA's stage 1 aligns features to word space.
 1. **Alignment** (LLaVA stage 1): projector (and tower, at a lower rate) trained to
    answer questions through the *frozen* SmolLM2. Saved as ``organism-frozen``.
 2. **Adaptation** (LLaVA stage 2): additionally the LM's attention projections
@@ -34,15 +38,18 @@ class TrainConfig:
     tower_steps: int = 1200
     tower_batch: int = 64
     tower_lr: float = 3e-4
+    words_steps: int = 300
+    words_lr: float = 1e-3
     align_steps: int = 150
-    adapt_steps: int = 400
+    adapt_steps: int = 1000
     batch: int = 16
     lr_projector: float = 1e-3
-    lr_tower: float = 1e-4
-    lr_attention: float = 1e-4
+    lr_tower: float = 0.0  # 0 keeps the pre-trained tower frozen in the answer stages
+    lr_attention: float = 3e-4
     warmup: int = 20
     grad_clip: float = 5.0  # global norm; 0 disables
-    eval_every: int = 50
+    bf16: bool = True  # bfloat16 autocast for the answer stages (fp32 master weights)
+    eval_every: int = 100
     eval_samples: int = 96
     progress_file: str | None = None  # the log so far, rewritten at every evaluation
     tower: TowerSpec = field(default_factory=TowerSpec)
@@ -101,6 +108,52 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
     tower.eval()
 
 
+def word_targets(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """SmolLM2's input embeddings of `` <colour>`` (row 0: `` background``) and `` <shape>``
+    (row 0: zeros), indexed like :data:`COLOUR_CLASSES` / :data:`SHAPE_CLASSES`."""
+    from ...data.synthetic import COLOUR_CLASSES, SHAPE_CLASSES
+
+    embed = model.model.language_model.embed_tokens.weight.detach()
+
+    def word(text: str) -> torch.Tensor:
+        ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        return embed[ids].mean(dim=0)
+
+    colours = torch.stack([word(c) for c in COLOUR_CLASSES])
+    shapes = torch.stack([torch.zeros_like(colours[0])] + [word(s) for s in SHAPE_CLASSES[1:]])
+    return colours, shapes
+
+
+def align_projector_to_words(model, processor, dataset, config: TrainConfig, log: list) -> None:
+    """Regress each patch's projected feature onto its words' embedding sum (tower frozen)."""
+    tower = model.model.vision_tower
+    projector = model.model.multi_modal_projector
+    colours, shapes = word_targets(model, processor.tokenizer)
+    grid = config.tower.grid
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=config.words_lr, weight_decay=0.0)
+    start = time.time()
+    index = 80_000
+    progress = tqdm(range(config.words_steps), desc="stage 0: projector to words", unit="step")
+    for step in progress:
+        samples = [dataset[index + i] for i in range(config.tower_batch)]
+        index += config.tower_batch
+        with torch.no_grad():
+            features = tower(_pixel_values(processor, [s.image for s in samples])).last_hidden_state[:, 1:]
+        labels = [dataset.patch_labels(s, grid, grid) for s in samples]
+        colour = torch.stack([c for c, _ in labels]).flatten()
+        shape = torch.stack([s for _, s in labels]).flatten()
+        target = colours[colour] + shapes[shape]
+        output = projector(features).reshape(-1, target.shape[-1])
+        loss = torch.nn.functional.mse_loss(output, target) / target.pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0 or step == config.words_steps - 1:
+            log.append({"stage": 0.5, "step": step, "loss": loss.item(), "seconds": round(time.time() - start, 1)})
+            progress.write(f"stage 0.5 step {step + 1}: relative error {loss.item():.4f}")
+
+
 # -- stages 1 and 2 ----------------------------------------------------------------------
 
 
@@ -129,6 +182,16 @@ def collate(processor, samples, *, with_answers: bool):
     return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels}, label_t
 
 
+def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the labelled positions only: the unembedding (49k x 576) is applied
+    to the few answer rows instead of every position, which halves the step time."""
+    hidden = model.model(**inputs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
 def quick_accuracy(model, processor, dataset, n: int) -> dict:
     from .evaluate import evaluate
 
@@ -142,10 +205,9 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
     """Train the projector and tower (and attention projections) on answer tokens."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    groups = [
-        {"params": list(model.model.multi_modal_projector.parameters()), "lr": config.lr_projector},
-        {"params": list(model.model.vision_tower.parameters()), "lr": config.lr_tower},
-    ]
+    groups = [{"params": list(model.model.multi_modal_projector.parameters()), "lr": config.lr_projector}]
+    if config.lr_tower > 0:
+        groups.append({"params": list(model.model.vision_tower.parameters()), "lr": config.lr_tower})
     if with_attention:
         attention = [
             p for name, p in model.model.language_model.named_parameters()
@@ -168,7 +230,8 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         index += config.batch
         inputs, labels = collate(processor, samples, with_answers=True)
         model.train()
-        loss = model(**inputs, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss = answer_loss(model, inputs, labels)
         optimizer.zero_grad()
         loss.backward()
         if config.grad_clip:
@@ -207,6 +270,7 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     log: list = []
     started = time.time()
     pretrain_tower(model, processor, train_set, config, log)
+    align_projector_to_words(model, processor, train_set, config, log)
     t0 = time.time() - started
     index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
                           with_attention=False, log=log, first_index=100_000)
