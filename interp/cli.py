@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_card = org_sub.add_parser("card", help="evaluate both variants on the test split and write MODEL_CARD.md")
     org_card.add_argument("--limit", type=int, default=None)
     org_card.set_defaults(func=_organism_card)
+    from .evaluation.cli import add_commands as add_evaluation_commands  # interp evaluate | merge
+
+    add_evaluation_commands(sub)
     return parser
 
 

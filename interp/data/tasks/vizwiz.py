@@ -1,0 +1,103 @@
+"""VizWiz-VQA (val): photos taken by blind people, 10 human answers, VQA accuracy.
+
+``--data-dir`` holds either
+
+* the official files: ``val.json`` (or ``Annotations/val.json``; a list of
+  ``{"image": "VizWiz_val_00000000.jpg", "question", "answers": [{"answer", ...} x 10],
+  "answer_type", "answerable"}``) and the images in ``val/``, or
+* a local copy of ``lmms-lab/VizWiz-VQA`` (columns ``question_id``, ``question``,
+  ``answers`` (strings), ``category``, ``image``), split ``val``.
+
+``doc_id`` is the image name without its suffix (``VizWiz_val_00000000``), which is
+also lmms-lab's ``question_id``. Prompt as lmms-eval: the question
+``str.capitalize()``-d, then the suffix, which by default asks for "Unanswerable"
+when the photo does not show the answer. Metric: VQA accuracy with EvalAI
+normalisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..metrics import mean_of, vqa_accuracy
+from .base import (
+    SHORT_ANSWER,
+    Benchmark,
+    DataFormatError,
+    Doc,
+    FileImage,
+    answer_strings,
+    first_existing,
+    join_prompt,
+    read_json,
+    require_fields,
+)
+from .okvqa import UNANSWERABLE_HINT
+
+_ANNOTATIONS = ("{split}.json", "Annotations/{split}.json", "annotations/{split}.json")
+_IMAGE_DIRS = ("{split}", "images/{split}", "images")
+
+
+def _stem(name: str) -> str:
+    path = Path(str(name))
+    return str(path.with_suffix("")) if path.suffix.lower() in (".jpg", ".jpeg", ".png") else str(name)
+
+
+class VizWiz(Benchmark):
+    name = "vizwiz"
+    title = "VizWiz-VQA"
+    splits = ("val",)
+    default_split = "val"
+    prompt_suffix = f"{UNANSWERABLE_HINT}\n{SHORT_ANSWER}"
+    hf_dataset = "lmms-lab/VizWiz-VQA"
+    official_layout = "val.json (or Annotations/val.json) and val/VizWiz_val_<n>.jpg"
+
+    def find_official(self, data_dir: Path, split: str):
+        annotations = first_existing(data_dir, [c.format(split=split) for c in _ANNOTATIONS])
+        if annotations is None or not annotations.is_file():
+            return None
+        images = first_existing(data_dir, [c.format(split=split) for c in _IMAGE_DIRS]) or data_dir / split
+        return annotations, images
+
+    def load_official(self, found, split: str) -> list[Doc]:
+        annotations, images = found
+        content = read_json(annotations)
+        if not isinstance(content, list):
+            raise DataFormatError(f"{annotations} should hold a JSON list of questions (the official VizWiz format)")
+        docs = []
+        for i, entry in enumerate(content):
+            where = f"{annotations.name} entry {i}"
+            require_fields(entry, ["image", "question", "answers"], where)
+            docs.append(Doc(
+                doc_id=_stem(entry["image"]),
+                question=entry["question"],
+                targets=answer_strings(entry["answers"], where),
+                image=FileImage(images / entry["image"]),
+                metadata={k: entry[k] for k in ("answer_type", "answerable") if k in entry},
+            ))
+        return docs
+
+    def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
+        table.require(["question_id", "question", "answers", "image"], self.title)
+        return [
+            Doc(
+                doc_id=_stem(row["question_id"]),
+                question=row["question"],
+                targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
+                image=table.image_ref(i),
+                metadata={"answer_type": row["category"]} if "category" in row else {},
+            )
+            for i, row in enumerate(table.records())
+        ]
+
+    def prompt(self, doc: Doc, suffix: str) -> str:
+        return join_prompt(doc.question.capitalize(), suffix)
+
+    def score(self, doc: Doc, response: str) -> dict:
+        return {"vqa_accuracy": vqa_accuracy(response, doc.targets)}
+
+    def aggregate(self, rows) -> dict:
+        return {"vqa_accuracy": mean_of(rows, "vqa_accuracy")}
+
+
+BENCHMARK = VizWiz()

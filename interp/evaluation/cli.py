@@ -1,0 +1,112 @@
+"""``interp evaluate`` and ``interp merge``.
+
+::
+
+    interp evaluate --model llava-hf/llava-1.5-7b-hf --task textvqa --data-dir /data/textvqa \\
+        --out runs/textvqa.jsonl [--limit N] [--shard i/n] [--batch-size B] \\
+        [--prompt-suffix S] [--max-new-tokens K] [--split S] [--check-images] [--json]
+    interp merge --out runs/textvqa.jsonl runs/textvqa.1of4.jsonl ... runs/textvqa.4of4.jsonl
+
+``evaluate`` prints the task's aggregate metrics (``--json``: as one JSON object).
+Run the same command again to resume a killed run. ``--task synthetic`` needs no
+``--data-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers) -> None:
+    """Register ``evaluate`` and ``merge`` on the ``interp`` command's subparsers."""
+    from ..data.tasks import TASKS
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="run a model on a VQA benchmark (resumable, shardable)",
+        description="Answer and score every question of a benchmark; with --out, rows are appended "
+                    "as they come and rerunning the command resumes.")
+    evaluate.add_argument("--model", required=True, help="a HF id, a local dir, tiny:<model_type> or organism")
+    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    evaluate.add_argument("--data-dir", default=None, help="the benchmark's files (official or a local HF copy)")
+    evaluate.add_argument("--split", default=None, help="default: the task's (e.g. validation)")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    evaluate.add_argument("--out", default=None, help="per-sample results JSONL (resumed if it exists)")
+    evaluate.add_argument("--shard", default=None, help="i/n: run the i-th of n slices (1-based)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="questions per generate call (llava family)")
+    evaluate.add_argument("--prompt-suffix", default=None,
+                          help="text after the question, on a new line (default: the task's; '' for none)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
+    evaluate.add_argument("--check-images", action="store_true", help="check every image exists before starting")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    evaluate.set_defaults(func=_evaluate)
+
+    merge = subparsers.add_parser("merge", help="merge the results files of a sharded evaluation",
+                                  description="Check that the files are shards 1..n of one run, complete and "
+                                              "disjoint, and write them as one file in the task's order.")
+    merge.add_argument("--out", required=True, help="the merged JSONL")
+    merge.add_argument("shards", nargs="+", help="the shards' JSONL files")
+    merge.add_argument("--json", action="store_true", help="print the summary as JSON")
+    merge.set_defaults(func=_merge)
+
+
+def _flatten(summary: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _print_summary(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    where = f", {report['source']}" if report.get("source") else ""
+    print(f"{report['task']} ({report['split']}{where}) on {report['model']}: {report['summary']['n']} questions")
+    metrics = _flatten({k: v for k, v in report["summary"].items() if k != "n"})
+    width = max((len(key) for key, _ in metrics), default=0)
+    for key, value in metrics:
+        print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    if report.get("out"):
+        print(f"wrote {report['out']}")
+
+
+def _evaluate(args) -> int:
+    from .. import load
+    from ..data.tasks import load_task
+    from .runner import can_batch, evaluate, summarize
+    from .shards import parse_shard
+
+    parse_shard(args.shard)  # a bad --shard fails before anything loads
+    task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
+    vlm = load(args.model)
+    if args.batch_size not in (None, 1) and not can_batch(vlm):
+        print(f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time",
+              file=sys.stderr)
+    rows = evaluate(vlm, task, out=args.out, limit=args.limit, shard=args.shard, prompt_suffix=args.prompt_suffix,
+                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.no_progress)
+    report = {"task": task.name, "split": task.split, "source": task.source, "model": vlm.name,
+              "shard": args.shard, "out": args.out, "summary": summarize(task, rows)}
+    _print_summary(report, args.json)
+    return 0
+
+
+def _merge(args) -> int:
+    from .results import read_meta
+    from .runner import summarize
+    from .shards import merge_shards
+
+    rows = merge_shards(args.shards, args.out)
+    meta = read_meta(Path(args.out))
+    report = {"task": meta["task"], "split": meta["split"], "model": meta["model"], "out": args.out,
+              "shards": len(args.shards), "summary": summarize(meta["task"], rows)}
+    _print_summary(report, args.json)
+    return 0
+
+
+__all__ = ["add_commands"]
