@@ -264,3 +264,13 @@ def test_items_from_synthetic_and_errors():
         as_items([])
     with pytest.raises(InterpError):
         as_items([object()])
+
+
+def test_items_from_an_evaluation_task_use_its_prompt_and_metric():
+    from interp.data.tasks import load_task
+
+    task = load_task("synthetic", split="test", limit=3)
+    items = as_items(task)
+    assert [i.answers[0] for i in items] == [d.targets[0] for d in task.docs]
+    assert items[0].question == task.prompt(task.docs[0])
+    assert items[0].score(task.docs[0].targets[0]) == 1.0 and items[0].score("zzz") == 0.0

@@ -67,6 +67,8 @@ def as_items(source: Any, limit: int | None = None) -> list[Item]:
     if isinstance(source, SyntheticVQA):
         n = len(source) if limit is None else min(limit, len(source))
         return [_from_sample(source[i]) for i in range(n)]
+    if hasattr(source, "benchmark") and hasattr(source, "docs"):  # an evaluation Task
+        return [_from_task_doc(source, doc) for doc in _take(source.docs, limit)]
     items = []
     for entry in _take(source, limit):
         if isinstance(entry, Item):
@@ -97,6 +99,29 @@ def _take(source: Iterable, limit: int | None):
 def _from_sample(sample) -> Item:
     return Item(id=sample.id, image=sample.image, question=sample.question, answers=(sample.answer,),
                 kind=sample.kind, boxes=tuple(tuple(b) for b in sample.boxes))
+
+
+#: per-sample score fields of the evaluation tasks, in order of preference
+_SCORE_FIELDS = ("vqa_accuracy", "anls", "exact_match", "correct")
+
+
+def _from_task_doc(task, doc) -> Item:
+    """An evaluation-task document: the task's prompt (question + its suffix), the most
+    common target as the teacher-forced reference, and the task's own metric as scorer."""
+    from collections import Counter
+
+    targets = tuple(doc.targets)
+    reference = Counter(targets).most_common(1)[0][0] if targets else ""
+    ordered = (reference,) + tuple(t for t in targets if t != reference)
+
+    def scorer(prediction: str, answers) -> float:
+        fields = task.score(doc, prediction)
+        return float(next(fields[k] for k in _SCORE_FIELDS if k in fields))
+
+    meta = dict(doc.metadata)
+    return Item(id=str(doc.doc_id), image=doc.load_image(), question=task.prompt(doc), answers=ordered,
+                kind=str(meta.get("kind", meta.get("category", ""))),
+                boxes=tuple(tuple(b) for b in meta.get("boxes", ())), scorer=scorer)
 
 
 def _from_doc(doc) -> Item:

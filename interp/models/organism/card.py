@@ -22,7 +22,7 @@ def loss_curve(log: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    tower = [e for e in log if e["stage"] == 0]
+    tower = [e for e in log if e["stage"] == 0]  # (stage 0.5, the projector regression, is not drawn)
     axes[0].plot([e["step"] for e in tower], [e["loss"] for e in tower], label="loss")
     axes[0].plot([e["step"] for e in tower], [e["patch_accuracy"] for e in tower], label="patch accuracy")
     axes[0].set(title="stage 0: tower pre-training", xlabel="step")
@@ -42,6 +42,15 @@ def loss_curve(log: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _answer_params(config: dict, attention: bool) -> str:
+    parts = ["projector"]
+    if config.get("lr_tower", 0) > 0:
+        parts.append(f"tower (lr {config['lr_tower']})")
+    if attention:
+        parts.append("LM q/k/v/o")
+    return ", ".join(parts)
 
 
 def _table(result: dict) -> str:
@@ -93,9 +102,10 @@ train split only; numbers below are on the held-out test split.
 ## Recipe (seeded; `{train_command(config)}`)
 | stage | what trains | steps | batch | lr | wall time |
 |---|---|---|---|---|---|
-| 0 tower pre-training | tower + per-patch colour/shape heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s |
-| 1 alignment (LM frozen) -> `organism-frozen` | projector, tower | {config['align_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_tower']} | {seconds['align']:.0f} s |
-| 2 adaptation -> `organism` | projector, tower, LM q/k/v/o | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_tower']} / {config['lr_attention']} | {seconds['adapt']:.0f} s |
+| 0 tower pre-training | tower + per-patch colour/shape heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s (with 0b) |
+| 0b projector to words | projector regressed onto SmolLM2's embeddings of each patch's words (`red`+`circle`, `background`); tower frozen | {config.get('words_steps', 0)} | {config['tower_batch']} | {config.get('words_lr', '-')} | |
+| 1 alignment (LM frozen) -> `organism-frozen` | {_answer_params(config, False)} | {config['align_steps']} | {config['batch']} | {config['lr_projector']} | {seconds['align']:.0f} s |
+| 2 adaptation -> `organism` | {_answer_params(config, True)} | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_attention']} (q/k/v/o) | {seconds['adapt']:.0f} s |
 
 Total wall time {seconds['total'] / 60:.1f} min on 2 CPU cores (torch {summary['torch']}). AdamW, linear
 warm-up ({config['warmup']} steps) then cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the
