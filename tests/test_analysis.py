@@ -274,3 +274,28 @@ def test_items_from_an_evaluation_task_use_its_prompt_and_metric():
     assert [i.answers[0] for i in items] == [d.targets[0] for d in task.docs]
     assert items[0].question == task.prompt(task.docs[0])
     assert items[0].score(task.docs[0].targets[0]) == 1.0 and items[0].score("zzz") == 0.0
+
+
+FIGURES = ("masking_curve", "attention_heatmaps", "relevant_vs_noise", "layer_distance", "early_output",
+           "contrastive_example", "accuracy_vs_rho", "pre_layer_histogram")
+
+
+def test_reproduce_writes_every_figure_and_the_report(tmp_path):
+    import json
+
+    from interp.cli import main
+
+    code = main(["reproduce", "--model", "tiny:llava", "--out", str(tmp_path), "--limit", "3", "--n-boot", "100"])
+    assert code == 0
+    for name in FIGURES:
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / f"{name}.pdf").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n_samples"] == 3 and report["model"] == "tiny:llava" and report["dataset"] == "synthetic:test"
+    single = [r for r in report["masking"]["per_layer"] if r["variant"] == "single"]
+    assert len(single) == report["n_layers"] and all(r["low"] <= r["mean"] <= r["high"] for r in single)
+    assert {"fusion_layers", "review_layer", "statement"} <= set(report["masking"]["findings"]["single"])
+    assert len(report["attention"]["relevant_share_per_layer"]) == report["n_layers"]
+    assert report["contrastive"]["comparison"] and "p_value" in report["contrastive"]["comparison"][0]
+    assert {"torch", "transformers", "nnsight", "interp"} <= set(report["versions"])
+    assert "Fusion and review layers" in (tmp_path / "report.md").read_text()
