@@ -103,7 +103,7 @@ def _organism_train(args) -> int:
     from .models.organism.train import TrainConfig, train
 
     config = TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
-                         adapt_steps=args.adapt_steps, batch=args.batch)
+                         adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch)
     summary = train(config, Path(args.out) if args.out else WEIGHTS_DIR)
     print(json.dumps(summary["seconds"]))
     return 0
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--tower-steps", type=int, default=1200)
     org_train.add_argument("--align-steps", type=int, default=150)
     org_train.add_argument("--adapt-steps", type=int, default=1000)
+    org_train.add_argument("--polish-steps", type=int, default=400)
     org_train.add_argument("--batch", type=int, default=16)
     org_train.add_argument("--out", default=None, help="directory for the weights (default: the package's)")
     org_train.set_defaults(func=_organism_train)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 def train_command(config: dict) -> str:
     return (f"interp organism train --seed {config['seed']} --tower-steps {config['tower_steps']} "
-            f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} --batch {config['batch']}")
+            f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} "
+            f"--polish-steps {config.get('polish_steps', 0)} --batch {config['batch']}")
 
 
 def loss_curve(log: list[dict], path: Path) -> None:
@@ -28,7 +29,7 @@ def loss_curve(log: list[dict], path: Path) -> None:
     axes[0].set(title="stage 0: tower pre-training", xlabel="step")
     axes[0].legend()
     offset = 0
-    for stage, colour in ((1, "tab:orange"), (2, "tab:green")):
+    for stage, colour in ((1, "tab:orange"), (2, "tab:green"), (3, "tab:purple")):
         entries = [e for e in log if e["stage"] == stage]
         steps = [offset + e["step"] for e in entries]
         axes[1].plot(steps, [e["loss"] for e in entries], color=colour, alpha=0.6,
@@ -37,7 +38,7 @@ def loss_curve(log: list[dict], path: Path) -> None:
         if val:
             axes[1].plot(*zip(*val), "o-", color=colour, label=f"stage {stage} val accuracy")
         offset += len(entries)
-    axes[1].set(title="stages 1-2: answer loss, val accuracy", xlabel="step", yscale="log")
+    axes[1].set(title="stages 1-3: answer loss, val accuracy", xlabel="step", yscale="log")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -105,7 +106,8 @@ train split only; numbers below are on the held-out test split.
 | 0 tower pre-training | tower + per-patch colour/shape heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s (with 0b) |
 | 0b projector to words | projector regressed onto SmolLM2's embeddings of each patch's words (`red`+`circle`, `background`); tower frozen | {config.get('words_steps', 0)} | {config['tower_batch']} | {config.get('words_lr', '-')} | |
 | 1 alignment (LM frozen) -> `organism-frozen` | {_answer_params(config, False)} | {config['align_steps']} | {config['batch']} | {config['lr_projector']} | {seconds['align']:.0f} s |
-| 2 adaptation -> `organism` | {_answer_params(config, True)} | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_attention']} (q/k/v/o) | {seconds['adapt']:.0f} s |
+| 2 adaptation | {_answer_params(config, True)} | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_attention']} (q/k/v/o) | {seconds['adapt'] - seconds.get('polish', 0):.0f} s |
+| 3 polish -> `organism` | the same, a second warm-up + cosine cycle from the fp16 stage-2 weights | {config.get('polish_steps', 0)} | {config['batch']} | x{config.get('polish_lr_scale', 1.0)} of stage 2 | {seconds.get('polish', 0):.0f} s |
 
 Total wall time {seconds['total'] / 60:.1f} min on 2 CPU cores (torch {summary['torch']}). AdamW, linear
 warm-up ({config['warmup']} steps) then cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the

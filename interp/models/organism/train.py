@@ -46,6 +46,8 @@ class TrainConfig:
     lr_projector: float = 1e-3
     lr_tower: float = 0.0  # 0 keeps the pre-trained tower frozen in the answer stages
     lr_attention: float = 3e-4
+    polish_steps: int = 400  # stage 3: a second, gentler cosine cycle over all kinds
+    polish_lr_scale: float = 0.5
     warmup: int = 20
     grad_clip: float = 5.0  # global norm; 0 disables
     bf16: bool = True  # bfloat16 autocast for the answer stages (fp32 master weights)
@@ -201,7 +203,7 @@ def quick_accuracy(model, processor, dataset, n: int) -> dict:
 
 
 def train_answers(model, processor, train, val, config: TrainConfig, *, steps: int, stage: int,
-                  with_attention: bool, log: list, first_index: int) -> int:
+                  with_attention: bool, log: list, first_index: int, lr_scale: float = 1.0) -> int:
     """Train the projector and tower (and attention projections) on answer tokens."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -218,7 +220,7 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         for parameter in group["params"]:
             parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    base = [g["lr"] for g in groups]
+    base = [g["lr"] * lr_scale for g in groups]
     index = first_index
     start = time.time()
     progress = tqdm(range(steps), desc=f"stage {stage}: {'adapt' if with_attention else 'align'}", unit="step")
@@ -251,6 +253,19 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
     return index
 
 
+def polish(model, processor, train_set, val_set, config: TrainConfig, log: list, *, first_index: int) -> int:
+    """Stage 3: continue from the stage-2 weights *as shipped* (fp16-rounded, so a run resumed
+    from ``organism.safetensors`` is the same computation) with a fresh warm-up and cosine
+    cycle at ``polish_lr_scale`` times the stage-2 rates, over all question kinds."""
+    from .build import apply_trained_state
+
+    if not config.polish_steps:
+        return first_index
+    apply_trained_state(model, trainable_state(model, with_attention=True))
+    return train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3,
+                         with_attention=True, log=log, first_index=first_index, lr_scale=config.polish_lr_scale)
+
+
 def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> dict:
     """Run all stages; write ``organism-frozen.safetensors``, ``organism.safetensors`` and
     ``training_log.json`` into ``out_dir``. Returns the log."""
@@ -277,14 +292,19 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     t1 = time.time() - started
     meta = {"config": json.dumps(asdict(config)), "variant": "organism-frozen"}
     save_file(trainable_state(model, with_attention=False), str(out_dir / "organism-frozen.safetensors"), metadata=meta)
-    train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                  with_attention=True, log=log, first_index=index)
-    t2 = time.time() - started
+    index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
+                          with_attention=True, log=log, first_index=index)
     meta["variant"] = "organism"
+    save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
+    t_polish = time.time()
+    polish(model, processor, train_set, val_set, config, log, first_index=index)
+    t_polish = time.time() - t_polish
+    t2 = time.time() - started
     save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
     summary = {
         "config": asdict(config),
-        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "total": round(t2, 1)},
+        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "polish": round(t_polish, 1),
+                    "total": round(t2, 1)},
         "torch": torch.__version__,
         "log": log,
     }
