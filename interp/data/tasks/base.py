@@ -198,6 +198,24 @@ class Benchmark:
         raise NotImplementedError
 
 
+class CapitalisedVQABenchmark(Benchmark):
+    """A benchmark scored by VQA accuracy over its human answers whose question lmms-eval
+    capitalises (TextVQA, VizWiz)."""
+
+    def prompt(self, doc: Doc, suffix: str) -> str:
+        return join_prompt(doc.question.capitalize(), suffix)
+
+    def score(self, doc: Doc, response: str) -> dict:
+        from ..metrics import vqa_accuracy
+
+        return {"vqa_accuracy": vqa_accuracy(response, doc.targets)}
+
+    def aggregate(self, rows) -> dict:
+        from ..metrics import mean_of
+
+        return {"vqa_accuracy": mean_of(rows, "vqa_accuracy")}
+
+
 def join_prompt(question: str, suffix: str) -> str:
     return f"{question}\n{suffix}" if suffix else question
 

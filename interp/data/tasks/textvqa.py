@@ -17,14 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import mean_of, vqa_accuracy
 from .base import (
-    Benchmark,
+    CapitalisedVQABenchmark,
     Doc,
     FileImage,
     answer_strings,
     first_existing,
-    join_prompt,
     read_json,
     require_fields,
 )
@@ -33,7 +31,7 @@ _ANNOTATIONS = {"validation": "TextVQA_0.5.1_val.json", "train": "TextVQA_0.5.1_
 _IMAGE_DIRS = ("train_images", "train_val_images/train_images", "images")
 
 
-class TextVQA(Benchmark):
+class TextVQA(CapitalisedVQABenchmark):
     name = "textvqa"
     title = "TextVQA"
     splits = ("validation", "train")
@@ -78,14 +76,6 @@ class TextVQA(Benchmark):
             ))
         return docs
 
-    def prompt(self, doc: Doc, suffix: str) -> str:
-        return join_prompt(doc.question.capitalize(), suffix)
-
-    def score(self, doc: Doc, response: str) -> dict:
-        return {"vqa_accuracy": vqa_accuracy(response, doc.targets)}
-
-    def aggregate(self, rows) -> dict:
-        return {"vqa_accuracy": mean_of(rows, "vqa_accuracy")}
 
 
 BENCHMARK = TextVQA()

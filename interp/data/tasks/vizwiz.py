@@ -19,16 +19,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metrics import mean_of, vqa_accuracy
 from .base import (
+    CapitalisedVQABenchmark,
     SHORT_ANSWER,
-    Benchmark,
     DataFormatError,
     Doc,
     FileImage,
     answer_strings,
     first_existing,
-    join_prompt,
     read_json,
     require_fields,
 )
@@ -43,7 +41,7 @@ def _stem(name: str) -> str:
     return str(path.with_suffix("")) if path.suffix.lower() in (".jpg", ".jpeg", ".png") else str(name)
 
 
-class VizWiz(Benchmark):
+class VizWiz(CapitalisedVQABenchmark):
     name = "vizwiz"
     title = "VizWiz-VQA"
     splits = ("val",)
@@ -90,14 +88,6 @@ class VizWiz(Benchmark):
             for i, row in enumerate(table.records())
         ]
 
-    def prompt(self, doc: Doc, suffix: str) -> str:
-        return join_prompt(doc.question.capitalize(), suffix)
-
-    def score(self, doc: Doc, response: str) -> dict:
-        return {"vqa_accuracy": vqa_accuracy(response, doc.targets)}
-
-    def aggregate(self, rows) -> dict:
-        return {"vqa_accuracy": mean_of(rows, "vqa_accuracy")}
 
 
 BENCHMARK = VizWiz()
