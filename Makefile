@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
-#   make main   # set up .venv, then run the main job (quick start)
+#   make main   # set up .venv, then reproduce the paper's figures on the model organism
 #   make test   # set up .venv, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-OUT    ?= out/quickstart
+OUT    ?= figures
+LIMIT  ?= 120
 
 .PHONY: main test setup clean
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 main: setup
-	$(BIN)/interp quickstart --model tiny:llava --out $(OUT)
+	$(BIN)/interp reproduce --model organism --out $(OUT) --limit $(LIMIT)
 
 test: setup
 	$(BIN)/python -m pytest -q

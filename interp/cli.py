@@ -183,12 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("families", help="list the supported model families").set_defaults(func=_families)
 
     hooks = sub.add_parser("hooks", help="list a model's TransformerLens-style hook names")
-    hooks.add_argument("--model", default="tiny:llava")
+    hooks.add_argument("--model", default="organism")
     hooks.set_defaults(func=_hooks)
 
     quick = sub.add_parser("quickstart", help="load, answer, record attention and mask image tokens per layer")
-    quick.add_argument("--model", default="tiny:llava",
-                       help="a HF id, a local dir, tiny:<model_type>, or organism once its weights are trained")
+    quick.add_argument("--model", default="organism",
+                       help="a HF id, a local dir, tiny:<model_type>, or organism (default)")
     quick.add_argument("--image", default=None, help="image file (default: a synthetic benchmark test scene)")
     quick.add_argument("--question", default=None, help="default: the benchmark question of that scene")
     quick.add_argument("--max-new-tokens", type=int, default=8)
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
-    rep.add_argument("--limit", type=int, default=200, help="number of samples (default 200)")
+    rep.add_argument("--limit", type=int, default=120, help="number of samples (default 120)")
     rep.add_argument("--scoring", default="teacher", choices=["teacher", "generate"],
                      help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
     rep.add_argument("--mode", default="auto", choices=["auto", "fast", "naive"])
