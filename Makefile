@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= figures
-LIMIT  ?= 120
+LIMIT  ?= 60
 
 .PHONY: main test setup clean
 

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
-    rep.add_argument("--limit", type=int, default=120, help="number of samples (default 120)")
+    rep.add_argument("--limit", type=int, default=60, help="number of samples (default 60)")
     rep.add_argument("--scoring", default="teacher", choices=["teacher", "generate"],
                      help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
     rep.add_argument("--mode", default="auto", choices=["auto", "fast", "naive"])
