@@ -1,0 +1,99 @@
+"""The performance benchmarks (benchmarks/run.py) run, report every ratio, and measure the right thing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run.py"
+
+RATIOS = (
+    "record_attention_time_ratio",
+    "record_attention_peak_mem_ratio",
+    "eager_output_attentions_time_ratio",
+    "eager_output_attentions_peak_mem_ratio",
+    "nnsight_overhead",
+)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("interp_benchmarks_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_quick_run_reports_every_ratio(tmp_path):
+    # its own process: the benchmark fixes torch's thread count and glibc's mmap threshold
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result  # stdout is exactly the one JSON object
+
+    for key in RATIOS:
+        assert _positive(result[key]), (key, result[key])
+    for key in ("record_attention_activation_mem_ratio", "eager_output_attentions_activation_mem_ratio"):
+        assert result[key] is None or _positive(result[key]), (key, result[key])
+    # the sweep slot: a number for identical results, or null with the reason, never a fake
+    if result["sweep_speedup"] is None:
+        assert result["sweep_speedup_reason"]
+    else:
+        assert _positive(result["sweep_speedup"])
+        sweep = result["details"]["sweep_speedup"]
+        assert sweep["correct_identical"] and sweep["logprob_max_abs_diff"] <= 1e-4
+
+    machine = result["machine"]
+    assert machine["torch"] == torch.__version__ and machine["torch_threads"] >= 1
+    attention = result["details"]["attention"]
+    assert attention["record_vs_eager_max_abs_diff"] < 1e-5
+    for variant in ("plain_sdpa", "record_attention", "eager_output_attentions"):
+        memory = attention["memory"][variant]
+        assert _positive(memory["peak_rss_mb"]) and _positive(memory["weights_mb"])
+        # the peak-memory method reads a known 64 MiB allocation as 64 MiB
+        assert abs(memory["calibration"]["measured_mb"] - 64.0) < 4.0, memory["calibration"]
+        assert len(attention["times_s"][variant]) == result["settings"]["reps"]
+    assert attention["config"]["seq_len"] > attention["config"]["n_image_tokens"] > 0
+    assert set(result["meets_targets"]) == {"record_attention_peak_mem_ratio", "record_attention_time_ratio",
+                                            "nnsight_overhead"}
+
+
+def test_benchmarked_attention_equals_eager_output_attentions():
+    """What the benchmark times as RecordAttention is HF eager attention, row for row."""
+    import interp
+
+    bench = _bench()
+    spec = bench.QUICK_WIDE
+    model, processor = bench.build_wide(spec, "sdpa")
+    prepared = bench.wide_prepared(model, processor, spec)
+    eager_model, _ = bench.build_wide(spec, "eager")  # same seed: same weights
+    for name, tensor in eager_model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+    with torch.no_grad():
+        out = eager_model(**prepared.inputs, output_attentions=True)
+    expected = torch.stack([a[:, :, -1, :].mean(dim=1) for a in out.attentions])  # (layers, batch, keys)
+    assert expected.shape[-1] == prepared.seq_len
+
+    vlm = interp.load(model, processor)
+    assert vlm.attn_implementation == "sdpa"
+    recorded = bench.record_attention_values(vlm, prepared, keys="all")
+    assert recorded.shape == expected.shape
+    assert float((recorded - expected).abs().max()) < 1e-5
+    image_only = bench.record_attention_values(vlm, prepared, keys="image")
+    assert float((image_only - expected[..., prepared.image_positions]).abs().max()) < 1e-5
+    # and the benchmark's own eager variant is the same computation
+    assert float((bench.eager_attention_values(eager_model, prepared) - expected).abs().max()) == 0.0
