@@ -120,17 +120,20 @@ def with_mask(call_inputs, mask):
     return (tuple(args), kwargs)
 
 
-def additive_mask(mask, query, key, kwargs):
+def additive_mask(mask, query, key, kwargs, rows=None):
     """The mask as an additive float tensor broadcastable to (batch, heads, q, k).
 
     HF hands the attention function a float additive mask (eager), a boolean
     keep-mask (SDPA), or ``None`` when the kernel applies causality itself; the
     ``None`` case is rebuilt here (causal, plus the sliding window when given).
+    With ``rows`` (indices into the query window) only those query rows are built,
+    so recording one row costs O(k) instead of O(q * k).
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
     dtype = query.dtype
     if mask is None:
-        q_pos = torch.arange(k_len - q_len, k_len, device=query.device)[:, None]
+        q_pos = torch.arange(k_len - q_len, k_len, device=query.device)
+        q_pos = (q_pos if rows is None else q_pos[rows.to(query.device)])[:, None]
         k_pos = torch.arange(k_len, device=query.device)[None, :]
         keep = k_pos <= q_pos
         window = kwargs.get("sliding_window")
@@ -138,6 +141,8 @@ def additive_mask(mask, query, key, kwargs):
             keep = keep & (q_pos - k_pos < window)
         return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
     mask = mask[..., :k_len]
+    if rows is not None and mask.shape[-2] != 1:
+        mask = mask[..., rows.to(mask.device), :]
     if mask.dtype == torch.bool:
         return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
     return mask.to(dtype)
@@ -155,11 +160,9 @@ def attention_probs(call_inputs, rows=None):
         scaling = getattr(module, "scaling", None)
     if scaling is None:
         scaling = 1.0 / math.sqrt(query.shape[-1])
-    additive = additive_mask(mask, query, key, kwargs)
+    additive = additive_mask(mask, query, key, kwargs, rows)
     if rows is not None:
         query = query[:, :, rows]
-        if additive.shape[-2] != 1:
-            additive = additive[:, :, rows]
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
         key = key.repeat_interleave(n_rep, dim=1)
