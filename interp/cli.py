@@ -161,7 +161,7 @@ def _reproduce(args) -> int:
     from . import load
     from .analysis.reproduce import ReproduceConfig, reproduce
 
-    vlm = load(args.model, remote=bool(args.remote))
+    vlm = load(args.model, dtype=args.dtype, device_map=args.device_map, remote=bool(args.remote))
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, window=args.window, seed=args.seed,
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--window", type=int, default=3, help="layers per window / knockout span")
     rep.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     rep.add_argument("--n-boot", type=int, default=2000)
+    rep.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 for a large model on a GPU")
+    rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
     rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
     rep.set_defaults(func=_reproduce)
 
