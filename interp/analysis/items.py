@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 
 from ..errors import InputError
@@ -48,14 +47,10 @@ class Item:
     def relevant_mask(self, rows: int, cols: int, *, min_fraction: float = 0.25) -> torch.Tensor:
         """``bool[rows, cols]``: grid cells the relevant boxes cover by at least ``min_fraction``
         of their area (exact area fractions; any grid)."""
-        from ..data.synthetic import _cell_coverage
+        from ..data.synthetic import boxes_mask
         from ..inputs import load_image
 
-        width, height = load_image(self.image).size
-        union = np.zeros((height, width), dtype=np.float64)
-        for x0, y0, x1, y1 in self.boxes:
-            union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1.0
-        return torch.from_numpy(_cell_coverage(union, rows, cols) >= min_fraction - 1e-9)
+        return boxes_mask(self.boxes, load_image(self.image).size, rows, cols, min_fraction=min_fraction)
 
 
 def as_items(source: Any, limit: int | None = None) -> list[Item]:

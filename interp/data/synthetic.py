@@ -154,12 +154,7 @@ class Sample:
         edges are fine, e.g. 3x4 or 7x7 on 96 px); coverage is the exact area
         fraction of each cell inside the union of ``boxes``.
         """
-        width, height = self.image.size
-        union = np.zeros((height, width), dtype=np.float64)
-        for x0, y0, x1, y1 in self.boxes:
-            union[y0:y1, x0:x1] = 1.0
-        coverage = _cell_coverage(union, rows, cols)
-        return torch.from_numpy(coverage >= min_fraction - 1e-9)
+        return boxes_mask(self.boxes, self.image.size, rows, cols, min_fraction=min_fraction)
 
     def patch_labels(self, rows: int, cols: int, *, min_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense per-cell labels; see :meth:`SyntheticVQA.patch_labels`."""
@@ -608,6 +603,16 @@ def _check_grid(rows, cols) -> tuple[int, int]:
     if not (isinstance(rows, (int, np.integer)) and isinstance(cols, (int, np.integer))) or rows < 1 or cols < 1:
         raise InterpError(f"A grid needs positive integer rows and cols, got rows={rows!r}, cols={cols!r}.")
     return int(rows), int(cols)
+
+
+def boxes_mask(boxes, image_size: tuple[int, int], rows: int, cols: int, *, min_fraction: float = 0.25) -> torch.Tensor:
+    """``bool[rows, cols]``: cells of an image of ``(width, height)`` that the union of pixel
+    ``boxes`` (exclusive ends, clipped to the image) covers by at least ``min_fraction``."""
+    width, height = image_size
+    union = np.zeros((height, width), dtype=np.float64)
+    for x0, y0, x1, y1 in boxes:
+        union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1.0
+    return torch.from_numpy(_cell_coverage(union, rows, cols) >= min_fraction - 1e-9)
 
 
 def _cell_coverage(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
