@@ -69,6 +69,15 @@ def grid_frame(maps: pd.DataFrame) -> pd.DataFrame:
     return grid
 
 
+def share_grid(maps: pd.DataFrame, item: str, layer: int) -> np.ndarray:
+    """``[rows, cols]``: one item's attention share per grid cell at one layer (NaN where no
+    token sits), for heatmaps."""
+    grid = grid_frame(maps[(maps.item == item) & (maps.layer == layer)])
+    out = np.full((int(grid.row.max()) + 1, int(grid.col.max()) + 1), np.nan)
+    out[grid.row.values, grid.col.values] = grid.share.values
+    return out
+
+
 def relevant_mass(maps: pd.DataFrame) -> pd.DataFrame:
     """Per (item, layer): ``image_mass`` (attention on all image tokens), ``relevant_share``
     (share of the grid's attention on relevant cells), ``relevant_area`` and ``ratio``

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InterpError
-from .attention import attention_maps, grid_frame, layer_distances, noise_mass, noise_summary, persistent_noise, relevant_mass
+from .attention import attention_maps, layer_distances, noise_mass, noise_summary, persistent_noise, relevant_mass, share_grid
 from .contrastive import compare_to_baseline, contrastive_eval
 from .items import Item, as_items
 from .logit_lens import early_output
@@ -170,14 +170,6 @@ def _per_kind(sweep: pd.DataFrame) -> dict:
     return {kind: float(group.correct.mean()) for kind, group in base.groupby("kind")}
 
 
-def _grid_of(maps: pd.DataFrame, item: str, layer: int) -> np.ndarray:
-    grid = grid_frame(maps[(maps.item == item) & (maps.layer == layer)])
-    rows, cols = int(grid.row.max()) + 1, int(grid.col.max()) + 1
-    out = np.full((rows, cols), np.nan)
-    out[grid.row.values, grid.col.values] = grid.share.values
-    return out
-
-
 def _pick_example(items: list[Item], contrastive: pd.DataFrame | None = None) -> Item:
     """A sample with boxes, preferring one the model answers correctly."""
     if contrastive is not None:
@@ -195,7 +187,7 @@ def _heatmaps(vlm, items, maps, out, config) -> None:
     item = _pick_example(items)
     n = vlm.n_layers
     layers = sorted({int(round(x)) for x in np.linspace(0, n - 1, config.heatmap_layers)})
-    grids = {layer: _grid_of(maps, item.id, layer) for layer in layers}
+    grids = {layer: share_grid(maps, item.id, layer) for layer in layers}
     shape = next(iter(grids.values())).shape
     relevant = item.relevant_mask(*shape).numpy() if item.has_boxes else None
     plotting.attention_heatmaps(load_image(item.image), grids, relevant=relevant,
