@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from ..errors import InterpError
+from .ablate import ScaleImageTokens
 from .base import Intervention, StepContext, resolve_layers, resolve_positions
-from .runtime import attention_probs, query_window
+from .record import RecordAttention
 
 DISTANCES = ("jsd", "hellinger")
 
@@ -92,6 +93,9 @@ class ContrastiveMask(Intervention):
                                   question_positions=prepared.question_positions, seq_len=prepared.seq_len,
                                   what="query")
         bound._query = prepared.seq_len - 1 if isinstance(query, str) else int(query.reshape(-1)[-1])
+        watched = sorted(set(candidates) | {reference})
+        bound._recorder = RecordAttention(watched, query=[bound._query], name="contrastive_attention").bind(
+            n_layers, prepared)
         return bound
 
     def sites(self):
@@ -100,22 +104,14 @@ class ContrastiveMask(Intervention):
 
     def at_site(self, layer, site, value, ctx: StepContext):
         if site == "attn_pattern":
-            window = query_window(value)
-            row = torch.tensor([self._query - int(window[0])])
-            device = value[0][1].device
-            probs = attention_probs(value, row.to(device))[0, :, 0]  # heads, keys
-            ctx.records[("contrastive_attention", layer, ctx.step)] = probs.mean(0)[ctx.image_positions.to(device)]
-            return value
-        reference = ctx.records[("contrastive_attention", self._reference, ctx.step)]
-        candidates = {i: ctx.records[("contrastive_attention", i, ctx.step)] for i in self._candidates}
-        pre, c = contrast(reference, candidates, self.distance)
+            return self._recorder.at_site(layer, site, value, ctx)
+
+        def attention(i):  # the query row's head-mean attention over the image tokens
+            return ctx.records[("contrastive_attention", i, ctx.step)][0, 0]
+
+        pre, c = contrast(attention(self._reference), {i: attention(i) for i in self._candidates}, self.distance)
         drop = bottom_fraction(c, self.rho)
         ctx.records[("contrastive_pre_layer", layer, ctx.step)] = torch.tensor(pre)
         ctx.records[("contrastive_C", layer, ctx.step)] = c
         ctx.records[("contrastive_keep", layer, ctx.step)] = ~drop
-        rows = ctx.local_rows(ctx.image_positions.to(value.device)[drop.to(value.device)], value.shape[1])
-        if rows.numel() == 0:
-            return value
-        new = value.clone()
-        new[:, rows] = new[:, rows] * self.scale
-        return new
+        return ScaleImageTokens(layer, self.scale, tokens=drop).at_site(layer, site, value, ctx)
