@@ -103,7 +103,8 @@ def _organism_train(args) -> int:
     from .models.organism.train import TrainConfig, train
 
     config = TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
-                         adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch)
+                         adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch,
+                         centre_marker=not args.no_centre_marker, focus_fraction=args.focus_fraction)
     summary = train(config, Path(args.out) if args.out else WEIGHTS_DIR)
     print(json.dumps(summary["seconds"]))
     return 0
@@ -222,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--adapt-steps", type=int, default=1000)
     org_train.add_argument("--polish-steps", type=int, default=400)
     org_train.add_argument("--batch", type=int, default=16)
+    org_train.add_argument("--focus-fraction", type=float, default=0.25,
+                           help="share of each answer batch drawn from counting/spatial questions (0: none)")
+    org_train.add_argument("--no-centre-marker", action="store_true",
+                           help="ablation: no object-centre head in tower pre-training, no ' object' mark")
     org_train.add_argument("--out", default=None, help="directory for the weights (default: the package's)")
     org_train.set_defaults(func=_organism_train)
     org_eval = org_sub.add_parser("eval", help="accuracy on the synthetic benchmark, with and without the image")

@@ -330,6 +330,33 @@ def test_patch_labels_hand_worked():
     assert (colour[:2, :2] == COLOUR_CLASSES.index("blue")).all() and (colour.bool().sum() == 4)
 
 
+def test_centre_mask_marks_each_objects_centre_cell(samples):
+    for s in samples[:80]:
+        mask = s.centre_mask(6, 6)
+        assert mask.dtype == torch.bool and mask.shape == (6, 6)
+        assert int(mask.sum()) == len(s.objects), s.id  # one distinct cell per object at 6x6
+        colour, _ = s.patch_labels(6, 6)
+        pixels = np.asarray(s.image)
+        for o in s.objects:
+            x0, y0, x1, y1 = o["box"]
+            cx, cy = (x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2
+            assert tuple(pixels[cy, cx]) == COLOUR_RGB[o["colour"]]
+            assert mask[cy // 16, cx // 16]
+        # a centre cell is never background in the patch labels
+        assert (colour[mask] > 0).all(), s.id
+        assert s.centre_mask(3, 4).sum() <= len(s.objects)
+
+
+def test_centre_mask_hand_worked():
+    obj = {"shape": "square", "colour": "blue", "size": "small", "box": (10, 30, 30, 50)}  # centre pixel (19, 39)
+    s = _blank([obj["box"]])
+    s.objects = [obj]
+    assert s.centre_mask(6, 6).nonzero().tolist() == [[2, 1]]
+    assert s.centre_mask(3, 4).nonzero().tolist() == [[1, 0]]  # 32 px rows, 24 px cols
+    assert s.centre_mask(96, 96).nonzero().tolist() == [[39, 19]]
+    assert not _blank([]).centre_mask(6, 6).any()
+
+
 # -- scoring ---------------------------------------------------------------------------
 
 

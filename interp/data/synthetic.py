@@ -9,8 +9,8 @@ It serves two purposes:
 
 * training a tiny LLaVA-style "model organism" (a CLIP-style tower on 96x96
   images with a 6x6 grid of 16 px patches, feeding a small language model):
-  :meth:`SyntheticVQA.patch_labels` gives dense per-patch colour/shape labels for
-  pre-training the vision tower, and the question/answer pairs train the whole;
+  :meth:`SyntheticVQA.patch_labels` gives dense per-patch colour/shape labels (and
+  :meth:`Sample.centre_mask` one "centre" cell per object) for pre-training the vision tower, and the question/answer pairs train the whole;
 * scoring where a model attends: :meth:`Sample.relevant_mask` maps the
   ground-truth boxes onto any patch grid.
 
@@ -22,6 +22,7 @@ It serves two purposes:
     s.image, s.question, s.answer      # PIL 96x96, "What colour is the circle?", "red"
     s.relevant_mask(6, 6)              # torch.bool[6, 6]
     colour, shape = ds.patch_labels(s, 6, 6)
+    s.centre_mask(6, 6)                # torch.bool[6, 6]: one cell per object
 
 Conventions
 -----------
@@ -159,6 +160,24 @@ class Sample:
     def patch_labels(self, rows: int, cols: int, *, min_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense per-cell labels; see :meth:`SyntheticVQA.patch_labels`."""
         return _patch_labels(self, rows, cols, min_fraction)
+
+    def centre_mask(self, rows: int, cols: int) -> torch.Tensor:
+        """``torch.bool[rows, cols]``: the cells holding an object's centre pixel, one per object.
+
+        An object's centre pixel is ``((x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2)`` of its box
+        (always one of its drawn pixels); the cell is the one containing that pixel's middle.
+        All objects of the scene count, relevant or not. On the 6x6 grid of a 96 px image two
+        objects never share a centre cell (their centres are at least 22 px apart on one axis),
+        so ``centre_mask(6, 6).sum() == len(objects)``; coarser grids may merge them.
+        """
+        rows, cols = _check_grid(rows, cols)
+        width, height = self.image.size
+        out = torch.zeros(rows, cols, dtype=torch.bool)
+        for obj in self.objects:
+            x0, y0, x1, y1 = obj["box"]
+            cx, cy = (x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2
+            out[min(rows - 1, int((cy + 0.5) * rows / height)), min(cols - 1, int((cx + 0.5) * cols / width))] = True
+        return out
 
 
 # -- answers -------------------------------------------------------------------------

@@ -3,15 +3,21 @@
 Like a real VLM, in three stages:
 
 0. **Tower pre-training** on its own: the CLIP tower learns dense per-patch (colour,
-   shape) labels of the synthetic scenes (real VLM encoders come pre-trained too).
-   Then the projector is initialised so that each patch's image token lands near the
-   sum of SmolLM2's embeddings of its words (`` red`` + `` circle``; `` background``):
-   a cheap regression (no LM forward) that gives the frozen LM readable image tokens,
-   much as LLaVA's stage 1 aligns features to word space.
+   shape) labels of the synthetic scenes and which patch holds an object's centre
+   (real VLM encoders come pre-trained too). Then the projector is initialised so that
+   each patch's image token lands near the sum of SmolLM2's embeddings of its words
+   (`` red`` + `` circle``, plus `` object`` on an object's centre patch;
+   `` background``): a cheap regression (no LM forward) that gives the frozen LM
+   readable image tokens, much as LLaVA's stage 1 aligns features to word space. The
+   centre mark gives each object exactly one token to count, whatever its size.
 1. **Alignment** (LLaVA stage 1): projector (and tower, at a lower rate) trained to
    answer questions through the *frozen* SmolLM2. Saved as ``organism-frozen``.
 2. **Adaptation** (LLaVA stage 2): additionally the LM's attention projections
    (q/k/v/o) are trained; MLPs, embeddings and head stay SmolLM2's. Saved as ``organism``.
+3. **Polish**: a second, gentler cosine cycle of stage 2.
+
+Answer stages draw ``focus_fraction`` of every batch from the kinds that are learned last
+(counting, spatial) and the rest round-robin over all kinds.
 
 Loss: cross-entropy on the answer tokens (and the closing ``<|im_end|>``).
 """
@@ -48,6 +54,10 @@ class TrainConfig:
     lr_attention: float = 3e-4
     polish_steps: int = 400  # stage 3: a second, gentler cosine cycle over all kinds
     polish_lr_scale: float = 0.5
+    centre_marker: bool = True  # tower learns object centres; their tokens also carry " object"
+    centre_weight: float = 4.0  # class weight of centre patches (about 1 patch in 10)
+    focus_kinds: tuple[str, ...] = ("counting", "spatial")
+    focus_fraction: float = 0.25  # share of each answer batch drawn from focus_kinds
     warmup: int = 20
     grad_clip: float = 5.0  # global norm; 0 disables
     bf16: bool = True  # bfloat16 autocast for the answer stages (fp32 master weights)
@@ -64,8 +74,19 @@ def _pixel_values(processor, images) -> torch.Tensor:
 # -- stage 0 -------------------------------------------------------------------------
 
 
+def patch_targets(samples, grid: int) -> dict[str, torch.Tensor]:
+    """Flattened per-patch labels of a batch: ``colour``, ``shape`` (class indices) and
+    ``centre`` (1 on the patch holding an object's centre)."""
+    labels = [s.patch_labels(grid, grid) for s in samples]
+    return {
+        "colour": torch.stack([c for c, _ in labels]).flatten(),
+        "shape": torch.stack([s for _, s in labels]).flatten(),
+        "centre": torch.stack([s.centre_mask(grid, grid) for s in samples]).flatten().long(),
+    }
+
+
 def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) -> None:
-    """Dense per-patch colour and shape classification on the tower's patch outputs."""
+    """Dense per-patch colour and shape (and centre) classification on the tower's patch outputs."""
     from ...data.synthetic import COLOURS, SHAPES
 
     tower = model.model.vision_tower
@@ -74,7 +95,9 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
     heads = torch.nn.ModuleDict({
         "colour": torch.nn.Linear(hidden, len(COLOURS) + 1),
         "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
+        "centre": torch.nn.Linear(hidden, 2),
     })
+    centre_weights = torch.tensor([1.0, config.centre_weight])
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.05)
     tower.train()
@@ -87,13 +110,15 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         samples = [dataset[index + i] for i in range(config.tower_batch)]
         index += config.tower_batch
         pixels = _pixel_values(processor, [s.image for s in samples])
-        labels = [dataset.patch_labels(s, grid, grid) for s in samples]
-        colour = torch.stack([c for c, _ in labels]).flatten()
-        shape = torch.stack([s for _, s in labels]).flatten()
+        target = patch_targets(samples, grid)
+        colour, shape, centre = target["colour"], target["shape"], target["centre"]
         features = tower(pixels).last_hidden_state[:, 1:]  # drop CLS: one row per patch
         features = features.reshape(-1, hidden)
         logits_c, logits_s = heads["colour"](features), heads["shape"](features)
         loss = torch.nn.functional.cross_entropy(logits_c, colour) + torch.nn.functional.cross_entropy(logits_s, shape)
+        if config.centre_marker:
+            logits_m = heads["centre"](features)
+            loss = loss + torch.nn.functional.cross_entropy(logits_m, centre, weight=centre_weights)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -103,16 +128,24 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         shape_accuracy = float((logits_s.argmax(-1) == shape)[on_object].float().mean())
         progress.set_postfix(loss=f"{loss.item():.3f}", patch_acc=f"{accuracy:.3f}")
         if step % 25 == 0 or step == config.tower_steps - 1:
-            log.append({"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
-                        "object_shape_accuracy": shape_accuracy, "seconds": round(time.time() - start, 1)})
-            progress.write(f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f} "
-                           f"shape accuracy on object patches {shape_accuracy:.3f}")
+            entry = {"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
+                     "object_shape_accuracy": shape_accuracy, "seconds": round(time.time() - start, 1)}
+            message = (f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f} "
+                       f"shape accuracy on object patches {shape_accuracy:.3f}")
+            if config.centre_marker:
+                # images whose centre patches are all found, and nothing else
+                exact = (logits_m.argmax(-1) == centre).reshape(len(samples), -1).all(-1)
+                entry["centre_exact"] = float(exact.float().mean())
+                message += f" centre patches exact {entry['centre_exact']:.3f}"
+            log.append(entry)
+            progress.write(message)
     tower.eval()
 
 
-def word_targets(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def word_targets(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SmolLM2's input embeddings of `` <colour>`` (row 0: `` background``) and `` <shape>``
-    (row 0: zeros), indexed like :data:`COLOUR_CLASSES` / :data:`SHAPE_CLASSES`."""
+    (row 0: zeros), indexed like :data:`COLOUR_CLASSES` / :data:`SHAPE_CLASSES`, and of the
+    centre mark `` object``."""
     from ...data.synthetic import COLOUR_CLASSES, SHAPE_CLASSES
 
     embed = model.model.language_model.embed_tokens.weight.detach()
@@ -123,14 +156,14 @@ def word_targets(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
     colours = torch.stack([word(c) for c in COLOUR_CLASSES])
     shapes = torch.stack([torch.zeros_like(colours[0])] + [word(s) for s in SHAPE_CLASSES[1:]])
-    return colours, shapes
+    return colours, shapes, word("object")
 
 
 def align_projector_to_words(model, processor, dataset, config: TrainConfig, log: list) -> None:
     """Regress each patch's projected feature onto its words' embedding sum (tower frozen)."""
     tower = model.model.vision_tower
     projector = model.model.multi_modal_projector
-    colours, shapes = word_targets(model, processor.tokenizer)
+    colours, shapes, marker = word_targets(model, processor.tokenizer)
     grid = config.tower.grid
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.words_lr, weight_decay=0.0)
     start = time.time()
@@ -141,10 +174,10 @@ def align_projector_to_words(model, processor, dataset, config: TrainConfig, log
         index += config.tower_batch
         with torch.no_grad():
             features = tower(_pixel_values(processor, [s.image for s in samples])).last_hidden_state[:, 1:]
-        labels = [dataset.patch_labels(s, grid, grid) for s in samples]
-        colour = torch.stack([c for c, _ in labels]).flatten()
-        shape = torch.stack([s for _, s in labels]).flatten()
-        target = colours[colour] + shapes[shape]
+        labels = patch_targets(samples, grid)
+        target = colours[labels["colour"]] + shapes[labels["shape"]]
+        if config.centre_marker:
+            target = target + labels["centre"][:, None].float() * marker
         output = projector(features).reshape(-1, target.shape[-1])
         loss = torch.nn.functional.mse_loss(output, target) / target.pow(2).mean()
         optimizer.zero_grad()
@@ -202,8 +235,17 @@ def quick_accuracy(model, processor, dataset, n: int) -> dict:
     return {"accuracy": round(result["accuracy"], 4), **{k: round(v, 3) for k, v in result["per_kind"].items()}}
 
 
+def answer_batch(train, focus, index: int, config: TrainConfig) -> list:
+    """The batch at ``index``: it takes the ``batch`` train indices from ``index`` on, the
+    first ones from ``train`` (all kinds), the last ``focus_fraction`` of them from ``focus``
+    (the focus kinds; same split and seed, so no index is ever drawn twice)."""
+    n_focus = round(config.batch * config.focus_fraction) if focus is not None else 0
+    n_all = config.batch - n_focus
+    return [train[index + i] for i in range(n_all)] + [focus[index + n_all + i] for i in range(n_focus)]
+
+
 def train_answers(model, processor, train, val, config: TrainConfig, *, steps: int, stage: int,
-                  with_attention: bool, log: list, first_index: int, lr_scale: float = 1.0) -> int:
+                  with_attention: bool, log: list, first_index: int, lr_scale: float = 1.0, focus=None) -> int:
     """Train the projector and tower (and attention projections) on answer tokens."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -228,7 +270,7 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         scale = min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * scale
-        samples = [train[index + i] for i in range(config.batch)]
+        samples = answer_batch(train, focus, index, config)
         index += config.batch
         inputs, labels = collate(processor, samples, with_answers=True)
         model.train()
@@ -253,7 +295,8 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
     return index
 
 
-def polish(model, processor, train_set, val_set, config: TrainConfig, log: list, *, first_index: int) -> int:
+def polish(model, processor, train_set, val_set, config: TrainConfig, log: list, *, first_index: int,
+           focus=None) -> int:
     """Stage 3: continue from the stage-2 weights *as shipped* (fp16-rounded, so a run resumed
     from ``organism.safetensors`` is the same computation) with a fresh warm-up and cosine
     cycle at ``polish_lr_scale`` times the stage-2 rates, over all question kinds."""
@@ -263,7 +306,8 @@ def polish(model, processor, train_set, val_set, config: TrainConfig, log: list,
         return first_index
     apply_trained_state(model, trainable_state(model, with_attention=True))
     return train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3,
-                         with_attention=True, log=log, first_index=first_index, lr_scale=config.polish_lr_scale)
+                         with_attention=True, log=log, first_index=first_index, lr_scale=config.polish_lr_scale,
+                         focus=focus)
 
 
 def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> dict:
@@ -282,22 +326,25 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     processor.tokenizer.padding_side = "right"
     train_set = SyntheticVQA("train", seed=config.seed, image_size=config.tower.image_size)
     val_set = SyntheticVQA("val", seed=config.seed, image_size=config.tower.image_size)
+    focus = None
+    if config.focus_fraction > 0 and config.focus_kinds:
+        focus = SyntheticVQA("train", seed=config.seed, image_size=config.tower.image_size, kinds=config.focus_kinds)
     log: list = []
     started = time.time()
     pretrain_tower(model, processor, train_set, config, log)
     align_projector_to_words(model, processor, train_set, config, log)
     t0 = time.time() - started
     index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
-                          with_attention=False, log=log, first_index=100_000)
+                          with_attention=False, log=log, first_index=100_000, focus=focus)
     t1 = time.time() - started
     meta = {"config": json.dumps(asdict(config)), "variant": "organism-frozen"}
     save_file(trainable_state(model, with_attention=False), str(out_dir / "organism-frozen.safetensors"), metadata=meta)
     index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                          with_attention=True, log=log, first_index=index)
+                          with_attention=True, log=log, first_index=index, focus=focus)
     meta["variant"] = "organism"
     save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
     t_polish = time.time()
-    polish(model, processor, train_set, val_set, config, log, first_index=index)
+    polish(model, processor, train_set, val_set, config, log, first_index=index, focus=focus)
     t_polish = time.time() - t_polish
     t2 = time.time() - started
     save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
