@@ -7,7 +7,7 @@ import torch
 
 from interp.data.synthetic import SyntheticVQA
 from interp.models.organism.build import TowerSpec, apply_trained_state, build_organism, trainable_state
-from interp.models.organism.train import collate
+from interp.models.organism.train import TrainConfig, answer_batch, collate, patch_targets, word_targets
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,36 @@ def test_answer_loss_falls_when_training_on_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_patch_targets_carry_one_centre_per_object():
+    samples = SyntheticVQA("val", seed=0)[:10]
+    target = patch_targets(samples, 6)
+    assert target["colour"].shape == target["shape"].shape == target["centre"].shape == (10 * 36,)
+    per_image = target["centre"].reshape(10, 36).sum(-1).tolist()
+    assert per_image == [len(s.objects) for s in samples]
+    colour, shape = samples[3].patch_labels(6, 6)
+    assert torch.equal(target["colour"][3 * 36 : 4 * 36], colour.flatten())
+    assert torch.equal(target["shape"][3 * 36 : 4 * 36], shape.flatten())
+    assert (target["colour"][target["centre"].bool()] > 0).all()  # centres lie on objects
+
+
+def test_word_targets_are_smollm2_embeddings(assembled):
+    model, processor = assembled
+    colours, shapes, marker = word_targets(model, processor.tokenizer)
+    embed = model.model.language_model.embed_tokens.weight
+    (red,) = processor.tokenizer(" red", add_special_tokens=False)["input_ids"]
+    assert torch.equal(colours[1], embed[red]) and not shapes[0].any()
+    ids = processor.tokenizer(" object", add_special_tokens=False)["input_ids"]
+    assert torch.allclose(marker, embed[ids].mean(0))
+
+
+def test_answer_batch_takes_consecutive_indices_with_a_focus_share():
+    train = SyntheticVQA("train", seed=0)
+    focus = SyntheticVQA("train", seed=0, kinds=("counting", "spatial"))
+    config = TrainConfig(batch=16, focus_fraction=0.25)
+    batch = answer_batch(train, focus, 1000, config)
+    assert [s.id for s in batch] == [f"train-{i:06d}" for i in range(1000, 1016)]  # each index drawn once
+    assert {s.kind for s in batch[12:]} == {"counting", "spatial"}
+    assert {s.kind for s in batch[:12]} == set(train.kinds)
+    assert [s.id for s in answer_batch(train, None, 0, config)] == [s.id for s in train[:16]]

@@ -47,7 +47,7 @@ def masking_curve(effects: pd.DataFrame, *, baseline: tuple[float, float, float]
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(ncol=3, loc="lower right", frameon=False)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # outside: never over a curve
         if title:
             ax.set_title(title)
         save(fig, out_dir, name)

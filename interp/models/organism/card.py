@@ -11,9 +11,15 @@ from pathlib import Path
 
 
 def train_command(config: dict) -> str:
-    return (f"interp organism train --seed {config['seed']} --tower-steps {config['tower_steps']} "
-            f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} "
-            f"--polish-steps {config.get('polish_steps', 0)} --batch {config['batch']}")
+    command = (f"interp organism train --seed {config['seed']} --tower-steps {config['tower_steps']} "
+               f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} "
+               f"--polish-steps {config.get('polish_steps', 0)} --batch {config['batch']} "
+               f"--focus-fraction {config.get('focus_fraction', 0)}")
+    return command if config.get("centre_marker") else command + " --no-centre-marker"
+
+
+def _centre(config: dict, text: str) -> str:
+    return text if config.get("centre_marker") else ""
 
 
 def loss_curve(log: list[dict], path: Path) -> None:
@@ -52,6 +58,20 @@ def _answer_params(config: dict, attention: bool) -> str:
     if attention:
         parts.append("LM q/k/v/o")
     return ", ".join(parts)
+
+
+def _focus(config: dict) -> str:
+    share = config.get("focus_fraction", 0)
+    if not share:
+        return "Answer batches go round-robin over the question kinds."
+    return (f"Answer batches draw {share:.0%} of their samples from {' and '.join(config['focus_kinds'])} "
+            "questions (the kinds learned last) and the rest round-robin over all kinds.")
+
+
+def _centre_result(entry: dict) -> str:
+    if "centre_exact" not in entry:
+        return ""
+    return f"; object-centre patches exactly right in {entry['centre_exact']:.3f} of the images of the last batch"
 
 
 def _table(result: dict) -> str:
@@ -103,17 +123,17 @@ train split only; numbers below are on the held-out test split.
 ## Recipe (seeded; `{train_command(config)}`)
 | stage | what trains | steps | batch | lr | wall time |
 |---|---|---|---|---|---|
-| 0 tower pre-training | tower + per-patch colour/shape heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s (with 0b) |
-| 0b projector to words | projector regressed onto SmolLM2's embeddings of each patch's words (`red`+`circle`, `background`); tower frozen | {config.get('words_steps', 0)} | {config['tower_batch']} | {config.get('words_lr', '-')} | |
+| 0 tower pre-training | tower + per-patch colour/shape{_centre(config, '/object-centre')} heads (dense labels) | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {seconds['tower']:.0f} s (with 0b) |
+| 0b projector to words | projector regressed onto SmolLM2's embeddings of each patch's words (`red`+`circle`{_centre(config, ', +`object` on an object-centre patch')}, `background`); tower frozen | {config.get('words_steps', 0)} | {config['tower_batch']} | {config.get('words_lr', '-')} | |
 | 1 alignment (LM frozen) -> `organism-frozen` | {_answer_params(config, False)} | {config['align_steps']} | {config['batch']} | {config['lr_projector']} | {seconds['align']:.0f} s |
 | 2 adaptation | {_answer_params(config, True)} | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_attention']} (q/k/v/o) | {seconds['adapt'] - seconds.get('polish', 0):.0f} s |
 | 3 polish -> `organism` | the same, a second warm-up + cosine cycle from the fp16 stage-2 weights | {config.get('polish_steps', 0)} | {config['batch']} | x{config.get('polish_lr_scale', 1.0)} of stage 2 | {seconds.get('polish', 0):.0f} s |
 
 Total wall time {seconds['total'] / 60:.1f} min on 2 CPU cores (torch {summary['torch']}). AdamW, linear
 warm-up ({config['warmup']} steps) then cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the
-answer tokens and the closing `<|im_end|>`. Stage 0 ended at patch accuracy
+answer tokens and the closing `<|im_end|>`. {_focus(config)} Stage 0 ended at patch accuracy
 {last_tower['patch_accuracy']:.3f} (colour and shape both right; shape accuracy on object patches
-{last_tower.get('object_shape_accuracy', float('nan')):.3f}).
+{last_tower.get('object_shape_accuracy', float('nan')):.3f}{_centre_result(last_tower)}).
 
 ![loss curve](loss_curve.png)
 
