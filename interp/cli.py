@@ -98,13 +98,22 @@ def _quickstart(args) -> int:
     return 0
 
 
+def organism_train_config(args):
+    """The :class:`TrainConfig` an ``interp organism train`` command line asks for."""
+    from .models.organism.train import TrainConfig
+
+    if not 0 <= args.focus_fraction < 1:
+        raise InterpError(f"--focus-fraction {args.focus_fraction} must be in [0, 1).")
+    return TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
+                       adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch,
+                       centre_marker=not args.no_centre_marker, focus_fraction=args.focus_fraction)
+
+
 def _organism_train(args) -> int:
     from .models.organism import WEIGHTS_DIR
-    from .models.organism.train import TrainConfig, train
+    from .models.organism.train import train
 
-    config = TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
-                         adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch,
-                         centre_marker=not args.no_centre_marker, focus_fraction=args.focus_fraction)
+    config = organism_train_config(args)
     summary = train(config, Path(args.out) if args.out else WEIGHTS_DIR)
     print(json.dumps(summary["seconds"]))
     return 0

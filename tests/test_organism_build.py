@@ -110,3 +110,24 @@ def test_answer_batch_takes_consecutive_indices_with_a_focus_share():
     assert {s.kind for s in batch[12:]} == {"counting", "spatial"}
     assert {s.kind for s in batch[:12]} == set(train.kinds)
     assert [s.id for s in answer_batch(train, None, 0, config)] == [s.id for s in train[:16]]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"centre_marker": False, "focus_fraction": 0.0, "polish_steps": 0, "seed": 3}])
+def test_the_cards_train_command_gives_back_the_trained_config(overrides):
+    """The model card's command, parsed by the real CLI, asks for the config that trained the weights."""
+    import shlex
+    from dataclasses import asdict
+
+    from interp.cli import build_parser, organism_train_config
+    from interp.models.organism.card import train_command
+
+    config = TrainConfig(**overrides)
+    words = shlex.split(train_command(asdict(config)))
+    assert words[:3] == ["interp", "organism", "train"]
+    assert organism_train_config(build_parser().parse_args(words[1:])) == config
+
+
+def test_train_refuses_a_focus_fraction_outside_0_1():
+    from interp.cli import main
+
+    assert main(["organism", "train", "--focus-fraction", "1.5", "--out", "/nonexistent"]) != 0
