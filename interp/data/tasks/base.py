@@ -323,6 +323,23 @@ def answer_strings(answers: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def hf_answer_docs(table, title: str, *, id_column: str = "question_id", doc_id: Callable[[Any], Any] = lambda v: v,
+                   metadata: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda row: {}) -> list[Doc]:
+    """Docs from an lmms-lab copy with ``id_column``, ``question``, ``answers`` (a list) and
+    ``image`` columns; ``doc_id`` maps the id column's value, ``metadata`` picks from a row."""
+    table.require([id_column, "question", "answers", "image"], title)
+    return [
+        Doc(
+            doc_id=doc_id(row[id_column]),
+            question=row["question"],
+            targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
+            image=table.image_ref(i),
+            metadata=metadata(row),
+        )
+        for i, row in enumerate(table.records())
+    ]
+
+
 __all__ = [
     "Benchmark",
     "CallableImage",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataFormatError, Doc, FileImage, answer_strings, first_existing, read_json, require_fields
+from .base import DataFormatError, Doc, FileImage, answer_strings, first_existing, hf_answer_docs, read_json, require_fields
 
 COCO_IMAGE_DIRS = ("val2014", "images/val2014", "images")
 _KEPT = ("answer_type", "question_type", "multiple_choice_answer")
@@ -61,14 +61,4 @@ def load_coco_vqa(found: tuple[Path, Path, Path]) -> list[Doc]:
 
 def load_coco_vqa_hf(table, title: str) -> list[Doc]:
     """Docs from an lmms-lab copy (``question_id``, ``question``, ``answers``, ``image``, ...)."""
-    table.require(["question_id", "question", "answers", "image"], title)
-    docs = []
-    for i, row in enumerate(table.records()):
-        docs.append(Doc(
-            doc_id=row["question_id"],
-            question=row["question"],
-            targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
-            image=table.image_ref(i),
-            metadata={k: row[k] for k in ("image_id", *_KEPT) if k in row},
-        ))
-    return docs
+    return hf_answer_docs(table, title, metadata=lambda row: {k: row[k] for k in ("image_id", *_KEPT) if k in row})

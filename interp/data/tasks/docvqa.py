@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics import anls, mean_of
-from .base import Benchmark, Doc, FileImage, answer_strings, first_existing, read_json, require_fields
+from .base import Benchmark, Doc, FileImage, answer_strings, first_existing, hf_answer_docs, read_json, require_fields
 
 _ANNOTATIONS = ("val_v1.0_withQT.json", "val_v1.0.json", "val/val_v1.0_withQT.json", "val/val_v1.0.json",
                 "spdocvqa_qas/val_v1.0_withQT.json", "spdocvqa_qas/val_v1.0.json")
@@ -79,17 +79,8 @@ class DocVQA(Benchmark):
         return "DocVQA"
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
-        table.require(["questionId", "question", "answers", "image"], self.title)
-        return [
-            Doc(
-                doc_id=_question_id(row["questionId"]),
-                question=row["question"],
-                targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
-                image=table.image_ref(i),
-                metadata={k: row[k] for k in ("docId", "question_types") if k in row},
-            )
-            for i, row in enumerate(table.records())
-        ]
+        return hf_answer_docs(table, self.title, id_column="questionId", doc_id=_question_id,
+                              metadata=lambda row: {k: row[k] for k in ("docId", "question_types") if k in row})
 
     def score(self, doc: Doc, response: str) -> dict:
         return {"anls": anls(response, doc.targets)}

@@ -23,6 +23,7 @@ from .base import (
     FileImage,
     answer_strings,
     first_existing,
+    hf_answer_docs,
     read_json,
     require_fields,
 )
@@ -64,17 +65,7 @@ class TextVQA(CapitalisedVQABenchmark):
         return docs
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
-        table.require(["question_id", "question", "answers", "image"], self.title)
-        docs = []
-        for i, row in enumerate(table.records()):
-            docs.append(Doc(
-                doc_id=row["question_id"],
-                question=row["question"],
-                targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
-                image=table.image_ref(i),
-                metadata={"image_id": row.get("image_id")},
-            ))
-        return docs
+        return hf_answer_docs(table, self.title, metadata=lambda row: {"image_id": row.get("image_id")})
 
 
 

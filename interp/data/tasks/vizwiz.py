@@ -27,6 +27,7 @@ from .base import (
     FileImage,
     answer_strings,
     first_existing,
+    hf_answer_docs,
     read_json,
     require_fields,
 )
@@ -76,17 +77,8 @@ class VizWiz(CapitalisedVQABenchmark):
         return docs
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
-        table.require(["question_id", "question", "answers", "image"], self.title)
-        return [
-            Doc(
-                doc_id=_stem(row["question_id"]),
-                question=row["question"],
-                targets=answer_strings(row["answers"], f"row {i} of {table.description}"),
-                image=table.image_ref(i),
-                metadata={"answer_type": row["category"]} if "category" in row else {},
-            )
-            for i, row in enumerate(table.records())
-        ]
+        return hf_answer_docs(table, self.title, doc_id=_stem,
+                              metadata=lambda row: {"answer_type": row["category"]} if "category" in row else {})
 
 
 
