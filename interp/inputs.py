@@ -48,17 +48,21 @@ class Prepared:
         return self.layouts[0].grid
 
 
+def read_image_file(path: Path, error: type[Exception] = InputError) -> Image.Image:
+    """The RGB image at ``path``; otherwise ``error`` with a one-line message naming the file."""
+    if not path.is_file():
+        raise error(f"image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as failure:
+        raise error(f"cannot read image file {path}: {failure.__class__.__name__}") from None
+
+
 def load_image(image: ImageLike) -> Image.Image:
     """A PIL RGB image from a path, a PIL image or an HxWx3 array; one clear error otherwise."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.exists():
-            raise InputError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise InputError(f"cannot read image file {path}: {error.__class__.__name__}") from None
+        return read_image_file(Path(image))
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     try:

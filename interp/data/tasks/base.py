@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ...errors import InterpError
+from ...inputs import read_image_file
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".gif", ".webp")
@@ -53,14 +54,8 @@ class UnknownTaskError(InterpError):
 
 
 def open_image_file(path: Path) -> Image.Image:
-    """The RGB image at ``path``; a one-line error naming the file otherwise."""
-    if not path.is_file():
-        raise MissingImageError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise MissingImageError(f"cannot read image file {path}: {error.__class__.__name__}") from None
+    """The RGB image at ``path``; a one-line :class:`MissingImageError` naming the file otherwise."""
+    return read_image_file(path, MissingImageError)
 
 
 class FileImage:
