@@ -18,7 +18,7 @@ def _families(args) -> int:
 
     for adapter in all_adapters():
         for model_type in adapter.model_types:
-            print(f"{model_type:<18}{adapter.name}")
+            print(f"{model_type:<18}{adapter.name:<14}{adapter.notes}")
     return 0
 
 

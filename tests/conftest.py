@@ -15,6 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 
 
+#: (height, width) of the test images: small, non-square, so every family resizes or tiles it
+TEST_IMAGE_SIZE = (48, 64)
+
+
 def make_image(height: int = 48, width: int = 64, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     array = (rng.uniform(0, 1, size=(height, width, 3)) * 255).astype("uint8")
@@ -41,7 +45,7 @@ def tiny_vlm(model_type: str, attn: str = "eager"):
 
 def sample_for(vlm, image=None, question: str = "What colour is the square?"):
     adapter = vlm.adapter
-    size = adapter.extra.get("test_image_size", (48, 64))
+    size = TEST_IMAGE_SIZE
     return vlm.prepare(image if image is not None else make_image(*size), question)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from interp.analysis.attention import attention_maps, layer_distances, persistent_noise, relevant_mass
 from interp.analysis.contrastive import compare_to_baseline, contrastive_eval
-from interp.analysis.distance import hellinger, jsd
+from interp.interventions.distance import hellinger, jsd
 from interp.analysis.items import Item, as_items
 from interp.analysis.logit_lens import early_output
 from interp.analysis.stats import bootstrap_mean_ci, detect_fusion, layer_effects, mcnemar_exact
@@ -30,11 +30,11 @@ from interp.errors import InterpError
 from interp.interventions import ContrastiveMask
 from interp.interventions.contrastive import bottom_fraction, contrast
 
-from .conftest import make_image, tiny_vlm
+from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 
 def _items(vlm, n=2):
-    size = vlm.adapter.extra.get("test_image_size", (48, 64))
+    size = TEST_IMAGE_SIZE
     return [Item(id=str(i), image=make_image(*size, seed=i), question="What colour is the square?", answers=("red",),
                  kind="attribute", boxes=((0, 0, size[1] // 2, size[0] // 2),)) for i in range(n)]
 

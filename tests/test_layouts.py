@@ -17,6 +17,8 @@ from interp.inputs import prepare
 from interp.models.adapters import adapter_for
 from interp.models.tiny import build_tiny, tiny_model_types
 
+from .conftest import TEST_IMAGE_SIZE
+
 
 def _layer0_input(model, inputs):
     captured = {}
@@ -60,7 +62,7 @@ def test_corner_perturbation_lands_in_the_corner_cells(model_type):
     model, processor = build_tiny(model_type)
     _make_vision_local(model)
     adapter = adapter_for(model.config)
-    size = adapter.extra.get("test_image_size", (48, 64))
+    size = TEST_IMAGE_SIZE
     plain, bright = _images(*size)
     a = prepare(processor, adapter, model.config, plain, "what is here?")
     b = prepare(processor, adapter, model.config, bright, "what is here?")

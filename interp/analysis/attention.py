@@ -26,9 +26,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..interventions import RecordAttention
+from .clean import SamplePass, sample_pass
 from .items import as_items
-from .teacher import teacher_force
 
 
 def attention_maps(vlm, samples: Any, *, layers: Any = "all", limit: int | None = None,
@@ -37,27 +36,35 @@ def attention_maps(vlm, samples: Any, *, layers: Any = "all", limit: int | None 
     items = as_items(samples, limit)
     frames = []
     for item in tqdm(items, desc="attention maps", unit="sample", disable=not progress):
-        prepared = vlm.prepare(item.image, item.question)
-        run = vlm.run(prepared, RecordAttention(layers=layers, query="last", heads="mean", keys="image"),
-                      remote=remote)
-        grid = prepared.layouts[0].grid
-        cell_of = {int(p): (r, c) for (r, c), p in np.ndenumerate(grid.positions.numpy()) if p >= 0}
-        token_cells = np.array([cell_of.get(int(p), (-1, -1)) for p in prepared.image_positions.tolist()])
-        relevant = None
-        if item.has_boxes:
-            mask = item.relevant_mask(*grid.shape).numpy()
-            relevant = np.array([bool(mask[r, c]) if r >= 0 else False for r, c in token_cells])
-        for layer in run.layers("attention"):
-            values = run.record("attention", layer)[0, 0].float().numpy()
-            frame = pd.DataFrame({
-                "item": item.id, "kind": item.kind, "layer": layer, "token": np.arange(values.size),
-                "row": token_cells[:, 0], "col": token_cells[:, 1], "attention": values,
-                "relevant": relevant if relevant is not None else np.nan,
-            })
-            frames.append(frame)
+        sp = sample_pass(vlm, item, restartable=False, remote=remote, attention_layers=layers, residual_layers=None)
+        frames.append(attention_rows(sp))
+    return attention_table(frames, vlm)
+
+
+def attention_table(frames: list[pd.DataFrame], vlm) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out.attrs.update({"model": vlm.name, "query": "last prompt token", "heads": "mean"})
     return out
+
+
+def attention_rows(sp: SamplePass) -> pd.DataFrame:
+    """One sample's rows of :func:`attention_maps`, from its clean pass."""
+    item, prepared = sp.item, sp.prepared
+    grid = prepared.layouts[0].grid
+    token_cells = grid.cells_of(prepared.image_positions).numpy()
+    relevant = None
+    if item.has_boxes:
+        mask = item.relevant_mask(*grid.shape).numpy()
+        relevant = np.array([bool(mask[r, c]) if r >= 0 else False for r, c in token_cells])
+    frames = []
+    for layer, values in sorted(sp.attention().items()):
+        values = values.numpy()
+        frames.append(pd.DataFrame({
+            "item": item.id, "kind": item.kind, "layer": layer, "token": np.arange(values.size),
+            "row": token_cells[:, 0], "col": token_cells[:, 1], "attention": values,
+            "relevant": relevant if relevant is not None else np.nan,
+        }))
+    return pd.concat(frames, ignore_index=True)
 
 
 def grid_frame(maps: pd.DataFrame) -> pd.DataFrame:
@@ -73,8 +80,22 @@ def share_grid(maps: pd.DataFrame, item: str, layer: int) -> np.ndarray:
     """``[rows, cols]``: one item's attention share per grid cell at one layer (NaN where no
     token sits), for heatmaps."""
     grid = grid_frame(maps[(maps.item == item) & (maps.layer == layer)])
-    out = np.full((int(grid.row.max()) + 1, int(grid.col.max()) + 1), np.nan)
-    out[grid.row.values, grid.col.values] = grid.share.values
+    return cell_grid(grid.row.values, grid.col.values, grid.share.values)
+
+
+def token_grid(maps: pd.DataFrame, item: str, values) -> np.ndarray:
+    """``[rows, cols]``: per-image-token ``values`` of one item (in token order) on its grid."""
+    cells = maps[maps.item == item].drop_duplicates("token").sort_values("token")
+    return cell_grid(cells.row.values, cells.col.values, values)
+
+
+def cell_grid(rows, cols, values) -> np.ndarray:
+    """Values at their ``(row, col)`` cells (``-1`` = no cell) -> a NaN-filled grid."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    values = np.asarray(values, dtype=float)
+    ok = rows >= 0
+    out = np.full((int(rows[ok].max()) + 1, int(cols[ok].max()) + 1), np.nan)
+    out[rows[ok], cols[ok]] = values[ok]
     return out
 
 
@@ -146,7 +167,7 @@ def noise_summary(maps: pd.DataFrame, noise: pd.DataFrame) -> dict:
 def layer_distances(maps: pd.DataFrame, reference_layer: int) -> pd.DataFrame:
     """Per (item, layer): JSD and Hellinger distance between the layer's distribution over
     the image tokens and the reference layer's."""
-    from .distance import hellinger, jsd
+    from ..interventions.distance import hellinger, jsd
 
     rows = []
     for item, group in maps.groupby("item", sort=False):

@@ -12,10 +12,11 @@ at every layer), then each configuration of the method:
   their bounding box plus one cell of margin) and answer from the original image plus
   the crop (two images in one prompt).
 
-``mode="fast"`` computes ``C`` from the clean pass and restarts only the layers from
-the review layer on, all v1 configurations of a sample batched together; the result
-equals running :class:`ContrastiveMask` in a full pass (``mode="naive"``, also the
-path for ``remote=``), which the tests check. Scoring is teacher-forced (exact greedy
+Both paths run the same :class:`ContrastiveMask` objects. ``mode="fast"`` continues
+from the sample's clean pass at the review layer (the masks read the clean pass's
+attention below it), all v1 configurations of a sample batched together;
+``mode="naive"`` (also the path for ``remote=``) runs each in a full pass. The tests
+check that both give the same result. Scoring is teacher-forced (exact greedy
 match and log-probability; see :mod:`interp.analysis.teacher`).
 
 :func:`compare_to_baseline` turns the rows into the paired comparison: accuracy
@@ -31,13 +32,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
 from ..errors import InterpError
-from ..interventions import ContrastiveMask, Plan, RecordAttention, ScaleImageTokens
-from ..interventions.contrastive import bottom_fraction, contrast
+from ..interventions import ContrastiveMask, Plan
+from ..interventions.contrastive import DISTANCES, bottom_fraction, contrast
+from .clean import SamplePass, sample_pass
 from .items import as_items
-from .prefix import capture, continue_from, supports_prefix_reuse
 from .stats import mcnemar_exact, paired_bootstrap_diff
 from .teacher import teacher_force
+
+MODES = ("auto", "fast", "naive")
 
 
 def candidate_sets(n_layers: int, reference_layer: int, fusion_layers: list[int] | None = None) -> dict[str, list[int]]:
@@ -68,78 +72,99 @@ def configurations(sets: dict[str, list[int]], rhos, distances, primary: tuple[s
 
 
 def contrastive_eval(vlm, samples: Any, *, review_layer: int, fusion_layers: list[int] | None = None,
-                     rhos=(0.1, 0.2, 0.3, 0.5), distances=("jsd", "hellinger"),
+                     rhos=(0.1, 0.2, 0.3, 0.5), distances=DISTANCES,
                      primary: tuple[str, float, str] = ("all", 0.2, "jsd"), crop: bool = True,
                      crop_fraction: float = 0.2, mode: str = "auto", limit: int | None = None,
                      remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
     """Rows ``item, kind, method, candidates, rho, distance, pre_layer, correct, logprob``
     (``method`` is ``baseline``, ``v1`` or ``v2``)."""
-    n_layers = vlm.n_layers
-    if not 1 <= review_layer < n_layers:
-        raise InterpError(f"the review layer must be in 1..{n_layers - 1}, got {review_layer}")
-    reference = review_layer - 1
-    sets = candidate_sets(n_layers, reference, fusion_layers)
-    if not sets:
-        raise InterpError(f"no layer lies before the reference layer {reference}: pick a later review layer")
-    configs = configurations(sets, rhos, distances, primary)
-    reason = supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
-    if mode == "fast" and reason:
-        raise InterpError(f"the fast path does not apply here ({reason}); use mode='naive'")
-    fast = mode == "fast" or (mode == "auto" and reason is None)
+    setup = ContrastiveSetup.build(vlm, review_layer, fusion_layers, rhos, distances, primary, mode, remote)
     items = as_items(samples, limit)
     rows = []
     for item in tqdm(items, desc="contrastive attention", unit="sample", disable=not progress):
-        prepared = vlm.prepare(item.image, item.question)
-        tf = teacher_force(vlm, prepared, item.answers[0])
-        positions = tf.positions.tolist()
-        last = tf.last_prompt_position
-        clean = vlm.run(tf.prepared, RecordAttention("all", query=[last]), logit_positions=positions, remote=remote)
-        attention = {layer: clean.record("attention", layer)[0, 0].float() for layer in clean.layers("attention")}
-        base = {"item": item.id, "kind": item.kind}
-        logprob, match = tf.score(clean.logits[0])
-        rows.append({**base, "method": "baseline", "candidates": "", "rho": 0.0, "distance": "", "pre_layer": -1,
-                     "correct": float(match), "logprob": logprob})
-        if fast:
-            results = _v1_fast(vlm, tf, attention, configs, sets, review_layer, reference)
-        else:
-            results = _v1_naive(vlm, tf, configs, sets, review_layer, last, remote)
-        for (name, rho, distance), (pre, logits) in zip(configs, results):
-            logprob, match = tf.score(logits)
-            rows.append({**base, "method": "v1", "candidates": name, "rho": rho, "distance": distance,
-                         "pre_layer": pre, "correct": float(match), "logprob": logprob})
-        if crop:
-            name, rho, distance = primary
-            pre, c = contrast(attention[reference], {i: attention[i] for i in sets[name]}, distance)
-            cropped = crop_region(item.image, prepared, c, crop_fraction)
-            two = teacher_force(vlm, vlm.prepare([item.image, cropped], item.question), item.answers[0])
-            run = vlm.run(two.prepared, logit_positions=two.positions.tolist(), remote=remote)
-            logprob, match = two.score(run.logits[0])
-            rows.append({**base, "method": "v2", "candidates": name, "rho": crop_fraction, "distance": distance,
-                         "pre_layer": pre, "correct": float(match), "logprob": logprob})
+        sp = sample_pass(vlm, item, restartable=setup.fast, remote=remote, residual_layers=None)
+        rows.extend(contrastive_rows(vlm, sp, setup, crop=crop, crop_fraction=crop_fraction, remote=remote))
+    return contrastive_frame(rows, vlm, setup)
+
+
+class ContrastiveSetup:
+    """The configurations a contrastive evaluation runs, checked once."""
+
+    def __init__(self, review_layer, reference, sets, configs, primary, fast):
+        self.review_layer, self.reference, self.sets = review_layer, reference, sets
+        self.configs, self.primary, self.fast = configs, primary, fast
+
+    @classmethod
+    def build(cls, vlm, review_layer, fusion_layers, rhos, distances, primary, mode, remote) -> "ContrastiveSetup":
+        n_layers = vlm.n_layers
+        if mode not in MODES:
+            raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
+        for distance in distances:
+            if distance not in DISTANCES:
+                raise InterpError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        if not 1 <= review_layer < n_layers:
+            raise InterpError(f"the review layer must be in 1..{n_layers - 1}, got {review_layer}")
+        reference = review_layer - 1
+        sets = candidate_sets(n_layers, reference, fusion_layers)
+        if not sets:
+            raise InterpError(f"no layer lies before the reference layer {reference}: pick a later review layer")
+        reason = supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
+        if mode == "fast" and reason:
+            raise InterpError(f"the fast path does not apply here ({reason}); use mode='naive'")
+        fast = mode == "fast" or (mode == "auto" and reason is None)
+        return cls(review_layer, reference, sets, configurations(sets, rhos, distances, primary), tuple(primary), fast)
+
+    def mask(self, name: str, rho: float, distance: str, last: int) -> ContrastiveMask:
+        return ContrastiveMask(self.review_layer, candidates=self.sets[name], rho=rho, distance=distance, query=[last])
+
+
+def contrastive_frame(rows: list[dict], vlm, setup: ContrastiveSetup) -> pd.DataFrame:
     out = pd.DataFrame(rows)
-    out.attrs.update({"review_layer": review_layer, "reference_layer": reference, "mode": "fast" if fast else "naive",
-                      "candidate_sets": sets, "primary": list(primary), "model": vlm.name})
+    out.attrs.update({"review_layer": setup.review_layer, "reference_layer": setup.reference,
+                      "mode": "fast" if setup.fast else "naive", "candidate_sets": setup.sets,
+                      "primary": list(setup.primary), "model": vlm.name})
     return out
 
 
-def _v1_fast(vlm, tf, attention, configs, sets, review_layer, reference):
-    prefix = capture(vlm, tf.prepared, tf.positions)
-    variants, pres = [], []
-    for name, rho, distance in configs:
-        pre, c = contrast(attention[reference], {i: attention[i] for i in sets[name]}, distance)
-        drop = bottom_fraction(c, rho)
-        variants.append(Plan(ScaleImageTokens(review_layer, 1e-9, tokens=drop)).bind(vlm, tf.prepared))
-        pres.append(pre)
-    logits = continue_from(vlm, prefix, tf.prepared, review_layer, variants)
-    return list(zip(pres, logits))
+def contrastive_rows(vlm, sp: SamplePass, setup: ContrastiveSetup, *, crop: bool = True, crop_fraction: float = 0.2,
+                     remote=None) -> list[dict]:
+    """One sample's rows from its clean pass (baseline, every v1 configuration, v2)."""
+    item, tf = sp.item, sp.tf
+    base = {"item": item.id, "kind": item.kind}
+    logprob, match = tf.score(sp.clean.logits)
+    rows = [{**base, "method": "baseline", "candidates": "", "rho": 0.0, "distance": "", "pre_layer": -1,
+             "correct": float(match), "logprob": logprob}]
+    masks = [setup.mask(name, rho, distance, sp.last) for name, rho, distance in setup.configs]
+    results = _v1_fast(vlm, sp, masks, setup.review_layer) if setup.fast else _v1_naive(vlm, sp, masks, remote)
+    for (name, rho, distance), (pre, logits) in zip(setup.configs, results):
+        logprob, match = tf.score(logits)
+        rows.append({**base, "method": "v1", "candidates": name, "rho": rho, "distance": distance,
+                     "pre_layer": pre, "correct": float(match), "logprob": logprob})
+    if crop:
+        name, rho, distance = setup.primary
+        attention = sp.attention()
+        pre, c = contrast(attention[setup.reference], {i: attention[i] for i in setup.sets[name]}, distance)
+        cropped = crop_region(item.image, sp.prepared, c, crop_fraction)
+        two = teacher_force(vlm, vlm.prepare([item.image, cropped], item.question), item.answers[0])
+        run = vlm.run(two.prepared, logit_positions=two.positions.tolist(), remote=remote, count_as="crop_forward")
+        logprob, match = two.score(run.logits[0])
+        rows.append({**base, "method": "v2", "candidates": name, "rho": crop_fraction, "distance": distance,
+                     "pre_layer": pre, "correct": float(match), "logprob": logprob})
+    return rows
 
 
-def _v1_naive(vlm, tf, configs, sets, review_layer, last, remote):
+def _v1_fast(vlm, sp: SamplePass, masks, review_layer):
+    bound = [Plan(mask).bind(vlm, sp.tf.prepared) for mask in masks]
+    hidden, contexts = continue_from(vlm, sp.clean, review_layer, bound)
+    logits = unembed(vlm, hidden)
+    return [(int(ctx.records[("contrastive_pre_layer", review_layer, 0)]), row) for ctx, row in zip(contexts, logits)]
+
+
+def _v1_naive(vlm, sp: SamplePass, masks, remote):
     out = []
-    for name, rho, distance in configs:
-        mask = ContrastiveMask(review_layer, candidates=sets[name], rho=rho, distance=distance, query=[last])
-        run = vlm.run(tf.prepared, mask, logit_positions=tf.positions.tolist(), remote=remote)
-        out.append((int(run.record("contrastive_pre_layer", review_layer)), run.logits[0]))
+    for mask in masks:
+        run = vlm.run(sp.tf.prepared, mask, logit_positions=sp.tf.positions.tolist(), remote=remote)
+        out.append((int(run.record("contrastive_pre_layer", mask.review_layer)), run.logits[0]))
     return out
 
 
@@ -152,9 +177,7 @@ def crop_region(image, prepared, c: torch.Tensor, fraction: float = 0.2) -> Imag
     grid = prepared.layouts[0].grid
     rows, cols = grid.shape
     keep = ~bottom_fraction(c, 1.0 - fraction) if fraction < 1 else torch.ones_like(c, dtype=torch.bool)
-    column_of = {int(p): i for i, p in enumerate(prepared.image_positions.tolist())}
-    cells = [(r, q) for r in range(rows) for q in range(cols)
-             if int(grid.positions[r, q]) >= 0 and bool(keep[column_of[int(grid.positions[r, q])]])]
+    cells = [(r, q) for r, q in grid.cells_of(prepared.image_positions)[keep.cpu()].tolist() if r >= 0]
     if not cells:
         return image.copy()
     r0 = max(0, min(r for r, _ in cells) - 1)

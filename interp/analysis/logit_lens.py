@@ -14,12 +14,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..hooks import hook_name
-from ..interventions import RecordResidual
-from ..interventions.base import resolve_layers
+from ..engine.prefix import unembed
+from .clean import SamplePass, sample_pass
 from .items import as_items
-from .prefix import unembed
-from .teacher import teacher_force
 
 
 def early_output(vlm, samples: Any, *, layers: Any = "all", limit: int | None = None,
@@ -27,18 +24,26 @@ def early_output(vlm, samples: Any, *, layers: Any = "all", limit: int | None = 
     """One row per (item, layer): ``correct`` (greedy match through the final norm and
     unembedding) and ``logprob`` of the reference answer read at that layer."""
     items = as_items(samples, limit)
-    layer_list = resolve_layers(layers, vlm.n_layers)
-    names = [hook_name(layer, "resid_post") for layer in layer_list]
     rows = []
     for item in tqdm(items, desc="early output", unit="sample", disable=not progress):
-        tf = teacher_force(vlm, vlm.prepare(item.image, item.question), item.answers[0])
-        run = vlm.run(tf.prepared, RecordResidual(names, positions=tf.positions.tolist()), remote=remote)
-        for layer, name in zip(layer_list, names):
-            hidden = run.record(name, layer).to(vlm.device, vlm.dtype)
-            logits = unembed(vlm, hidden)[0]
-            logprob, match = tf.score(logits)
-            rows.append({"item": item.id, "kind": item.kind, "layer": layer, "correct": float(match),
-                         "logprob": logprob})
+        sp = sample_pass(vlm, item, restartable=False, remote=remote, attention_layers=None, residual_layers=layers)
+        rows.extend(lens_rows(vlm, sp))
+    return lens_frame(rows, vlm)
+
+
+def lens_frame(rows: list[dict], vlm) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out.attrs["model"] = vlm.name
     return out
+
+
+def lens_rows(vlm, sp: SamplePass) -> list[dict]:
+    """One sample's logit-lens rows from its clean pass: every layer unembedded in one call."""
+    layers, hidden = sp.residuals()
+    logits = unembed(vlm, hidden.to(vlm.device, vlm.dtype))
+    rows = []
+    for layer, layer_logits in zip(layers, logits):
+        logprob, match = sp.tf.score(layer_logits)
+        rows.append({"item": sp.item.id, "kind": sp.item.kind, "layer": layer, "correct": float(match),
+                     "logprob": logprob})
+    return rows

@@ -24,7 +24,8 @@ Scoring (``scoring=``):
 
 Execution (``mode=``): ``"fast"`` runs the clean pass once per sample and restarts
 each condition at its first edited layer, several conditions batched in one
-forward (:mod:`interp.analysis.prefix`; teacher scoring, local models);
+forward (:mod:`interp.engine.prefix`; teacher scoring, local models), and unembeds
+every condition's scored positions in one call per sample;
 ``"naive"`` runs every condition as a full pass through a
 :class:`~interp.interventions.Plan` (the reference the fast mode is tested
 against, and the path for ``remote=`` runs). ``"auto"`` picks fast where it applies.
@@ -41,11 +42,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
+from ..interventions.ablate import PAPER_MASK_SCALE
+from ..interventions.base import resolve_layers
+from .clean import SamplePass, sample_pass
 from .items import Item, as_items
-from .prefix import capture, continue_from, supports_prefix_reuse
-from .teacher import TeacherForced, teacher_force
+from .teacher import TeacherForced
 
 VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_question")
 SCORINGS = ("teacher", "generate")
@@ -53,7 +57,7 @@ MODES = ("auto", "fast", "naive")
 
 
 def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3,
-              scale: float = 1e-9) -> list:
+              scale: float = PAPER_MASK_SCALE) -> list:
     """The interventions of one sweep condition (unbound)."""
     span = list(range(layer, min(layer + window, n_layers)))
     if variant == "single":
@@ -69,12 +73,13 @@ def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, win
     raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(VARIANTS)}")
 
 
-def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
-                  window: int = 3, scale: float = 1e-9, scoring: str = "teacher", mode: str = "auto",
-                  limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
-                  remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
-    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating."""
+def fast_reason(vlm, scoring: str, remote) -> str | None:
+    """Why the fast sweep does not apply (None when it does)."""
+    return supports_prefix_reuse(vlm) or ("generation scoring" if scoring == "generate" else None) or (
+        "remote execution" if remote not in (None, False) else None)
+
+
+def check_options(variants, scoring: str, mode: str, window: int) -> tuple[str, ...]:
     variants = tuple(variants)
     for variant in variants:
         if variant not in VARIANTS:
@@ -85,68 +90,96 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
         raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
     if window < 1:
         raise InterpError("window must be at least 1 layer")
-    items = as_items(samples, limit)
-    from ..interventions.base import resolve_layers
+    return variants
 
+
+def use_fast(vlm, mode: str, scoring: str, remote) -> bool:
+    reason = fast_reason(vlm, scoring, remote)
+    if mode == "fast" and reason:
+        raise InterpError(f"the fast sweep does not apply here ({reason}); use mode='naive'")
+    return mode == "fast" or (mode == "auto" and reason is None)
+
+
+def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
+                  window: int = 3, scale: float = PAPER_MASK_SCALE, scoring: str = "teacher", mode: str = "auto",
+                  limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
+                  remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
+    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating."""
+    variants = check_options(variants, scoring, mode, window)
+    items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
-    fast_reason = supports_prefix_reuse(vlm) or ("generation scoring" if scoring == "generate" else None) or (
-        "remote execution" if remote not in (None, False) else None)
-    if mode == "fast" and fast_reason:
-        raise InterpError(f"the fast sweep does not apply here ({fast_reason}); use mode='naive'")
-    fast = mode == "fast" or (mode == "auto" and fast_reason is None)
+    fast = use_fast(vlm, mode, scoring, remote)
     rows: list[dict] = []
     bar = tqdm(items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample",
                disable=not progress)
     for item in bar:
-        prepared = vlm.prepare(item.image, item.question)
-        tf = teacher_force(vlm, prepared, item.answers[0])
-        conditions = [(v, l) for l in layer_list for v in variants]
-        if fast:
-            results = _fast(vlm, tf, conditions, window, scale, batch)
-        else:
-            results = _naive(vlm, tf, prepared, conditions, window, scale, scoring, max_new_tokens, remote, item)
-        for (variant, layer), result in results.items():
-            rows.append({"item": item.id, "kind": item.kind, "variant": variant, "layer": layer, **result})
+        sp = sample_pass(vlm, item, restartable=fast, remote=remote, attention_layers=None, residual_layers=None)
+        rows.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
+                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote))
+    return sweep_frame(rows, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
+
+
+def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float, window: int) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.attrs.update({"scoring": scoring, "mode": "fast" if fast else "naive", "scale": scale,
                         "window": window, "n_layers": vlm.n_layers, "model": vlm.name})
     return frame
 
 
-def _fast(vlm, tf: TeacherForced, conditions, window, scale, batch) -> dict:
-    prefix = capture(vlm, tf.prepared, tf.positions)
-    logprob, match = tf.score(prefix.logits)
+def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale: float, scoring: str, fast: bool,
+               max_new_tokens: int = 8, batch: int = 8, remote=None) -> list[dict]:
+    """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself)."""
+    conditions = [(v, l) for l in layer_list for v in variants]
+    if fast:
+        results = _fast(vlm, sp, conditions, window, scale, batch)
+    else:
+        results = _naive(vlm, sp, conditions, window, scale, scoring, max_new_tokens, remote)
+    item = sp.item
+    return [{"item": item.id, "kind": item.kind, "variant": variant, "layer": layer, **result}
+            for (variant, layer), result in results.items()]
+
+
+def _fast(vlm, sp: SamplePass, conditions, window, scale, batch) -> dict:
+    tf = sp.tf
+    logprob, match = tf.score(sp.clean.logits)
     results = {("baseline", -1): {"correct": float(match), "logprob": logprob}}
     by_start: dict[int, list] = {}
     for variant, layer in conditions:
         by_start.setdefault(layer, []).append((variant, layer))
+    keys, finals = [], []
     for start, group in by_start.items():
         for i in range(0, len(group), batch):
             chunk = group[i : i + batch]
             bound = [Plan(condition(v, l, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
                      for v, l in chunk]
-            logits = continue_from(vlm, prefix, tf.prepared, start, bound)
-            for key, row in zip(chunk, logits):
-                logprob, match = tf.score(row)
-                results[key] = {"correct": float(match), "logprob": logprob}
+            hidden, _ = continue_from(vlm, sp.clean, start, bound)
+            keys.extend(chunk)
+            finals.append(hidden)
+    if finals:
+        logits = unembed(vlm, torch.cat(finals))  # once per sample
+        for key, row in zip(keys, logits):
+            logprob, match = tf.score(row)
+            results[key] = {"correct": float(match), "logprob": logprob}
     return results
 
 
-def _naive(vlm, tf: TeacherForced, prepared, conditions, window, scale, scoring, max_new_tokens, remote,
-           item: Item) -> dict:
+def _naive(vlm, sp: SamplePass, conditions, window, scale, scoring, max_new_tokens, remote) -> dict:
+    tf, item = sp.tf, sp.item
     positions = tf.positions.tolist()
 
-    def score(interventions) -> dict:
-        run = vlm.run(tf.prepared, *interventions, logit_positions=positions, remote=remote)
-        logprob, match = tf.score(run.logits[0])
+    def score(interventions, logits=None) -> dict:
+        if logits is None:
+            logits = vlm.run(tf.prepared, *interventions, logit_positions=positions, remote=remote).logits[0]
+        logprob, match = tf.score(logits)
         result = {"correct": float(match), "logprob": logprob}
         if scoring == "generate":
-            gen = vlm.run(prepared, *interventions, generate=True, max_new_tokens=max_new_tokens, remote=remote)
+            gen = vlm.run(sp.prepared, *interventions, generate=True, max_new_tokens=max_new_tokens, remote=remote)
             result["prediction"] = gen.text[0]
             result["correct"] = item.score(gen.text[0])
         return result
 
-    results = {("baseline", -1): score([])}
+    results = {("baseline", -1): score([], sp.clean.logits)}
     for variant, layer in conditions:
         results[(variant, layer)] = score(condition(variant, layer, vlm.n_layers, tf, window=window, scale=scale))
     return results

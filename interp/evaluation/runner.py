@@ -53,14 +53,14 @@ from ..inputs import build_prompt, load_image
 from .results import ResultsLog
 from .shards import parse_shard, shard_docs
 
-# model_types whose processors give every image the same number of tokens, so that a
-# left-padded batch is the same computation as one prompt at a time
-BATCHED_MODEL_TYPES = frozenset({"llava"})
 DEFAULT_BATCH_SIZE = 8
 
 
 def can_batch(vlm) -> bool:
-    return getattr(vlm.config, "model_type", None) in BATCHED_MODEL_TYPES
+    """Whether the family batches prompts with images (its adapter's ``batched_generation``:
+    every image the same number of tokens, so a left-padded batch is the same computation
+    as one prompt at a time)."""
+    return vlm.adapter.batched_generation
 
 
 def effective_batch_size(vlm, batch_size: int | None) -> int:
@@ -223,4 +223,4 @@ def summarize(task: Task | Benchmark | str, rows: pd.DataFrame | Sequence[Mappin
     return {"n": len(records), **benchmark.aggregate(records)}
 
 
-__all__ = ["BATCHED_MODEL_TYPES", "can_batch", "effective_batch_size", "evaluate", "generate_replies", "summarize"]
+__all__ = ["can_batch", "effective_batch_size", "evaluate", "generate_replies", "summarize"]

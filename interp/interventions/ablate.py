@@ -16,6 +16,9 @@ import torch
 
 from .base import Intervention, StepContext, check_token_subset, image_token_subset
 
+#: the paper's masking factor: image-token hidden states x 1e-9 ("~0" without exact zeros)
+PAPER_MASK_SCALE = 1e-9
+
 
 class ImageTokenEdit(Intervention):
     """Base: replace ``h[:, image tokens]`` at ``resid_pre`` of each layer by :meth:`edit`."""
@@ -31,7 +34,7 @@ class ImageTokenEdit(Intervention):
     def sites(self):
         return [(layer, "resid_pre") for layer in self.layers]
 
-    def at_site(self, layer, site, hidden, ctx: StepContext):
+    def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         positions = image_token_subset(self.tokens, ctx)
         rows = ctx.local_rows(positions.to(hidden.device), hidden.shape[1])
         if rows.numel() == 0:
@@ -47,11 +50,11 @@ class ImageTokenEdit(Intervention):
 class ScaleImageTokens(ImageTokenEdit):
     """Multiply image-token hidden states by ``scale`` at the input of ``layers``.
 
-    ``scale`` is a number (the paper uses 1e-9; 0 zeroes them), a tensor with one
+    ``scale`` is a number (the paper uses :data:`PAPER_MASK_SCALE`; 0 zeroes them), a tensor with one
     factor per selected token, or a callable of the step context returning either.
     """
 
-    def __init__(self, layers: Any, scale: Any = 1e-9, tokens: Any = None, every_step: bool = False):
+    def __init__(self, layers: Any, scale: Any = PAPER_MASK_SCALE, tokens: Any = None, every_step: bool = False):
         super().__init__(layers, tokens, every_step)
         self.scale = scale
 

@@ -1,11 +1,26 @@
 """The intervention protocol and the per-step context handed to interventions in a trace.
 
 An intervention says *where* (a list of ``(layer, site)`` pairs, see
-:mod:`interp.hooks`) and *what* (:meth:`Intervention.at_site`, which receives the
-site's current value and returns the value to continue with). Selectors such as
-"the last token" or "the question tokens" are resolved to positions by
-:meth:`Intervention.bind` before the trace starts, so nothing inside the trace
-needs the processor or the tokenizer.
+:mod:`interp.hooks`) and *what*. Selectors such as "the last token" or "the
+question tokens" are resolved to positions by :meth:`Intervention.bind` before the
+trace starts, so nothing inside the trace needs the processor or the tokenizer.
+
+*What* is said through three methods, so that one engine can run every
+intervention two ways — through nnsight (:mod:`interp.engine.plan`, the
+remote-safe path) and by continuing from a captured clean pass
+(:mod:`interp.engine.prefix`, the fast path) — without knowing its class:
+
+* :meth:`Intervention.edit_hidden` — a residual-stream value (``resid_pre``,
+  ``attn_out``, ``mlp_out``, ``resid_post``, ``final_norm``) in, the value to
+  continue with out (recorders store it and return it unchanged);
+* :meth:`Intervention.edit_mask` — the attention edges of a layer
+  (an :class:`~interp.interventions.runtime.EditableMask`), for ``attn_pattern``;
+* :meth:`Intervention.before_restart` — on the fast path, for a site in a layer
+  below the restart layer (which ran clean): a recorder copies what the clean pass
+  recorded there; an edit there cannot be honoured and says so.
+
+:meth:`Intervention.at_site` (the nnsight path's entry point) routes to the first
+two; recorders that need the attention call itself (queries and keys) override it.
 """
 
 from __future__ import annotations
@@ -109,7 +124,50 @@ class Intervention:
         return ctx.step == 0 or self.every_step
 
     def at_site(self, layer: int | None, site: str, value: Any, ctx: StepContext) -> Any:
-        raise NotImplementedError
+        """The nnsight path: ``value`` is what nnsight holds at the site (the attention
+        call's ``(args, kwargs)`` for ``attn_pattern``, a hidden-state tensor otherwise)."""
+        if site == "attn_pattern":
+            from .runtime import edit_attention_call
+
+            return edit_attention_call(value, lambda mask: self.edit_mask(layer, mask, ctx))
+        return self.edit_hidden(layer, site, value, ctx)
+
+    def edit_hidden(self, layer: int | None, site: str, hidden: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """A residual-stream value ``(batch, window, d)`` -> the value to continue with."""
+        raise InterpError(f"{type(self).__name__} does not act on {site} values")
+
+    def edit_mask(self, layer: int, mask, ctx: StepContext) -> None:
+        """Edit the attention edges of ``layer`` in place (see ``EditableMask``)."""
+        raise InterpError(
+            f"{type(self).__name__} reads the attention call itself at layer {layer}, which the "
+            "fast path does not recompute; run it with mode='naive'"
+        )
+
+    def recorded_as(self, layer: int | None, site: str):
+        """Recorders: ``(spec, key)`` — what this site records, comparable across runs
+        (``spec``), and the ``records`` key it stores it under. None for edits."""
+        return None
+
+    def before_restart(self, layer: int | None, site: str, clean, ctx: StepContext) -> None:
+        """Fast path: this site lies in a layer below the restart layer, which ran clean.
+
+        ``clean`` is the :class:`~interp.engine.prefix.CleanPass` the run continues from.
+        A recorder copies what the clean pass recorded at the same spec; anything else
+        would have changed the prefix, so it is refused."""
+        found = self.recorded_as(layer, site)
+        if found is None:
+            raise InterpError(
+                f"{type(self).__name__} acts at layer {layer} ({site}), before the restart layer; "
+                "restart at or below its first layer"
+            )
+        spec, key = found
+        value = clean.recorded(spec)
+        if value is None:
+            raise InterpError(
+                f"the clean pass did not record what {type(self).__name__} reads at layer {layer} ({site}); "
+                "record it in the clean pass or run with mode='naive'"
+            )
+        ctx.records[(key[0], key[1], ctx.step)] = value
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -21,18 +21,17 @@ from typing import Any
 import torch
 
 from ..errors import InterpError
-from .ablate import ScaleImageTokens
+from .ablate import PAPER_MASK_SCALE, ScaleImageTokens
 from .base import Intervention, StepContext, resolve_layers, resolve_positions
+from .distance import DISTANCES as FUNCTIONS, normalise
 from .record import RecordAttention
 
-DISTANCES = ("jsd", "hellinger")
+DISTANCES = tuple(FUNCTIONS)
 
 
 def contrast(reference: torch.Tensor, candidates: dict[int, torch.Tensor], distance: str = "jsd"):
     """``(pre_layer, C)`` for one query: the candidate farthest from ``reference`` and
     ``max(A_r - A_pre, 0)`` over the image tokens (1-D tensors, renormalised)."""
-    from ..analysis.distance import DISTANCES as FUNCTIONS, normalise
-
     ref = normalise(reference)
     layers = sorted(candidates)
     stacked = normalise(torch.stack([candidates[layer] for layer in layers]).to(ref.device))
@@ -63,7 +62,7 @@ class ContrastiveMask(Intervention):
     """
 
     def __init__(self, review_layer: int, *, reference_layer: int | None = None, candidates: Any = "all",
-                 rho: float = 0.2, distance: str = "jsd", scale: float = 1e-9, query: Any = "last"):
+                 rho: float = 0.2, distance: str = "jsd", scale: float = PAPER_MASK_SCALE, query: Any = "last"):
         if distance not in DISTANCES:
             raise InterpError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if not 0.0 <= rho <= 1.0:
@@ -102,10 +101,15 @@ class ContrastiveMask(Intervention):
         watched = sorted(set(self._candidates) | {self._reference})
         return [(layer, "attn_pattern") for layer in watched] + [(self.layers[0], "resid_pre")]
 
+    def recorded_as(self, layer, site):
+        return self._recorder.recorded_as(layer, site) if site == "attn_pattern" else None
+
     def at_site(self, layer, site, value, ctx: StepContext):
         if site == "attn_pattern":
             return self._recorder.at_site(layer, site, value, ctx)
+        return self.edit_hidden(layer, site, value, ctx)
 
+    def edit_hidden(self, layer, site, value, ctx: StepContext):
         def attention(i):  # the query row's head-mean attention over the image tokens
             return ctx.records[("contrastive_attention", i, ctx.step)][0, 0]
 
@@ -114,4 +118,4 @@ class ContrastiveMask(Intervention):
         ctx.records[("contrastive_pre_layer", layer, ctx.step)] = torch.tensor(pre)
         ctx.records[("contrastive_C", layer, ctx.step)] = c
         ctx.records[("contrastive_keep", layer, ctx.step)] = ~drop
-        return ScaleImageTokens(layer, self.scale, tokens=drop).at_site(layer, site, value, ctx)
+        return ScaleImageTokens(layer, self.scale, tokens=drop).edit_hidden(layer, site, value, ctx)

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from .base import Intervention, StepContext, resolve_positions
-from .runtime import block_edges, query_window
 
 
 class AttentionKnockout(Intervention):
@@ -45,14 +44,11 @@ class AttentionKnockout(Intervention):
     def sites(self):
         return [(layer, "attn_pattern") for layer in self.layers]
 
-    def at_site(self, layer, site, call, ctx: StepContext):
-        window = query_window(call)
+    def edit_mask(self, layer, mask, ctx: StepContext) -> None:
+        window = mask.window
         if isinstance(self._src, str) or (self._src_all and ctx.step > 0):
             rows = torch.tensor([len(window) - 1])
         else:
             rows = ctx.local_rows(self._src, len(window)) if ctx.step == 0 else torch.empty(0, dtype=torch.long)
         cols = self._dst[self._dst < int(window[-1]) + 1]
-        if rows.numel() == 0 or cols.numel() == 0:
-            return call
-        device = call[0][1].device
-        return block_edges(call, rows.to(device), cols.to(device))
+        mask.block(rows, cols)

@@ -49,9 +49,14 @@ class RecordAttention(Intervention):
             seq_len=prepared.seq_len,
             what="query",
         )
+        self._seq_len = prepared.seq_len
 
     def sites(self):
         return [(layer, "attn_pattern") for layer in self.layers]
+
+    def recorded_as(self, layer, site):
+        query = (self._seq_len - 1,) if isinstance(self._query, str) else tuple(self._query.tolist())
+        return ("attention", layer, query, self.heads, self.keys), (self.name, layer)
 
     def at_site(self, layer, site, call, ctx: StepContext):
         window = query_window(call)
@@ -103,18 +108,25 @@ class RecordResidual(Intervention):
     def sites(self):
         return [(point.layer, point.site) for point in self._points]
 
+    def recorded_as(self, layer, site):
+        positions = None if self._positions is None else tuple(self._positions.tolist())
+        return ("residual", layer, site, positions), (_hook_label(layer, site), layer)
+
     def at_site(self, layer, site, value, ctx: StepContext):
-        if site == "attn_pattern":
-            rows = None
-            if self._positions is not None and ctx.step == 0:
-                rows = ctx.local_rows(self._positions, len(query_window(value)))
-            record = attention_probs(value, rows)
-        else:
-            record = value
-            if self._positions is not None and ctx.step == 0:
-                record = record[:, ctx.local_rows(self._positions, record.shape[1]).to(record.device)]
-        ctx.records[(_hook_label(layer, site), layer, ctx.step)] = record.detach().clone()
+        if site != "attn_pattern":
+            return self.edit_hidden(layer, site, value, ctx)
+        rows = None
+        if self._positions is not None and ctx.step == 0:
+            rows = ctx.local_rows(self._positions, len(query_window(value)))
+        ctx.records[(_hook_label(layer, site), layer, ctx.step)] = attention_probs(value, rows).detach().clone()
         return value
+
+    def edit_hidden(self, layer, site, hidden, ctx: StepContext):
+        record = hidden
+        if self._positions is not None and ctx.step == 0:
+            record = record[:, ctx.local_rows(self._positions, record.shape[1]).to(record.device)]
+        ctx.records[(_hook_label(layer, site), layer, ctx.step)] = record.detach().clone()
+        return hidden
 
 
 def _hook_label(layer, site) -> str:

@@ -174,27 +174,67 @@ def attention_probs(call_inputs, rows=None):
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
-def block_edges(call_inputs, rows, cols):
-    """The attention call with edges (query ``rows`` -> key ``cols``) masked out.
+class EditableMask:
+    """The attention mask of one layer call, for interventions that block edges.
 
-    ``rows`` index the current query window; ``cols`` are absolute key positions.
+    Rows are the current query window (absolute positions :attr:`window`), columns
+    absolute key positions. The tensor is built only when the first edge is blocked,
+    so a run whose interventions block nothing keeps the family's own mask (and the
+    kernel's own causal path). ``build()`` returns the tensor, in the mask's own form:
+    a boolean keep-mask (SDPA) or an additive float mask (eager).
     """
-    module, query, key, mask, kwargs = attention_call_parts(call_inputs)
+
+    def __init__(self, build, window: torch.Tensor):
+        self._build = build
+        self.window = window
+        self.tensor = None
+        self.blocked_value = None
+
+    @property
+    def changed(self) -> bool:
+        return self.tensor is not None
+
+    def block(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Forbid the query ``rows`` (indices into :attr:`window`) to attend to key positions ``cols``."""
+        if rows.numel() == 0 or cols.numel() == 0:
+            return
+        if self.tensor is None:
+            self.tensor, self.blocked_value = self._build()
+        rows = rows.to(self.tensor.device)
+        cols = cols.to(self.tensor.device)
+        block = self.tensor[..., rows, :]
+        block[..., cols] = self.blocked_value
+        self.tensor[..., rows, :] = block
+
+
+def editable_tensor(mask, query_len: int, key_len: int, *, additive=None):
+    """``(tensor, blocked value)``: a private copy of ``mask`` with one row per query.
+
+    A boolean keep-mask stays boolean (blocked = False); otherwise ``additive()`` gives
+    the additive float mask (blocked = the dtype's minimum)."""
     if mask is not None and mask.dtype == torch.bool:
-        new = mask[..., : key.shape[-2]].clone()
-        if new.shape[-2] == 1 and query.shape[-2] > 1:
-            new = new.expand(*new.shape[:-2], query.shape[-2], new.shape[-1]).clone()
-        block = new[..., rows, :]
-        block[..., cols] = False
-        new[..., rows, :] = block
-        return with_mask(call_inputs, new)
-    new = additive_mask(mask, query, key, kwargs).clone()
-    if new.shape[-2] == 1 and query.shape[-2] > 1:
-        new = new.expand(*new.shape[:-2], query.shape[-2], new.shape[-1]).clone()
-    block = new[..., rows, :]
-    block[..., cols] = torch.finfo(new.dtype).min
-    new[..., rows, :] = block
-    return with_mask(call_inputs, new)
+        new = mask[..., :key_len].clone()
+        blocked = False
+    else:
+        new = additive().clone()
+        blocked = torch.finfo(new.dtype).min
+    if new.shape[-2] == 1 and query_len > 1:
+        new = new.expand(*new.shape[:-2], query_len, new.shape[-1]).clone()
+    return new, blocked
+
+
+def edit_attention_call(call_inputs, edit):
+    """The attention call after ``edit(EditableMask)``; unchanged if nothing was blocked."""
+    module, query, key, mask, kwargs = attention_call_parts(call_inputs)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    editable = EditableMask(
+        lambda: editable_tensor(mask, q_len, k_len, additive=lambda: additive_mask(mask, query, key, kwargs)),
+        torch.arange(k_len - q_len, k_len),
+    )
+    edit(editable)
+    if not editable.changed:
+        return call_inputs
+    return with_mask(call_inputs, editable.tensor)
 
 
 def query_window(call_inputs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -45,6 +46,9 @@ class VLM:
         self.adapter = adapter
         self.name = name or getattr(self.config, "_name_or_path", "") or adapter.name
         self.remote = remote
+        #: passes run so far, by kind (clean_forward, full_forward, generate, restart_forward,
+        #: layer_forwards, layer_token_rows): analyses report the difference over their run
+        self.counts: Counter = Counter()
         attn = getattr(envoy_at(self.nnsight, adapter.layers_path)[0], adapter.attn_name)
         self.access = SiteAccess(
             adapter.layers_path, adapter.final_norm_path, adapter.attn_name, adapter.mlp_name, find_attention_op(attn)
@@ -138,7 +142,7 @@ class VLM:
     def run(self, prepared: Prepared, *interventions, generate: bool = False, max_new_tokens: int = 16,
             remote: bool | str | None = None, **generate_kwargs):
         """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`."""
-        from ..interventions.plan import Plan
+        from ..engine.plan import Plan
 
         return Plan(*interventions).run(
             self, prepared, generate=generate, max_new_tokens=max_new_tokens,

@@ -14,7 +14,7 @@ Token geometry is computed from the inputs (``input_ids``, ``pixel_values``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -47,6 +47,27 @@ class GridView:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.rows, self.cols)
+
+    def cells_of(self, positions) -> torch.Tensor:
+        """``(n, 2)``: the ``(row, col)`` of the cell each sequence position covers,
+        ``(-1, -1)`` for positions on no cell of this view (the one token <-> cell map)."""
+        positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        flat = self.positions.reshape(-1)
+        match = flat[None, :] == positions[:, None]
+        found = match.any(dim=1)
+        index = match.long().argmax(dim=1)
+        cells = torch.stack([index // self.cols, index % self.cols], dim=1)
+        return torch.where(found[:, None], cells, torch.full_like(cells, -1))
+
+    def scatter(self, values, positions) -> torch.Tensor:
+        """``[rows, cols]`` float grid with ``values[i]`` at the cell of ``positions[i]``;
+        NaN where no given position covers a cell."""
+        values = torch.as_tensor(values).reshape(-1).float()
+        cells = self.cells_of(positions)
+        out = torch.full(self.shape, float("nan"))
+        ok = cells[:, 0] >= 0
+        out[cells[ok, 0], cells[ok, 1]] = values[ok]
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,8 +138,12 @@ class FamilyAdapter:
     # Prompt used when the processor carries no chat template; ``{image}`` is
     # replaced by one image placeholder per image.
     fallback_prompt: str = "{image}\n{question}"
+    #: why decoder layers cannot be restarted mid-stack (the forward edits the residual
+    #: stream between layers outside the layer modules), or "" when they can
+    between_layer_edits: str = ""
+    #: the processor and model accept several prompts with images as one padded batch
+    batched_generation: bool = False
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     # -- config --------------------------------------------------------------
 

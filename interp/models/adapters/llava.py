@@ -26,5 +26,6 @@ class LlavaAdapter(FamilyAdapter):
 ADAPTER = LlavaAdapter(
     name="LLaVA",
     model_types=("llava",),
+    batched_generation=True,
     notes="LLaVA-1.5: CLIP ViT grid (24x24 at 336 px), one token per patch.",
 )

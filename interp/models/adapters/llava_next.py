@@ -103,5 +103,4 @@ ADAPTER = LlavaNextAdapter(
         "LLaVA-NeXT: base tile grid, then the unpadded anyres grid row by row, each row "
         "ended by an image_newline token (an image token with no cell)."
     ),
-    extra={"test_image_size": (48, 64)},
 )

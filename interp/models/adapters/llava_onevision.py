@@ -33,7 +33,7 @@ from .llava_next import anyres_layout, highres_shape, image_sizes_of, tile_side
 
 def max_tiles(config) -> int:
     aspect = getattr(config, "vision_aspect_ratio", None) or "anyres_max_9"
-    return int(aspect.strip("anyres_max_"))
+    return int(aspect.removeprefix("anyres_max_"))
 
 
 def onevision_highres_shape(config, image_size) -> tuple[int, int]:
@@ -121,5 +121,4 @@ ADAPTER = LlavaOnevisionAdapter(
         "anyres grid with a newline per row (shrunk past anyres_max_N); grouped images = "
         "padded-square base grid + one trailing newline each."
     ),
-    extra={"test_image_size": (48, 64)},
 )

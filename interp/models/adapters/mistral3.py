@@ -40,5 +40,4 @@ ADAPTER = Mistral3Adapter(
         "Mistral-3: Pixtral patches merged 2x2; [IMG] tokens row-major, rows separated by "
         "[IMG_BREAK] and closed by [IMG_END] (text tokens, not image positions)."
     ),
-    extra={"test_image_size": (48, 64)},
 )

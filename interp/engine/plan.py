@@ -1,0 +1,201 @@
+"""The nnsight executor: a Plan schedules interventions into ONE nnsight trace or generation, in forward order.
+
+nnsight hands a trace body each module's values in the order the forward produces
+them, so a body must visit hook points in that order. A Plan groups the bound
+interventions by hook point, sorts the points by :attr:`interp.hooks.HookPoint.order`,
+reads each point once, passes the value through its interventions in the order they
+were given (so an ablation listed before a recording is seen by it), and writes the
+value back once if it changed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import nnsight
+import torch
+
+from ..errors import InterpError
+from ..hooks import site_order
+from ..interventions.base import Intervention, StepContext
+
+
+def build_schedule(bound: list[Intervention]) -> list[tuple[Any, str, list[Intervention]]]:
+    """``[(layer, site, [interventions...]), ...]`` sorted in forward order."""
+    by_site: dict[tuple, list[Intervention]] = {}
+    for intervention in bound:
+        for layer, site in intervention.sites():
+            items = by_site.setdefault((layer, site), [])
+            if intervention not in items:
+                items.append(intervention)
+    return [(layer, site, items) for (layer, site), items in sorted(by_site.items(), key=lambda kv: site_order(*kv[0]))]
+
+
+def execute_step(model, access, schedule, ctx: StepContext) -> None:
+    """Run one forward's worth of the schedule (called inside the trace body)."""
+    for layer, site, items in schedule:
+        active = [item for item in items if item.active(ctx)]
+        if not active:
+            continue
+        value = access.read(model, layer, site)
+        new = value
+        for item in active:
+            new = item.at_site(layer, site, new, ctx)
+        if new is not value:
+            access.write(model, layer, site, new)
+
+
+@dataclass
+class RunResult:
+    """What a plan run returns.
+
+    ``records`` maps ``(name, layer, step)`` to tensors; ``logits`` are the prefill's
+    last-position logits ``(batch, vocab)``; ``sequences`` the generated token ids
+    (new tokens only) and ``text`` their decoding, when the run generated.
+    """
+
+    prepared: Any
+    records: dict
+    logits: torch.Tensor | None = None
+    sequences: torch.Tensor | None = None
+    text: list[str] | None = None
+    step_logits: list = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return sorted({key[0] for key in self.records})
+
+    def layers(self, name: str) -> list[int]:
+        return sorted({key[1] for key in self.records if key[0] == name and key[1] is not None})
+
+    def record(self, name: str, layer: int | None = None, step: int = 0) -> torch.Tensor:
+        key = (name, layer, step)
+        if key not in self.records:
+            have = ", ".join(f"{n}@{l}" for n, l, s in sorted(self.records, key=str) if s == step) or "nothing"
+            raise InterpError(f"no recording {name!r} at layer {layer}, step {step}; recorded: {have}")
+        return self.records[key]
+
+    def stack(self, name: str, step: int = 0) -> torch.Tensor:
+        """Recordings of ``name`` for all its layers, stacked on a new leading axis."""
+        return torch.stack([self.record(name, layer, step) for layer in self.layers(name)])
+
+    def attention_grid(self, layer: int, name: str = "attention", image: int = 0, query: int = -1,
+                       step: int = 0, batch: int = 0, view: str | None = None) -> torch.Tensor:
+        """Head-mean attention of one query row to one image, on that image's patch grid.
+
+        Cells no token covers are NaN. Needs a ``RecordAttention(heads="mean", keys="image")``.
+        """
+        values = self.record(name, layer, step)
+        if values.ndim != 3:
+            raise InterpError("attention_grid needs a head-mean recording (RecordAttention(heads='mean'))")
+        if values.shape[-1] != self.prepared.n_image_tokens:
+            raise InterpError("attention_grid needs a recording over the image tokens (keys='image')")
+        row = values[batch, query].float()
+        layout = self.prepared.layouts[image]
+        grid_view = layout.view(view) if view else layout.grid
+        return grid_view.scatter(row, self.prepared.image_positions)
+
+
+def _flatten(items: Iterable) -> list[Intervention]:
+    out = []
+    for item in items:
+        if isinstance(item, Plan):
+            out.extend(item.interventions)
+        elif isinstance(item, (list, tuple)):
+            out.extend(_flatten(item))
+        elif isinstance(item, Intervention):
+            out.append(item)
+        else:
+            raise InterpError(f"not an intervention: {item!r}")
+    return out
+
+
+class Plan:
+    """Interventions that run together in one pass. Compose with ``+``."""
+
+    def __init__(self, *interventions: Intervention | Iterable[Intervention]):
+        self.interventions = _flatten(interventions)
+
+    def __add__(self, other) -> "Plan":
+        return Plan(self, other)
+
+    def __iter__(self):
+        return iter(self.interventions)
+
+    def __len__(self) -> int:
+        return len(self.interventions)
+
+    def __repr__(self) -> str:
+        return f"Plan({', '.join(map(repr, self.interventions))})"
+
+    def bind(self, vlm, prepared) -> list[Intervention]:
+        return [item.bind(vlm.n_layers, prepared) for item in self.interventions]
+
+    def run(self, vlm, prepared, *, generate: bool = False, max_new_tokens: int = 16,
+            remote: bool | str | None = None, logit_positions=None, count_as: str | None = None,
+            **generate_kwargs) -> RunResult:
+        """Run the plan on ``prepared`` in one trace (prefill) or one generation.
+
+        Without generation, ``logits`` are the last position's ``(batch, vocab)``, or with
+        ``logit_positions`` (a list of positions) those positions' ``(batch, n, vocab)``.
+        ``count_as`` names the pass in ``vlm.counts`` (default ``full_forward`` / ``generate``)."""
+        bound = self.bind(vlm, prepared)
+        schedule = build_schedule(bound)
+        every_step = generate and any(item.every_step for item in bound)
+        inputs = dict(prepared.inputs)
+        image_positions = prepared.image_positions.to(vlm.device)
+        question_positions = prepared.question_positions.to(vlm.device)
+        seq_len = prepared.seq_len
+        access = vlm.access
+        model = vlm.nnsight
+        trace_kwargs = vlm.trace_kwargs(remote)
+        vlm.counts[count_as or ("generate" if generate else "full_forward")] += 1
+
+        if not generate:
+            with torch.no_grad(), model.trace(inputs, **trace_kwargs):
+                records = nnsight.save({})
+                ctx = StepContext(0, 0, image_positions, question_positions, seq_len, records)
+                execute_step(model, access, schedule, ctx)
+                if logit_positions is None:
+                    logits = model.output.logits[:, -1].save()
+                else:
+                    logits = model.output.logits[:, logit_positions].save()
+            return RunResult(prepared, _to_cpu(records), logits=logits.detach().cpu())
+
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
+        if not every_step:
+            with torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+                records = nnsight.save({})
+                ctx = StepContext(0, 0, image_positions, question_positions, seq_len, records)
+                execute_step(model, access, schedule, ctx)
+                logits = model.output.logits[:, -1].save()
+                ids = tracer.result.save()
+            new_ids = ids[:, seq_len:].detach().cpu()
+            return RunResult(prepared, _to_cpu(records), logits=logits.detach().cpu(),
+                             sequences=new_ids, text=vlm.decode(new_ids), step_logits=[logits.detach().cpu()])
+
+        # Every step: the loop ends when generation does, so nothing may follow it in
+        # the body; the token each step produced is read off nnsight's streamer, whose
+        # first output is the prompt and each later one the token of the step before.
+        with warnings.catch_warnings():
+            # nnsight warns that the open loop's last step "was never reached": by design
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
+                records = nnsight.save({})
+                streamed = nnsight.save([])
+                step_logits = nnsight.save([])
+                for step in tracer.iter[:]:
+                    streamed.append(model.generator.streamer.output)
+                    offset = 0 if step == 0 else seq_len + step - 1
+                    ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
+                    execute_step(model, access, schedule, ctx)
+                    step_logits.append(model.output.logits[:, -1])
+        new_ids = torch.cat([torch.as_tensor(t).reshape(-1, 1) for t in streamed[1:]], dim=1).cpu()
+        logits_list = [t.detach().cpu() for t in step_logits]
+        return RunResult(prepared, _to_cpu(records), logits=logits_list[0], sequences=new_ids,
+                         text=vlm.decode(new_ids), step_logits=logits_list)
+
+
+def _to_cpu(records: dict) -> dict:
+    return {key: value.detach().cpu() for key, value in records.items()}
