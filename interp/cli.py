@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import InterpError
+from .options import MODES, PAPER_MASK_SCALE, SCORINGS
 
 
 def _families(args) -> int:
@@ -58,7 +59,7 @@ def quickstart(model: str, image: str | None, question: str | None, out: Path | 
     clean_logprob = torch.log_softmax(clean.logits.float(), -1)[0, answer_token]
     rows = []
     for layer in tqdm(range(vlm.n_layers), desc="masking image tokens per layer", unit="layer"):
-        masked = vlm.run(sample, ScaleImageTokens([layer], scale=1e-9))
+        masked = vlm.run(sample, ScaleImageTokens([layer], scale=PAPER_MASK_SCALE))
         logprob = torch.log_softmax(masked.logits.float(), -1)[0, answer_token]
         image_mass = float(clean.record("attention", layer)[0, -1].sum())
         rows.append({
@@ -174,8 +175,9 @@ def _reproduce(args) -> int:
     vlm = load(args.model, dtype=args.dtype, device_map=args.device_map, remote=bool(args.remote))
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
-    config = ReproduceConfig(scoring=args.scoring, mode=args.mode, window=args.window, seed=args.seed,
-                             remote=True if args.remote else None, n_boot=args.n_boot)
+    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot}
+    config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
+                             **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config)
     single = report["masking"]["findings"].get("single", {})
     print(f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "
@@ -212,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
     rep.add_argument("--limit", type=int, default=60, help="number of samples (default 60)")
-    rep.add_argument("--scoring", default="teacher", choices=["teacher", "generate"],
+    rep.add_argument("--scoring", default=SCORINGS[0], choices=SCORINGS,
                      help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
-    rep.add_argument("--mode", default="auto", choices=["auto", "fast", "naive"])
-    rep.add_argument("--window", type=int, default=3, help="layers per window / knockout span")
-    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    rep.add_argument("--n-boot", type=int, default=2000)
+    rep.add_argument("--mode", default=MODES[0], choices=MODES,
+                     help="fast: restart from one clean pass per sample where it applies; naive: full passes")
+    # defaults: interp.analysis.reproduce.ReproduceConfig (one place)
+    rep.add_argument("--window", type=int, default=None, help="layers per window / knockout span (default 3)")
+    rep.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
+    rep.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 2000)")
     rep.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 for a large model on a GPU")
     rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
     rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")

@@ -36,12 +36,12 @@ from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
 from ..errors import InterpError
 from ..interventions import ContrastiveMask, Plan
 from ..interventions.contrastive import DISTANCES, bottom_fraction, contrast
+from ..options import MODES
 from .clean import SamplePass, sample_pass
 from .items import as_items
 from .stats import mcnemar_exact, paired_bootstrap_diff
 from .teacher import teacher_force
 
-MODES = ("auto", "fast", "naive")
 
 
 def candidate_sets(n_layers: int, reference_layer: int, fusion_layers: list[int] | None = None) -> dict[str, list[int]]:

@@ -45,15 +45,13 @@ from tqdm.auto import tqdm
 from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
-from ..interventions.ablate import PAPER_MASK_SCALE
 from ..interventions.base import resolve_layers
+from ..options import PAPER_MASK_SCALE
 from .clean import SamplePass, sample_pass
 from .items import Item, as_items
 from .teacher import TeacherForced
 
-VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_question")
-SCORINGS = ("teacher", "generate")
-MODES = ("auto", "fast", "naive")
+from ..options import MODES, SCORINGS, SWEEP_VARIANTS as VARIANTS
 
 
 def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3,

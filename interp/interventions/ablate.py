@@ -14,10 +14,8 @@ from typing import Any
 
 import torch
 
+from ..options import PAPER_MASK_SCALE
 from .base import Intervention, StepContext, check_token_subset, image_token_subset
-
-#: the paper's masking factor: image-token hidden states x 1e-9 ("~0" without exact zeros)
-PAPER_MASK_SCALE = 1e-9
 
 
 class ImageTokenEdit(Intervention):

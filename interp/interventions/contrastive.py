@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from ..errors import InterpError
-from .ablate import PAPER_MASK_SCALE, ScaleImageTokens
+from ..options import PAPER_MASK_SCALE
+from .ablate import ScaleImageTokens
 from .base import Intervention, StepContext, resolve_layers, resolve_positions
 from .distance import DISTANCES as FUNCTIONS, normalise
 from .record import RecordAttention

@@ -1,0 +1,12 @@
+"""The analyses' choices and defaults, in one light module: the code and the CLI's options
+both read them from here (the CLI without importing torch)."""
+
+#: the paper's masking factor: image-token hidden states x 1e-9 ("~0" without exact zeros)
+PAPER_MASK_SCALE = 1e-9
+
+#: the masking sweep's conditions (see :mod:`interp.analysis.sweep`)
+SWEEP_VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_question")
+#: how a condition is scored: teacher-forced exact greedy match, or generation + the item's metric
+SCORINGS = ("teacher", "generate")
+#: execution: the fast path where it applies, always fast (error if not), or full passes
+MODES = ("auto", "fast", "naive")
