@@ -27,7 +27,7 @@ import time
 from .harness import log
 
 #: what a mode does for one question: a ``(decoder layers run, batch rows)`` pair per forward
-Schedule = list
+Schedule = list[tuple[int, int]]
 
 
 def sweep_conditions(layers: list[int], variants) -> list[tuple[str, int]]:
