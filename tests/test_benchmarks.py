@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -10,6 +9,10 @@ import sys
 from pathlib import Path
 
 import torch
+
+from benchmarks import attention, models
+
+from .conftest import tiny_vlm
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "run.py"
@@ -21,14 +24,6 @@ RATIOS = (
     "eager_output_attentions_peak_mem_ratio",
     "nnsight_overhead",
 )
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("interp_benchmarks_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _positive(value) -> bool:
@@ -75,11 +70,10 @@ def test_benchmarked_attention_equals_eager_output_attentions():
     """What the benchmark times as RecordAttention is HF eager attention, row for row."""
     import interp
 
-    bench = _bench()
-    spec = bench.QUICK_WIDE
-    model, processor = bench.build_wide(spec, "sdpa")
-    prepared = bench.wide_prepared(model, processor, spec)
-    eager_model, _ = bench.build_wide(spec, "eager")  # same seed: same weights
+    spec = models.QUICK_WIDE
+    model, processor = models.build_wide(spec, "sdpa")
+    prepared = models.wide_prepared(model, processor, spec)
+    eager_model, _ = models.build_wide(spec, "eager")  # same seed: same weights
     for name, tensor in eager_model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
 
@@ -90,10 +84,50 @@ def test_benchmarked_attention_equals_eager_output_attentions():
 
     vlm = interp.load(model, processor)
     assert vlm.attn_implementation == "sdpa"
-    recorded = bench.record_attention_values(vlm, prepared, keys="all")
+    recorded = attention.record_attention_values(vlm, prepared, keys="all")
     assert recorded.shape == expected.shape
     assert float((recorded - expected).abs().max()) < 1e-5
-    image_only = bench.record_attention_values(vlm, prepared, keys="image")
+    image_only = attention.record_attention_values(vlm, prepared, keys="image")
     assert float((image_only - expected[..., prepared.image_positions]).abs().max()) < 1e-5
     # and the benchmark's own eager variant is the same computation
-    assert float((bench.eager_attention_values(eager_model, prepared) - expected).abs().max()) == 0.0
+    assert float((attention.eager_attention_values(eager_model, prepared) - expected).abs().max()) == 0.0
+
+
+def test_counted_sweep_layer_work_is_what_the_sweep_runs():
+    """The sweep benchmark's layer-work counts (from the conditions alone) equal the decoder-layer
+    calls a plain PyTorch forward hook sees in masking_sweep's naive and fast modes."""
+    from interp.analysis.sweep import masking_sweep
+
+    from benchmarks.sweep import layer_work, teacher_forced_lengths
+
+    vlm = tiny_vlm("llava", "sdpa")
+    samples = models.organism_samples(2)
+    variants, batch = ("single", "window", "knockout_last"), 2  # 3 conditions per restart layer: chunks of 2 and 1
+    lengths = teacher_forced_lengths(vlm, samples)
+    assert len(lengths) == 2
+    layers = vlm.adapter.resolve(vlm.model, "layers")
+    calls: dict[int, list] = {}
+
+    def hook(index):
+        def record(module, args, kwargs, output):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            calls.setdefault(index, []).append(tuple(hidden.shape[:2]))
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for mode in ("naive", "fast"):
+            calls.clear()
+            masking_sweep(vlm, samples, variants=variants, mode=mode, batch=batch, progress=False)
+            expected = layer_work(vlm.n_layers, list(range(vlm.n_layers)), variants, lengths, batch)["total"][mode]
+            seen = [shape for index in calls for shape in calls[index]]
+            assert len(calls[vlm.n_layers - 1]) == expected["forwards"], mode  # every forward runs the last layer
+            assert len(seen) == expected["layer_forwards"], mode
+            assert sum(rows for rows, _ in seen) == expected["layer_row_forwards"], mode
+            assert sum(rows * seq for rows, seq in seen) == expected["layer_token_rows"], mode
+            assert {seq for _, seq in seen} == set(lengths.values()), mode
+    finally:
+        for handle in handles:
+            handle.remove()
+    work = layer_work(vlm.n_layers, list(range(vlm.n_layers)), variants, lengths, batch)
+    assert work["layer_row_forwards_ratio"] > 1  # the fast sweep does less layer work
