@@ -1,20 +1,37 @@
-"""TransformerLens-style hook names, resolved onto the decoder of any supported family.
+"""TransformerLens-style hook names, resolved onto any supported family.
 
-===============================  ==============================================
-name                             value (batch, seq, d_model) unless noted
-===============================  ==============================================
-``blocks.{l}.hook_resid_pre``    input of decoder layer ``l`` (the residual stream)
-``blocks.{l}.attn.hook_pattern`` attention probabilities (batch, heads, query, key),
-                                 after masking and softmax, as HF eager returns them
-``blocks.{l}.hook_attn_out``     output of the attention module (after ``o_proj``,
-                                 before any post-attention norm the family has)
-``blocks.{l}.hook_mlp_out``      output of the MLP module
-``blocks.{l}.hook_resid_post``   output of decoder layer ``l``
-``ln_final.hook_normalized``     output of the language model's final norm
-===============================  ==============================================
+Language model (decoder layer ``l``; values (batch, seq, d_model) unless noted):
+
+===================================  ==============================================
+name                                 value
+===================================  ==============================================
+``hook_embed``                       token embeddings (``embed_tokens`` output; image
+                                     placeholders embedded as their token)
+``blocks.{l}.hook_resid_pre``        input of decoder layer ``l`` (the residual stream;
+                                     layer 0: text embeddings with the image features in)
+``blocks.{l}.attn.hook_q/k/v``       query / key / value projections, (batch, seq, heads, d_head),
+                                     before rotary embedding (k/v: the key-value heads)
+``blocks.{l}.attn.hook_pattern``     attention probabilities (batch, heads, query, key),
+                                     after masking and softmax, as HF eager returns them
+``blocks.{l}.attn.hook_z``           per-head attention output before ``o_proj``
+                                     (batch, seq, heads, d_head)
+``blocks.{l}.attn.hook_result``      per-head contribution after ``o_proj`` (batch, seq,
+                                     heads, d_model; read-only; no bias)
+``blocks.{l}.hook_attn_out``         output of the attention module (after ``o_proj``,
+                                     before any post-attention norm the family has)
+``blocks.{l}.hook_resid_mid``        residual stream between attention and MLP (read-only)
+``blocks.{l}.hook_mlp_out``          output of the MLP module
+``blocks.{l}.hook_resid_post``       output of decoder layer ``l``
+``ln_final.hook_normalized``         output of the language model's final norm
+===================================  ==============================================
+
+Vision side: ``vision.blocks.{l}.hook_resid_post`` (output of vision-tower block ``l``,
+in the tower's own layout) and ``vision.hook_projected`` (the projector / merger output:
+the image features that replace the image tokens).
 
 Hook points are ordered by when the forward reaches them (nnsight requires values to
-be read in forward order); :attr:`HookPoint.order` is that sort key.
+be read in forward order): the embeddings, the vision tower, the projector, the decoder
+layers, the final norm. :attr:`HookPoint.order` is that sort key.
 """
 
 from __future__ import annotations
@@ -27,22 +44,42 @@ from .errors import HookNameError, LayerIndexError
 # site -> its position inside a decoder layer's forward
 SITES = {
     "resid_pre": 0,
-    "attn_pattern": 1,
-    "attn_out": 2,
-    "mlp_out": 3,
-    "resid_post": 4,
+    "q": 1,
+    "k": 2,
+    "v": 3,
+    "attn_pattern": 4,
+    "z": 5,
+    "result": 6,
+    "attn_out": 7,
+    "resid_mid": 8,
+    "mlp_out": 9,
+    "resid_post": 10,
 }
+#: sites outside the decoder layers, in forward order (``vision_resid_post`` has a vision layer)
+GLOBAL_SITES = {"embed": 0, "vision_resid_post": 1, "projected": 2, "final_norm": 4}
+#: sites whose value can be read but not replaced
+READ_ONLY_SITES = ("attn_pattern", "result", "resid_mid")
 
-_LAYER_HOOK = re.compile(r"^blocks\.(-?\d+)\.(hook_resid_pre|attn\.hook_pattern|hook_attn_out|hook_mlp_out|hook_resid_post)$")
 _SUFFIX_TO_SITE = {
     "hook_resid_pre": "resid_pre",
+    "attn.hook_q": "q",
+    "attn.hook_k": "k",
+    "attn.hook_v": "v",
     "attn.hook_pattern": "attn_pattern",
+    "attn.hook_z": "z",
+    "attn.hook_result": "result",
     "hook_attn_out": "attn_out",
+    "hook_resid_mid": "resid_mid",
     "hook_mlp_out": "mlp_out",
     "hook_resid_post": "resid_post",
 }
 _SITE_TO_SUFFIX = {v: k for k, v in _SUFFIX_TO_SITE.items()}
+_LAYER_HOOK = re.compile(r"^blocks\.(-?\d+)\.(" + "|".join(re.escape(k) for k in _SUFFIX_TO_SITE) + r")$")
+_VISION_HOOK = re.compile(r"^vision\.blocks\.(-?\d+)\.hook_resid_post$")
 FINAL_NORM = "ln_final.hook_normalized"
+EMBED = "hook_embed"
+PROJECTED = "vision.hook_projected"
+_GLOBAL_NAMES = {FINAL_NORM: "final_norm", EMBED: "embed", PROJECTED: "projected"}
 
 
 @dataclass(frozen=True)
@@ -58,49 +95,84 @@ class HookPoint:
         return site_order(self.layer, self.site)
 
 
-def site_order(layer: int | None, site: str) -> tuple[int, int]:
-    """When the forward reaches ``site`` of ``layer``: the final norm comes after every layer."""
-    if site == "final_norm":
-        return (1 << 30, 0)
-    return (layer, SITES[site])
+def site_order(layer: int | None, site: str) -> tuple[int, int, int]:
+    """When the forward reaches ``site`` of ``layer``: embeddings, vision tower, projector,
+    decoder layers, final norm."""
+    if site in SITES:
+        return (3, layer, SITES[site])
+    return (GLOBAL_SITES[site], layer or 0, 0)
 
 
-def check_layer(layer: int, n_layers: int) -> int:
+def check_layer(layer: int, n_layers: int, what: str = "decoder layers") -> int:
     """A layer index in range (negative counts from the end), or one clear error."""
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        try:
+    if isinstance(layer, bool):
+        raise LayerIndexError(f"layer index must be an integer, got {layer!r}")
+    if not isinstance(layer, int):
+        if isinstance(layer, float) and layer.is_integer():
             layer = int(layer)
-        except (TypeError, ValueError):
-            raise LayerIndexError(f"layer index must be an integer, got {layer!r}") from None
+        else:
+            try:
+                as_int = int(layer)
+            except (TypeError, ValueError):
+                raise LayerIndexError(f"layer index must be an integer, got {layer!r}") from None
+            if isinstance(layer, float) or as_int != layer:
+                raise LayerIndexError(f"layer index must be an integer, got {layer!r}")
+            layer = as_int
     resolved = layer + n_layers if layer < 0 else layer
     if not 0 <= resolved < n_layers:
         raise LayerIndexError(
-            f"layer {layer} is out of range: this model has {n_layers} decoder layers (0..{n_layers - 1})"
+            f"layer {layer} is out of range: this model has {n_layers} {what} (0..{n_layers - 1})"
         )
     return resolved
 
 
-def parse_hook_name(name: str, n_layers: int) -> HookPoint:
-    """Resolve a TransformerLens-style hook name; unknown names get one clear error."""
-    if name == FINAL_NORM:
-        return HookPoint(name, None, "final_norm")
+def parse_hook_name(name: str, n_layers: int, n_vision_layers: int | None = None) -> HookPoint:
+    """Resolve a TransformerLens-style hook name; unknown names get one clear error.
+
+    ``n_vision_layers`` range-checks vision-block names (when None they are checked when
+    the model runs them, see :meth:`interp.VLM.check_sites`)."""
+    if not isinstance(name, str):
+        raise HookNameError(f"a hook name is a string, got {type(name).__name__}")
+    if name in _GLOBAL_NAMES:
+        return HookPoint(name, None, _GLOBAL_NAMES[name])
+    vision = _VISION_HOOK.match(name)
+    if vision:
+        layer = int(vision.group(1))
+        if n_vision_layers is not None:
+            layer = check_layer(layer, n_vision_layers, "vision-tower blocks")
+        elif layer < 0:
+            raise LayerIndexError(f"vision block index must be >= 0 here, got {layer}")
+        return HookPoint(f"vision.blocks.{layer}.hook_resid_post", layer, "vision_resid_post")
     match = _LAYER_HOOK.match(name)
     if not match:
         raise HookNameError(
-            f"unknown hook name {name!r}; supported: blocks.{{l}}.hook_resid_pre, "
-            "blocks.{l}.attn.hook_pattern, blocks.{l}.hook_attn_out, blocks.{l}.hook_mlp_out, "
-            f"blocks.{{l}}.hook_resid_post, {FINAL_NORM}"
+            f"unknown hook name {name!r}; supported: blocks.{{l}}.hook_resid_pre|hook_resid_mid|hook_resid_post|"
+            "hook_attn_out|hook_mlp_out, blocks.{l}.attn.hook_q|hook_k|hook_v|hook_pattern|hook_z|hook_result, "
+            f"vision.blocks.{{l}}.hook_resid_post, {PROJECTED}, {EMBED}, {FINAL_NORM} (interp.all_hook_names)"
         )
     layer = check_layer(int(match.group(1)), n_layers)
     site = _SUFFIX_TO_SITE[match.group(2)]
     return HookPoint(f"blocks.{layer}.{match.group(2)}", layer, site)
 
 
-def hook_name(layer: int, site: str) -> str:
+def hook_name(layer: int | None, site: str) -> str:
+    """The TransformerLens-style name of a ``(layer, site)``."""
+    if site == "vision_resid_post":
+        return f"vision.blocks.{layer}.hook_resid_post"
+    for name, global_site in _GLOBAL_NAMES.items():
+        if site == global_site:
+            return name
     return f"blocks.{layer}.{_SITE_TO_SUFFIX[site]}"
 
 
-def all_hook_names(n_layers: int) -> list[str]:
-    """Every hook name of a model with ``n_layers`` decoder layers, in forward order."""
-    names = [hook_name(layer, site) for layer in range(n_layers) for site in SITES]
+def all_hook_names(n_layers: int, n_vision_layers: int = 0) -> list[str]:
+    """Every hook name of a model, in forward order."""
+    names = [EMBED] + [hook_name(layer, "vision_resid_post") for layer in range(n_vision_layers)]
+    names += [PROJECTED] if n_vision_layers else []
+    names += [hook_name(layer, site) for layer in range(n_layers) for site in SITES]
     return names + [FINAL_NORM]
+
+
+def natural_key(name: str):
+    """Sort key that orders ``blocks.2`` before ``blocks.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

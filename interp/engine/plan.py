@@ -130,7 +130,9 @@ class Plan:
         return f"Plan({', '.join(map(repr, self.interventions))})"
 
     def bind(self, vlm, prepared) -> list[Intervention]:
-        return [item.bind(vlm.n_layers, prepared) for item in self.interventions]
+        bound = [item.bind(vlm.n_layers, prepared) for item in self.interventions]
+        vlm.check_sites(bound)
+        return bound
 
     def run(self, vlm, prepared, *, generate: bool = False, max_new_tokens: int = 16,
             remote: bool | str | None = None, logit_positions=None, count_as: str | None = None,

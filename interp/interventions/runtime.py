@@ -31,57 +31,98 @@ def envoy_at(root, path: str):
 
 
 class SiteAccess:
-    """Where each site of a decoder layer lives, for one family (plain strings).
+    """Where each site lives, for one family (plain strings and ints, so it ships to NDIF).
 
-    ``attention_op`` is the name of the attention-function call in the attention
-    module's source (found by inspecting the module, not hard-coded).
+    ``paths``: the adapter's module paths and names (``layers_path``, ``final_norm_path``,
+    ``embed_path``, ``vision_layers_path``, ``projector_path``, ``attn_name``, ``mlp_name``,
+    ``q_name``, ``k_name``, ``v_name``, ``o_name``, ``mid_norm_name``); ``attention_op`` is
+    the attention-function call in the attention module's source (found by inspecting the
+    module, not hard-coded); ``head_dim`` splits q/k/v/z into heads.
     """
 
-    def __init__(self, layers_path: str, final_norm_path: str, attn_name: str, mlp_name: str, attention_op: str):
-        self.layers_path = layers_path
-        self.final_norm_path = final_norm_path
-        self.attn_name = attn_name
-        self.mlp_name = mlp_name
+    def __init__(self, paths: dict, attention_op: str, head_dim: int):
+        self.paths = dict(paths)
         self.attention_op = attention_op
+        self.head_dim = head_dim
+
+    def __getattr__(self, name):  # layers_path, attn_name, ... as attributes
+        paths = self.__dict__.get("paths", {})
+        if name in paths:
+            return paths[name]
+        raise AttributeError(name)
 
     def layer(self, model, layer: int):
-        return envoy_at(model, self.layers_path)[layer]
+        return envoy_at(model, self.paths["layers_path"])[layer]
+
+    def _module(self, model, layer, site):
+        """``(envoy, "input" | "output")`` of a site that is one module's value."""
+        paths = self.paths
+        if site == "final_norm":
+            return envoy_at(model, paths["final_norm_path"]), "output"
+        if site == "embed":
+            return envoy_at(model, paths["embed_path"]), "output"
+        if site == "projected":
+            return envoy_at(model, paths["projector_path"]), "output"
+        if site == "vision_resid_post":
+            return envoy_at(model, paths["vision_layers_path"])[layer], "output"
+        block = self.layer(model, layer)
+        attn = getattr(block, paths["attn_name"])
+        return {
+            "resid_pre": (block, "input"),
+            "q": (getattr(attn, paths["q_name"]), "output"),
+            "k": (getattr(attn, paths["k_name"]), "output"),
+            "v": (getattr(attn, paths["v_name"]), "output"),
+            "z": (getattr(attn, paths["o_name"]), "input"),
+            "attn_out": (attn, "output"),
+            "resid_mid": (getattr(block, paths["mid_norm_name"]), "input"),
+            "mlp_out": (getattr(block, paths["mlp_name"]), "output"),
+            "resid_post": (block, "output"),
+        }[site]
 
     def read(self, model, layer, site: str):
-        if site == "final_norm":
-            return envoy_at(model, self.final_norm_path).output
-        block = self.layer(model, layer)
-        if site == "resid_pre":
-            return block.input
         if site == "attn_pattern":
-            return getattr(getattr(block, self.attn_name).source, self.attention_op).inputs
-        if site == "attn_out":
-            return first(getattr(block, self.attn_name).output)
-        if site == "mlp_out":
-            return first(getattr(block, self.mlp_name).output)
-        if site == "resid_post":
-            return first(block.output)
-        raise KeyError(site)
+            block = self.layer(model, layer)
+            return getattr(getattr(block, self.paths["attn_name"]).source, self.attention_op).inputs
+        if site == "result":
+            z = self.read(model, layer, "z")
+            weight = getattr(getattr(self.layer(model, layer), self.paths["attn_name"]), self.paths["o_name"]).weight
+            return per_head_result(z, weight)
+        envoy, which = self._module(model, layer, site)
+        value = first(envoy.input if which == "input" else envoy.output)
+        return split_heads(value, self.head_dim) if site in ("q", "k", "v", "z") else value
 
     def write(self, model, layer, site: str, value) -> None:
-        if site == "final_norm":
-            envoy_at(model, self.final_norm_path).output = value
+        if site == "attn_pattern":
+            block = self.layer(model, layer)
+            getattr(getattr(block, self.paths["attn_name"]).source, self.attention_op).inputs = value
             return
-        block = self.layer(model, layer)
-        if site == "resid_pre":
-            block.input = value
-        elif site == "attn_pattern":
-            getattr(getattr(block, self.attn_name).source, self.attention_op).inputs = value
-        elif site == "attn_out":
-            attn = getattr(block, self.attn_name)
-            attn.output = replace_first(attn.output, value)
-        elif site == "mlp_out":
-            mlp = getattr(block, self.mlp_name)
-            mlp.output = replace_first(mlp.output, value)
-        elif site == "resid_post":
-            block.output = replace_first(block.output, value)
+        if site in ("result", "resid_mid"):
+            raise KeyError(f"{site} is read-only")
+        if site in ("q", "k", "v", "z"):
+            value = merge_heads(value)
+        envoy, which = self._module(model, layer, site)
+        if which == "input":
+            envoy.input = value
         else:
-            raise KeyError(site)
+            envoy.output = replace_first(envoy.output, value)
+
+
+def split_heads(value, head_dim: int):
+    """``(..., seq, heads * head_dim)`` -> ``(..., seq, heads, head_dim)`` (TransformerLens' layout)."""
+    return value.reshape(*value.shape[:-1], value.shape[-1] // head_dim, head_dim)
+
+
+def merge_heads(value):
+    """The inverse of :func:`split_heads` (a value already merged passes through)."""
+    return value.reshape(*value.shape[:-2], value.shape[-2] * value.shape[-1]) if value.ndim == 4 else value
+
+
+def per_head_result(z, o_weight):
+    """Each head's contribution to the attention output: ``z[..., h, :] @ W_O[:, h]^T``,
+    ``(batch, seq, heads, d_model)`` (the output projection's bias, if any, excluded)."""
+    heads, head_dim = z.shape[-2], z.shape[-1]
+    w = o_weight.reshape(o_weight.shape[0], heads, head_dim)
+    return torch.einsum("bshd,mhd->bshm", z, w.to(z.dtype))
 
 
 def first(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
@@ -9,8 +10,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InterpError
-from ..hooks import all_hook_names, check_layer, parse_hook_name
+from ..errors import HookNameError, InterpError
+from ..hooks import READ_ONLY_SITES, all_hook_names, check_layer, parse_hook_name
 from ..inputs import Prepared, from_inputs, prepare
 from ..interventions.runtime import SiteAccess, envoy_at
 from .adapters.base import FamilyAdapter
@@ -49,10 +50,14 @@ class VLM:
         #: passes run so far, by kind (clean_forward, full_forward, generate, restart_forward,
         #: layer_forwards, layer_token_rows): analyses report the difference over their run
         self.counts: Counter = Counter()
-        attn = getattr(envoy_at(self.nnsight, adapter.layers_path)[0], adapter.attn_name)
-        self.access = SiteAccess(
-            adapter.layers_path, adapter.final_norm_path, adapter.attn_name, adapter.mlp_name, find_attention_op(attn)
-        )
+        layers = envoy_at(self.nnsight, adapter.layers_path)
+        self.access = SiteAccess(adapter.site_paths(), find_attention_op(getattr(layers[0], adapter.attn_name)),
+                                 adapter.head_dim(self.config))
+        # nnsight instruments a module's source on first access; doing it now for every
+        # attention module means a trace that reads q_proj before the attention call of a
+        # layer still finds that call instrumented (else: out of order)
+        for index in range(len(layers)):
+            getattr(layers[index], adapter.attn_name).source
 
     # -- the model -----------------------------------------------------------
 
@@ -98,8 +103,30 @@ class VLM:
     def layers(self):
         return envoy_at(self.nnsight, self.adapter.layers_path)
 
+    @property
+    def n_vision_layers(self) -> int:
+        """Blocks in the vision tower (0 when the family's path is absent)."""
+        return self.adapter.n_vision_layers(self.model)
+
     def hook_names(self) -> list[str]:
-        return all_hook_names(self.n_layers)
+        """Every hook name of this model, in forward order (see :mod:`interp.hooks`)."""
+        return all_hook_names(self.n_layers, self.n_vision_layers)
+
+    def check_sites(self, bound) -> None:
+        """One clear line for a bound intervention's site this model does not have."""
+        n_vision = None
+        for item in bound:
+            for layer, site in item.sites():
+                if site == "vision_resid_post":
+                    n_vision = self.n_vision_layers if n_vision is None else n_vision
+                    if n_vision == 0:
+                        raise HookNameError(f"{self.adapter.name} has no vision tower at {self.adapter.vision_layers_path}")
+                    check_layer(layer, n_vision, "vision-tower blocks")
+                elif site == "projected":
+                    try:
+                        self.adapter.resolve(self.model, "projector")
+                    except AttributeError:
+                        raise HookNameError(f"{self.adapter.name} has no projector at {self.adapter.projector_path}") from None
 
     # -- inputs --------------------------------------------------------------
 
@@ -153,23 +180,55 @@ class VLM:
         """Inside ``with vlm.trace(...)``: the value at a TransformerLens-style hook name.
 
         ``attn.hook_pattern`` is computed from the attention call's queries and keys
-        (equal to HF eager attention probabilities).
-        """
+        (equal to HF eager attention probabilities). Read hook points in forward order
+        (``vlm.hook_names()`` lists them in that order)."""
         from ..interventions.runtime import attention_probs
 
-        point = parse_hook_name(hook_name, self.n_layers)
-        value = self.access.read(self.nnsight, point.layer, point.site)
+        point = parse_hook_name(hook_name, self.n_layers, self.n_vision_layers)
+        with _named_order_errors(point.name):
+            value = self.access.read(self.nnsight, point.layer, point.site)
         return attention_probs(value) if point.site == "attn_pattern" else value
 
     def write(self, hook_name: str, value) -> None:
-        """Inside a trace: replace the value at a hook name (not ``attn.hook_pattern``)."""
-        point = parse_hook_name(hook_name, self.n_layers)
+        """Inside a trace: replace the value at a hook name (not the read-only ones:
+        ``attn.hook_pattern``, ``attn.hook_result``, ``hook_resid_mid``)."""
+        point = parse_hook_name(hook_name, self.n_layers, self.n_vision_layers)
         if point.site == "attn_pattern":
             raise InterpError("attn.hook_pattern is read-only; use AttentionKnockout to change attention")
-        self.access.write(self.nnsight, point.layer, point.site, value)
+        if point.site in READ_ONLY_SITES:
+            raise InterpError(f"{point.name} is read-only")
+        with _named_order_errors(point.name):
+            self.access.write(self.nnsight, point.layer, point.site, value)
+
+    def run_with_cache(self, prepared: Prepared, names_filter=None, *, remote: bool | str | None = None,
+                       remove_batch_dim: bool = False):
+        """TransformerLens' ``run_with_cache``: ``(logits [batch, seq, vocab], ActivationCache)``;
+        ``names_filter``: None (every hook), a name, a list, or ``fn(name) -> bool``."""
+        from ..engine.hooked import run_with_cache
+
+        return run_with_cache(self, prepared, names_filter, remote=remote, remove_batch_dim=remove_batch_dim)
+
+    def run_with_hooks(self, prepared: Prepared, fwd_hooks=(), *, remote: bool | str | None = None):
+        """TransformerLens' ``run_with_hooks``: logits with ``fn(activation, hook)`` at each
+        ``(name or filter, fn)`` of ``fwd_hooks`` (a returned tensor replaces the activation)."""
+        from ..engine.hooked import run_with_hooks
+
+        return run_with_hooks(self, prepared, fwd_hooks, remote=remote)
 
     def __repr__(self) -> str:
         return f"VLM({self.name!r}, family={self.adapter.name}, layers={self.n_layers}, attn={self.attn_implementation})"
+
+
+@contextlib.contextmanager
+def _named_order_errors(name: str):
+    """nnsight's out-of-order error names an internal module path; say the hook name."""
+    try:
+        yield
+    except Exception as error:
+        if type(error).__name__ == "OutOfOrderError":
+            raise InterpError(f"{name} was read after the model had already run past it: inside one trace, read "
+                              "hook points in forward order (vlm.hook_names() lists them in that order)") from None
+        raise
 
 
 def _register_for_remote() -> None:

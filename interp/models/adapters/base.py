@@ -133,6 +133,17 @@ class FamilyAdapter:
     lm_head_path: str = "lm_head"
     attn_name: str = "self_attn"
     mlp_name: str = "mlp"
+    #: inside the attention module: the q/k/v/o projections
+    q_name: str = "q_proj"
+    k_name: str = "k_proj"
+    v_name: str = "v_proj"
+    o_name: str = "o_proj"
+    #: the norm whose input is the residual stream between attention and MLP (hook_resid_mid)
+    mid_norm_name: str = "post_attention_layernorm"
+    #: the vision tower's blocks and the projector (merger / connector) whose output
+    #: replaces the image tokens
+    vision_layers_path: str = "model.vision_tower.encoder.layers"
+    projector_path: str = "model.multi_modal_projector"
     image_token_fields: tuple[str, ...] = ("image_token_id", "image_token_index")
     required_inputs: tuple[str, ...] = ("input_ids", "pixel_values")
     # Prompt used when the processor carries no chat template; ``{image}`` is
@@ -162,6 +173,23 @@ class FamilyAdapter:
 
     def n_layers(self, config: Any) -> int:
         return int(self.text_config(config).num_hidden_layers)
+
+    def head_dim(self, config: Any) -> int:
+        text = self.text_config(config)
+        return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+
+    def site_paths(self) -> dict:
+        """The module paths and names the hook sites live at (plain strings)."""
+        names = ("layers_path", "final_norm_path", "embed_path", "vision_layers_path", "projector_path", "attn_name",
+                 "mlp_name", "q_name", "k_name", "v_name", "o_name", "mid_norm_name")
+        return {name: getattr(self, name) for name in names}
+
+    def n_vision_layers(self, model: Any) -> int:
+        """Blocks in the vision tower (0 if the path does not exist in this model)."""
+        try:
+            return len(self.resolve(model, "vision_layers"))
+        except AttributeError:
+            return 0
 
     def resolve(self, model: Any, part: str) -> Any:
         """The torch module at ``layers``/``final_norm``/``embed``/``lm_head`` of a HF model."""

@@ -44,6 +44,7 @@ class Gemma3Adapter(FamilyAdapter):
 ADAPTER = Gemma3Adapter(
     name="Gemma 3",
     model_types=("gemma3",),
+    mid_norm_name="pre_feedforward_layernorm",
     required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
     fallback_prompt="<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n",
     notes=(

@@ -129,6 +129,8 @@ class Idefics3Adapter(FamilyAdapter):
 ADAPTER = Idefics3Adapter(
     name="Idefics3",
     model_types=("idefics3",),
+    vision_layers_path="model.vision_model.encoder.layers",
+    projector_path="model.connector",
     layers_path="model.text_model.layers",
     final_norm_path="model.text_model.norm",
     embed_path="model.text_model.embed_tokens",

@@ -118,6 +118,7 @@ class InternVLAdapter(FamilyAdapter):
 ADAPTER = InternVLAdapter(
     name="InternVL",
     model_types=("internvl",),
+    vision_layers_path="model.vision_tower.encoder.layer",
     fallback_prompt="<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n",
     notes=(
         "InternVL: up to 12 square 448 px tiles + thumbnail, pixel shuffle 0.5 -> 16x16 row-major "

@@ -34,6 +34,7 @@ class Mistral3Adapter(FamilyAdapter):
 ADAPTER = Mistral3Adapter(
     name="Mistral-3",
     model_types=("mistral3",),
+    vision_layers_path="model.vision_tower.transformer.layers",
     required_inputs=("input_ids", "pixel_values", "image_sizes"),
     fallback_prompt="[INST]{image}{question}[/INST]",
     notes=(

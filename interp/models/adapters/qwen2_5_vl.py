@@ -13,6 +13,8 @@ from .qwen2_vl import QWEN_FALLBACK_PROMPT, QwenVLAdapter
 ADAPTER = QwenVLAdapter(
     name="Qwen2.5-VL",
     model_types=("qwen2_5_vl",),
+    vision_layers_path="model.visual.blocks",
+    projector_path="model.visual.merger",
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
     fallback_prompt=QWEN_FALLBACK_PROMPT,
     notes=(

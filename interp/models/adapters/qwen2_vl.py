@@ -81,6 +81,8 @@ class QwenVLAdapter(FamilyAdapter):
 ADAPTER = QwenVLAdapter(
     name="Qwen2-VL",
     model_types=("qwen2_vl",),
+    vision_layers_path="model.visual.blocks",
+    projector_path="model.visual.merger",
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
     fallback_prompt=QWEN_FALLBACK_PROMPT,
     notes=(

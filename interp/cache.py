@@ -1,0 +1,184 @@
+"""An activation cache that behaves like TransformerLens' ``ActivationCache`` for what TL
+users do most.
+
+TransformerLens' own class needs a ``HookedTransformer`` (its ``cfg``, ``ln_final`` and
+unembedding) for most methods, which a HF vision-language model is not; this class
+keeps TL's interface on a plain dict of tensors keyed by hook name:
+
+* ``cache["blocks.5.attn.hook_pattern"]`` or ``cache["pattern", 5]`` (TL's short names:
+  ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``, ``pattern``,
+  ``q``, ``k``, ``v``, ``z``, ``result``; ``embed``, ``projected``, ``ln_final``);
+* ``stack_activation("resid_post")`` -> ``[n_layers, ...]``;
+* ``accumulated_resid(layer=None, incl_mid=False, apply_ln=False, return_labels=False)``;
+* ``remove_batch_dim()``, ``to(device)``, ``save(path)`` / ``ActivationCache.load(path)``;
+* ``keys()``, ``values()``, ``items()``, ``in``, ``len``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import HookNameError, InterpError
+from .hooks import EMBED, FINAL_NORM, PROJECTED, natural_key
+
+_SHORT = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "pattern": "blocks.{l}.attn.hook_pattern",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "z": "blocks.{l}.attn.hook_z",
+    "result": "blocks.{l}.attn.hook_result",
+    "vision_resid_post": "vision.blocks.{l}.hook_resid_post",
+}
+_GLOBAL = {"embed": EMBED, "projected": PROJECTED, "ln_final": FINAL_NORM, "normalized": FINAL_NORM}
+
+
+def act_name(name: str, layer: int | None = None) -> str:
+    """TransformerLens' ``utils.get_act_name`` for our names: ``("pattern", 5)`` ->
+    ``"blocks.5.attn.hook_pattern"``; full names pass through."""
+    if layer is None:
+        if name in _GLOBAL:
+            return _GLOBAL[name]
+        return name
+    if name not in _SHORT:
+        raise HookNameError(f"unknown activation name {name!r}; short names: {', '.join(sorted(_SHORT))}")
+    return _SHORT[name].format(l=int(layer))
+
+
+class ActivationCache:
+    """Activations of one run, by hook name (see the module docstring)."""
+
+    def __init__(self, cache_dict: dict, n_layers: int, *, model=None, has_batch_dim: bool = True):
+        self.cache_dict = dict(cache_dict)
+        self.n_layers = n_layers
+        self.model = model
+        self.has_batch_dim = has_batch_dim
+
+    # -- dict behaviour ----------------------------------------------------------
+
+    def _key(self, key) -> str:
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise HookNameError(f"index the cache by a name or (name, layer), got {key!r}")
+            name, layer = key
+            if layer is not None and layer < 0:
+                layer += self.n_layers
+            return act_name(name, layer)
+        return act_name(key)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        name = self._key(key)
+        if name not in self.cache_dict:
+            raise HookNameError(f"{name!r} is not in the cache ({len(self.cache_dict)} names; see cache.keys())")
+        return self.cache_dict[name]
+
+    def __contains__(self, key) -> bool:
+        try:
+            return self._key(key) in self.cache_dict
+        except HookNameError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        return sorted(self.cache_dict, key=natural_key)
+
+    def values(self) -> list[torch.Tensor]:
+        return [self.cache_dict[k] for k in self.keys()]
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return [(k, self.cache_dict[k]) for k in self.keys()]
+
+    def __repr__(self) -> str:
+        return f"ActivationCache with keys {self.keys()[:6]}{' ...' if len(self) > 6 else ''} ({len(self)} names)"
+
+    # -- TransformerLens' helpers ------------------------------------------------------
+
+    def remove_batch_dim(self) -> "ActivationCache":
+        """Drop the batch axis of a batch-1 cache (vision activations without one pass through)."""
+        if not self.has_batch_dim:
+            return self
+        out = {}
+        for name, value in self.cache_dict.items():
+            if name.startswith("vision.") or name == PROJECTED:
+                out[name] = value[0] if value.ndim >= 3 and value.shape[0] == 1 else value
+                continue
+            if value.shape[0] != 1:
+                raise InterpError(f"remove_batch_dim needs a batch of one; {name} has batch {value.shape[0]}")
+            out[name] = value[0]
+        return ActivationCache(out, self.n_layers, model=self.model, has_batch_dim=False)
+
+    def stack_activation(self, activation_name: str, layer: int = -1) -> torch.Tensor:
+        """``[n_layers, ...]``: one activation (a short name) of every layer up to ``layer``
+        (exclusive, as TransformerLens; -1 = all)."""
+        stop = self.n_layers if layer == -1 else layer
+        return torch.stack([self[activation_name, l] for l in range(stop)])
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          return_labels: bool = False, pos_slice: Any = None):
+        """The residual stream before each layer (and, with ``incl_mid``, between attention and
+        MLP), stacked: ``[components, ...]``; ``layer`` stops before that layer (None: all,
+        plus the final residual). ``apply_ln`` applies the model's final norm to each, as
+        TransformerLens does for the logit lens."""
+        stop = self.n_layers if layer is None else layer
+        labels, parts = [], []
+        for l in range(stop):
+            labels.append(f"{l}_pre")
+            parts.append(self["resid_pre", l])
+            if incl_mid:
+                labels.append(f"{l}_mid")
+                parts.append(self["resid_mid", l])
+        if layer is None or layer == self.n_layers:
+            labels.append("final_post")
+            parts.append(self["resid_post", self.n_layers - 1])
+        stacked = torch.stack(parts)
+        if pos_slice is not None:
+            stacked = stacked[..., pos_slice, :]
+        if apply_ln:
+            if self.model is None:
+                raise InterpError("apply_ln needs the cache's model (run_with_cache sets it)")
+            norm = self.model.adapter.resolve(self.model.model, "final_norm")
+            with torch.no_grad():
+                stacked = norm(stacked.to(self.model.device, self.model.dtype)).to(stacked.dtype).cpu()
+        return (stacked, labels) if return_labels else stacked
+
+    def to(self, device) -> "ActivationCache":
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.n_layers,
+                               model=self.model, has_batch_dim=self.has_batch_dim)
+
+    # -- disk ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file (tensors) with the layer count and batch flag in its metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.cache_dict.items()}, str(path),
+                  metadata={"n_layers": str(self.n_layers), "has_batch_dim": str(int(self.has_batch_dim))})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> "ActivationCache":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise InterpError(f"no cache file at {path}")
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if "n_layers" not in meta:
+            raise InterpError(f"{path} is not an interp ActivationCache file (no n_layers in its metadata)")
+        return cls(tensors, int(meta["n_layers"]), model=model, has_batch_dim=meta.get("has_batch_dim", "1") == "1")
