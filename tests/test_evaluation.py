@@ -95,7 +95,9 @@ def test_batched_equals_unbatched(vlm):
 
 def test_only_the_llava_family_batches(vlm):
     assert effective_batch_size(vlm, None) == 8 and effective_batch_size(vlm, 3) == 3
-    qwen = SimpleNamespace(config=SimpleNamespace(model_type="qwen2_vl"))
+    from interp.models.adapters import adapter_for
+
+    qwen = SimpleNamespace(adapter=adapter_for("qwen2_vl"))  # the family fact lives on the adapter
     assert effective_batch_size(qwen, 8) == 1
 
 
