@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -170,15 +171,30 @@ def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_s
 
 def _reproduce(args) -> int:
     from . import load
-    from .analysis.reproduce import ReproduceConfig, reproduce
+    from .analysis.reproduce import ReproduceConfig, launched_by_torchrun, reproduce
+    from .analysis.rundir import check_writable
+    from .evaluation.shards import parse_shard
 
-    vlm = load(args.model, dtype=args.dtype, device_map=args.device_map, remote=bool(args.remote))
+    shard = parse_shard(args.shard)
+    check_writable(Path(args.out))  # before loading anything
+    device_map = args.device_map
+    if launched_by_torchrun() and device_map is None:
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank
+            device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    vlm = load(args.model, dtype=args.dtype, device_map=device_map, remote=bool(args.remote))
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
-    report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config)
+    report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
+    if report is None:
+        if not launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
+            print(f"this shard's samples are done; the report is written once every shard is: rerun the same "
+                  f"command(s), then `interp reproduce --out {args.out}` with the same settings and no --shard")
+        return 0
     single = report["masking"]["findings"].get("single", {})
     print(f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "
           f"{report['baseline_accuracy']['mean']:.3f}")
@@ -225,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 for a large model on a GPU")
     rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
     rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
+    rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
+                     "torchrun each rank is a shard); rerun without --shard to write the report")
     rep.set_defaults(func=_reproduce)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")

@@ -14,9 +14,11 @@ the figures and writes ``report.json`` / ``report.md``.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..engine.prefix import supports_prefix_reuse
+from ..errors import InputError
+from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers
 from ..options import PAPER_MASK_SCALE
 from .attention import attention_rows, attention_table
@@ -31,6 +35,7 @@ from .clean import sample_pass
 from .contrastive import ContrastiveSetup, contrastive_frame, contrastive_rows
 from .items import as_items
 from .logit_lens import lens_frame, lens_rows
+from .rundir import RunDir, RunDirError
 from .stats import bootstrap_mean_ci, detect_fusion, layer_effects
 from .sweep import MODES, SCORINGS, VARIANTS, check_options, sweep_frame, sweep_rows, use_fast
 
@@ -85,8 +90,52 @@ def choose_review_layer(effects: pd.DataFrame, finding, n_layers: int) -> tuple[
                             f"({'significant' if significant else 'not significant'} family-wise)")
 
 
-def run_analyses(vlm, items: list, config: ReproduceConfig) -> Tables:
-    """Phase 1 (clean pass, sweep, attention, lens) and phase 2 (contrastive) over ``items``."""
+def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dict:
+    """What a run directory's rows depend on (checked on resume; the shard is not part of it,
+    nor the report-only settings n_boot, seed and heatmap_layers: rerunning with other values
+    rewrites the report from the same rows)."""
+    import hashlib
+
+    report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers")
+    fields = {k: v for k, v in asdict(config).items() if k not in report_only}
+    ids = [item.id for item in items]
+    return {"kind": "interp-reproduce", "model": vlm.name, "n_layers": vlm.n_layers, "dataset": dataset,
+            "n_samples": len(items), "items_sha1": hashlib.sha1(json.dumps(ids).encode()).hexdigest(),
+            **json.loads(json.dumps(fields))}
+
+
+class _World:
+    """torch.distributed when launched by ``torchrun`` (rank r runs shard r+1 of the world)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if _cuda() else "gloo")
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def close(self) -> None:
+        self.dist.destroy_process_group()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shard: tuple[int, int] | None = None,
+                 world: _World | None = None) -> Tables | None:
+    """Phase 1 (clean pass, sweep, attention, lens) and phase 2 (contrastive) for this shard's
+    samples not yet in ``run``; the tables of every sample once all shards are done (else None)."""
     variants = check_options(config.variants, config.scoring, config.mode, config.window)
     remote = config.remote
     restartable = config.mode != "naive" and supports_prefix_reuse(vlm) is None and remote in (None, False)
@@ -95,34 +144,43 @@ def run_analyses(vlm, items: list, config: ReproduceConfig) -> Tables:
     before = Counter(vlm.counts)
     timings: Counter = Counter()
     budget = config.keep_prefix_mb * 2**20
-    kept, held = [], 0
-    sweep, maps, lens = [], [], []
+    mine = shard_docs(items, shard)
+    kept, held = {}, 0
 
-    for item in tqdm(items, desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
+    done = run.done("phase1")
+    todo = [item for item in mine if item.id not in done]
+    for item in tqdm(todo, desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
                      unit="sample", disable=not config.progress):
         t = time.time()
         sp = sample_pass(vlm, item, restartable=restartable, remote=remote)
         timings["clean_pass"] += time.time() - t
         t = time.time()
-        sweep.extend(sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
-                                scoring=config.scoring, fast=fast_sweep, remote=remote))
+        sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
+                           scoring=config.scoring, fast=fast_sweep, remote=remote)
         timings["masking_sweep"] += time.time() - t
         t = time.time()
-        maps.append(attention_rows(sp))
+        maps = _plain(attention_rows(sp).to_dict("records"))
         timings["attention_maps"] += time.time() - t
         t = time.time()
-        lens.extend(lens_rows(vlm, sp))
+        lens = lens_rows(vlm, sp)
         timings["early_output"] += time.time() - t
+        run.append("phase1", {"item": item.id, "sweep": _plain(sweep), "maps": maps, "lens": _plain(lens)})
         sp.clean.records = {k: v for k, v in sp.clean.records.items() if k[0] == "attention"}  # lens done
         size = sp.clean.prefix_bytes()
         if held + size > budget:
             sp.clean.release_prefix()
         else:
             held += size
-        kept.append(sp)
+        kept[item.id] = sp
 
-    sweep_table = sweep_frame(sweep, vlm, scoring=config.scoring, fast=fast_sweep, scale=config.scale,
-                              window=config.window)
+    if world is not None:
+        world.barrier()
+    done = run.done("phase1")
+    if any(item.id not in done for item in items):
+        run.add_passes(_delta(vlm.counts, before), dict(timings))
+        return None
+    sweep_table = sweep_frame(_gather(done, items, "sweep"), vlm, scoring=config.scoring, fast=fast_sweep,
+                              scale=config.scale, window=config.window)
     effects = layer_effects(sweep_table, n_boot=config.n_boot, seed=config.seed)
     base_values = sweep_table[sweep_table.variant == "baseline"].correct.values
     baseline = bootstrap_mean_ci(base_values, n_boot=config.n_boot, seed=config.seed)
@@ -133,32 +191,78 @@ def run_analyses(vlm, items: list, config: ReproduceConfig) -> Tables:
     fusion_layers = findings["single"].fusion_layers if "single" in findings else []
     setup = ContrastiveSetup.build(vlm, review, fusion_layers, config.rhos, ("jsd", "hellinger"), config.primary,
                                    config.mode, remote)
-    contrastive = []
-    for sp in tqdm(kept, desc="contrastive attention", unit="sample", disable=not config.progress):
+    finished = run.done("phase2")
+    todo = [item for item in mine if item.id not in finished]
+    for item in tqdm(todo, desc="contrastive attention", unit="sample", disable=not config.progress):
         t = time.time()
-        if setup.fast and not sp.clean.restartable:
-            sp = sample_pass(vlm, sp.item, restartable=True, remote=remote, residual_layers=None)
-        contrastive.extend(contrastive_rows(vlm, sp, setup, remote=remote))
+        sp = kept.pop(item.id, None)
+        if sp is None or (setup.fast and not sp.clean.restartable):
+            sp = sample_pass(vlm, item, restartable=setup.fast, remote=remote, residual_layers=None)
+        rows = contrastive_rows(vlm, sp, setup, remote=remote)
+        run.append("phase2", {"item": item.id, "review_layer": review, "rows": _plain(rows)})
         sp.clean.release_prefix()
         timings["contrastive"] += time.time() - t
+    run.add_passes(_delta(vlm.counts, before), dict(timings))
 
-    counts = {k: v - before.get(k, 0) for k, v in vlm.counts.items() if v - before.get(k, 0)}
+    if world is not None:
+        world.barrier()
+    finished = run.done("phase2")
+    if any(item.id not in finished for item in items):
+        return None
+    stale = sorted({record["review_layer"] for record in finished.values()} - {review})
+    if stale:
+        raise RunDirError(f"{run.out} has contrastive rows for review layer(s) {stale}, not {review}; use another --out")
+    passes = run.passes()
+    counts = dict(passes["counts"])
     counts["clean_forwards_per_sample"] = counts.get("clean_forward", 0) / max(1, len(items))
     counts["crop_forwards_per_sample"] = counts.get("crop_forward", 0) / max(1, len(items))
-    return Tables(items, sweep_table, attention_table(maps, vlm), lens_frame(lens, vlm),
-                  contrastive_frame(contrastive, vlm, setup), effects, baseline, findings, review, review_source,
-                  dict(timings), counts)
+    maps = pd.DataFrame(_gather(done, items, "maps"))
+    maps["attention"] = maps["attention"].astype("float32")
+    return Tables(items, sweep_table, attention_table([maps], vlm), lens_frame(_gather(done, items, "lens"), vlm),
+                  contrastive_frame(_gather(finished, items, "rows"), vlm, setup), effects, baseline, findings, review,
+                  review_source, passes["timings"], counts)
+
+
+def _gather(done: dict, items: list, key: str) -> list[dict]:
+    """Every sample's rows of one kind, in the samples' order (what an unsharded run makes)."""
+    return [row for item in items for row in done[item.id][key]]
+
+
+def _delta(counts: Counter, before: Counter) -> dict:
+    return {k: v - before.get(k, 0) for k, v in counts.items() if v - before.get(k, 0)}
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    """Rows with numpy scalars as Python numbers (exact: float32 values stay exactly representable)."""
+    return [{key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()} for row in rows]
 
 
 def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limit: int | None = None,
-              config: ReproduceConfig | None = None) -> dict:
+              config: ReproduceConfig | None = None, shard: tuple[int, int] | None = None) -> dict | None:
     """Run every analysis on ``samples`` and write figures, ``report.json`` and ``report.md``
-    into ``out_dir``. Returns the report dict."""
+    into ``out_dir``, appending each sample's rows as it goes (rerun the same call to
+    resume). ``shard=(i, n)`` runs the i-th of n shards; under ``torchrun`` each rank runs
+    its own shard and rank 0 writes the report. Returns the report dict, or None while
+    other shards are not done (or on ranks other than 0)."""
     from .report import write_report
 
     config = config or ReproduceConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     items = as_items(samples, limit)
-    tables = run_analyses(vlm, items, config)
-    return write_report(vlm, tables, config, out, dataset=dataset)
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise InputError("sample ids must be unique for a resumable run")
+    world = _World() if launched_by_torchrun() else None
+    if world is not None:
+        if shard is not None:
+            raise InputError("under torchrun each rank is a shard: drop --shard")
+        shard = (world.rank + 1, world.size)
+    out = Path(out_dir)
+    try:
+        with RunDir(out, run_settings(vlm, dataset, items, config), shard) as run:
+            tables = run_analyses(vlm, items, config, run, shard=shard, world=world)
+            if tables is None or (world is not None and world.rank != 0):
+                return None
+            return write_report(vlm, tables, config, out, dataset=dataset)
+    finally:
+        if world is not None:
+            world.close()
