@@ -186,7 +186,7 @@ def _reproduce(args) -> int:
     vlm = load(args.model, dtype=args.dtype, device_map=device_map, remote=bool(args.remote))
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
-    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot}
+    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 for a large model on a GPU")
     rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
     rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
+    rep.add_argument("--keep-prefix-mb", type=float, default=None,
+                     help="memory for clean prefixes kept between the two phases (default 2048)")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
                      "torchrun each rank is a shard); rerun without --shard to write the report")
     rep.set_defaults(func=_reproduce)

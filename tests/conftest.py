@@ -85,3 +85,33 @@ def pip_install_attempts():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess, "Popen", NoPipInstallPopen)
         yield attempts
+
+
+def report_numbers(value, path: str = "") -> dict:
+    """Every number of a report, by its path (timings and pass counts aside): for comparing runs."""
+    if path.startswith(("timings_s", "counts")):
+        return {}
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(report_numbers(item, f"{path}.{key}" if path else str(key)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(report_numbers(item, f"{path}[{i}]"))
+        return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {path: float(value)}
+    return {}
+
+
+def assert_reports_close(a: dict, b: dict, atol: float = 0.0) -> None:
+    """Two reports have the same numbers (NaN where the other has NaN), within ``atol``."""
+    import math
+
+    x, y = report_numbers(a), report_numbers(b)
+    assert x.keys() == y.keys(), sorted(set(x) ^ set(y))[:5]
+    bad = [(key, x[key], y[key]) for key in x
+           if not (math.isnan(x[key]) and math.isnan(y[key])) and not abs(x[key] - y[key]) <= atol]
+    assert not bad, bad[:5]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,7 +23,7 @@ from interp.engine import capture, continue_from, unembed
 from interp.errors import InterpError
 from interp.interventions import Intervention, Plan, RecordAttention, ScaleImageTokens
 
-from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
+from .conftest import TEST_IMAGE_SIZE, assert_reports_close, make_image, report_numbers, tiny_vlm
 
 
 class ScaleText(Intervention):
@@ -134,25 +133,6 @@ def test_clean_pass_attention_equals_the_prompt_alone():
         assert torch.allclose(values, alone.record("attention", layer)[0, 0].float(), atol=1e-6)
 
 
-def _numbers(value, path=""):
-    """Every number in a report (timings and pass counts aside), by path."""
-    if path.startswith(("timings_s", "counts")):
-        return {}
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(_numbers(item, f"{path}.{key}" if path else str(key)))
-        return out
-    if isinstance(value, list):
-        out = {}
-        for i, item in enumerate(value):
-            out.update(_numbers(item, f"{path}[{i}]"))
-        return out
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {path: float(value)}
-    return {}
-
-
 def test_reproduce_runs_one_clean_pass_per_sample_and_equals_the_analyses_one_by_one(tmp_path):
     from interp.analysis.reproduce import ReproduceConfig, Tables, choose_review_layer, reproduce
     from interp.analysis.report import write_report
@@ -181,10 +161,8 @@ def test_reproduce_runs_one_clean_pass_per_sample_and_equals_the_analyses_one_by
     (tmp_path / "separate").mkdir()
     separate = write_report(vlm, Tables(items, sweep, maps, lens, contrastive, effects, baseline, findings, review,
                                         source), config, tmp_path / "separate")
-    a, b = _numbers(report), _numbers(separate)
-    assert a.keys() == b.keys() and len(a) > 300
-    worst = max(abs(a[key] - b[key]) for key in a)
-    assert worst < 1e-5, worst
+    assert len(report_numbers(report)) > 300
+    assert_reports_close(report, separate, atol=1e-5)
     assert report["masking"]["findings"] == separate["masking"]["findings"]
     assert json.loads((tmp_path / "pipeline" / "report.json").read_text())["counts"] == counts
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pipeline" / "masking_sweep.csv"),
@@ -200,6 +178,4 @@ def test_reproduce_reruns_a_released_prefix_and_counts_it(tmp_path):
     tight = reproduce(vlm, items, tmp_path / "tight",
                       config=ReproduceConfig(n_boot=100, progress=False, keep_prefix_mb=0))
     assert kept["counts"]["clean_forward"] == 2 and tight["counts"]["clean_forward"] == 4
-    a, b = _numbers(kept), _numbers(tight)
-    assert max(abs(a[key] - b[key]) for key in a) < 1e-6
-    assert np.isfinite(list(a.values())).all()
+    assert_reports_close(kept, tight, atol=1e-6)

@@ -14,6 +14,7 @@ the figures and writes ``report.json`` / ``report.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -26,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..engine.prefix import supports_prefix_reuse
-from ..errors import InputError
+from ..errors import InputError, InterpError
 from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers
 from ..options import PAPER_MASK_SCALE
@@ -152,7 +153,8 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     for item in tqdm(todo, desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
                      unit="sample", disable=not config.progress):
         t = time.time()
-        sp = sample_pass(vlm, item, restartable=restartable, remote=remote)
+        with _fits(item):
+            sp = sample_pass(vlm, item, restartable=restartable, remote=remote)
         timings["clean_pass"] += time.time() - t
         t = time.time()
         sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
@@ -196,9 +198,10 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     for item in tqdm(todo, desc="contrastive attention", unit="sample", disable=not config.progress):
         t = time.time()
         sp = kept.pop(item.id, None)
-        if sp is None or (setup.fast and not sp.clean.restartable):
-            sp = sample_pass(vlm, item, restartable=setup.fast, remote=remote, residual_layers=None)
-        rows = contrastive_rows(vlm, sp, setup, remote=remote)
+        with _fits(item):
+            if sp is None or (setup.fast and not sp.clean.restartable):
+                sp = sample_pass(vlm, item, restartable=setup.fast, remote=remote, residual_layers=None)
+            rows = contrastive_rows(vlm, sp, setup, remote=remote)
         run.append("phase2", {"item": item.id, "review_layer": review, "rows": _plain(rows)})
         sp.clean.release_prefix()
         timings["contrastive"] += time.time() - t
@@ -221,6 +224,19 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     return Tables(items, sweep_table, attention_table([maps], vlm), lens_frame(_gather(done, items, "lens"), vlm),
                   contrastive_frame(_gather(finished, items, "rows"), vlm, setup), effects, baseline, findings, review,
                   review_source, passes["timings"], counts)
+
+
+@contextlib.contextmanager
+def _fits(item):
+    """A sample that does not fit in accelerator memory: one line saying which, and what to do."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+        if "out of memory" not in str(error).lower():
+            raise
+        raise InterpError(f"sample {item.id!r} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
+                          "samples are saved: rerun with a smaller --keep-prefix-mb, a shorter prompt, or more "
+                          "devices (--device-map auto)") from None
 
 
 def _gather(done: dict, items: list, key: str) -> list[dict]:
