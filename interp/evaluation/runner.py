@@ -93,16 +93,27 @@ def _as_task(task: Task | str) -> Task:
 # -- generation ------------------------------------------------------------------------------------
 
 
-def _batch_inputs(vlm, images: list, prompts: list[str]) -> dict:
-    """Left-padded processor outputs for several (image, prompt) pairs, on the model's device."""
-    texts = [build_prompt(vlm.processor, vlm.adapter, prompt, 1) for prompt in prompts]
-    encoded = vlm.processor(images=[load_image(image) for image in images], text=texts,
-                            return_tensors="pt", padding=True, padding_side="left")
+def batch_inputs(processor, adapter, images: list, prompts: list[str], *, dtype=None, device=None) -> dict:
+    """Left-padded processor outputs for several (image, prompt) pairs (one image each)."""
+    texts = [build_prompt(processor, adapter, prompt, 1) for prompt in prompts]
+    encoded = processor(images=[load_image(image) for image in images], text=texts,
+                        return_tensors="pt", padding=True, padding_side="left")
     inputs = {k: v for k, v in dict(encoded).items() if k != "labels"}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
-    vlm.adapter.check_inputs(inputs)
-    return {k: v.to(vlm.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if "pixel_values" in inputs and dtype is not None:
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    adapter.check_inputs(inputs)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) and device is not None else v for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def greedy_replies(model, processor, adapter, images: list, prompts: list[str], *, max_new_tokens: int) -> list[str]:
+    """Greedy replies of a plain HF model, one ``generate`` call for the lot (left-padded batch)."""
+    params = next(model.parameters())
+    inputs = batch_inputs(processor, adapter, images, prompts, dtype=params.dtype, device=params.device)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [reply.strip() for reply in replies]
 
 
 @torch.no_grad()
@@ -110,10 +121,9 @@ def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: i
     """Greedy replies, one per (image, prompt); one ``generate`` call for the lot."""
     if len(prompts) == 1:
         inputs = vlm.prepare(images[0], prompts[0]).inputs
-    else:
-        inputs = _batch_inputs(vlm, images, prompts)
-    output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-    return vlm.decode(output[:, inputs["input_ids"].shape[1]:])
+        output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        return vlm.decode(output[:, inputs["input_ids"].shape[1]:])
+    return greedy_replies(vlm.model, vlm.processor, vlm.adapter, images, prompts, max_new_tokens=max_new_tokens)
 
 
 # -- the run ------------------------------------------------------------------------------------------

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from PIL import Image
 
 
-@torch.no_grad()
 def generate_answers(model, processor, images: Sequence, questions: Sequence[str], *,
                      max_new_tokens: int = 4, batch: int = 32, progress: bool = False) -> list[str]:
-    """Greedy answers, batched with left padding (plain HF generate)."""
+    """Greedy answers, ``batch`` prompts per ``generate`` call (the evaluation runner's batching)."""
     from tqdm.auto import tqdm
 
-    from ...inputs import chat_messages
+    from ...evaluation.runner import greedy_replies
+    from ..adapters import adapter_for
 
-    tokenizer = processor.tokenizer
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    adapter = adapter_for(model.config)
     answers: list[str] = []
-    try:
-        starts = range(0, len(questions), batch)
-        for start in tqdm(starts, desc="answering", unit="batch", disable=not progress):
-            chunk_q = questions[start : start + batch]
-            chunk_i = images[start : start + batch]
-            prompts = [processor.apply_chat_template(chat_messages(q, 1), add_generation_prompt=True) for q in chunk_q]
-            inputs = processor(images=list(chunk_i), text=prompts, return_tensors="pt", padding=True)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            answers += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return [a.strip() for a in answers]
+    for start in tqdm(range(0, len(questions), batch), desc="answering", unit="batch", disable=not progress):
+        answers += greedy_replies(model, processor, adapter, list(images[start : start + batch]),
+                                  list(questions[start : start + batch]), max_new_tokens=max_new_tokens)
+    return answers
 
 
 def evaluate(model, processor, dataset, *, limit: int | None = None, blind: bool = True,
