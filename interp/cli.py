@@ -192,8 +192,9 @@ def _reproduce(args) -> int:
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
     if report is None:
         if not launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
-            print(f"this shard's samples are done; the report is written once every shard is: rerun the same "
-                  f"command(s), then `interp reproduce --out {args.out}` with the same settings and no --shard")
+            print("this shard's samples are done; the report is written by the last shard to finish its second "
+                  "phase: rerun the shards whose first phase finished before the others' (or run the same "
+                  f"command without --shard to finish everything into {args.out})")
         return 0
     single = report["masking"]["findings"].get("single", {})
     print(f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "

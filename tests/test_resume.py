@@ -78,17 +78,20 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_report(tmp_path, reference, 
         assert len(items) == len(set(items)) == 6
 
 
-def test_shards_then_a_plain_rerun_merge_into_the_same_report(tmp_path, reference):
+def test_shards_give_the_same_report_and_a_plain_rerun_computes_nothing(tmp_path, reference):
     out = tmp_path / "sharded"
     first = _interp(*ARGS, "--out", str(out), "--shard", "1/2")
     assert "rerun" in first.stdout and not (out / "report.json").exists()
     _interp(*ARGS, "--out", str(out), "--shard", "2/2")  # phase 1 complete: runs its phase 2
-    _interp(*ARGS, "--out", str(out), "--shard", "1/2")  # its phase 2
     assert not (out / "report.json").exists()
+    _interp(*ARGS, "--out", str(out), "--shard", "1/2")  # its phase 2; the last shard writes the report
+    assert_reports_close(_report(out), reference)
+    rows = {p: p.read_bytes() for p in (out / "rows").glob("phase*.jsonl")}
     _interp(*ARGS, "--out", str(out))  # the merge: nothing left to compute
+    assert {p: p.read_bytes() for p in (out / "rows").glob("phase*.jsonl")} == rows
     assert_reports_close(_report(out), reference)
     counts = json.loads((out / "report.json").read_text())["counts"]
-    assert counts["clean_forward"] <= 6 + 3  # shard 1's phase 2 re-ran its three clean passes
+    assert counts["clean_forward"] == 6 + 3  # shard 1's phase 2 re-ran its three clean passes
 
 
 def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, reference):
