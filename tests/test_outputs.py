@@ -287,8 +287,9 @@ def test_two_processes_building_one_cache_dir_both_succeed(tmp_path):
             builder.wait()
     assert sorted(p.name for p in cache.iterdir()) == ["tiny-llava"]  # no .partial directory left over
     assert int((target / "builder").read_text()) in {b.pid for b in builders}  # one builder's complete copy
-    loaded = interp.load(str(target))
-    assert loaded.config.model_type == "llava" and loaded.n_layers == interp.load("tiny:llava").n_layers
+    loaded = interp.load(str(target))  # the renamed directory is a complete, loadable model
+    saved = json.loads((target / "config.json").read_text())
+    assert loaded.config.model_type == "llava" and loaded.n_layers == saved["text_config"]["num_hidden_layers"]
 
     with pytest.raises(RuntimeError, match="build failed"):
         with atomic_dir(cache / "broken") as partial:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import InterpError
-from ..outputs import OutputLock, check_output, output_error, write_atomic
+from ..outputs import OutputLock, check_output, json_normalized, output_error, settings_differences, write_atomic
 
 # Settings that must match to continue a file; everything else in the meta is informative.
 IDENTITY_KEYS = ("model", "task", "split", "limit", "shard", "prompt_suffix", "max_new_tokens", "doc_ids")
@@ -94,16 +93,6 @@ def read_meta(path: Path) -> dict:
         raise ResultsFileError(f"{sidecar} is not valid JSON") from None
 
 
-def json_normalized(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS) -> list[str]:
     """``key (old there, new now)`` for each identity key whose values differ."""
     out = []
@@ -112,7 +101,7 @@ def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS) -> list[str]:
             if key == "doc_ids":
                 out.append("document list (the data or --limit/--shard changed)")
             else:
-                out.append(f"{key} ({_show(old.get(key))} there, {_show(new.get(key))} now)")
+                out += settings_differences(old, new, [key])
     return out
 
 
