@@ -398,14 +398,25 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 # -- settings -----------------------------------------------------------------------------------
 
 
-def json_normalized(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars keep their type
+        return value.item()
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_normalized(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, numpy scalars numbers, paths strings)."""
+    try:
+        return json.loads(json.dumps(value, default=_json_default))
+    except (TypeError, ValueError) as error:
+        raise InterpError(f"cannot store {_show(value)} as JSON: {error}") from None
 
 
 def settings_differences(old: dict, new: dict, keys: Iterable[str] | None = None) -> list[str]:
@@ -540,6 +551,11 @@ class RowLog:
 # -- a run directory ----------------------------------------------------------------------------
 
 
+def _ours(name: str) -> bool:
+    """The lock, or what a killed writer may leave: a probe or a temporary file (never data)."""
+    return name == DIR_LOCK_NAME or name.startswith(".interp-probe-") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 class RunDir:
     """A run's output directory: checked, locked, its settings claimed, resumable logs.
 
@@ -572,7 +588,7 @@ class RunDir:
         try:
             record = SettingsRecord(self.path / SETTINGS_NAME, self.identity)
             if record.read() is None:
-                others = sorted(p.name for p in self.path.iterdir() if p.name != DIR_LOCK_NAME)
+                others = sorted(p.name for p in self.path.iterdir() if not _ours(p.name))
                 if others:
                     raise SettingsMismatchError(
                         f"{self.path} already holds files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
@@ -625,6 +641,8 @@ class RunDir:
 
     def append(self, name: str, key: Any, rows: Sequence[dict]) -> None:
         """Add unit ``key`` (a question id) with its ``rows``, durably; a unit is written once."""
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise InterpError(f"a unit key is a question id (str or int), not {type(key).__name__}")
         log = self._log(name)
         encoded = json.dumps(json_normalized(key))
         if encoded in self._done[name]:
@@ -637,6 +655,9 @@ class RunDir:
         """All rows of analysis ``name``, unit after unit (in ``order`` of keys if given)."""
         done = self.done(name)
         keys = list(done) if order is None else list(order)
+        missing = [key for key in keys if key not in done]
+        if missing:
+            raise InterpError(f"{len(missing)} unit(s) of {name} not written yet, e.g. {missing[0]!r}")
         return [row for key in keys for row in done[key]]
 
     def write(self, name: str, data: bytes | str) -> Path:

@@ -19,8 +19,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from interp.errors import InterpError
 from interp.outputs import (
     DIR_LOCK_NAME,
     OutputError,
@@ -348,9 +350,11 @@ def test_run_dir_resumes_units_and_refuses_other_runs(tmp_path):
     with RunDir(run_path, SETTINGS, identity=("model", "limit")) as run:
         assert (run_path / DIR_LOCK_NAME).exists() and run.done("sweep") == {}
         run.append("sweep", "q1", [{"layer": 0, "correct": 1.0}, {"layer": 1, "correct": 0.0}])
-        run.append("sweep", "q2", [{"layer": 0, "correct": 0.0}])
+        run.append("sweep", "q2", [{"layer": np.int64(0), "correct": np.float32(0.0)}])  # numpy scalars stay numbers
         with pytest.raises(OutputError, match="unit 'q1' of sweep is already in"):
             run.append("sweep", "q1", [])
+        with pytest.raises(InterpError, match="not written yet, e.g. 'q9'"):
+            run.rows("sweep", order=["q1", "q9"])
         with pytest.raises(OutputLockedError):
             RunDir(run_path, SETTINGS).open()  # a second writer, even in this process
         run.write("report.json", "{}")
@@ -363,12 +367,19 @@ def test_run_dir_resumes_units_and_refuses_other_runs(tmp_path):
                                      "q2": [{"layer": 0, "correct": 0.0}]}
         run.append("sweep", "q3", [{"layer": 0, "correct": 1.0}])
         assert [r["correct"] for r in run.rows("sweep", order=["q3", "q1"])] == [1.0, 1.0, 0.0]
+        assert type(run.done("sweep")["q2"][0]["correct"]) is float
 
     before = snapshot(run_path)
     with pytest.raises(SettingsMismatchError) as error:
         RunDir(run_path, {**SETTINGS, "limit": 2}, identity=("model", "limit")).open()
     assert "holds a run with other settings: limit (6 there, 2 now); it is left untouched" in one_line(error.value)
     assert snapshot(run_path) == before  # the lock file came and went; every file byte for byte the same
+
+    crashed = tmp_path / "crashed"  # a first run killed while writing its settings leaves only a temporary file
+    crashed.mkdir()
+    (crashed / ".settings.json.123.abcd.tmp").write_text("{")
+    with RunDir(crashed, SETTINGS) as run:
+        assert run.settings == SETTINGS
 
     old_run = tmp_path / "old"
     old_run.mkdir()
