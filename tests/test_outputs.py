@@ -273,22 +273,30 @@ print("built", flush=True)
 def test_two_processes_building_one_cache_dir_both_succeed(tmp_path):
     import interp
 
+    from .conftest import tiny_vlm
+
     cache = tmp_path / "cache"
     target, go = cache / "tiny-llava", tmp_path / "go"
-    builders = [start_python(BUILD, target, go) for _ in range(2)]
+    vlm = tiny_vlm("llava")
+    other = start_python(BUILD, target, go)  # a second process builds the same directory at the same time
     try:
-        for builder in builders:
-            wait_for_line(builder, "ready")
+        wait_for_line(other, "ready")
         go.touch()
-        for builder in builders:
-            wait_for_line(builder, "built")
-            assert builder.wait(timeout=60) == 0, builder.stderr.read()[-2000:]
+        with atomic_dir(target) as partial:
+            vlm.model.save_pretrained(partial)
+            deadline = time.monotonic() + 60  # stay inside until the other builder is (or was) inside too
+            while len(list(cache.glob(".tiny-llava.*.partial"))) < 2 and not target.exists():
+                assert time.monotonic() < deadline and other.poll() is None
+                time.sleep(0.01)
+            vlm.processor.save_pretrained(partial)
+            (partial / "builder").write_text(str(os.getpid()))
+        wait_for_line(other, "built")
+        assert other.wait(timeout=60) == 0, other.stderr.read()[-2000:]
     finally:
-        for builder in builders:
-            builder.kill()
-            builder.wait()
+        other.kill()
+        other.wait()
     assert sorted(p.name for p in cache.iterdir()) == ["tiny-llava"]  # no .partial directory left over
-    assert int((target / "builder").read_text()) in {b.pid for b in builders}  # one builder's complete copy
+    assert int((target / "builder").read_text()) in {other.pid, os.getpid()}  # one builder's complete copy
     loaded = interp.load(str(target))  # the renamed directory is a complete, loadable model
     saved = json.loads((target / "config.json").read_text())
     assert loaded.config.model_type == "llava" and loaded.n_layers == saved["text_config"]["num_hidden_layers"]
