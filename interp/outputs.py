@@ -222,9 +222,9 @@ class OutputLock:
     A clean release removes the lock file.
     """
 
-    def __init__(self, path: str | Path, kind: str = "file"):
+    def __init__(self, path: str | Path, kind: str = "file", *, lock_file: str | Path | None = None):
         self.target = Path(path)
-        self.path = lock_path(path, kind)
+        self.path = Path(lock_file) if lock_file is not None else lock_path(path, kind)  # e.g. one lock per shard
         self._fd: int | None = None
 
     def _holder(self) -> dict:

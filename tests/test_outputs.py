@@ -223,6 +223,13 @@ def test_a_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path):
         with pytest.raises(OutputLockedError, match="by this process already"):
             OutputLock(target).acquire()  # a second lock in the same process is refused too
 
+    shard = tmp_path / "shard.lock"  # a lock file of one's own choosing (e.g. one per shard of a run)
+    with OutputLock(tmp_path, "dir", lock_file=shard):
+        with pytest.raises(OutputLockedError, match=f"{tmp_path} is being written by this process already"):
+            OutputLock(tmp_path, lock_file=shard).acquire()
+        OutputLock(tmp_path, "dir").acquire().release()  # another lock file: another lock
+    assert not shard.exists()
+
     directory = tmp_path / "run"
     directory.mkdir()
     killed = start_python(HOLD, directory, "dir", stdin=subprocess.PIPE)
