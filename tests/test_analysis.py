@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ from interp.analysis.contrastive import compare_to_baseline, contrastive_eval
 from interp.interventions.distance import hellinger, jsd
 from interp.analysis.items import Item, as_items
 from interp.analysis.logit_lens import early_output
-from interp.analysis.stats import bootstrap_mean_ci, detect_fusion, layer_effects, mcnemar_exact
+from interp.analysis.stats import bootstrap_mean_ci, detect_fusion, layer_effects, mcnemar_exact, per_layer_ci
 from interp.analysis.sweep import VARIANTS, masking_sweep
 from interp.analysis.teacher import teacher_force
 from interp.data.synthetic import SyntheticVQA
@@ -191,6 +192,71 @@ def test_detect_fusion_and_review_layers():
     assert none.fusion_layers == [] and none.review_layer is None and "No layer" in none.statement
     no_review = detect_fusion(_effects({2: 0.9, 3: 0.9}))
     assert no_review.fusion_layers == [2, 3] and no_review.review_layer is None
+
+
+def _sweep_by_hand(n_items: int, wrong: dict[int, int], n_layers: int = 12) -> pd.DataFrame:
+    """Every item right without masking; at layer l the first ``wrong[l]`` items wrong."""
+    rows = []
+    for item in range(n_items):
+        rows.append({"item": str(item), "kind": "", "variant": "baseline", "layer": -1, "correct": 1.0, "logprob": 0.0})
+        rows += [{"item": str(item), "kind": "", "variant": "single", "layer": layer,
+                  "correct": 0.0 if item < wrong.get(layer, 0) else 1.0, "logprob": 0.0} for layer in range(n_layers)]
+    return pd.DataFrame(rows)
+
+
+def test_too_small_a_sample_is_called_too_small_not_significant():
+    # n = 2, both items lost at layers 1 and 2: the bootstrap CI is [-1, -1] and McNemar's
+    # p = 2 * P[X <= 0], X ~ Bin(2, 1/2) = 0.5 -- no test on 2 items can be significant
+    effects = layer_effects(_sweep_by_hand(2, {1: 2, 2: 2}), n_boot=400)
+    layer1 = effects[effects.layer == 1].iloc[0]
+    assert (layer1.fw_low, layer1.fw_high, layer1.p_value) == (-1.0, -1.0, 0.5)
+    assert layer1.fw_alpha == pytest.approx(0.05 / 12) and layer1.min_p_value == 0.5 and bool(layer1.small_sample)
+    finding = detect_fusion(effects)
+    assert finding.too_small and finding.n == 2 and finding.significant_layers == [] and finding.fusion_layers == []
+    # the fewest items that can reach 0.05 / 12: 2 / 2**9 = 0.0039 <= 0.00417 < 2 / 2**8
+    assert finding.min_n == 9 and finding.review_layer is None
+    assert finding.statement.startswith("n too small: with n = 2 items the exact paired test can reach at best p = 0.5")
+    assert "it needs at least 9 items" in finding.statement and "significant" not in finding.statement.split("so no")[0]
+    assert finding.to_dict()["too_small"] is True
+
+    assert detect_fusion(layer_effects(_sweep_by_hand(8, {1: 8, 2: 8}), n_boot=400)).too_small
+    nine = detect_fusion(layer_effects(_sweep_by_hand(9, {1: 9, 2: 9}), n_boot=400))
+    assert not nine.too_small and nine.fusion_layers == [1, 2] and nine.small_sample
+    assert nine.statement.endswith("Small sample (n = 9 < 30): the bootstrap CIs are rough.")
+
+
+def test_a_significant_layer_needs_the_exact_test_too():
+    # 12 items, 5 lost at layer 3: the family-wise bootstrap CI lies below zero (resampling
+    # 12 items avoids all 5 losers with probability (7/12)**12 = 0.0016 < alpha / 2), but
+    # McNemar's p = 2 / 2**5 = 0.0625 is far above 0.05 / 12
+    effects = layer_effects(_sweep_by_hand(12, {3: 5, 7: 12}), n_boot=2000)
+    layer3 = effects[effects.layer == 3].iloc[0]
+    assert layer3.fw_high < 0 and layer3.p_value == pytest.approx(0.0625)
+    finding = detect_fusion(effects)
+    assert finding.significant_layers == [7] and finding.fusion_layers == [7]
+
+
+def test_small_samples_are_flagged_in_every_ci_table():
+    frame = pd.DataFrame({"layer": [0] * 29 + [1] * 30, "value": np.arange(59.0)})
+    table = per_layer_ci(frame, "value", n_boot=200)
+    assert list(table.n) == [29, 30] and list(table.small_sample) == [True, False]
+    assert list(layer_effects(_sweep_by_hand(30, {}, n_layers=2), n_boot=100).small_sample) == [False, False]
+
+
+def test_the_committed_run_keeps_its_findings():
+    """figures/: the sweep CSV and the report written from it; the detector still finds what the report says."""
+    from pathlib import Path
+
+    figures = Path(__file__).parents[1] / "figures"
+    report = json.loads((figures / "report.json").read_text())
+    effects = layer_effects(pd.read_csv(figures / "masking_sweep.csv"), n_boot=report["config"]["n_boot"],
+                            seed=report["seed"])
+    assert set(report["masking"]["findings"]) == set(effects.variant)
+    for variant, expected in report["masking"]["findings"].items():
+        finding = detect_fusion(effects, variant=variant, baseline=report["baseline_accuracy"]["mean"]).to_dict()
+        for key in ("fusion_layers", "review_layer", "significant_layers", "statement"):
+            assert finding[key] == expected[key], (variant, key)
+        assert finding["too_small"] is False and finding["small_sample"] is False
 
 
 def test_attention_maps_and_masses_by_hand():

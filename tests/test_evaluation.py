@@ -31,8 +31,10 @@ from interp.evaluation import (
 )
 from interp.evaluation.results import IDENTITY_KEYS, meta_path, read_meta
 from interp.evaluation.runner import effective_batch_size, generate_replies
+from interp.outputs import OutputError
 
 from .conftest import tiny_vlm
+from .test_outputs import in_mount_namespace, one_line, snapshot, start_python, wait_for_line
 from .test_tasks import write_pope
 
 SHORT = "Answer the question using a single word or phrase."
@@ -342,3 +344,216 @@ def test_cli_errors_are_one_line(capsys):
     assert "shards are numbered from 1" in capsys.readouterr().err
     assert main(["merge", "--out", "x.jsonl", "missing.jsonl"]) == 2
     assert capsys.readouterr().err == "error: shard file not found: missing.jsonl\n"
+
+
+# -- no data loss: every refusal is one line and leaves the files byte for byte ------------------------
+
+
+def cli_error(main, argv, capsys) -> str:
+    """Run the CLI, expect exit status 2, return its one error line."""
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    return error.strip()
+
+
+EVALUATE = ["evaluate", "--model", "tiny:llava", "--task", "synthetic", "--limit", "8", "--max-new-tokens", "3",
+            "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """The refusals below come before any model loads."""
+    import interp
+
+    monkeypatch.setattr(interp, "load", lambda *a, **k: pytest.fail("the model was loaded before the refusal"))
+
+
+def test_resume_refuses_a_foreign_jsonl_untouched(vlm, reference, tmp_path, capsys, no_model_load):
+    from interp.cli import main
+
+    foreign = tmp_path / "foreign.jsonl"  # rows with doc_ids, a last line without newline, no sidecar
+    foreign.write_bytes(reference.read_bytes()[:-1])
+    one_json = tmp_path / "config.jsonl"  # a one-line JSON file: no newline at all
+    one_json.write_bytes(b'{"doc_id": "test-000000", "note": "someone else\'s"}')
+    for path in (foreign, one_json):
+        before = path.read_bytes()
+        error = cli_error(main, [*EVALUATE, "--out", str(path)], capsys)
+        assert error == (f"error: cannot resume {path}: {path.name}.meta.json is missing, so it is not known to be a "
+                         f"results file of this run; it is left untouched: use another --out")
+        with pytest.raises(ResumeError, match="is left untouched"):
+            evaluate(vlm, "synthetic", out=path, batch_size=2, **RUN)
+        assert path.read_bytes() == before and not meta_path(path).exists()
+
+
+def test_resume_checks_the_settings_before_repairing_a_cut_line(vlm, reference, tmp_path):
+    out = tmp_path / "cut.jsonl"
+    out.write_bytes(reference.read_bytes()[:-30])  # another run's file, cut mid-line
+    shutil.copy(meta_path(reference), meta_path(out))
+    before = snapshot(out, meta_path(out))
+    with pytest.raises(ResumeError) as error:
+        evaluate(vlm, "synthetic", out=out, batch_size=2, limit=8, max_new_tokens=2, progress=False)
+    assert "different max_new_tokens (3 there, 2 now)" in one_line(error.value)
+    assert snapshot(out, meta_path(out)) == before  # the cut line is still there: the file is not this run's
+    meta_path(out).write_text('{"model": ')  # a damaged sidecar: nothing is proven, nothing touched
+    before = snapshot(out, meta_path(out))
+    with pytest.raises(ResumeError, match="meta.json is not valid JSON; it is left untouched"):
+        evaluate(vlm, "synthetic", out=out, batch_size=2, **RUN)
+    assert snapshot(out, meta_path(out)) == before
+
+
+def test_merge_refuses_an_existing_out_unless_forced(shard_files, reference, tmp_path, capsys):
+    from interp.cli import main
+
+    out = copy_run(reference, tmp_path)
+    out.write_bytes(out.read_bytes()[: len(out.read_bytes()) // 2].rsplit(b"\n", 1)[0] + b"\n")  # an older, shorter run
+    before = snapshot(out, meta_path(out))
+    error = cli_error(main, ["merge", "--out", str(out), *map(str, shard_files)], capsys)
+    assert error == (f"error: {out} already exists; merge leaves it untouched: give another --out, or --force to "
+                     f"replace it")
+    with pytest.raises(ShardError, match="already exists"):
+        merge_shards(shard_files, out)
+    assert snapshot(out, meta_path(out)) == before
+    assert main(["merge", "--out", str(out), "--force", *map(str, shard_files)]) == 0
+    assert lines(out) == lines(reference) and read_meta(out)["merged_from"] == list(map(str, shard_files))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, meta_path(out).name]  # no temporary left
+
+
+def test_out_that_is_a_directory_a_device_or_under_a_file(vlm, tmp_path, capsys, no_model_load):
+    from interp.cli import main
+
+    a_file = tmp_path / "results.jsonl"
+    a_file.write_bytes(b"keep\n")
+    under_a_file = (a_file / "x.jsonl", f"cannot write {a_file / 'x.jsonl'}: {a_file} is a file, not a directory")
+    device = (Path("/dev/full"), "cannot write /dev/full: it is not a regular file")  # never read: it has no end
+    directory = (tmp_path, f"cannot write {tmp_path}: it is a directory; give a file name")
+    for out, message in (under_a_file, device):
+        assert message in cli_error(main, [*EVALUATE, "--out", str(out)], capsys)
+    for out, message in (under_a_file, device, directory):
+        assert message in cli_error(main, ["merge", "--out", str(out), str(a_file)], capsys)
+        with pytest.raises(OutputError) as error:
+            evaluate(vlm, "synthetic", out=out, **RUN)
+        assert message in one_line(error.value)
+    assert a_file.read_bytes() == b"keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_an_empty_model_dir_is_one_line(tmp_path, capsys):
+    from interp.cli import main
+
+    empty = tmp_path / "llava-download"
+    empty.mkdir()
+    error = cli_error(main, ["evaluate", "--model", str(empty), "--task", "synthetic", "--limit", "1"], capsys)
+    assert str(empty) in error and "config.json" in error
+    (empty / "config.json").write_text("{}")  # a config without model_type: transformers' ValueError, as one line
+    assert "cannot load a model config from" in cli_error(main, ["hooks", "--model", str(empty)], capsys)
+    assert sorted(p.name for p in empty.iterdir()) == ["config.json"]
+
+
+SLOW_EVALUATE = """
+import sys, time, interp
+from interp.evaluation import evaluate
+vlm = interp.load('tiny:llava', attn_implementation='eager')
+generate = vlm.model.generate
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return generate(*args, **kwargs)
+vlm.model.generate = slow
+print("loaded", flush=True)
+evaluate(vlm, 'synthetic', out=sys.argv[1], limit=8, batch_size=2, max_new_tokens=3, progress=False)
+print("done", flush=True)
+"""
+
+
+def test_a_second_evaluate_on_the_same_out_is_refused(reference, tmp_path, capsys, no_model_load):
+    from interp.cli import main
+    from interp.outputs import lock_path
+
+    out = tmp_path / "run.jsonl"
+    first = start_python(SLOW_EVALUATE, out)
+    try:
+        wait_for_line(first, "loaded")
+        deadline = time.monotonic() + 60
+        while not (lock_path(out).exists() and out.exists() and out.read_bytes().count(b"\n") >= 1):
+            assert time.monotonic() < deadline and first.poll() is None, first.stderr.read()[-2000:]
+            time.sleep(0.02)
+        error = cli_error(main, [*EVALUATE, "--out", str(out)], capsys)
+        assert error.startswith(f"error: {out} is being written by another process (pid {first.pid} on ")
+        assert error.endswith(f"wait for it to finish or use another --out (lock: {lock_path(out)})")
+        wait_for_line(first, "done")
+        assert first.wait(timeout=60) == 0
+    finally:
+        first.kill()
+        first.wait()
+    assert lines(out) == lines(reference)  # every question once: the second writer never wrote
+    assert not lock_path(out).exists()
+
+
+FULL_DISK_EVALUATE = """
+import contextlib, io, json, os, sys
+from pathlib import Path
+import interp
+from interp.cli import main
+from interp.evaluation import evaluate
+ro, small = Path(sys.argv[1]), Path(sys.argv[2])
+vlm = interp.load("tiny:llava", attn_implementation="eager")
+interp.load = lambda *args, **kwargs: vlm
+# 20 questions: enough rows after the disk fills to overflow the file's last, partly used page
+argv = ["evaluate", "--model", "tiny:llava", "--task", "synthetic", "--limit", "20", "--max-new-tokens", "3",
+        "--batch-size", "4", "--no-progress"]
+def cli(out):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv + ["--out", str(out)])
+    return code, err.getvalue()
+def fill():
+    fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    for chunk in (65536, 1):
+        try:
+            while True:
+                os.write(fd, b"x" * chunk)
+        except OSError:
+            pass
+    os.close(fd)
+result = {"read_only": cli(ro / "run.jsonl")}
+out = small / "run.jsonl"
+generate, calls = vlm.model.generate, []
+def filling(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # one batch written, then the disk fills up
+        fill()
+    return generate(*args, **kwargs)
+vlm.model.generate = filling
+result["mid_run"] = cli(out)
+result["rows_kept"] = out.read_bytes().count(b"\\n")
+before = out.read_bytes()
+result["at_start"] = cli(out)
+result["untouched"] = out.read_bytes() == before
+(small / "filler").unlink()
+vlm.model.generate = generate
+result["resumed"] = cli(out)
+result["rows"] = [json.loads(line) for line in out.read_text().splitlines()]
+expected = evaluate(vlm, "synthetic", limit=20, batch_size=4, max_new_tokens=3, progress=False)
+result["expected"] = json.loads(expected.to_json(orient="records"))
+result["left"] = sorted(p.name for p in small.iterdir())
+print(json.dumps(result))
+"""
+
+
+def test_read_only_and_full_disk_through_evaluate(tmp_path):
+    ro, small = tmp_path / "ro", tmp_path / "small"
+    result = in_mount_namespace(FULL_DISK_EVALUATE, {str(ro): "ro,size=64k", str(small): "size=2m"}, ro, small)
+    code, error = result["read_only"]
+    assert code == 2 and error == (f"error: cannot write {ro / 'run.jsonl'}: the file system is read-only; choose an "
+                                   f"--out on a writable disk\n")
+    out = small / "run.jsonl"
+    code, error = result["mid_run"]
+    assert code == 2 and error == (f"error: cannot write {out}: no space left on the device (disk full or quota "
+                                   f"reached); free some space and run the same command again\n")
+    assert 4 <= result["rows_kept"] < 20  # the rows written before the disk filled are kept
+    code, error = result["at_start"]
+    assert code == 2 and error.startswith(f"error: cannot write {out}: ") and error.count("\n") == 1
+    assert "no space left on the device" in error or "free on its disk" in error
+    assert result["untouched"]
+    assert result["resumed"][0] == 0
+    assert without_timing(result["rows"]) == without_timing(result["expected"])  # nothing lost, nothing twice
+    assert len(result["rows"]) == 20 and result["left"] == ["run.jsonl", "run.jsonl.meta.json"]

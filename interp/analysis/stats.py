@@ -3,6 +3,12 @@ automatic detection of fusion and review layers.
 
 Everything resamples *samples* (items), so the uncertainty is about which questions
 were asked, and comparisons of two conditions on the same items are paired.
+
+Small samples are called small: every table of CIs has a ``small_sample`` column (fewer
+than :data:`SMALL_SAMPLE` items: a percentile bootstrap CI is rough there), and the
+fusion detector calls no layer significant when the sample is too small for an exact
+paired test to reach the family-wise alpha at all (:func:`min_paired_n`); its statement
+then says so.
 """
 
 from __future__ import annotations
@@ -14,6 +20,23 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InterpError
+
+
+# Fewer samples than this and a bootstrap CI is flagged ``small_sample``.
+SMALL_SAMPLE = 30
+
+
+def min_p_value(n: int) -> float:
+    """The smallest two-sided p-value an exact paired test (McNemar, sign test) can give on ``n`` items: ``2 / 2**n``."""
+    return float(min(1.0, 2.0 * 0.5 ** int(n)))
+
+
+def min_paired_n(alpha: float) -> int:
+    """The fewest items with which an exact paired test can reach ``alpha`` at all."""
+    n = 1
+    while min_p_value(n) > alpha:
+        n += 1
+    return n
 
 
 def bootstrap_mean_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
@@ -56,7 +79,11 @@ def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int =
                   seed: int = 0) -> pd.DataFrame:
     """Per (variant, layer): mean ``metric`` with a bootstrap CI, and the paired difference
     to the unmasked baseline with its CI (at ``level``) and a family-wise CI (Bonferroni over
-    the layers of the variant), plus McNemar's p-value for binary metrics."""
+    the layers of the variant), plus McNemar's p-value for binary metrics.
+
+    Also per row: ``fw_alpha`` (the family-wise alpha, ``(1 - level) / layers``),
+    ``min_p_value`` (the smallest p-value an exact paired test can reach with ``n``
+    items) and ``small_sample`` (``n`` < :data:`SMALL_SAMPLE`)."""
     base = sweep[sweep.variant == "baseline"].set_index("item")[metric]
     if base.empty:
         raise InterpError("the sweep has no baseline rows")
@@ -74,6 +101,7 @@ def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int =
                    "diff": diff, "diff_low": d_low, "diff_high": d_high, "fw_low": fw_low, "fw_high": fw_high}
             if metric == "correct":
                 row["p_value"] = mcnemar_exact(paired.values, cell.values)["p_value"]
+            row.update(fw_alpha=(1 - level) / max(1, n_layers), min_p_value=min_p_value(cell.size), small_sample=bool(cell.size < SMALL_SAMPLE))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -88,11 +116,16 @@ class FusionFinding:
     review_layer: int | None = None
     significant_layers: list[int] = field(default_factory=list)
     statement: str = ""
+    n: int | None = None  # items per layer (the fewest of any layer)
+    too_small: bool = False  # n too small for the test to reach the family-wise alpha: nothing can be significant
+    min_n: int | None = None  # the fewest items with which it can
+    small_sample: bool = False  # n < SMALL_SAMPLE: the bootstrap CIs are rough
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "baseline": self.baseline, "fusion_layers": self.fusion_layers,
                 "review_layer": self.review_layer, "significant_layers": self.significant_layers,
-                "statement": self.statement}
+                "statement": self.statement, "n": self.n, "too_small": self.too_small, "min_n": self.min_n,
+                "small_sample": self.small_sample}
 
 
 def _blocks(layers: list[int]) -> list[list[int]]:
@@ -115,19 +148,41 @@ def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: f
     at least ``min_gap`` consecutive layers without a significant drop (the model
     recovered, then looks at the image again); the deepest-drop layer of that block is
     reported. Either may be absent; :attr:`FusionFinding.statement` says what was found.
+
+    For a binary metric (a ``p_value`` column) a significant layer also needs McNemar's
+    exact p-value at or below the family-wise alpha. With too few items for an exact
+    paired test to reach that alpha at all (``2 / 2**n > alpha``, e.g. n < 11 for 30
+    layers) no layer is called significant: :attr:`FusionFinding.too_small` is set and
+    the statement says "n too small". Fewer than :data:`SMALL_SAMPLE` items set
+    :attr:`FusionFinding.small_sample` and the statement says so.
     """
     rows = effects[effects.variant == variant].sort_values("layer")
     if rows.empty:
         raise InterpError(f"no sweep rows for variant {variant!r}")
     n_layers = int(rows.layer.max()) + 1
-    significant = rows[(rows.fw_high < 0) & (rows["diff"] <= -min_drop)]
-    sig_layers = [int(x) for x in significant.layer]
+    n = int(rows["n"].min()) if "n" in rows else None
+    alpha = float(rows["fw_alpha"].iloc[0]) if "fw_alpha" in rows else 0.05 / max(1, rows.layer.nunique())
+    significant = (rows.fw_high < 0) & (rows["diff"] <= -min_drop)
+    if "p_value" in rows:
+        significant &= rows["p_value"] <= alpha
     base = float(baseline) if baseline is not None else float((rows["mean"] - rows["diff"]).iloc[0])
-    finding = FusionFinding(variant=variant, baseline=base, significant_layers=sig_layers)
+    finding = FusionFinding(variant=variant, baseline=base, n=n, min_n=min_paired_n(alpha),
+                            small_sample=n is not None and n < SMALL_SAMPLE)
+    if n is not None and min_p_value(n) > alpha:
+        finding.too_small = True
+        finding.statement = (
+            f"n too small: with n = {n} items the exact paired test can reach at best p = {min_p_value(n):.3g}, above "
+            f"the family-wise alpha {alpha:.3g} ({rows.layer.nunique()} layers); it needs at least {finding.min_n} "
+            f"items, so no layer is called significant for the {variant} edit and no fusion or review layer is "
+            f"detected.")
+        return finding
+    sig_layers = [int(x) for x in rows[significant].layer]
+    finding.significant_layers = sig_layers
     blocks = _blocks(sig_layers)
     if not blocks:
         finding.statement = (f"No layer where the {variant} edit lowers accuracy significantly "
-                             f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected.")
+                             f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected."
+                             + _small_note(finding))
         return finding
     fusion = list(blocks[0])
     rest = blocks[1:]
@@ -144,8 +199,14 @@ def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: f
         text += f"; review layer {finding.review_layer} (a late significant drop after recovery)."
     else:
         text += "; no review layer (no late significant drop after a recovery)."
-    finding.statement = text
+    finding.statement = text + _small_note(finding)
     return finding
+
+
+def _small_note(finding: FusionFinding) -> str:
+    if not finding.small_sample:
+        return ""
+    return f" Small sample (n = {finding.n} < {SMALL_SAMPLE}): the bootstrap CIs are rough."
 
 
 def _span(layers: list[int]) -> str:
@@ -155,10 +216,11 @@ def _span(layers: list[int]) -> str:
 def per_layer_ci(frame: pd.DataFrame, value: str, *, by: tuple[str, ...] = ("layer",), n_boot: int = 1000,
                  level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Mean of ``value`` per group with a bootstrap CI over the rows (items) of the group:
-    columns ``*by, mean, low, high, n``."""
+    columns ``*by, mean, low, high, n, small_sample`` (``n`` < :data:`SMALL_SAMPLE`)."""
     rows = []
     for key, group in frame.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         mean, low, high = bootstrap_mean_ci(group[value].values, n_boot=n_boot, level=level, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": mean, "low": low, "high": high, "n": int(len(group))})
+        rows.append({**dict(zip(by, key)), "mean": mean, "low": low, "high": high, "n": int(len(group)),
+                     "small_sample": bool(len(group) < SMALL_SAMPLE)})
     return pd.DataFrame(rows)

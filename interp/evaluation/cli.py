@@ -5,7 +5,7 @@
     interp evaluate --model llava-hf/llava-1.5-7b-hf --task textvqa --data-dir /data/textvqa \\
         --out runs/textvqa.jsonl [--limit N] [--shard i/n] [--batch-size B] \\
         [--prompt-suffix S] [--max-new-tokens K] [--split S] [--check-images] [--json]
-    interp merge --out runs/textvqa.jsonl runs/textvqa.1of4.jsonl ... runs/textvqa.4of4.jsonl
+    interp merge --out runs/textvqa.jsonl runs/textvqa.1of4.jsonl ... runs/textvqa.4of4.jsonl [--force]
 
 ``evaluate`` prints the task's aggregate metrics (``--json``: as one JSON object).
 Run the same command again to resume a killed run. ``--task synthetic`` needs no
@@ -48,6 +48,7 @@ def add_commands(subparsers) -> None:
                                               "disjoint, and write them as one file in the task's order.")
     merge.add_argument("--out", required=True, help="the merged JSONL")
     merge.add_argument("shards", nargs="+", help="the shards' JSONL files")
+    merge.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     merge.add_argument("--json", action="store_true", help="print the summary as JSON")
     merge.set_defaults(func=_merge)
 
@@ -83,6 +84,10 @@ def _evaluate(args) -> int:
     from .shards import parse_shard
 
     parse_shard(args.shard)  # a bad --shard fails before anything loads
+    if args.out is not None:  # so does an --out that cannot be written, is in use or is not a results file
+        from .results import check_results_out
+
+        check_results_out(Path(args.out))
     task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
     vlm = load(args.model)
     if args.batch_size not in (None, 1) and not can_batch(vlm):
@@ -101,7 +106,7 @@ def _merge(args) -> int:
     from .runner import summarize
     from .shards import merge_shards
 
-    rows = merge_shards(args.shards, args.out)
+    rows = merge_shards(args.shards, args.out, force=args.force)
     meta = read_meta(Path(args.out))
     report = {"task": meta["task"], "split": meta["split"], "model": meta["model"], "out": args.out,
               "shards": len(args.shards), "summary": summarize(meta["task"], rows)}

@@ -6,10 +6,12 @@ holds the run's settings (model, task, split, limit, shard, prompt suffix, gener
 length, the documents it covers) and package versions; nothing but sample rows goes
 into the JSONL.
 
-A run killed at any point (SIGKILL included) leaves at worst a last line cut short;
-:meth:`ResultsLog.resume` drops that partial line (rewriting the file atomically),
-keeps every complete line, and refuses to continue a file written with other
-settings. A damaged line anywhere else is an error, never silently dropped.
+A run killed at any point (SIGKILL included) leaves at worst a last line cut short.
+:meth:`ResultsLog.resume` first proves the file is this run's (its sidecar exists and
+holds the same settings; a file without one is refused untouched, whatever it holds),
+then drops that partial line, keeps every complete line, and continues. A damaged line
+anywhere else is an error, never silently dropped. While a run writes ``<out>`` it holds
+``<out>.lock`` (:class:`interp.outputs.OutputLock`): a second writer is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import InterpError
+from ..outputs import OutputLock, check_output, json_normalized, output_error, settings_differences, write_atomic
 
 # Settings that must match to continue a file; everything else in the meta is informative.
 IDENTITY_KEYS = ("model", "task", "split", "limit", "shard", "prompt_suffix", "max_new_tokens", "doc_ids")
@@ -41,29 +43,9 @@ def meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """Replace ``path`` by ``data`` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    write_atomic(path, data, overwrite=overwrite)
 
 
 def read_results(path: Path, *, repair: bool = False) -> tuple[list[dict], bool]:
@@ -72,6 +54,8 @@ def read_results(path: Path, *, repair: bool = False) -> tuple[list[dict], bool]
     With ``repair=True`` a cut last line is removed from the file.
     """
     path = Path(path)
+    if not path.is_file():  # a device such as /dev/full would be read forever
+        raise ResultsFileError(f"{path} is not a regular file")
     data = path.read_bytes()
     complete, newline, tail = data.rpartition(b"\n")
     if not newline:  # no newline at all: everything is an unfinished first line
@@ -90,8 +74,11 @@ def read_results(path: Path, *, repair: bool = False) -> tuple[list[dict], bool]
             raise ResultsFileError(f"{path}:{number} is not a result row (no doc_id)")
         rows.append(row)
     cut = bool(tail)
-    if cut and repair:
-        write_atomically(path, complete + newline if complete else b"")
+    if cut and repair:  # only the cut tail goes: every complete line stays where it is
+        try:
+            os.truncate(path, len(complete + newline))
+        except OSError as error:
+            raise output_error(error, path) from None
     return rows, cut
 
 
@@ -106,16 +93,6 @@ def read_meta(path: Path) -> dict:
         raise ResultsFileError(f"{sidecar} is not valid JSON") from None
 
 
-def json_normalized(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS) -> list[str]:
     """``key (old there, new now)`` for each identity key whose values differ."""
     out = []
@@ -124,8 +101,20 @@ def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS) -> list[str]:
             if key == "doc_ids":
                 out.append("document list (the data or --limit/--shard changed)")
             else:
-                out.append(f"{key} ({_show(old.get(key))} there, {_show(new.get(key))} now)")
+                out += settings_differences(old, new, [key])
     return out
+
+
+def check_results_out(path: Path) -> Path:
+    """Before any compute: ``path`` can be written (:func:`interp.outputs.check_output`),
+    no other process writes it, and if it exists it is an evaluation's results file
+    (its sidecar is there). Changes nothing."""
+    path = check_output(path, "file")
+    sidecar = meta_path(path)
+    if path.exists() and path.stat().st_size > 0 and not sidecar.exists():
+        raise ResumeError(f"cannot resume {path}: {sidecar.name} is missing, so it is not known to be a results file of "
+                          f"this run; it is left untouched: use another --out")
+    return path
 
 
 class ResultsLog:
@@ -134,44 +123,72 @@ class ResultsLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._handle = None
+        self._lock = OutputLock(self.path)
 
     def resume(self, meta: dict) -> list[dict]:
         """The rows already in the file (a cut last line dropped), after checking its settings.
 
-        A new (or empty) file gets ``meta`` as its sidecar.
+        Order: the output can be written; its lock is taken (a second writer is refused);
+        the file is proven this run's (sidecar present with the same settings, every
+        complete line a result row, no document twice) -- only then is a cut last line
+        removed. A new file gets ``meta`` as its sidecar. Any refusal leaves the file untouched.
         """
         meta = json_normalized(meta)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = read_results(self.path, repair=True)[0] if self.path.exists() else []
-        if rows:
+        check_results_out(self.path)
+        self._lock.acquire()
+        try:
+            return self._resume(meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _resume(self, meta: dict) -> list[dict]:
+        sidecar = meta_path(self.path)
+        if sidecar.exists():
             try:
                 old = read_meta(self.path)
             except ResultsFileError as error:
-                raise ResumeError(f"cannot resume {self.path}: {error}; use another --out") from None
-            differences = describe_differences(old, meta)
+                raise ResumeError(f"cannot resume {self.path}: {error}; it is left untouched: use another --out") from None
+            differences = describe_differences(old, meta) if isinstance(old, dict) else ["settings (not a JSON object)"]
             if differences:
                 raise ResumeError(
                     f"cannot resume {self.path}: it was written with a different {'; '.join(differences)}; "
-                    f"use another --out, or delete it and {meta_path(self.path).name}"
+                    f"it is left untouched: use another --out, or delete it and {sidecar.name}"
                 )
-            ids = [row["doc_id"] for row in rows]
-            if len(set(map(json.dumps, ids))) != len(ids):
-                raise ResultsFileError(f"{self.path} holds a document twice; it was not written by one run")
-        else:
-            write_atomically(meta_path(self.path), (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
-        self._handle = open(self.path, "a", encoding="utf-8")
+        elif self.path.exists() and self.path.stat().st_size > 0:
+            raise ResumeError(f"cannot resume {self.path}: {sidecar.name} is missing, so it is not known to be a "
+                              f"results file of this run; it is left untouched: use another --out")
+        rows, cut = read_results(self.path) if self.path.exists() else ([], False)
+        ids = [row["doc_id"] for row in rows]
+        if len(set(map(json.dumps, ids))) != len(ids):
+            raise ResultsFileError(f"{self.path} holds a document twice; it was not written by one run")
+        if cut:
+            read_results(self.path, repair=True)
+        if not sidecar.exists():
+            write_atomically(sidecar, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+        try:
+            self._handle = open(self.path, "a", encoding="utf-8")
+        except OSError as error:
+            raise output_error(error, self.path) from None
         return rows
 
     def append(self, row: dict) -> None:
-        """Write one row and make it durable before returning."""
-        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        """Write one row and make it durable before returning (a full disk: one clear line)."""
+        try:
+            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise output_error(error, self.path) from None
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError:  # a line that could not be flushed (disk full): the next resume drops it
+                pass
             self._handle = None
+        self._lock.release()
 
     def __enter__(self) -> "ResultsLog":
         return self
@@ -185,6 +202,7 @@ __all__ = [
     "ResultsFileError",
     "ResultsLog",
     "ResumeError",
+    "check_results_out",
     "TIMING_FIELDS",
     "meta_path",
     "read_meta",

@@ -12,6 +12,7 @@ unsharded run writes.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import InterpError
+from ..outputs import OutputLock, check_output
 from .results import (
     ResultsFileError,
     describe_differences,
@@ -69,14 +71,28 @@ def _key(doc_id) -> str:
     return json.dumps(doc_id)
 
 
-def merge_shards(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
-    """Merge the results files of shards 1..n of one run into ``out`` (and its meta sidecar)."""
+def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = False) -> pd.DataFrame:
+    """Merge the results files of shards 1..n of one run into ``out`` (and its meta sidecar).
+
+    An existing ``out`` (or its sidecar) is refused untouched unless ``force=True``, which
+    replaces it atomically. ``out`` is checked writable and locked before any shard is read.
+    """
     paths = [Path(p) for p in paths]
     out = Path(out)
     if not paths:
         raise ShardError("give the shard files to merge")
     if any(p.resolve() == out.resolve() for p in paths if p.exists()):
         raise ShardError(f"the merged file {out} must not be one of the shard files")
+    check_output(out, "file")
+    with OutputLock(out):
+        existing = [p for p in (out, meta_path(out)) if os.path.lexists(p)]
+        if existing and not force:
+            raise ShardError(f"{existing[0]} already exists; merge leaves it untouched: give another --out, or --force "
+                             f"to replace it")
+        return _merge(paths, out, force)
+
+
+def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
     shards: dict[int, tuple[Path, dict, list[dict]]] = {}
     count = None
     first_meta = None
@@ -132,10 +148,11 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
     if total is not None and total != len(order):
         raise ShardError(f"the shards cover {len(order)} documents but the run has {total}")
     merged = [by_key[_key(doc_id)] for doc_id in order]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged).encode())
     meta = {**first_meta, "shard": None, "doc_ids": order, "merged_from": [str(p) for p in paths]}
-    write_atomically(meta_path(out), (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    # the sidecar first: a results file is never there without the settings that prove it a run's own
+    write_atomically(meta_path(out), (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode(), overwrite=force)
+    write_atomically(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged).encode(),
+                     overwrite=force)
     return pd.DataFrame(merged)
 
 

@@ -91,10 +91,13 @@ def load(
     if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
         if not local.is_dir():
             raise InterpError(f"model directory not found: {local}")
+        if not (local / "config.json").is_file():
+            raise InterpError(f"{local} holds no config.json, so it is not a HF model directory (an empty or "
+                              f"unfinished download?); give the directory that has config.json and the weights")
         name = str(local)
     try:
         config = AutoConfig.from_pretrained(name)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise InterpError(f"cannot load a model config from {name!r}: {str(error).splitlines()[0]}") from None
     adapter = adapter_for(config)  # unsupported families fail here, before any weights load
     if processor is None:

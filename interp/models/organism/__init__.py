@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ...errors import InterpError
+from ...outputs import atomic_dir
 from .smollm2 import cache_root
 
 VARIANTS = ("organism", "organism-frozen")
@@ -47,10 +48,7 @@ def organism_dir(variant: str = "organism") -> Path:
     spec = TowerSpec(**config.get("tower", {}))
     model, processor = build_organism(spec, seed=config.get("seed", 0))
     apply_trained_state(model, load_file(str(weights)))
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    if not target.exists():
-        partial.rename(target)
+    with atomic_dir(target) as partial:  # a per-process name, renamed into place: concurrent first loads both succeed
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
     return target

