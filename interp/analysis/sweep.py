@@ -101,9 +101,14 @@ def use_fast(vlm, mode: str, scoring: str, remote) -> bool:
 def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
                   window: int = 3, scale: float = PAPER_MASK_SCALE, scoring: str = "teacher", mode: str = "auto",
                   limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
-                  remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+                  remote: bool | str | None = None, progress: bool = True, rows: bool = True,
+                  decode_batch: int | None = None) -> pd.DataFrame:
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
-    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating."""
+    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
+
+    Fast mode: ``rows=False`` restarts every condition on every row (the reference the
+    row-level restart is tested against); ``decode_batch`` caps how many conditions of a
+    sample decode together when generating (None: all; their prompt keys/values are held)."""
     variants = check_options(variants, scoring, mode, window)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
@@ -114,7 +119,8 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     for item in bar:
         sp = sample_pass(vlm, item, restartable=fast, remote=remote, attention_layers=None, residual_layers=None)
         rows.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
-                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote))
+                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote, rows=rows,
+                               decode_batch=decode_batch))
     return sweep_frame(rows, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
 
 
