@@ -23,9 +23,15 @@ Scoring (``scoring=``):
   the teacher-forced log-probability.
 
 Execution (``mode=``): ``"fast"`` runs the clean pass once per sample and restarts
-each condition at its first edited layer, several conditions batched in one
-forward (:mod:`interp.engine.prefix`; teacher scoring, local models), and unembeds
-every condition's scored positions in one call per sample;
+each condition at its first edited layer, on the rows it can change only (a knockout
+from its query rows, an image-token edit from the first image token; the earlier
+rows' clean keys and values come through a ``DynamicCache``), several conditions
+batched in one forward and a layer run once for conditions whose input to it is the
+same (single/window/cumulative at their layer) (:mod:`interp.engine.prefix`; local
+models), and unembeds every condition's scored positions in one call per sample.
+With ``scoring="generate"`` each restart also keeps its prompt rows' keys and values
+and the sample's conditions then decode greedily as one batch, continuing
+``model.generate`` from those prefills (:mod:`interp.engine.decode`);
 ``"naive"`` runs every condition as a full pass through a
 :class:`~interp.interventions.Plan` (the reference the fast mode is tested
 against, and the path for ``remote=`` runs). ``"auto"`` picks fast where it applies.
@@ -106,22 +112,22 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
     VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
 
-    Fast mode: ``rows=False`` restarts every condition on every row (the reference the
-    row-level restart is tested against); ``decode_batch`` caps how many conditions of a
+    Fast mode: ``rows=False`` restarts every condition on every row, one batch row each (the
+    reference the row-level restart is tested against); ``decode_batch`` caps how many conditions of a
     sample decode together when generating (None: all; their prompt keys/values are held)."""
     variants = check_options(variants, scoring, mode, window)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
     fast = use_fast(vlm, mode, scoring, remote)
-    rows: list[dict] = []
+    out: list[dict] = []
     bar = tqdm(items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample",
                disable=not progress)
     for item in bar:
         sp = sample_pass(vlm, item, restartable=fast, remote=remote, attention_layers=None, residual_layers=None)
-        rows.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
+        out.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
                                fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote, rows=rows,
                                decode_batch=decode_batch))
-    return sweep_frame(rows, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
+    return sweep_frame(out, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
 
 
 def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float, window: int) -> pd.DataFrame:
@@ -137,7 +143,8 @@ def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale:
     """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself).
 
     Fast mode only: ``rows`` restarts each condition on the rows it can change (see
-    :func:`interp.engine.prefix.first_changed_row`; False: every row), ``decode_batch`` caps
+    :func:`interp.engine.prefix.first_changed_row`) and runs a layer once for conditions with
+    the same input to it (False: every row of every condition, one batch row each), ``decode_batch`` caps
     how many conditions decode together when generating (None: all of the sample's)."""
     conditions = [(v, l) for l in layer_list for v in variants]
     if fast:
@@ -168,7 +175,7 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         for i in range(0, len(members), batch):
             chunk = members[i : i + batch]
             result = restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
-                             kv_rows=tf.prompt_len if generate else None)
+                             kv_rows=tf.prompt_len if generate else None, share=rows)
             keys.extend(key for key, _ in chunk)
             finals.append(result.hidden)
             if generate:

@@ -16,6 +16,16 @@ runs the clean forward once in an nnsight trace and keeps
 hidden states at the scored positions; :func:`unembed` applies the final norm and the
 unembedding (call it once per sample for everything collected, not once per chunk).
 
+:func:`restart` is the general form. Row-level restart: rows before the first row any
+variant can change (:func:`first_changed_row`, from each intervention's ``first_row``)
+are clean in every layer (causal attention), so only the rows from there on are
+recomputed; each layer reads the earlier rows' clean keys and values from a
+``DynamicCache`` (:func:`fill_kv`: the clean layers' own attention filled it), through
+the unchanged HF layer forward. Variants whose input to a layer is bit-for-bit the same
+and that edit nothing inside it share that layer's forward. With ``kv_rows`` a restart
+also returns every layer's keys and values of the prompt rows, from which
+:mod:`interp.engine.decode` continues a generation.
+
 Every intervention runs here through its own interface — ``edit_hidden`` at
 ``resid_pre`` / ``attn_out`` / ``mlp_out`` / ``resid_post``, ``edit_mask`` at
 ``attn_pattern`` (through the layer's attention mask), ``before_restart`` below the
