@@ -17,6 +17,9 @@ each:
 ``sweep_speedup`` (:mod:`benchmarks.sweep`)
     ``masking_sweep`` naive over fast on the organism (identical results required), beside the
     counted layer work of both modes.
+``generate_sweep_speedup`` (:mod:`benchmarks.sweep`)
+    the same with ``scoring="generate"`` (identical predictions required): one ``generate`` per
+    condition against restarts plus one batched greedy decode per question.
 
 ``--quick`` runs the same code on tiny configs in seconds (the smoke test
 ``tests/test_benchmarks.py`` uses it); its numbers say nothing about performance.
@@ -67,7 +70,7 @@ from benchmarks.models import FULL_WIDE, QUICK_WIDE, WideSpec, organism_samples,
 from benchmarks.nnsight_overhead import measure_nnsight_overhead  # noqa: E402
 from benchmarks.sweep import measure_sweep_speedup  # noqa: E402
 
-BENCHMARKS = ("attention", "nnsight_overhead", "sweep_speedup")
+BENCHMARKS = ("attention", "nnsight_overhead", "sweep_speedup", "generate_sweep_speedup")
 TARGETS = {
     "record_attention_peak_mem_ratio": 1.25,
     "record_attention_time_ratio": 1.3,
@@ -103,7 +106,7 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
         details["attention"] = {"seconds": time.perf_counter() - start, **attention.pop("details")}
         result.update(attention)
 
-    if "nnsight_overhead" in only or "sweep_speedup" in only:
+    if "nnsight_overhead" in only or "sweep_speedup" in only or "generate_sweep_speedup" in only:
         log("organism: building")
         vlm, pristine, label = organism_vlm(settings.quick)
         if "nnsight_overhead" in only:
@@ -120,6 +123,16 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
             start = time.perf_counter()
             sweep = measure_sweep_speedup(vlm, samples, variants=settings.sweep_variants)
             details["sweep_speedup"] = {"seconds": time.perf_counter() - start, "model": label, **sweep.pop("details")}
+            result.update(sweep)
+        if "generate_sweep_speedup" in only:
+            samples = organism_samples(settings.sweep_samples)
+            log(f"generate_sweep_speedup: {len(samples)} samples x {len(settings.sweep_variants)} variants x "
+                f"{vlm.n_layers} layers, naive vs fast, generation scoring")
+            start = time.perf_counter()
+            sweep = measure_sweep_speedup(vlm, samples, variants=settings.sweep_variants, scoring="generate",
+                                          key="generate_sweep_speedup")
+            details["generate_sweep_speedup"] = {"seconds": time.perf_counter() - start, "model": label,
+                                                 **sweep.pop("details")}
             result.update(sweep)
 
     result["meets_targets"] = {k: (result[k] <= v if finite(result.get(k)) else None)

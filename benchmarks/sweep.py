@@ -7,8 +7,15 @@ the per-layer results must be identical (``correct`` exactly, ``logprob`` to 1e-
 sweep cannot be imported or the two modes disagree the result is ``null`` with the reason:
 never a number for results that differ.
 
-Beside the measured time ratio, :func:`layer_work` counts from the conditions the decoder-layer
-work each mode does per question: ``layer_row_forwards`` = the sum over forwards of (decoder
+``scoring="generate"`` (benchmark ``generate_sweep_speedup``) times the generation-scored sweep
+the same way: naive = one teacher-forced pass plus one ``generate`` per condition; fast = the
+restarts (keeping the prompt rows' keys and values) and ONE batched greedy decode per question.
+
+What each mode ran is also counted by a forward hook on every decoder layer
+(``details.observed``, per question: forwards, decode steps, layer calls and layer x rows),
+which includes the row-level restart (each condition recomputes only the rows it can change)
+and the shared layer forwards. Beside that, :func:`layer_work` counts from the conditions the
+decoder-layer work the naive and the every-row fast schedule do per question: ``layer_row_forwards`` = the sum over forwards of (decoder
 layers run x batch rows), and ``layer_token_rows`` = that times the sequence length
 (``details.sweep_speedup.layer_work``, and on stderr beside the speedup). Counts do not wobble
 with the machine's load. The time ratio differs from the count ratio by the work the count
@@ -81,26 +88,68 @@ def layer_work(n_layers: int, layers: list[int], variants, seq_lens: dict, batch
     return out
 
 
-def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", tolerance: float = 1e-4,
-                          batch: int | None = None) -> dict:
-    """Naive per-layer re-run time / fast sweep time on ``samples`` (same outputs required),
-    with the counted layer work of both modes (``details.layer_work``).
+class LayerWork:
+    """Counts every decoder-layer call while active (a plain PyTorch forward hook on each layer):
+    ``layer_calls``, ``layer_token_rows`` (batch x rows of each call), ``forwards`` (calls of the
+    last layer: one per model forward or restart), ``decode_forwards`` (of those, one-row steps)
+    and ``decode_token_rows``. Independent of the engine's own ``vlm.counts``."""
 
-    Returns ``{"sweep_speedup": float | None, "sweep_speedup_reason": str | None, "details": ...}``.
+    def __init__(self, vlm):
+        self.layers = vlm.adapter.resolve(vlm.model, "layers")
+        self.counts: dict = {}
+        self.handles: list = []
+
+    def __enter__(self):
+        self.counts = {"forwards": 0, "decode_forwards": 0, "layer_calls": 0, "layer_token_rows": 0,
+                       "decode_token_rows": 0}
+        last = len(self.layers) - 1
+
+        def hook(index):
+            def record(module, args, kwargs, output):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                batch, rows = int(hidden.shape[0]), int(hidden.shape[1])
+                self.counts["layer_calls"] += 1
+                self.counts["layer_token_rows"] += batch * rows
+                if index == last:
+                    self.counts["forwards"] += 1
+                    if rows == 1:
+                        self.counts["decode_forwards"] += 1
+                if rows == 1:
+                    self.counts["decode_token_rows"] += batch
+            return record
+
+        self.handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", tolerance: float = 1e-4,
+                          batch: int | None = None, scoring: str = "teacher", max_new_tokens: int = 8,
+                          key: str = "sweep_speedup") -> dict:
+    """Naive per-layer re-run time / fast sweep time on ``samples`` (same outputs required),
+    with the counted layer work of both modes (``details.layer_work``: from the conditions, the
+    naive and the every-row fast schedules; ``details.observed``: what a forward hook on every
+    decoder layer saw per question in each mode, row-level restart and decoding included).
+
+    ``scoring="generate"`` times the generation-scored sweep (identical predictions required).
+    Returns ``{key: float | None, key + "_reason": str | None, "details": ...}``.
     """
     try:
         from interp.analysis.sweep import masking_sweep
     except Exception as error:  # noqa: BLE001 - report why, do not fake a number
-        return {"sweep_speedup": None,
-                "sweep_speedup_reason": f"interp.analysis.sweep.masking_sweep not importable: "
-                                        f"{type(error).__name__}: {error}",
+        return {key: None,
+                f"{key}_reason": f"interp.analysis.sweep.masking_sweep not importable: {type(error).__name__}: {error}",
                 "details": {}}
     if batch is None:  # the sweep's own default: the count and the run use the same value
         batch = inspect.signature(masking_sweep).parameters["batch"].default
 
     def sweep(items, mode, which_layers=layers):
         return masking_sweep(vlm, items, variants=variants, layers=which_layers, mode=mode, batch=batch,
-                             progress=False)
+                             scoring=scoring, max_new_tokens=max_new_tokens, progress=False)
 
     try:
         # warm-up: both paths once on one layer (nnsight source instrumentation, first-call costs)
@@ -109,16 +158,24 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
         seconds = {"naive": [], "fast": []}
         cpu_seconds = {"naive": [], "fast": []}
         frames = {"naive": [], "fast": []}
+        observed = {"naive": [], "fast": []}
+        engine = {"naive": [], "fast": []}
         for i, sample in enumerate(samples):
             for mode in (("naive", "fast") if i % 2 == 0 else ("fast", "naive")):
                 gc.collect()
-                cpu_start, start = time.process_time(), time.perf_counter()
-                frames[mode].append(sweep([sample], mode))
-                seconds[mode].append(time.perf_counter() - start)
-                cpu_seconds[mode].append(time.process_time() - cpu_start)
+                before = dict(vlm.counts)
+                with LayerWork(vlm) as work:
+                    cpu_start, start = time.process_time(), time.perf_counter()
+                    frames[mode].append(sweep([sample], mode))
+                    seconds[mode].append(time.perf_counter() - start)
+                    cpu_seconds[mode].append(time.process_time() - cpu_start)
+                observed[mode].append(dict(work.counts))
+                engine[mode].append({name: vlm.counts[name] - before.get(name, 0) for name in vlm.counts
+                                     if vlm.counts[name] != before.get(name, 0)})
     except Exception as error:  # noqa: BLE001
-        return {"sweep_speedup": None,
-                "sweep_speedup_reason": f"masking_sweep(mode='naive'/'fast') failed: {type(error).__name__}: {error}",
+        return {key: None,
+                f"{key}_reason": f"masking_sweep(mode='naive'/'fast', scoring={scoring!r}) failed: "
+                                 f"{type(error).__name__}: {error}",
                 "details": {}}
 
     import pandas as pd
@@ -129,9 +186,15 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
     same_rows = bool((merged["_merge"] == "both").all())
     correct_same = same_rows and bool((merged["correct_naive"] == merged["correct_fast"]).all())
     logprob_diff = float((merged["logprob_naive"] - merged["logprob_fast"]).abs().max()) if same_rows else math.inf
+    predictions_same = None
+    if scoring == "generate":
+        predictions_same = same_rows and bool((merged["prediction_naive"] == merged["prediction_fast"]).all())
     work = layer_work(vlm.n_layers, _layer_list(layers, vlm.n_layers), variants,
                       teacher_forced_lengths(vlm, samples), batch)
+    per_question = {mode: {name: sum(q[name] for q in observed[mode]) / max(1, len(samples))
+                           for name in observed[mode][0]} for mode in observed}
     details = {
+        "scoring": scoring,
         "n_samples": len(samples),
         "variants": list(variants),
         "n_layers": vlm.n_layers,
@@ -141,25 +204,40 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
         "cpu_time_speedup": sum(cpu_seconds["naive"]) / sum(cpu_seconds["fast"]),
         "same_rows": same_rows,
         "correct_identical": correct_same,
+        "predictions_identical": predictions_same,
         "logprob_max_abs_diff": logprob_diff,
         "tolerance": tolerance,
         "layer_work": work,
+        "observed": {
+            "what": "per question, counted by a forward hook on every decoder layer: forwards (last-layer calls), "
+                    "decode_forwards (one-row steps), layer_calls, layer_token_rows (batch x rows per call)",
+            "per_question": per_question,
+            "per_sample": observed,
+            "layer_token_rows_ratio": per_question["naive"]["layer_token_rows"]
+                                      / max(1, per_question["fast"]["layer_token_rows"]),
+        },
+        "engine_counts": engine,
     }
+    if scoring == "generate":
+        details["max_new_tokens"] = max_new_tokens
     speedup = sum(seconds["naive"]) / sum(seconds["fast"])
     total = work["total"]
     n = max(1, len(samples))
-    log(f"sweep_speedup: measured {speedup:.2f}x wall, {details['cpu_time_speedup']:.2f}x cpu; counted per question "
-        f"naive {total['naive']['layer_row_forwards'] / n:.0f} vs fast "
-        f"{total['fast']['layer_row_forwards'] / n:.0f} layer-row forwards "
-        f"({work['layer_row_forwards_ratio']:.2f}x), {total['naive']['layer_token_rows'] / n:.0f} vs "
-        f"{total['fast']['layer_token_rows'] / n:.0f} layer x sequence rows "
-        f"({work['layer_token_rows_ratio']:.2f}x)")
-    if not (correct_same and logprob_diff <= tolerance):
-        return {"sweep_speedup": None,
-                "sweep_speedup_reason": f"fast and naive sweeps disagree (rows identical: {same_rows}, "
-                                        f"correct identical: {correct_same}, max logprob diff {logprob_diff:.2e})",
+    fast_rows = per_question["fast"]["layer_token_rows"]
+    log(f"{key} ({scoring}): measured {speedup:.2f}x wall, {details['cpu_time_speedup']:.2f}x cpu; per question "
+        f"layer x rows: naive {per_question['naive']['layer_token_rows']:.0f}, fast every-row schedule "
+        f"{total['fast']['layer_token_rows'] / n:.0f}, fast as run {fast_rows:.0f} "
+        f"({details['observed']['layer_token_rows_ratio']:.2f}x); forwards naive "
+        f"{per_question['naive']['forwards']:.0f} (decode steps {per_question['naive']['decode_forwards']:.0f}), "
+        f"fast {per_question['fast']['forwards']:.0f} (decode steps {per_question['fast']['decode_forwards']:.0f})")
+    agree = correct_same and logprob_diff <= tolerance and predictions_same is not False
+    if not agree:
+        return {key: None,
+                f"{key}_reason": f"fast and naive sweeps disagree (rows identical: {same_rows}, correct identical: "
+                                 f"{correct_same}, predictions identical: {predictions_same}, max logprob diff "
+                                 f"{logprob_diff:.2e})",
                 "details": details}
-    return {"sweep_speedup": speedup, "sweep_speedup_reason": None, "details": details}
+    return {key: speedup, f"{key}_reason": None, "details": details}
 
 
 def _layer_list(layers, n_layers: int) -> list[int]:

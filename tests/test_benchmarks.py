@@ -116,9 +116,9 @@ def test_counted_sweep_layer_work_is_what_the_sweep_runs():
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
-        for mode in ("naive", "fast"):
+        for mode, rows in (("naive", True), ("fast", False)):  # the fast schedule: every row of every condition
             calls.clear()
-            masking_sweep(vlm, samples, variants=variants, mode=mode, batch=batch, progress=False)
+            masking_sweep(vlm, samples, variants=variants, mode=mode, batch=batch, progress=False, rows=rows)
             expected = layer_work(vlm.n_layers, list(range(vlm.n_layers)), variants, lengths, batch)["total"][mode]
             seen = [shape for index in calls for shape in calls[index]]
             assert len(calls[vlm.n_layers - 1]) == expected["forwards"], mode  # every forward runs the last layer
@@ -126,8 +126,29 @@ def test_counted_sweep_layer_work_is_what_the_sweep_runs():
             assert sum(rows for rows, _ in seen) == expected["layer_row_forwards"], mode
             assert sum(rows * seq for rows, seq in seen) == expected["layer_token_rows"], mode
             assert {seq for _, seq in seen} == set(lengths.values()), mode
+        # the row-level restart (the default): the engine's own count is what the layers saw, and less
+        calls.clear()
+        vlm.counts.clear()
+        masking_sweep(vlm, samples, variants=variants, mode="fast", batch=batch, progress=False)
+        seen = [shape for index in calls for shape in calls[index]]
+        assert sum(rows * seq for rows, seq in seen) == vlm.counts["layer_token_rows"]
+        assert len(seen) == vlm.counts["layer_forwards"]
+        assert vlm.counts["layer_token_rows"] < expected["layer_token_rows"]
     finally:
         for handle in handles:
             handle.remove()
     work = layer_work(vlm.n_layers, list(range(vlm.n_layers)), variants, lengths, batch)
     assert work["layer_row_forwards_ratio"] > 1  # the fast sweep does less layer work
+
+
+def test_layer_work_hook_counts_decode_steps():
+    """The benchmark's hook counter sees generate's one-row decode steps as such."""
+    from benchmarks.sweep import LayerWork
+
+    vlm = tiny_vlm("llava", "sdpa")
+    prepared = vlm.prepare(models.organism_samples(1)[0].image, "What colour is the square?")
+    with LayerWork(vlm) as work:
+        out = vlm.run(prepared, generate=True, max_new_tokens=3)
+    steps = out.sequences.shape[1] - 1
+    assert work.counts["forwards"] == 1 + steps and work.counts["decode_forwards"] == steps
+    assert work.counts["layer_token_rows"] == vlm.n_layers * (prepared.seq_len + steps)

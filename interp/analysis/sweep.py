@@ -23,9 +23,15 @@ Scoring (``scoring=``):
   the teacher-forced log-probability.
 
 Execution (``mode=``): ``"fast"`` runs the clean pass once per sample and restarts
-each condition at its first edited layer, several conditions batched in one
-forward (:mod:`interp.engine.prefix`; teacher scoring, local models), and unembeds
-every condition's scored positions in one call per sample;
+each condition at its first edited layer, on the rows it can change only (a knockout
+from its query rows, an image-token edit from the first image token; the earlier
+rows' clean keys and values come through a ``DynamicCache``), several conditions
+batched in one forward and a layer run once for conditions whose input to it is the
+same (single/window/cumulative at their layer) (:mod:`interp.engine.prefix`; local
+models), and unembeds every condition's scored positions in one call per sample.
+With ``scoring="generate"`` each restart also keeps its prompt rows' keys and values
+and the sample's conditions then decode greedily as one batch, continuing
+``model.generate`` from those prefills (:mod:`interp.engine.decode`);
 ``"naive"`` runs every condition as a full pass through a
 :class:`~interp.interventions.Plan` (the reference the fast mode is tested
 against, and the path for ``remote=`` runs). ``"auto"`` picks fast where it applies.
@@ -42,7 +48,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
+from ..engine.decode import greedy_continue
+from ..engine.prefix import fill_kv, first_changed_row, restart, supports_prefix_reuse, unembed
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
 from ..interventions.base import resolve_layers
@@ -73,8 +80,7 @@ def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, win
 
 def fast_reason(vlm, scoring: str, remote) -> str | None:
     """Why the fast sweep does not apply (None when it does)."""
-    return supports_prefix_reuse(vlm) or ("generation scoring" if scoring == "generate" else None) or (
-        "remote execution" if remote not in (None, False) else None)
+    return supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
 
 
 def check_options(variants, scoring: str, mode: str, window: int) -> tuple[str, ...]:
@@ -101,21 +107,27 @@ def use_fast(vlm, mode: str, scoring: str, remote) -> bool:
 def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
                   window: int = 3, scale: float = PAPER_MASK_SCALE, scoring: str = "teacher", mode: str = "auto",
                   limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
-                  remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+                  remote: bool | str | None = None, progress: bool = True, rows: bool = True,
+                  decode_batch: int | None = None) -> pd.DataFrame:
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
-    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating."""
+    VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
+
+    Fast mode: ``rows=False`` restarts every condition on every row, one batch row each (the
+    reference the row-level restart is tested against); ``decode_batch`` caps how many conditions of a
+    sample decode together when generating (None: all; their prompt keys/values are held)."""
     variants = check_options(variants, scoring, mode, window)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
     fast = use_fast(vlm, mode, scoring, remote)
-    rows: list[dict] = []
+    out: list[dict] = []
     bar = tqdm(items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample",
                disable=not progress)
     for item in bar:
         sp = sample_pass(vlm, item, restartable=fast, remote=remote, attention_layers=None, residual_layers=None)
-        rows.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
-                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote))
-    return sweep_frame(rows, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
+        out.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
+                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote, rows=rows,
+                               decode_batch=decode_batch))
+    return sweep_frame(out, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
 
 
 def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float, window: int) -> pd.DataFrame:
@@ -126,11 +138,18 @@ def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float
 
 
 def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale: float, scoring: str, fast: bool,
-               max_new_tokens: int = 8, batch: int = 8, remote=None) -> list[dict]:
-    """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself)."""
+               max_new_tokens: int = 8, batch: int = 8, remote=None, rows: bool = True,
+               decode_batch: int | None = None) -> list[dict]:
+    """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself).
+
+    Fast mode only: ``rows`` restarts each condition on the rows it can change (see
+    :func:`interp.engine.prefix.first_changed_row`) and runs a layer once for conditions with
+    the same input to it (False: every row of every condition, one batch row each), ``decode_batch`` caps
+    how many conditions decode together when generating (None: all of the sample's)."""
     conditions = [(v, l) for l in layer_list for v in variants]
     if fast:
-        results = _fast(vlm, sp, conditions, window, scale, batch)
+        results = _fast(vlm, sp, conditions, window, scale, batch, scoring=scoring, max_new_tokens=max_new_tokens,
+                        rows=rows, decode_batch=decode_batch)
     else:
         results = _naive(vlm, sp, conditions, window, scale, scoring, max_new_tokens, remote)
     item = sp.item
@@ -138,28 +157,66 @@ def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale:
             for (variant, layer), result in results.items()]
 
 
-def _fast(vlm, sp: SamplePass, conditions, window, scale, batch) -> dict:
-    tf = sp.tf
-    logprob, match = tf.score(sp.clean.logits)
-    results = {("baseline", -1): {"correct": float(match), "logprob": logprob}}
-    by_start: dict[int, list] = {}
+def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str = "teacher",
+          max_new_tokens: int = 8, rows: bool = True, decode_batch: int | None = None) -> dict:
+    """Restart every condition from the clean pass: conditions that start at the same layer and
+    change the same rows run as one batch; unembedding once per sample. With generation
+    scoring each restart also keeps its prompt rows' keys and values, and the conditions of
+    the sample then decode together (:func:`interp.engine.decode.greedy_continue`)."""
+    tf, clean, item = sp.tf, sp.clean, sp.item
+    generate = scoring == "generate"
+    groups: dict[tuple[int, int], list] = {}
     for variant, layer in conditions:
-        by_start.setdefault(layer, []).append((variant, layer))
-    keys, finals = [], []
-    for start, group in by_start.items():
-        for i in range(0, len(group), batch):
-            chunk = group[i : i + batch]
-            bound = [Plan(condition(v, l, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
-                     for v, l in chunk]
-            hidden, _ = continue_from(vlm, sp.clean, start, bound)
-            keys.extend(chunk)
-            finals.append(hidden)
+        bound = Plan(condition(variant, layer, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
+        row = first_changed_row(vlm, clean, layer, [bound]) if rows else 0
+        groups.setdefault((layer, row), []).append(((variant, layer), bound))
+    keys, finals, prefills = [], [], []
+    for (start, row), members in groups.items():
+        for i in range(0, len(members), batch):
+            chunk = members[i : i + batch]
+            result = restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
+                             kv_rows=tf.prompt_len if generate else None, share=rows)
+            keys.extend(key for key, _ in chunk)
+            finals.append(result.hidden)
+            if generate:
+                prefills.append(result.kv)
+    scored = {("baseline", -1): clean.logits}
     if finals:
-        logits = unembed(vlm, torch.cat(finals))  # once per sample
-        for key, row in zip(keys, logits):
-            logprob, match = tf.score(row)
-            results[key] = {"correct": float(match), "logprob": logprob}
+        scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
+    results = {}
+    for key in [("baseline", -1)] + list(conditions):
+        logprob, match = tf.score(scored[key])
+        results[key] = {"correct": float(match), "logprob": logprob}
+    if generate:
+        kv = [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len]) for k, v in fill_kv(vlm, clean)]
+        prefills.insert(0, kv)
+        order = [("baseline", -1)] + keys
+        texts = _decode_all(vlm, sp, [scored[key][0] for key in order], prefills, max_new_tokens, decode_batch)
+        for key, text in zip(order, texts):
+            results[key]["prediction"] = text
+            results[key]["correct"] = item.score(text)
     return results
+
+
+def _decode_all(vlm, sp: SamplePass, first_logits: list, prefills: list, max_new_tokens: int,
+                decode_batch: int | None) -> list[str]:
+    """Decode every condition of a sample (``prefills``: per restart chunk, its per-layer keys
+    and values) in batches of ``decode_batch`` rows (None: all at once)."""
+    layer_rows = [[] for _ in range(vlm.n_layers)]
+    for kv in prefills:
+        for index, pair in enumerate(kv):
+            layer_rows[index].append(pair)
+    n = len(first_logits)
+    size = n if decode_batch is None else max(1, decode_batch)
+    keys = [torch.cat([k for k, _ in pairs]) for pairs in layer_rows]
+    values = [torch.cat([v for _, v in pairs]) for pairs in layer_rows]
+    logits = torch.stack(first_logits)
+    texts = []
+    for i in range(0, n, size):
+        kv = [(k[i : i + size], v[i : i + size]) for k, v in zip(keys, values)]
+        tokens = greedy_continue(vlm, sp.prepared, logits[i : i + size], kv, max_new_tokens)
+        texts.extend(vlm.decode(torch.tensor([row])) [0] for row in tokens)
+    return texts
 
 
 def _naive(vlm, sp: SamplePass, conditions, window, scale, scoring, max_new_tokens, remote) -> dict:

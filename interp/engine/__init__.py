@@ -4,7 +4,8 @@
   remote-safe path: everything it runs is torch and nnsight);
 * :mod:`interp.engine.prefix` — continuing from a captured clean pass: the clean
   forward runs once per sample, and each edited variant restarts at its first
-  edited layer (local models).
+  edited layer, on the rows it can change (local models);
+  :mod:`interp.engine.decode` continues greedy generation from such restarts.
 
 Interventions say what they do through their own interface
 (:class:`interp.interventions.base.Intervention`: ``sites``, ``edit_hidden``,
@@ -12,7 +13,8 @@ Interventions say what they do through their own interface
 """
 
 from .plan import Plan, RunResult, build_schedule, execute_step
-from .prefix import CleanPass, capture, continue_from, supports_prefix_reuse, unembed
+from .prefix import (CleanPass, Restart, capture, continue_from, fill_kv, first_changed_row, restart,
+                     supports_prefix_reuse, unembed)
 
-__all__ = ["CleanPass", "Plan", "RunResult", "build_schedule", "capture", "continue_from", "execute_step",
-           "supports_prefix_reuse", "unembed"]
+__all__ = ["CleanPass", "Plan", "Restart", "RunResult", "build_schedule", "capture", "continue_from", "execute_step",
+           "fill_kv", "first_changed_row", "restart", "supports_prefix_reuse", "unembed"]

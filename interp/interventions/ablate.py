@@ -28,9 +28,15 @@ class ImageTokenEdit(Intervention):
 
     def _bind(self, prepared) -> None:
         check_token_subset(self.tokens, prepared.n_image_tokens)
+        positions = prepared.image_positions
+        self._first_image = int(positions.min()) if positions.numel() else None
 
     def sites(self):
         return [(layer, "resid_pre") for layer in self.layers]
+
+    def first_row(self, layer, site) -> int | None:
+        """The first prefill row this edit can change: the first image token (None: no image tokens)."""
+        return self._first_image
 
     def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         positions = image_token_subset(self.tokens, ctx)

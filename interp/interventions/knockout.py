@@ -40,6 +40,13 @@ class AttentionKnockout(Intervention):
         self._dst = resolve_positions(self.dst, what="dst", **where)
         if isinstance(self._dst, str):  # "last" as a destination: the last prompt token
             self._dst = torch.tensor([prepared.seq_len - 1])
+        self._seq_len = prepared.seq_len
+
+    def first_row(self, layer, site) -> int | None:
+        """The first prefill row this knockout can change: its first query row (None: no query rows)."""
+        if isinstance(self._src, str):
+            return self._seq_len - 1
+        return int(self._src.min()) if self._src.numel() else None
 
     def sites(self):
         return [(layer, "attn_pattern") for layer in self.layers]

@@ -1,0 +1,155 @@
+"""The fast sweep's generation scoring and its row-level restart, against independent paths.
+
+* generation-scored fast sweep (restart + KV cache + batched greedy decoding) == the naive
+  sweep (one ``model.generate`` per condition through nnsight): identical predictions and
+  scores, on LLaVA, Gemma3 (sliding-window layers shorter than the prompt, bidirectional
+  image attention) and Qwen2-VL (M-RoPE);
+* the teacher-forced pass's prompt rows equal the prompt's own clean pass (causality);
+* row-level restart (only the rows a condition can change, the others' clean keys/values
+  from a ``DynamicCache``) == the every-row restart, and does less layer-row work;
+* ``first_changed_row`` by hand: query rows of a knockout, the first image token, lowered
+  to the start of a bidirectional image block;
+* layers shared by conditions with the same input (single/window/cumulative) run once.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.analysis.clean import sample_pass
+from interp.analysis.sweep import VARIANTS, masking_sweep, sweep_rows
+from interp.engine import capture
+from interp.engine.prefix import fill_kv, first_changed_row, restart
+from interp.interventions import AttentionKnockout, Plan, ScaleImageTokens
+
+from .conftest import tiny_vlm
+from .test_analysis import _items
+
+KEYS = ["item", "variant", "layer"]
+
+
+@pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("gemma3", "sdpa"), ("qwen2_vl", "sdpa")])
+def test_generation_scored_fast_sweep_equals_naive(model_type, attn):
+    vlm = tiny_vlm(model_type, attn)
+    items = _items(vlm, 2)
+    kwargs = dict(variants=VARIANTS, window=2, scoring="generate", max_new_tokens=4, progress=False)
+    vlm.counts.clear()
+    fast = masking_sweep(vlm, items, mode="fast", **kwargs)
+    fast_counts = dict(vlm.counts)
+    naive = masking_sweep(vlm, items, mode="naive", **kwargs)
+    assert fast.attrs["mode"] == "fast" and naive.attrs["mode"] == "naive"
+    assert "generate" not in fast_counts and fast_counts["decode_forward"] <= 2 * 3  # one batch per sample
+    merged = fast.merge(naive, on=KEYS, suffixes=("_fast", "_naive"))
+    assert len(merged) == len(fast) == len(naive) == 2 * (1 + len(VARIANTS) * vlm.n_layers)
+    assert (merged.prediction_fast == merged.prediction_naive).all()
+    assert (merged.correct_fast == merged.correct_naive).all()
+    assert (merged.logprob_fast - merged.logprob_naive).abs().max() < 1e-4
+    # the edits change what the random model says, so equal predictions are not trivially equal
+    assert merged.prediction_naive.nunique() > 2
+
+
+def test_generation_sweep_decodes_in_batches_and_auto_picks_fast():
+    vlm = tiny_vlm("llava", "sdpa")
+    items = _items(vlm, 1)
+    kwargs = dict(variants=("single", "knockout_last"), window=2, scoring="generate", max_new_tokens=3,
+                  progress=False)
+    whole = masking_sweep(vlm, items, **kwargs)
+    assert whole.attrs["mode"] == "fast"
+    split = masking_sweep(vlm, items, mode="fast", decode_batch=3, **kwargs)
+    assert whole.prediction.tolist() == split.prediction.tolist()
+    assert whole.correct.tolist() == split.correct.tolist()
+
+
+@pytest.mark.parametrize("model_type", ["llava", "gemma3", "qwen2_vl"])
+def test_teacher_forced_prompt_rows_equal_the_prompt_pass(model_type):
+    """What the generation path takes from the teacher-forced pass (its prompt rows' keys and
+    values) is what a clean pass of the prompt alone computes."""
+    vlm = tiny_vlm(model_type, "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    prompt = capture(vlm, sp.prepared, torch.tensor([sp.prepared.seq_len - 1]), keep_kv=True)
+    n = sp.prepared.seq_len
+    for (k_tf, v_tf), (k, v) in zip(fill_kv(vlm, sp.clean), prompt.kv):
+        assert k.shape[2] == n and k_tf.shape[2] > n
+        assert torch.allclose(k_tf[:, :, :n], k, atol=1e-6) and torch.allclose(v_tf[:, :, :n], v, atol=1e-6)
+    for (args_tf, _), (args, _) in zip(sp.clean.layer_inputs, prompt.layer_inputs):
+        assert torch.allclose(args_tf[0][:, :n], args[0], atol=1e-6)
+
+
+def _sweep(vlm, sp, rows):
+    vlm.counts.clear()
+    out = sweep_rows(vlm, sp, VARIANTS, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher",
+                     fast=True, rows=rows)
+    return {(r["variant"], r["layer"]): r for r in out}, dict(vlm.counts)
+
+
+@pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"),
+                                             ("qwen2_vl", "sdpa")])
+def test_row_level_restart_equals_every_row(model_type, attn):
+    vlm = tiny_vlm(model_type, attn)
+    for item in _items(vlm, 2):
+        sp = sample_pass(vlm, item, restartable=True, attention_layers=None, residual_layers=None)
+        rows, rows_counts = _sweep(vlm, sp, True)
+        full, full_counts = _sweep(vlm, sp, False)
+        assert rows.keys() == full.keys()
+        for key in full:
+            assert rows[key]["correct"] == full[key]["correct"], key
+            assert abs(rows[key]["logprob"] - full[key]["logprob"]) < 1e-4, key
+        # less work: knockouts recompute their query rows only; shared layer-l forwards
+        assert rows_counts["layer_token_rows"] < 0.8 * full_counts["layer_token_rows"]
+        cumulative0 = rows[("cumulative", 0)]["logprob"]
+        assert abs(cumulative0 - rows[("baseline", -1)]["logprob"]) > 1e-3
+
+
+def test_first_changed_row_by_hand():
+    vlm = tiny_vlm("llava", "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    tf = sp.tf
+    image, question = tf.prepared.image_positions, tf.prepared.question_positions
+
+    def row(*items, start=1):
+        return first_changed_row(vlm, sp.clean, start, [Plan(list(items)).bind(vlm, tf.prepared)])
+
+    assert row(AttentionKnockout([tf.last_prompt_position], "image", [1, 2])) == tf.last_prompt_position
+    assert row(AttentionKnockout("question", "image", [1])) == int(question.min())
+    assert row(ScaleImageTokens([1, 2])) == int(image.min())
+    # an edit below the restart layer is the clean pass's (a recorder would be read from it)
+    assert row(ScaleImageTokens([0]), AttentionKnockout("question", "image", [2]), start=1) == int(question.min())
+    # the first scored position bounds it: rows from there on are always recomputed
+    assert row(AttentionKnockout([int(tf.positions.max())], "image", [1])) == int(tf.positions.min())
+    middle = int(image[len(image) // 2])
+    assert row(AttentionKnockout([middle], "text", [1])) == middle  # causal: rows before it never see it
+
+
+def test_first_changed_row_respects_bidirectional_image_attention():
+    """Gemma3's image tokens attend to each other both ways: a change at a middle image row
+    reaches the image rows before it, so the restart starts at the first image token."""
+    vlm = tiny_vlm("gemma3", "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    image = sp.tf.prepared.image_positions
+    middle = int(image[len(image) // 2])
+    bound = Plan(AttentionKnockout([middle], "text", [1])).bind(vlm, sp.tf.prepared)
+    assert first_changed_row(vlm, sp.clean, 1, [bound]) == int(image.min())
+    # ... and the row-level restart from there equals the every-row one
+    a = restart(vlm, sp.clean, 1, [bound], first_row=int(image.min())).hidden
+    b = restart(vlm, sp.clean, 1, [bound], first_row=0).hidden
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_shared_layer_forward_for_identical_inputs():
+    vlm = tiny_vlm("llava", "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    n_layers, start = vlm.n_layers, 1
+    variants = [Plan(ScaleImageTokens(layers, 1e-9)).bind(vlm, sp.tf.prepared)
+                for layers in ([start], [start, start + 1], list(range(start, n_layers)))]
+    row = first_changed_row(vlm, sp.clean, start, variants)
+    fill_kv(vlm, sp.clean)  # the clean keys/values, computed once per sample (not counted here)
+    vlm.counts.clear()
+    shared = restart(vlm, sp.clean, start, variants, first_row=row).hidden
+    shared_forwards = vlm.counts["layer_forwards"]
+    vlm.counts.clear()
+    alone = restart(vlm, sp.clean, start, variants, first_row=row, share=False).hidden
+    assert vlm.counts["layer_forwards"] == 3 * (n_layers - start)
+    # layer `start`: one forward for the three; layer start+1: window == cumulative
+    assert shared_forwards == vlm.counts["layer_forwards"] - 3
+    assert torch.allclose(shared, alone, atol=1e-6)
