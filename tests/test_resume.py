@@ -142,4 +142,4 @@ def test_other_settings_a_second_writer_and_unwritable_outputs_are_refused(tmp_p
     older.mkdir()
     (older / "report.json").write_text("{}")
     foreign = _interp(*ARGS, "--out", str(older), check=False)
-    assert foreign.returncode == 2 and "older run" in foreign.stderr and (older / "report.json").read_text() == "{}"
+    assert foreign.returncode == 2 and "no resumable" in foreign.stderr and (older / "report.json").read_text() == "{}"
