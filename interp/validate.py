@@ -54,7 +54,7 @@ def layer_list(layers: Any) -> list[int] | str:
         if layers != "all":
             raise LayerIndexError(f"layers must be an int, an iterable of ints or 'all', got {layers!r}")
         return layers
-    if isinstance(layers, numbers.Number) or hasattr(layers, "__index__"):
+    if isinstance(layers, numbers.Number) or getattr(layers, "ndim", None) == 0:  # one layer
         return [layer_index(layers)]
     try:
         items = list(layers)
