@@ -37,7 +37,7 @@ class PaperFigure(Figure):
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        self.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
         return buffer.getvalue()
 
 
