@@ -143,6 +143,24 @@ def _grid_lists(grid: np.ndarray) -> list:
     return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in grid]
 
 
+def _sqrt_scale(top: float) -> tuple[dict, float]:
+    """Colour-bar ticks for values drawn as their square root (small shares stay visible),
+    labelled with the values themselves; and the top of the drawn range."""
+    top = top if top > 0 else 1.0
+    ticks = [t for t in np.linspace(0, top, 5)]
+    return dict(tickvals=[float(np.sqrt(t)) for t in ticks], ticktext=[f"{t:.3g}" for t in ticks]), float(np.sqrt(top))
+
+
+def _drawn(grid: np.ndarray) -> list:
+    return _grid_lists(np.sqrt(np.clip(grid, 0, None)))
+
+
+def _start_layer(grids: np.ndarray) -> int:
+    """The layer whose attention is most concentrated (its hottest cell): where to open the slider."""
+    peaks = [np.nanmax(g) if np.isfinite(g).any() else -1.0 for g in grids]
+    return int(np.argmax(peaks))
+
+
 def _relevant_shapes(relevant: np.ndarray | None, width: int, height: int, xref="x", yref="y") -> list[dict]:
     if relevant is None:
         return []
@@ -165,18 +183,20 @@ def attention_figure(sample: SampleAttention):
     mean = sample.head_mean
     width, height = sample.image.size
     rows, cols = mean.shape[1:]
-    top = float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0
-    start = mean.shape[0] - 1
+    ticks, top = _sqrt_scale(float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
+    start = _start_layer(mean)
     fig = go.Figure([
         go.Image(source=_png_data_uri(sample.image), hoverinfo="skip"),
-        go.Heatmap(z=_grid_lists(mean[start]), x=_cell_centres(cols, width), y=_cell_centres(rows, height),
-                   zmin=0, zmax=top, colorscale=SPOTLIGHT, hovertemplate="row %{y:.0f} col %{x:.0f}<br>"
-                   "attention %{z:.4f}<extra></extra>", colorbar=dict(title=dict(text="share of<br>image attn"))),
+        go.Heatmap(z=_drawn(mean[start]), customdata=_grid_lists(mean[start]), x=_cell_centres(cols, width),
+                   y=_cell_centres(rows, height), zmin=0, zmax=top, colorscale=SPOTLIGHT,
+                   hovertemplate="attention %{customdata:.4f}<extra></extra>",
+                   colorbar=dict(title=dict(text="share of<br>image attn<br>(sqrt scale)"), **ticks)),
     ])
     fig.update_layout(
         title=dict(text=html.escape(f"{sample.question}  →  {sample.answer}  (expected: {sample.answers[0]})"
                                     if sample.answers else f"{sample.question}  →  {sample.answer}"), font=dict(size=13)),
-        sliders=[_slider(mean.shape[0], lambda layer: [{"z": [_grid_lists(mean[layer])]}, [1]], active=start)],
+        sliders=[_slider(mean.shape[0], lambda layer: [{"z": [_drawn(mean[layer])],
+                                                        "customdata": [_grid_lists(mean[layer])]}, [1]], active=start)],
         shapes=_relevant_shapes(sample.relevant, width, height), width=520, height=560, margin=dict(l=20, r=20, t=60, b=20),
     )
     fig.update_xaxes(visible=False, range=[0, width])
@@ -194,17 +214,20 @@ def heads_figure(sample: SampleAttention):
     grid_rows = -(-n_heads // per_row)
     fig = make_subplots(rows=grid_rows, cols=per_row, subplot_titles=[f"head {h}" for h in range(n_heads)],
                         horizontal_spacing=0.02, vertical_spacing=0.08)
-    top = float(np.nanmax(sample.grids)) if np.isfinite(sample.grids).any() else 1.0
-    start = n_layers - 1
+    ticks, top = _sqrt_scale(float(np.nanmax(sample.grids)) if np.isfinite(sample.grids).any() else 1.0)
+    start = _start_layer(sample.head_mean)
     for head in range(n_heads):
-        fig.add_trace(go.Heatmap(z=_grid_lists(sample.grids[start, head]), zmin=0, zmax=top, colorscale="Viridis",
-                                 showscale=head == 0, hovertemplate=f"head {head}<br>" + "row %{y} col %{x}<br>"
-                                 "attention %{z:.4f}<extra></extra>"),
+        fig.add_trace(go.Heatmap(z=_drawn(sample.grids[start, head]), customdata=_grid_lists(sample.grids[start, head]),
+                                 zmin=0, zmax=top, colorscale="Viridis", showscale=head == 0,
+                                 colorbar=dict(title=dict(text="attention<br>(sqrt scale)"), **ticks),
+                                 hovertemplate=f"head {head}<br>" + "row %{y} col %{x}<br>"
+                                 "attention %{customdata:.4f}<extra></extra>"),
                       row=head // per_row + 1, col=head % per_row + 1)
     traces = list(range(n_heads))
     fig.update_layout(
-        title=dict(text="per head (same colour scale for all heads and layers)", font=dict(size=13)),
-        sliders=[_slider(n_layers, lambda layer: [{"z": [_grid_lists(sample.grids[layer, h]) for h in traces]},
+        title=dict(text="per head (one colour scale for all heads and layers)", font=dict(size=13)),
+        sliders=[_slider(n_layers, lambda layer: [{"z": [_drawn(sample.grids[layer, h]) for h in traces],
+                                                   "customdata": [_grid_lists(sample.grids[layer, h]) for h in traces]},
                                                   traces], active=start)],
         height=170 * grid_rows + 160, width=min(1100, 150 * per_row + 120), margin=dict(l=20, r=20, t=60, b=20),
     )
@@ -231,8 +254,9 @@ def masking_figure(run: RunData):
                                  hovertemplate=f"{variant}<br>layer %{{x}}: %{{y:.3f}} "
                                                "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>"))
     if run.baseline:
-        fig.add_hrect(y0=run.baseline["low"], y1=run.baseline["high"], fillcolor="grey", opacity=0.15, line_width=0)
-        fig.add_hline(y=run.baseline["mean"], line=dict(color="black", dash="dot"),
+        fig.add_hrect(y0=run.baseline["low"], y1=run.baseline["high"], fillcolor="grey", opacity=0.15, line_width=0,
+                      layer="below")
+        fig.add_hline(y=run.baseline["mean"], line=dict(color="black", dash="dot", width=1), layer="below",
                       annotation_text=f"no edit {run.baseline['mean']:.3f}", annotation_position="bottom right")
     fusion = (run.findings.get("single") or {}).get("fusion_layers") or []
     if fusion:

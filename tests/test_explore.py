@@ -57,6 +57,14 @@ def test_attention_equals_hf_eager(vlm, samples):
             if p >= 0:
                 expected[:, r, c] = attention[0, :, -1, p].float().numpy()
         np.testing.assert_allclose(shown.grids[layer], expected, atol=1e-5, equal_nan=True)
+    # the overlay draws the head mean of the layer its slider opens at (as its square root)
+    from interp.explore import attention_figure
+
+    figure = attention_figure(shown)
+    layer = figure.layout.sliders[0].active
+    mean = np.nanmean(shown.grids[layer], axis=0)
+    np.testing.assert_allclose(np.array(figure.data[1].customdata, dtype=float), mean, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(np.array(figure.data[1].z, dtype=float) ** 2, mean, atol=1e-5, equal_nan=True)
 
 
 def test_read_run(tmp_path):
@@ -98,7 +106,7 @@ def _chromium() -> str | None:
 
 
 def test_page_in_headless_chromium(vlm, samples, tmp_path):
-    """The page loads with no console error; clicking the slider's first step changes the
+    """The page loads with no console error; clicking the slider's far end changes the
     overlay (its data and its pixels); the screenshot is not blank."""
     browser_path = _chromium()
     if browser_path is None:
@@ -119,12 +127,15 @@ def test_page_in_headless_chromium(vlm, samples, tmp_path):
             page.wait_for_function("document.querySelectorAll('#attention-0 .slider-rail-rect').length === 1")
             figure = page.locator("#attention-0")
             overlay = "JSON.stringify(document.getElementById('attention-0').data[1].z)"
-            before_z, before_png = page.evaluate(overlay), figure.screenshot()
+            active = "document.getElementById('attention-0').layout.sliders[0].active"
+            before_z, before_png, start = page.evaluate(overlay), figure.screenshot(), page.evaluate(active)
             rail = page.locator("#attention-0 .slider-rail-rect").bounding_box()
-            page.mouse.click(rail["x"] + 2, rail["y"] + rail["height"] / 2)  # the first step: layer 0
+            target = 0 if start != 0 else vlm.n_layers - 1  # the slider's far end from where it opened
+            x = rail["x"] + 2 if target == 0 else rail["x"] + rail["width"] - 2
+            page.mouse.click(x, rail["y"] + rail["height"] / 2)
             page.wait_for_function(f"{overlay} !== {json.dumps(before_z)}")
             after_png = figure.screenshot()
-            assert page.evaluate("document.getElementById('attention-0').layout.sliders[0].active") == 0
+            assert page.evaluate(active) == target
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
