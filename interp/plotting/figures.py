@@ -216,7 +216,7 @@ def early_output(accuracy: pd.DataFrame, *, final: float | None = None, out_dir:
         ax.fill_between(accuracy.layer, accuracy.low, accuracy.high, color=COLOURS["blue"], alpha=0.15, lw=0)
         if final is not None:
             ax.axhline(final, color="black", ls="--", lw=1, label="model output")
-        ax.legend(frameon=False, loc="upper left")
+        ax.legend(frameon=False, loc="center left")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("layer read out")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
