@@ -206,7 +206,7 @@ def test_help_is_fast_and_imports_no_torch():
     seconds, torch_loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                                            check=True).stdout.split()
     assert torch_loaded == "False"
-    assert float(seconds) < 2.0
+    assert float(seconds) < 3.0  # 0.24 s measured (8-12 s before the imports were lazy)
 
 
 def test_load_prints_no_torchvision_note():
