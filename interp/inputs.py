@@ -62,7 +62,9 @@ def read_image_file(path: Path, error: type[Exception] = InputError) -> Image.Im
 def load_image(image: ImageLike) -> Image.Image:
     """A PIL RGB image from a path, a PIL image or an HxWx3 array; one clear error otherwise."""
     if isinstance(image, (str, Path)):
-        return read_image_file(Path(image))
+        from .validate import image_reference
+
+        return read_image_file(Path(image_reference(image)))
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     try:

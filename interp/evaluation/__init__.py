@@ -4,20 +4,21 @@
 appending one JSONL row per document; ``summarize(task, rows)`` aggregates;
 ``merge_shards(paths, out)`` (:mod:`.shards`) joins the files of a ``--shard i/n``
 run. The command line is ``interp evaluate`` / ``interp merge`` (:mod:`.cli`).
+The names are imported on first use, so the command line's ``--help`` stays fast.
 """
 
-from .results import TIMING_FIELDS, ResultsFileError, ResumeError, read_results
-from .runner import evaluate, summarize
-from .shards import ShardError, merge_shards, parse_shard
+from importlib import import_module
 
-__all__ = [
-    "ResultsFileError",
-    "ResumeError",
-    "ShardError",
-    "TIMING_FIELDS",
-    "evaluate",
-    "merge_shards",
-    "parse_shard",
-    "read_results",
-    "summarize",
-]
+_LAZY = {
+    "TIMING_FIELDS": ".results", "ResultsFileError": ".results", "ResumeError": ".results", "read_results": ".results",
+    "evaluate": ".runner", "summarize": ".runner",
+    "ShardError": ".shards", "merge_shards": ".shards", "parse_shard": ".shards",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,25 +19,42 @@ import sys
 from pathlib import Path
 
 
+def task_name(text: str) -> str:
+    """An ``argparse`` type: one registered task (the registry loads only when parsing ``--task``)."""
+    import argparse
+
+    from ..data.tasks import TASKS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"one task at a time, got {text!r}")
+    if names[0] not in TASKS:
+        raise argparse.ArgumentTypeError(f"unknown task {names[0]!r}; choose from {', '.join(TASKS)}")
+    return names[0]
+
+
 def add_commands(subparsers) -> None:
     """Register ``evaluate`` and ``merge`` on the ``interp`` command's subparsers."""
-    from ..data.tasks import TASKS
+    from ..cli_args import add_model_args, positive_int
 
     evaluate = subparsers.add_parser(
         "evaluate", help="run a model on a VQA benchmark (resumable, shardable)",
         description="Answer and score every question of a benchmark; with --out, rows are appended "
                     "as they come and rerunning the command resumes.")
-    evaluate.add_argument("--model", required=True, help="a HF id, a local dir, tiny:<model_type> or organism")
-    evaluate.add_argument("--task", required=True, choices=list(TASKS))
+    add_model_args(evaluate, default=None)  # --model (or --model_args pretrained=...), --dtype, --device-map, ...
+    evaluate.add_argument("--task", "--tasks", dest="task", required=True, type=task_name,
+                          help="the benchmark, e.g. textvqa or synthetic (a wrong name lists them all)")
     evaluate.add_argument("--data-dir", default=None, help="the benchmark's files (official or a local HF copy)")
     evaluate.add_argument("--split", default=None, help="default: the task's (e.g. validation)")
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    evaluate.add_argument("--out", default=None, help="per-sample results JSONL (resumed if it exists)")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N questions")
+    evaluate.add_argument("--out", "--output_path", dest="out", default=None,
+                          help="per-sample results JSONL (resumed if it exists); a directory: <task>.jsonl in it")
     evaluate.add_argument("--shard", default=None, help="i/n: run the i-th of n slices (1-based)")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="questions per generate call (llava family)")
+    evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
+                          help="questions per generate call (llava family)")
     evaluate.add_argument("--prompt-suffix", default=None,
                           help="text after the question, on a new line (default: the task's; '' for none)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
+    evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     evaluate.add_argument("--check-images", action="store_true", help="check every image exists before starting")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -79,17 +96,21 @@ def _print_summary(report: dict, as_json: bool) -> None:
 
 def _evaluate(args) -> int:
     from .. import load
+    from ..cli_args import model_and_kwargs
     from ..data.tasks import load_task
     from .runner import can_batch, evaluate, summarize
     from .shards import parse_shard
 
     parse_shard(args.shard)  # a bad --shard fails before anything loads
+    model, load_kwargs = model_and_kwargs(args)
+    if args.out and (Path(args.out).is_dir() or args.out.endswith(("/", "\\"))):  # lmms-eval's --output_path DIR
+        args.out = str(Path(args.out) / f"{args.task}.jsonl")
     if args.out is not None:  # so does an --out that cannot be written, is in use or is not a results file
         from .results import check_results_out
 
         check_results_out(Path(args.out))
     task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
-    vlm = load(args.model)
+    vlm = load(model, **load_kwargs)
     if args.batch_size not in (None, 1) and not can_batch(vlm):
         print(f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time",
               file=sys.stderr)

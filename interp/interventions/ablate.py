@@ -59,8 +59,10 @@ class ScaleImageTokens(ImageTokenEdit):
     """
 
     def __init__(self, layers: Any, scale: Any = PAPER_MASK_SCALE, tokens: Any = None, every_step: bool = False):
+        from ..validate import scale as check_scale
+
         super().__init__(layers, tokens, every_step)
-        self.scale = scale
+        self.scale = check_scale(scale)
 
     def edit(self, values, ctx, layer):
         scale = self.scale(ctx) if callable(self.scale) else self.scale

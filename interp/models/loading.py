@@ -29,6 +29,42 @@ def _resolve_dtype(dtype: Any) -> Any:
         raise InterpError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'") from None
 
 
+def resolve_config(name: str) -> tuple[str | None, str, Any]:
+    """``(label, path or id, config)`` of a model name (organism variant, local directory
+    or HF id) without loading any weights; ``label`` is the organism variant's name."""
+    from transformers import AutoConfig
+
+    from .organism import VARIANTS, organism_dir
+
+    label = None
+    if name in VARIANTS:
+        label, name = name, str(organism_dir(name))
+
+    local = Path(name).expanduser()
+    if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
+        if not local.is_dir():
+            raise InterpError(f"model directory not found: {local}")
+        if not (local / "config.json").is_file():
+            raise InterpError(f"no config.json in model directory {local}: pass a directory written by "
+                              "save_pretrained (config.json, weights, processor files), a HF id or 'organism'")
+        name = str(local)
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise InterpError(f"cannot load a model config from {name!r}: {str(error).splitlines()[0]}") from None
+    return label, name, config
+
+
+def load_config(name: str) -> Any:
+    """The HF config of a model (``tiny:<type>``, organism, directory or HF id), weights untouched."""
+    if name.startswith("tiny:"):
+        from .tiny import build_tiny
+
+        adapter_for(name.split(":", 1)[1])
+        return build_tiny(name.split(":", 1)[1])[0].config  # tiny: built in milliseconds
+    return resolve_config(name)[2]
+
+
 def load(
     name_or_path: Any = "tiny:llava",
     processor: Any = None,
@@ -77,28 +113,11 @@ def load(
             model = model.to(_resolve_dtype(dtype))
         return VLM(_wrap(model, tiny_processor), tiny_processor, adapter_for(model.config), name=name, remote=remote)
 
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     from .processors import load_processor
 
-    from .organism import VARIANTS, organism_dir
-
-    label = None
-    if name in VARIANTS:
-        label, name = name, str(organism_dir(name))
-
-    local = Path(name).expanduser()
-    if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():
-        if not local.is_dir():
-            raise InterpError(f"model directory not found: {local}")
-        if not (local / "config.json").is_file():
-            raise InterpError(f"{local} holds no config.json, so it is not a HF model directory (an empty or "
-                              f"unfinished download?); give the directory that has config.json and the weights")
-        name = str(local)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise InterpError(f"cannot load a model config from {name!r}: {str(error).splitlines()[0]}") from None
+    label, name, config = resolve_config(name)
     adapter = adapter_for(config)  # unsupported families fail here, before any weights load
     if processor is None:
         processor = load_processor(name)

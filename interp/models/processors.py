@@ -9,9 +9,38 @@ processor left out, so images and text still go through the unmodified HF code.
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InterpError
+
+#: transformers' note (logged once per process, by ``transformers.utils.import_utils``)
+#: that ``XImageProcessor`` uses its PIL twin because torchvision is absent. That twin is
+#: what interp wants (no torchvision dependency), so the note says nothing to our users.
+TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+@contextmanager
+def quiet_torchvision_fallback():
+    """While processors are built: drop exactly transformers' torchvision-fallback note
+    (a filter on the one logger that emits it, removed on exit; nothing else is hidden)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    drop = _DropMessage(TORCHVISION_FALLBACK)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def image_only_processor(processor_class):
@@ -39,6 +68,11 @@ def _processor_class_name(name: str) -> str | None:
 def load_processor(name: str):
     """``AutoProcessor.from_pretrained(name)``, or its image-only variant when the
     video processor cannot be built here."""
+    with quiet_torchvision_fallback():
+        return _load_processor(name)
+
+
+def _load_processor(name: str):
     import transformers
     from transformers import AutoProcessor
 

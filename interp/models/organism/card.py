@@ -23,12 +23,10 @@ def _centre(config: dict, text: str) -> str:
 
 
 def loss_curve(log: list[dict], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # pyplot-free: no backend is chosen or switched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     tower = [e for e in log if e["stage"] == 0]  # (stage 0.5, the projector regression, is not drawn)
     axes[0].plot([e["step"] for e in tower], [e["loss"] for e in tower], label="loss")
     axes[0].plot([e["step"] for e in tower], [e["patch_accuracy"] for e in tower], label="patch accuracy")
@@ -48,7 +46,6 @@ def loss_curve(log: list[dict], path: Path) -> None:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _answer_params(config: dict, attention: bool) -> str:

@@ -19,10 +19,13 @@ TINY_MODULES = FAMILY_MODULES
 
 
 def _builders() -> dict:
+    from ..processors import quiet_torchvision_fallback
+
     out = {}
-    for name in TINY_MODULES:
-        module = importlib.import_module(f"{__name__}.{name}")
-        out[module.MODEL_TYPE] = module.build
+    with quiet_torchvision_fallback():  # the family modules import their processor classes
+        for name in TINY_MODULES:
+            module = importlib.import_module(f"{__name__}.{name}")
+            out[module.MODEL_TYPE] = module.build
     return out
 
 
@@ -38,7 +41,10 @@ def build_tiny(model_type: str, spec: TinySpec | None = None, **overrides):
             f"no tiny builder for model_type {model_type!r}; available: {', '.join(sorted(builders))}"
         )
     spec = (spec or TinySpec()).with_(**overrides)
-    return builders[model_type](spec)
+    from ..processors import quiet_torchvision_fallback
+
+    with quiet_torchvision_fallback():
+        return builders[model_type](spec)
 
 
 def save_tiny(model_type: str, directory: str | Path, spec: TinySpec | None = None, **overrides) -> Path:
