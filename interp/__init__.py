@@ -29,6 +29,7 @@ _LAZY = {
     "MeanAblateImageTokens": ".interventions", "NoiseAblateImageTokens": ".interventions",
     "Plan": ".interventions", "RecordAttention": ".interventions", "RecordResidual": ".interventions",
     "RunResult": ".interventions", "ScaleImageTokens": ".interventions",
+    "ActivationCache": ".cache",
     "load": ".models.loading",
     "VLM": ".models.vlm",
 }
@@ -49,6 +50,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
+    from .cache import ActivationCache  # noqa: F401
     from .hooks import all_hook_names, parse_hook_name  # noqa: F401
     from .inputs import Prepared  # noqa: F401
     from .interventions import (  # noqa: F401
