@@ -33,7 +33,8 @@ def _hooks(args) -> int:
     from .models.loading import load_config
 
     config = load_config(args.model)
-    for name in all_hook_names(adapter_for(config).n_layers(config)):
+    adapter = adapter_for(config)
+    for name in all_hook_names(adapter.n_layers(config), adapter.n_vision_layers_in_config(config)):
         print(name)
     return 0
 

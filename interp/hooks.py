@@ -104,20 +104,11 @@ def site_order(layer: int | None, site: str) -> tuple[int, int, int]:
 
 
 def check_layer(layer: int, n_layers: int, what: str = "decoder layers") -> int:
-    """A layer index in range (negative counts from the end), or one clear error."""
-    if isinstance(layer, bool):
-        raise LayerIndexError(f"layer index must be an integer, got {layer!r}")
-    if not isinstance(layer, int):
-        if isinstance(layer, float) and layer.is_integer():
-            layer = int(layer)
-        else:
-            try:
-                as_int = int(layer)
-            except (TypeError, ValueError):
-                raise LayerIndexError(f"layer index must be an integer, got {layer!r}") from None
-            if isinstance(layer, float) or as_int != layer:
-                raise LayerIndexError(f"layer index must be an integer, got {layer!r}")
-            layer = as_int
+    """A layer index in range (negative counts from the end), or one clear error
+    (``1.5``, ``"3"``, ``True`` are refused, never truncated to a layer)."""
+    from .validate import layer_index
+
+    layer = layer_index(layer)
     resolved = layer + n_layers if layer < 0 else layer
     if not 0 <= resolved < n_layers:
         raise LayerIndexError(

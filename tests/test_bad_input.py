@@ -192,12 +192,15 @@ def test_hooks_reads_the_config_only(tmp_path, capsys):
     """A directory with a config and no weights lists its hook names."""
     from interp.hooks import all_hook_names
 
-    config = interp.load("tiny:llava").config
+    vlm = interp.load("tiny:llava")
+    config = vlm.config
     config.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.safetensors"))
     assert main(["hooks", "--model", str(tmp_path)]) == 0
     names = capsys.readouterr().out.split()
-    assert names == all_hook_names(config.text_config.num_hidden_layers)
+    assert names == all_hook_names(config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)
+    assert names == vlm.hook_names()  # the same list the loaded model gives
+    assert "vision.hook_projected" in names and "blocks.0.attn.hook_q" in names
 
 
 def test_help_is_fast_and_imports_no_torch():

@@ -152,11 +152,10 @@ class VLM:
             remote = self.remote
         if not remote:
             return {}
-        if remote is True and not os.environ.get("NDIF_API_KEY"):
-            from nnsight import CONFIG
+        if remote is True:
+            from ..validate import ndif_api_key
 
-            if not CONFIG.API.APIKEY:
-                raise InterpError("remote=True needs an NDIF API key: set NDIF_API_KEY (see https://nnsight.net)")
+            ndif_api_key()
         _register_for_remote()
         return {"remote": remote}
 
@@ -169,8 +168,12 @@ class VLM:
     def run(self, prepared: Prepared, *interventions, generate: bool = False, max_new_tokens: int = 16,
             remote: bool | str | None = None, **generate_kwargs):
         """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`."""
+        from .. import validate
         from ..engine.plan import Plan
 
+        prepared = validate.prepared(prepared)
+        if generate:
+            validate.max_new_tokens(max_new_tokens)
         return Plan(*interventions).run(
             self, prepared, generate=generate, max_new_tokens=max_new_tokens,
             remote=remote, **generate_kwargs,

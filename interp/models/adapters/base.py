@@ -184,6 +184,15 @@ class FamilyAdapter:
                  "mlp_name", "q_name", "k_name", "v_name", "o_name", "mid_norm_name")
         return {name: getattr(self, name) for name in names}
 
+    def n_vision_layers_in_config(self, config: Any) -> int:
+        """Vision-tower blocks from the config alone (no weights): 0 when it does not say."""
+        vision = getattr(config, "vision_config", None)
+        for field_name in ("num_hidden_layers", "depth", "num_layers"):
+            value = getattr(vision, field_name, None)
+            if isinstance(value, int):
+                return value
+        return 0
+
     def n_vision_layers(self, model: Any) -> int:
         """Blocks in the vision tower (0 if the path does not exist in this model)."""
         try:
