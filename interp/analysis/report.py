@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..outputs import write_atomic
 from .attention import layer_distances, noise_mass, noise_summary, persistent_noise, relevant_mass, share_grid, token_grid
 from .contrastive import compare_to_baseline
 from .items import Item
@@ -40,8 +41,8 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "") -> dict:
     effects, baseline, findings, review = tables.effects, tables.baseline, tables.findings, tables.review
     reference = review - 1
     boot = dict(n_boot=config.n_boot, seed=config.seed)
-    sweep.to_csv(out / "masking_sweep.csv", index=False)
-    contrastive.to_csv(out / "contrastive.csv", index=False)
+    write_atomic(out / "masking_sweep.csv", sweep.to_csv(index=False))
+    write_atomic(out / "contrastive.csv", contrastive.to_csv(index=False))
 
     has_boxes = any(item.has_boxes for item in items)
     attention_report: dict = {"has_boxes": has_boxes}
@@ -72,14 +73,14 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "") -> dict:
     primary_rows = contrastive[(contrastive.method == "v1") & (contrastive.candidates == name)
                                & (contrastive.rho == rho) & (contrastive.distance == distance)]
     histogram = primary_rows.pre_layer.value_counts().rename_axis("layer").reset_index(name="count").sort_values("layer")
-    rho_rows = comparison[(comparison.method == "v1") & (comparison.candidates == name) & (comparison.distance == distance)]
 
     plotting.masking_curve(effects[effects.variant.isin(config.variants)], baseline=baseline,
-                           findings={v: f.to_dict() for v, f in findings.items()}, out_dir=out,
-                           title=f"{vlm.name}: image tokens masked at one layer (n={len(items)})")
-    plotting.accuracy_vs_rho(rho_rows.sort_values("rho"), out_dir=out)
+                           findings={v: f.to_dict() for v, f in findings.items()}, out_dir=out, n=len(items),
+                           title=f"{vlm.name}: accuracy when image tokens are masked, or attention to them "
+                                 "knocked out, at layer l")
+    plotting.accuracy_vs_rho(comparison, baseline=baseline, out_dir=out, n=len(items))
     plotting.pre_layer_histogram(histogram, n_layers=vlm.n_layers, out_dir=out)
-    example = _example(items, maps, out, review, reference, contrastive, config)
+    example = _example(items, maps, out, review, reference, contrastive, config, tables.example)
     _heatmaps(vlm, items, maps, out, config)
 
     report = {
@@ -101,8 +102,8 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "") -> dict:
                         "example": example},
         "per_kind_baseline": _per_kind(sweep),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_markdown(report))
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_atomic(out / "report.md", render_markdown(report))
     return report
 
 
@@ -113,7 +114,7 @@ def _per_kind(sweep: pd.DataFrame) -> dict:
     return {kind: float(group.correct.mean()) for kind, group in base.groupby("kind")}
 
 
-def _pick_example(items: list[Item], contrastive: pd.DataFrame | None = None) -> Item:
+def pick_example(items: list[Item], contrastive: pd.DataFrame | None = None) -> Item:
     """A sample with boxes, preferring one the model answers correctly."""
     if contrastive is not None:
         right = set(contrastive[(contrastive.method == "baseline") & (contrastive.correct > 0)].item)
@@ -127,7 +128,7 @@ def _heatmaps(vlm, items, maps, out, config) -> None:
     from .. import plotting
     from ..inputs import load_image
 
-    item = _pick_example(items)
+    item = pick_example(items)
     layers = sorted({int(round(x)) for x in np.linspace(0, vlm.n_layers - 1, config.heatmap_layers)})
     grids = {layer: share_grid(maps, item.id, layer) for layer in layers}
     shape = next(iter(grids.values())).shape
@@ -136,14 +137,14 @@ def _heatmaps(vlm, items, maps, out, config) -> None:
                                 question=f"{item.question} ({item.answers[0]})", out_dir=out)
 
 
-def _example(items, maps, out, review, reference, contrastive, config) -> dict:
+def _example(items, maps, out, review, reference, contrastive, config, answers: dict) -> dict:
     import torch
 
     from .. import plotting
     from ..inputs import load_image
     from ..interventions.contrastive import bottom_fraction, contrast
 
-    item = _pick_example(items, contrastive)
+    item = pick_example(items, contrastive)
     name, rho, distance = config.primary
     sets = contrastive.attrs["candidate_sets"]
     table = maps[maps.item == item.id].pivot(index="layer", columns="token", values="attention")
@@ -158,11 +159,19 @@ def _example(items, maps, out, review, reference, contrastive, config) -> dict:
     panels = {f"A_pre (layer {pre})": token_grid(maps, item.id, norm(attention[pre].numpy())),
               f"A_ref (layer {reference})": token_grid(maps, item.id, norm(attention[reference].numpy())),
               "C = max(A_ref − A_pre, 0)": token_grid(maps, item.id, c.numpy()),
-              f"masked (dark): bottom ρ={rho}": token_grid(maps, item.id, keep.numpy()).astype(bool)}
-    plotting.contrastive_example(load_image(item.image), panels, title=f"{item.question} ({item.answers[0]})",
-                                 out_dir=out)
-    return {"item": item.id, "question": item.question, "answer": item.answers[0], "pre_layer": pre,
-            "reference_layer": reference, "review_layer": review}
+              f"masked (hatched): bottom ρ={rho}": token_grid(maps, item.id, keep.numpy()).astype(bool)}
+    shape = panels["C = max(A_ref − A_pre, 0)"].shape
+    relevant = item.relevant_mask(*shape).numpy() if item.has_boxes else None
+    same = answers.get("item") == item.id
+    plotting.contrastive_example(load_image(item.image), panels, title=item.question, out_dir=out,
+                                 answer_before=answers.get("answer_before") if same else None,
+                                 answer_after=answers.get("answer_after") if same else None,
+                                 reference=item.answers[0], relevant=relevant)
+    summary = {"item": item.id, "question": item.question, "answer": item.answers[0], "pre_layer": pre,
+               "reference_layer": reference, "review_layer": review}
+    if same:
+        summary.update({"answer_without_mask": answers["answer_before"], "answer_with_mask": answers["answer_after"]})
+    return summary
 
 
 def _fmt_ci(entry: dict, key: str = "mean") -> str:

@@ -75,6 +75,8 @@ class Tables:
     review_source: str
     timings: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    #: the figure's example: its item id and greedy answers without / with the primary mask
+    example: dict = field(default_factory=dict)
 
 
 def choose_review_layer(effects: pd.DataFrame, finding, n_layers: int) -> tuple[int, str]:
@@ -239,6 +241,22 @@ def _fits(item):
                           "devices (--device-map auto)") from None
 
 
+def example_answers(vlm, tables: Tables, config: ReproduceConfig, max_new_tokens: int = 8) -> dict:
+    """The contrastive figure's sample, answered greedily without and with the primary mask."""
+    from ..interventions import ContrastiveMask
+    from .report import pick_example
+
+    item = pick_example(tables.items, tables.contrastive)
+    name, rho, distance = config.primary
+    sets = tables.contrastive.attrs["candidate_sets"]
+    prepared = vlm.prepare(item.image, item.question)
+    mask = ContrastiveMask(tables.review, candidates=sets[name], rho=rho, distance=distance)
+    before = vlm.run(prepared, generate=True, max_new_tokens=max_new_tokens, remote=config.remote).text[0]
+    after = vlm.run(prepared, mask, generate=True, max_new_tokens=max_new_tokens, remote=config.remote).text[0]
+    tables.counts["generate"] = tables.counts.get("generate", 0) + 2
+    return {"item": item.id, "answer_before": before, "answer_after": after}
+
+
 def _gather(done: dict, items: list, key: str) -> list[dict]:
     """Every sample's rows of one kind, in the samples' order (what an unsharded run makes)."""
     return [row for item in items for row in done[item.id][key]]
@@ -278,6 +296,7 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
             tables = run_analyses(vlm, items, config, run, shard=shard, world=world)
             if tables is None or (world is not None and world.rank != 0):
                 return None
+            tables.example = example_answers(vlm, tables, config)
             return write_report(vlm, tables, config, out, dataset=dataset)
     finally:
         if world is not None:

@@ -4,7 +4,6 @@ from .ablate import ImageTokenEdit, MeanAblateImageTokens, NoiseAblateImageToken
 from .base import Intervention, StepContext
 from .contrastive import ContrastiveMask
 from .knockout import AttentionKnockout
-from .plan import Plan, RunResult
 from .record import RecordAttention, RecordResidual
 
 __all__ = [
@@ -21,3 +20,12 @@ __all__ = [
     "ScaleImageTokens",
     "StepContext",
 ]
+
+
+def __getattr__(name: str):
+    # Plan and RunResult live in the engine, which imports this package: resolved on first use
+    if name in ("Plan", "RunResult"):
+        from ..engine import plan
+
+        return getattr(plan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
