@@ -6,6 +6,7 @@ from .contrastive import ContrastiveMask
 from .knockout import AttentionKnockout
 from .plan import Plan, RunResult
 from .record import RecordAttention, RecordResidual
+from .wcd import ReviewLayerMask, SoftImageMask
 
 __all__ = [
     "ContrastiveMask",
@@ -17,7 +18,9 @@ __all__ = [
     "Plan",
     "RecordAttention",
     "RecordResidual",
+    "ReviewLayerMask",
     "RunResult",
     "ScaleImageTokens",
+    "SoftImageMask",
     "StepContext",
 ]
