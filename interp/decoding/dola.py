@@ -199,6 +199,35 @@ def sample_next(scores: torch.Tensor, *, do_sample: bool, temperature: float | N
 
 
 @dataclass
+class PrefillCache:
+    """The key/value cache of a prompt's first ``seq_len - 1`` tokens (see :func:`prefill_cache`)."""
+
+    cache: Any
+    seq_len: int
+
+
+def prefill_cache(vlm, prepared, interventions: Any = ()) -> PrefillCache:
+    """Run the whole prompt once (``interventions`` applied, as in a generation's prefill)
+    and keep the key/value cache of every token but the last, for :func:`dola_generate`'s
+    ``prefill``. Exact for interventions that only change earlier positions' states (the
+    masks on image tokens); the last token is recomputed from the cache by each decoding."""
+    from ..interventions.plan import Plan, build_schedule, execute_step
+
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    schedule = build_schedule(Plan(*interventions).bind(vlm, prepared))
+    model = vlm.nnsight
+    image_positions = prepared.image_positions.to(vlm.device)
+    question_positions = prepared.question_positions.to(vlm.device)
+    with torch.no_grad(), model.trace(dict(prepared.inputs), use_cache=True):
+        ctx = StepContext(0, 0, image_positions, question_positions, prepared.seq_len, {})
+        execute_step(model, vlm.access, schedule, ctx)
+        cache = model.output.past_key_values.save()
+    cache.crop(-1)  # drop the last prompt token: each decoding recomputes it
+    return PrefillCache(cache=cache, seq_len=prepared.seq_len)
+
+
+@dataclass
 class DolaResult:
     """One DoLa generation.
 
@@ -277,7 +306,7 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
                   relative_top: float = 0.1, repetition_penalty: float = 1.2, max_new_tokens: int = 16,
                   do_sample: bool = False, temperature: float | None = None, top_k: int | None = DEFAULT_TOP_K,
                   seed: int | None = None, penalize_prompt: bool = True, interventions: Any = (),
-                  remote: bool | str | None = None) -> DolaResult:
+                  remote: bool | str | None = None, prefill: Any = None) -> DolaResult:
     """Generate with DoLa (see the module docstring); ``layers=None`` decodes without DoLa
     (the final layer's logits through the same penalty and sampler).
 
@@ -287,6 +316,12 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
     ``top_k=50`` and draws from a generator seeded with ``seed`` (the same seed gives the
     same tokens). ``interventions`` (one, a list or a :class:`~interp.Plan`) apply in the
     prefill of the same run. ``remote`` as in :meth:`interp.VLM.run`. Batch size 1.
+
+    ``prefill`` (from :func:`prefill_cache`, local runs, LLaVA-style families whose
+    positions do not depend on the image layout) reuses the key/value cache of
+    all prompt tokens but the last, computed once with its interventions: the run then
+    starts at the last prompt token. Many decodings of one prompt (the method ablation)
+    skip re-encoding the image and prompt; ``interventions`` must then be empty.
     """
     from ..interventions.plan import Plan, build_schedule, execute_step
 
@@ -306,6 +341,11 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
     bound = Plan(*interventions).bind(vlm, prepared) + ([probe] if candidates is not None else [])
     schedule = build_schedule(bound)
 
+    if prefill is not None:
+        if len(bound) > (1 if candidates is not None else 0):
+            raise InterpError("with a prefill cache the interventions were applied when it was built; pass none here")
+        if prefill.seq_len != prepared.seq_len:
+            raise InterpError("the prefill cache was built for another prompt")
     model = vlm.nnsight
     access = vlm.access
     lm_head = envoy_at(model, vlm.adapter.lm_head_path)
@@ -316,6 +356,13 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
     prompt_ids = prepared.inputs["input_ids"] if penalize_prompt else prepared.inputs["input_ids"][:, :0]
     temperature = None if not do_sample else temperature
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
+    if prefill is not None:
+        import copy
+
+        kwargs["past_key_values"] = copy.deepcopy(prefill.cache)
+        # the image is in the cache already: the first forward sees only the last (text) token
+        inputs = {k: v for k, v in inputs.items() if not k.startswith("pixel_")}
+    first_offset = 0 if prefill is None else seq_len - 1
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*was never reached.*")  # the open loop ends with generation
@@ -326,7 +373,7 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
             scores_per_step = nnsight.save([])
             state = {}
             for step in tracer.iter[:]:
-                offset = 0 if step == 0 else seq_len + step - 1
+                offset = first_offset if step == 0 else seq_len + step - 1
                 ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
                 execute_step(model, access, schedule, ctx)
                 head_out = lm_head.output
@@ -377,12 +424,14 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
 __all__ = [
     "DEFAULT_TOP_K",
     "DolaResult",
+    "PrefillCache",
     "SELECT_RULES",
     "attention_jsd_scores",
     "candidate_layers",
     "dola_contrast",
     "dola_generate",
     "logit_jsd_scores",
+    "prefill_cache",
     "relative_top_filter",
     "apply_repetition_penalty",
     "sample_next",

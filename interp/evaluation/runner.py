@@ -106,13 +106,19 @@ def _batch_inputs(vlm, images: list, prompts: list[str]) -> dict:
 
 
 @torch.no_grad()
-def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: int) -> list[str]:
-    """Greedy replies, one per (image, prompt); one ``generate`` call for the lot."""
+def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: int,
+                     temperature: float | None = None, seed: int | None = None) -> list[str]:
+    """Greedy replies (or, with ``temperature``, sampled ones after ``torch.manual_seed(seed)``),
+    one per (image, prompt); one ``generate`` call for the lot."""
     if len(prompts) == 1:
         inputs = vlm.prepare(images[0], prompts[0]).inputs
     else:
         inputs = _batch_inputs(vlm, images, prompts)
-    output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    sampling = {"do_sample": False}
+    if temperature is not None:
+        torch.manual_seed(0 if seed is None else seed)
+        sampling = {"do_sample": True, "temperature": temperature}
+    output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, **sampling)
     return vlm.decode(output[:, inputs["input_ids"].shape[1]:])
 
 
@@ -145,11 +151,16 @@ def evaluate(
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    temperature: float | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Answer every document of ``task`` (its first ``limit``; shard ``(i, n)`` of them) and score it.
 
     Returns one row per document, in the task's order. With ``out``, rows are appended
     to that JSONL file as they are produced and a rerun continues where it stopped.
+    ``temperature`` samples instead of greedy decoding (transformers' sampler, its default
+    top-k 50), each batch after ``torch.manual_seed`` of a number made from ``seed`` and
+    the batch's first document index, so a resumed run draws as an uninterrupted one.
     """
     from tqdm.auto import tqdm
 
@@ -166,6 +177,8 @@ def evaluate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     batch = effective_batch_size(vlm, batch_size)
+    if temperature is not None and not temperature > 0:
+        raise InterpError(f"sampling needs a temperature > 0, got {temperature}")
     meta = {
         "model": vlm.name,
         "task": task.name,
@@ -174,7 +187,7 @@ def evaluate(
         "shard": list(shard) if shard else None,
         "prompt_suffix": suffix,
         "max_new_tokens": max_new_tokens,
-        "decoding": "greedy",
+        "decoding": "greedy" if temperature is None else {"sample": True, "temperature": temperature, "seed": seed},
         "batch_size": batch,
         "source": task.source,
         "data_dir": str(task.data_dir) if task.data_dir else None,
@@ -195,7 +208,8 @@ def evaluate(
                 prompts = [task.prompt(doc, suffix) for doc in chunk]
                 began = time.perf_counter()
                 replies = generate_replies(vlm, [doc.load_image() for doc in chunk], prompts,
-                                           max_new_tokens=max_new_tokens)
+                                           max_new_tokens=max_new_tokens, temperature=temperature,
+                                           seed=None if temperature is None else seed * 1_000_003 + start)
                 seconds = (time.perf_counter() - began) / len(chunk)
                 for doc, prompt, reply in zip(chunk, prompts, replies):
                     if doc.doc_id in done:  # written before an interruption mid-batch
