@@ -238,6 +238,38 @@ def run_method_ablation(vlm, samples: Any, *, config: AblationConfig = AblationC
     return frame.sort_values("item", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
+def read_ablation_rows(path: str | Path, *, limit: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """``(rows, settings)`` from an ablation's JSONL, keeping the first ``limit`` questions
+    (default: every question that has all greedy cells) and only the decoding runs complete
+    for all of them — a run stopped early summarises as the runs it finished."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    header = json.loads(lines[0])
+    rows = []
+    for line in lines[1:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    frame = pd.DataFrame(rows)
+    settings = dict(header["settings"])
+    per_run = len(settings["masks"]) * len(settings["dola"])
+    greedy = frame[frame.decoding == "greedy"].groupby("item", sort=False).size()
+    items = [item for item, n in greedy.items() if n == per_run]
+    if limit is not None:
+        items = items[:limit]
+    frame = frame[frame["item"].isin(items)]
+    complete = [seed for seed, part in frame[frame.decoding == "sample"].groupby("seed")
+                if len(part.drop_duplicates(["item", "mask", "dola"])) == per_run * len(items)]
+    seeds = 0
+    while seeds in complete:
+        seeds += 1
+    frame = frame[(frame.decoding == "greedy") | (frame.seed < seeds)]
+    frame = frame.drop_duplicates(["item", "decoding", "seed", "mask", "dola"], keep="last")
+    settings["seeds"] = seeds
+    frame = frame.assign(wcd=frame["wcd"].astype(float)).reset_index(drop=True)
+    return frame, settings
+
+
 # -- statistics ----------------------------------------------------------------------------------------
 
 
@@ -357,14 +389,14 @@ def render_paragraph(table: pd.DataFrame, settings: dict, n_items: int) -> str:
              "mask": f"the authors' mask (ratio {settings['ratio']} at layer {settings['review_layer']})",
              "dola_logits": "DoLa by logits JSD", "dola_attention": "DoLa by attention JSD (the authors')",
              "dola_static": f"DoLa with the static layer {settings['static_layer']}"}
-    parts = [f"On {n_items} questions (a small sample: one question is {1 / n_items:.3f} of accuracy), "]
+    parts = [f"{n_items} questions (a small sample: one question is {1 / n_items:.3f} of accuracy). "]
     for metric, per in effects.items():
         base = table[(table.metric == metric) & (table.decoding == "greedy") & (table["mask"] == "none")
                      & (table.dola == "none")]
         label = "the items' own metric" if metric == "lmms" else "the authors' lenient metric"
         if not base.empty:
             b = base.iloc[0]
-            parts.append(f"under {label} greedy decoding without mask or DoLa scores {b.accuracy:.3f} "
+            parts.append(f"Under {label}, greedy decoding without mask or DoLa scores {b.accuracy:.3f} "
                          f"[{b.ci_low:.3f}, {b.ci_high:.3f}]; ")
         ranked = sorted(((k, v) for k, v in per.items() if v), key=lambda kv: -abs(kv[1]["largest"]["diff"]))
         clauses = []
@@ -374,7 +406,7 @@ def render_paragraph(table: pd.DataFrame, settings: dict, n_items: int) -> str:
                            f"(largest {_fmt(largest['diff'])} [{_fmt(largest['low'])}, {_fmt(largest['high'])}], "
                            f"McNemar p = {largest['p']:.2g}; {summary['n_significant']} of {summary['n_cells']} "
                            f"CIs exclude 0)")
-        parts.append("; ".join(clauses) + ". ")
+        parts.append(("; ".join(clauses) if clauses else "no other cell was run") + ". ")
         if ranked:
             top_key, top = ranked[0]
             moved = top["n_significant"] > 0
@@ -447,6 +479,7 @@ __all__ = [
     "cells",
     "component_effects",
     "gains",
+    "read_ablation_rows",
     "render_paragraph",
     "render_table_markdown",
     "run_method_ablation",
