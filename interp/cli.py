@@ -1,4 +1,4 @@
-"""Command line: ``interp families | hooks | quickstart | reproduce | organism ...``.
+"""Command line: ``interp families | hooks | quickstart | reproduce | ablate-method | organism ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -237,6 +237,40 @@ def _explore(args) -> int:
     return 0
 
 
+def _ablate_method(args) -> int:
+    from . import load
+    from .analysis.method_ablation import AblationConfig, run_method_ablation, write_outputs
+    from .data.metrics import WCD_TASKS
+    from .data.tasks import get_benchmark
+
+    wcd_task = args.wcd_task or ("textvqa" if args.dataset == "synthetic" else args.dataset)
+    if wcd_task not in WCD_TASKS:
+        raise InterpError(f"no WCD metric for task {wcd_task!r}; the authors score {', '.join(WCD_TASKS)} "
+                          "(pass --wcd-task to score with one of their rules)")
+    if args.limit is not None and args.limit < 1:
+        raise InterpError(f"--limit must be a positive integer, got {args.limit}")
+    layers = args.dola_layers if args.dola_layers in ("low", "high") else [int(x) for x in args.dola_layers.split(",")]
+    model, load_kwargs = model_and_kwargs(args)
+    vlm = load(model, remote=bool(args.remote), **load_kwargs)
+    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
+    max_new_tokens = args.max_new_tokens or get_benchmark(args.dataset).max_new_tokens
+    config = AblationConfig(temperature=args.temperature, seeds=args.seeds, review_layer=args.review_layer,
+                            ratio=args.ratio, dola_layers=layers, static_layer=args.static_layer,
+                            max_new_tokens=max_new_tokens, wcd_task=wcd_task, n_boot=args.n_boot,
+                            progress=not args.no_progress, remote=True if args.remote else None)
+    out = Path(args.out)
+    rows = run_method_ablation(vlm, samples, config=config, limit=args.limit, out=out / "method_ablation_rows.jsonl")
+    settings = {**config.resolved(vlm), "model": vlm.name, "dataset": label}
+    report = write_outputs(rows, settings, out, n_boot=args.n_boot)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(report["paragraph"])
+        print(f"wrote {out / 'method_ablation.md'}, .json, .csv and the figure")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="interp", description="Where does vision meet language inside a VLM?",
                     epilog="First five minutes: interp quickstart (14 s on a laptop CPU, no download).")
@@ -279,6 +313,33 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
                      "torchrun each rank is a shard); the last shard to finish writes the report")
     rep.set_defaults(func=_reproduce)
+
+    abl = sub.add_parser("ablate-method", help="which part of the authors' method moves accuracy (factorial ablation)",
+                         description="On the same questions: {greedy, sampling x seeds} x {no mask, the authors' "
+                                     "review-layer mask} x {no DoLa, DoLa by logits JSD, DoLa by attention JSD, a "
+                                     "static premature layer}, scored by the items' metric and the authors' lenient "
+                                     "one. Resumable (rerun the same command).")
+    abl.add_argument("--out", required=True, help="output directory (rows JSONL, table CSV, report JSON/MD, figure)")
+    abl.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
+    abl.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
+    abl.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
+    abl.add_argument("--limit", type=positive_int, default=60, help="number of questions (default 60)")
+    abl.add_argument("--seeds", type=int, default=3, help="sampling runs per question (default 3)")
+    abl.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2, the authors')")
+    abl.add_argument("--review-layer", type=int, default=None,
+                     help="where the authors' mask acts (default: their layer 29 of 32, scaled to the model)")
+    abl.add_argument("--ratio", type=float, default=0.2, help="fraction of image tokens masked (default 0.2)")
+    abl.add_argument("--dola-layers", default="low", help="low (default), high, or comma-separated hidden-state indices")
+    abl.add_argument("--static-layer", type=int, default=None, help="default: the middle candidate")
+    abl.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
+    abl.add_argument("--wcd-task", default=None, help="which authors' rule scores the answers (default: the task's; "
+                                                       "textvqa for synthetic)")
+    abl.add_argument("--n-boot", type=int, default=2000)
+    abl.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
+    abl.add_argument("--no-progress", action="store_true")
+    abl.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_model_args(abl)
+    abl.set_defaults(func=_ablate_method)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)

@@ -93,6 +93,10 @@ __all__ = [
     "synthetic_aggregate",
     "synthetic_score",
     "vqa_accuracy",
+    "WCD_TASKS",
+    "wcd_aggregate",
+    "wcd_process_text",
+    "wcd_score",
 ]
 
 # -- EvalAI answer normalisation -------------------------------------------------------
@@ -379,6 +383,82 @@ def synthetic_aggregate(rows: Sequence[Mapping]) -> dict:
         "accuracy": mean_of(rows, "correct"),
         "per_kind": {kind: mean_of([r for r in rows if r["kind"] == kind], "correct") for kind in kinds},
     }
+
+
+# -- the authors' lenient metrics (season1blue/WCD, methods/utils/get_score.py) -------------------------
+
+#: task -> the rule the authors' ``get_score.py`` scores it with
+WCD_TASKS: Mapping[str, str] = {
+    "textvqa": "word_overlap", "vizwiz": "word_overlap", "vqav2": "exact_x0.3", "okvqa": "exact_x0.3",
+    "gqa": "answer_word_in_prediction", "docvqa": "substring",
+}  # fmt: skip
+_SKIPS_UNANSWERABLE = frozenset({"textvqa", "vizwiz", "vqav2", "okvqa"})
+
+
+def wcd_process_text(text: str) -> str:
+    """The authors' ``process_text``: EvalAI's punctuation step, then lower case, number words
+    -> digits (``none`` -> ``0``), articles dropped, contractions restored — the same tables
+    and quirks as :func:`normalize_vqa_answer` with ``tokenize=False`` (no ``,``/``?``
+    deletion, no ``'s`` split, no newline handling)."""
+    return _process_digits_and_articles(_process_punctuation(str(text)))
+
+
+def _words(text: str) -> list[str]:
+    return wcd_process_text(text).split(" ")
+
+
+def wcd_score(task: str, prediction: str, answers: Sequence[str] | str) -> float | None:
+    """The authors' per-question score (0 or 100; 0, 30, 60, 90 or 100 for VQAv2/OK-VQA), or
+    ``None`` for a question their evaluation skips.
+
+    ==========================  ===============================================================
+    textvqa, vizwiz             100 if any word of the normalised prediction is among the words
+                                of the normalised answers (``evaluate_textvqa``)
+    vqav2, okvqa                ``100 * min(0.3 * n, 1)``, n = answers equal to the prediction
+                                after normalisation (``evaluate_okvqa``; a single match scores 30)
+    gqa                         100 if any word of the (single) answer is a word of the
+                                prediction (``evaluate_gqa``); several answers: any of them
+    docvqa                      100 if the raw prediction is a substring of an answer or an answer
+                                of it (``evaluate_docvqa``; case-sensitive, no normalisation)
+    ==========================  ===============================================================
+
+    Quirks kept: textvqa/vizwiz/vqav2/okvqa skip a question whose answers are all
+    ``"unanswerable"`` (their loops ``continue``; here ``None``, left out of the mean); the
+    word split is on single spaces, so an empty prediction is the word ``""``, which
+    matches only an answer that normalises to nothing (e.g. ``"the"``); on DocVQA an empty
+    prediction is a substring of every answer and scores 100. Their ``_eval.py`` actually
+    scores DocVQA with the textvqa rule (``evaluate_textvqa``); ``get_score.py``'s
+    ``evaluate_docvqa`` is the substring rule used here.
+    """
+    if task not in WCD_TASKS:
+        from ..errors import InterpError
+
+        raise InterpError(f"no WCD metric for task {task!r}; the authors' get_score.py scores {', '.join(WCD_TASKS)}")
+    answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+    if task in _SKIPS_UNANSWERABLE and set(answers) == {"unanswerable"}:
+        return None
+    prediction = str(prediction)
+    rule = WCD_TASKS[task]
+    if rule == "word_overlap":
+        union = {word for answer in answers for word in _words(answer)}
+        return 100.0 if any(word in union for word in _words(prediction)) else 0.0
+    if rule == "exact_x0.3":
+        predicted = _words(prediction)
+        matches = sum(predicted == _words(answer) for answer in answers)
+        return 100.0 * min(0.3 * matches, 1.0)
+    if rule == "answer_word_in_prediction":
+        predicted = _words(prediction)
+        return 100.0 if any(word in predicted for answer in answers for word in _words(answer)) else 0.0
+    return 100.0 if any(prediction in answer or answer in prediction for answer in answers) else 0.0
+
+
+def wcd_aggregate(task: str, rows: Sequence[Mapping]) -> dict:
+    """``{"wcd_score": mean over the scored rows, "wcd_n": how many, "wcd_skipped": ...}`` from
+    evaluation rows (their ``filtered_resps[0]`` and ``target``)."""
+    scores = [wcd_score(task, row["filtered_resps"][0], row["target"]) for row in rows]
+    kept = [s for s in scores if s is not None]
+    return {"wcd_score": sum(kept) / len(kept) if kept else float("nan"), "wcd_n": len(kept),
+            "wcd_skipped": len(scores) - len(kept)}
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -105,25 +105,38 @@ def batch_inputs(processor, adapter, images: list, prompts: list[str], *, dtype=
     return {k: v.to(device) if isinstance(v, torch.Tensor) and device is not None else v for k, v in inputs.items()}
 
 
+def _generate(model, inputs: dict, *, max_new_tokens: int, temperature: float | None = None,
+              seed: int | None = None) -> torch.Tensor:
+    """The new token ids of one ``generate`` call: greedy, or sampled at ``temperature``
+    after ``torch.manual_seed(seed)``."""
+    sampling = {"do_sample": False}
+    if temperature is not None:
+        torch.manual_seed(0 if seed is None else seed)
+        sampling = {"do_sample": True, "temperature": temperature}
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, **sampling)
+    return output[:, inputs["input_ids"].shape[1]:]
+
+
 @torch.no_grad()
 def greedy_replies(model, processor, adapter, images: list, prompts: list[str], *, max_new_tokens: int) -> list[str]:
     """Greedy replies of a plain HF model, one ``generate`` call for the lot (left-padded batch)."""
     params = next(model.parameters())
     inputs = batch_inputs(processor, adapter, images, prompts, dtype=params.dtype, device=params.device)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     tokenizer = getattr(processor, "tokenizer", processor)
-    replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    replies = tokenizer.batch_decode(_generate(model, inputs, max_new_tokens=max_new_tokens), skip_special_tokens=True)
     return [reply.strip() for reply in replies]
 
 
 @torch.no_grad()
-def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: int) -> list[str]:
-    """Greedy replies, one per (image, prompt); one ``generate`` call for the lot."""
+def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: int,
+                     temperature: float | None = None, seed: int | None = None) -> list[str]:
+    """Greedy replies (or, with ``temperature``, sampled ones after ``torch.manual_seed(seed)``),
+    one per (image, prompt); one ``generate`` call for the lot."""
     if len(prompts) == 1:
         inputs = vlm.prepare(images[0], prompts[0]).inputs
-        output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        return vlm.decode(output[:, inputs["input_ids"].shape[1]:])
-    return greedy_replies(vlm.model, vlm.processor, vlm.adapter, images, prompts, max_new_tokens=max_new_tokens)
+    else:
+        inputs = batch_inputs(vlm.processor, vlm.adapter, images, prompts, dtype=vlm.dtype, device=vlm.device)
+    return vlm.decode(_generate(vlm.model, inputs, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -155,11 +168,16 @@ def evaluate(
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    temperature: float | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Answer every document of ``task`` (its first ``limit``; shard ``(i, n)`` of them) and score it.
 
     Returns one row per document, in the task's order. With ``out``, rows are appended
     to that JSONL file as they are produced and a rerun continues where it stopped.
+    ``temperature`` samples instead of greedy decoding (transformers' sampler, its default
+    top-k 50), each batch after ``torch.manual_seed`` of a number made from ``seed`` and
+    the batch's first document index, so a resumed run draws as an uninterrupted one.
     """
     from tqdm.auto import tqdm
 
@@ -176,6 +194,8 @@ def evaluate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     batch = effective_batch_size(vlm, batch_size)
+    if temperature is not None and not temperature > 0:
+        raise InterpError(f"sampling needs a temperature > 0, got {temperature}")
     meta = {
         "model": vlm.name,
         "task": task.name,
@@ -184,7 +204,7 @@ def evaluate(
         "shard": list(shard) if shard else None,
         "prompt_suffix": suffix,
         "max_new_tokens": max_new_tokens,
-        "decoding": "greedy",
+        "decoding": "greedy" if temperature is None else {"sample": True, "temperature": temperature, "seed": seed},
         "batch_size": batch,
         "source": task.source,
         "data_dir": str(task.data_dir) if task.data_dir else None,
@@ -205,7 +225,8 @@ def evaluate(
                 prompts = [task.prompt(doc, suffix) for doc in chunk]
                 began = time.perf_counter()
                 replies = generate_replies(vlm, [doc.load_image() for doc in chunk], prompts,
-                                           max_new_tokens=max_new_tokens)
+                                           max_new_tokens=max_new_tokens, temperature=temperature,
+                                           seed=None if temperature is None else seed * 1_000_003 + start)
                 seconds = (time.perf_counter() - began) / len(chunk)
                 for doc, prompt, reply in zip(chunk, prompts, replies):
                     if doc.doc_id in done:  # written before an interruption mid-batch

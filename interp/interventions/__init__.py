@@ -5,6 +5,7 @@ from .base import Intervention, StepContext
 from .contrastive import ContrastiveMask
 from .knockout import AttentionKnockout
 from .record import RecordAttention, RecordResidual
+from .wcd import ReviewLayerMask, SoftImageMask
 
 __all__ = [
     "ContrastiveMask",
@@ -16,8 +17,10 @@ __all__ = [
     "Plan",
     "RecordAttention",
     "RecordResidual",
+    "ReviewLayerMask",
     "RunResult",
     "ScaleImageTokens",
+    "SoftImageMask",
     "StepContext",
 ]
 
