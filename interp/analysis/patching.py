@@ -27,6 +27,7 @@ the answer token's logit, ``answer_logit_change = logit_patched(answer) - logit_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import nnsight
@@ -411,3 +412,122 @@ def handover(effects: pd.DataFrame, *, site: str = "resid_pre", threshold: float
         out[change] = {"cells_until": None if pd.isna(cells_until) else int(cells_until),
                        "last_from": None if pd.isna(last_from) else int(last_from), "threshold": threshold}
     return out
+
+
+# -- the report section ------------------------------------------------------------------
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    import json
+
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _ci(entry) -> str:
+    return f"{entry['mean']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def default_cell_layers(n_layers: int, count: int = 4) -> list[int]:
+    return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, count)})
+
+
+def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
+                     changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
+                     mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
+                     progress: bool = True) -> tuple[dict, list[str]]:
+    """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
+
+    ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
+    the ``changes`` taking turns) or ready pairs (Counterfactuals, PatchPairs, tuples).
+    Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
+    and ``patching_cells`` into ``out_dir`` when given.
+    """
+    from .. import plotting  # noqa: F401 - the package's figure style
+    from ..data.synthetic import SyntheticVQA, counterfactual_pairs
+    from ..inputs import load_image
+    from ..plotting import patching as figures
+
+    if isinstance(samples, SyntheticVQA):
+        pairs = as_pairs(counterfactual_pairs(samples, n_pairs, changes, seed=seed))
+    else:
+        pairs = as_pairs(samples)[:n_pairs]
+    cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
+    sweep = patching_sweep(vlm, pairs, cell_layers=cell_layers, mode=mode, remote=remote, progress=progress)
+    effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
+    found = handover(effects)
+    per_pair = sweep.groupby("pair").first()
+    both_right = float((per_pair.clean_correct & per_pair.corrupt_correct).mean())
+    layer0 = effects[(effects.layer == 0) & (effects.group == "changed")]
+    control = effects[effects.metric == "answer_logit_change"]
+    answer_moves = sweep[(~sweep.same_first_token) & (sweep.group != "cell")]
+    reference_move = float((answer_moves.clean_logit_diff - answer_moves.corrupt_logit_diff).abs().groupby(
+        answer_moves.pair).first().mean()) if not answer_moves.empty else float("nan")
+    example = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        sweep.to_csv(out / "patching_sweep.csv", index=False)
+        figures.patching_heatmap(effects, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer")
+        for change in dict.fromkeys(effects.change):
+            figures.patching_curves(effects, change=change, out_dir=out, name=f"patching_curves_{change}")
+        candidates = [p for p in pairs if p.changed_boxes and p.change not in ("distractor",)
+                      and bool(per_pair.loc[p.id, "clean_correct"]) and bool(per_pair.loc[p.id, "corrupt_correct"])]
+        pick = candidates[0] if candidates else next((p for p in pairs if p.changed_boxes), None)
+        if pick is not None and cell_layers:
+            grids = {layer: cell_effect_grid(sweep, pick.id, layer) for layer in cell_layers}
+            shape = next(iter(grids.values())).shape
+            from ..data.synthetic import boxes_mask
+
+            image = load_image(pick.base.image)
+            changed = boxes_mask(pick.changed_boxes, image.size, *shape, min_fraction=1e-6).numpy()
+            figures.patching_cell_maps(image, grids, changed=changed, out_dir=out,
+                                       question=f"{pick.source.question} {pick.source.answer} -> {pick.base.answer} "
+                                                f"({pick.description}); effect of patching one cell")
+            example = {"pair": pick.id, "description": pick.description, "cell_layers": cell_layers}
+    report = {
+        "n_pairs": len(pairs), "changes": {c: int(n) for c, n in per_pair.change.value_counts().items()},
+        "mode": sweep.attrs.get("mode"), "metric": sweep.attrs.get("metric"),
+        "both_answers_top_token": both_right, "effects": _records(effects), "handover": found,
+        "layer0_changed_effect": _records(layer0), "control_answer_logit_change": _records(control),
+        "mean_abs_clean_minus_corrupt_logit_diff": reference_move, "cell_layers": cell_layers, "example": example,
+    }
+    return report, patching_markdown(report)
+
+
+def patching_markdown(report: dict) -> list[str]:
+    """The report section's markdown lines."""
+    lines = ["## Counterfactual activation patching", "",
+             f"{report['n_pairs']} pairs (" + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
+             + "); the source (original scene) is patched into the base (changed scene) at the input of one layer "
+             f"(resid_pre), one position group at a time; metric: {report['metric']}; effect = (patched - base) / "
+             "(source - base). Top token equals the expected answer in both runs for "
+             f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
+    for entry in report["layer0_changed_effect"]:
+        lines.append(f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs).")
+    for change, found in report["handover"].items():
+        cells, last = found["cells_until"], found["last_from"]
+        lines.append(f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
+                     f"difference up to layer {cells if cells is not None else '-'}; patching the last token does "
+                     f"from layer {last if last is not None else '- (never)'}.")
+    control = report["control_answer_logit_change"]
+    if control:
+        worst = max(control, key=lambda e: abs(e["mean"]))
+        lines.append(f"- **control** (a distractor changed, answer unchanged): the answer token's logit moves by at most "
+                     f"{worst['mean']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}] on average (layer {worst['layer']}, "
+                     f"{worst['group']}), against a mean |source - base| logit difference of "
+                     f"{report['mean_abs_clean_minus_corrupt_logit_diff']:.2f} in the answer-changing pairs.")
+    lines += ["", "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
+              "|---|---|" + "---|" * len(_table_layers(report))]
+    table = pd.DataFrame(report["effects"])
+    for (change, group), part in table.groupby(["change", "group"], sort=False):
+        values = part.set_index("layer")
+        lines.append(f"| {change} | {group} | " + " | ".join(
+            f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
+    lines += ["", "Figures: patching_heatmap, patching_curves_<change>, patching_cells (PNG and PDF).", ""]
+    return lines
+
+
+def _table_layers(report: dict) -> list[int]:
+    layers = sorted({e["layer"] for e in report["effects"]})
+    step = max(1, len(layers) // 8)
+    return layers[::step] + ([layers[-1]] if layers[::step][-1] != layers[-1] else [])
