@@ -248,3 +248,29 @@ def test_image_token_count_mismatch_is_one_clear_line():
     # the last token always aligns
     run = run_patched(vlm, base, source, PatchActivations(f"blocks.{vlm.n_layers - 1}.hook_resid_post", positions="last"))
     assert (run.logits - _logits(vlm, source)).abs().max() < 1e-5
+
+
+# -- the organism ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def organism():
+    import interp
+
+    return interp.load("organism")
+
+
+def test_organism_changed_cells_carry_the_change_at_layer_0_and_the_control_stays_put(organism):
+    pairs = counterfactual_pairs(SyntheticVQA("test", seed=0), 3)  # colour, shape, distractor
+    frame = patching_sweep(organism, pairs, positions=["changed", "image"], layers=[0], progress=False)
+    first = frame[frame.layer == 0]
+    moved = first[(first.change != "distractor") & (first.group == "changed")]
+    assert len(moved) == 2 and (moved.clean_logit_diff - moved.corrupt_logit_diff).abs().min() > 2.0
+    assert (moved.effect - 1).abs().max() < 0.15  # the changed cells hold (nearly) all of the difference
+    # every image token at layer 0 is the source run exactly
+    image = first[first.group == "image"]
+    assert ((image.logit_diff - image.clean_logit_diff).abs() < 1e-4).all()
+    control = frame[frame.change == "distractor"]
+    assert len(control) == 2 and control.same_first_token.all()
+    # the control's answer logit moves far less than the answer-changing pairs' logit differences
+    assert control.answer_logit_change.abs().max() < 0.1 * moved.clean_logit_diff.abs().min()

@@ -45,6 +45,8 @@ from .stats import per_layer_ci
 
 #: position groups of the sweep, in display order
 GROUPS = ("changed", "other_image", "question", "other_text", "last")
+#: the groups the report section patches by default (``other_text`` costs a fifth more and is optional)
+REPORT_GROUPS = ("changed", "other_image", "question", "last")
 GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
                 "other_text": "other text tokens", "last": "last token"}
 
@@ -250,13 +252,16 @@ def _first_token(vlm, prepared, answer: str) -> int:
 
 
 def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: Any = GROUPS, layers: Any = "all",
-                   cell_layers: Any = (), mode: str = "auto", batch: int = 16, remote: bool | str | None = None,
+                   cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16, remote: bool | str | None = None,
                    progress: bool = True) -> pd.DataFrame:
     """Patch each pair's source activations into its base at every (site, layer, position
     group), and per image cell at ``cell_layers``; one row per (pair, site, layer, group
     [, cell]) with ``logit_diff`` (patched), ``effect`` (normalised) and
     ``answer_logit_change``, plus the pair's ``clean_logit_diff`` / ``corrupt_logit_diff``
     and whether the model's top token is each answer's (``clean_correct`` / ``corrupt_correct``).
+
+    Per-cell rows are computed for the first ``cell_pairs`` pairs only (all when None):
+    they cost a restart per cell.
 
     ``mode``: ``"fast"`` (``resid_pre`` only: captured prefixes, the base restarted at each
     layer, ``batch`` variants per forward), ``"naive"`` (one nnsight session per pair and
@@ -279,7 +284,7 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
             raise InterpError("the fast patching sweep patches resid_pre only; use mode='naive' for "
                               + ", ".join(s for s in site_list if s != "resid_pre"))
     rows: list[dict] = []
-    for pair in tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress):
+    for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
         base = vlm.prepare(pair.base.image, pair.base.question)
         source = vlm.prepare(pair.source.image, pair.source.question)
         groups = _groups(pair, base, source, positions)
@@ -291,7 +296,7 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
             for layer in layer_list:
                 for group, selector in groups.items():
                     conditions[(site, layer, group, -1, -1)] = selector
-            for layer in cell_list:
+            for layer in cell_list if cell_pairs is None or index < cell_pairs else ():
                 for (r, c), selector in cells.items():
                     conditions[(site, layer, "cell", r, c)] = selector
         use_fast = {site: mode != "naive" and site == "resid_pre" and reason is None for site in site_list}
@@ -433,12 +438,14 @@ def default_cell_layers(n_layers: int, count: int = 4) -> list[int]:
 
 def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
                      changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
+                     cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS,
                      mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
                      progress: bool = True) -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
 
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
     the ``changes`` taking turns) or ready pairs (Counterfactuals, PatchPairs, tuples).
+    Per-cell maps are computed for the first ``cell_pairs`` pairs (the figure shows one).
     Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
     and ``patching_cells`` into ``out_dir`` when given.
     """
@@ -452,7 +459,8 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     else:
         pairs = as_pairs(samples)[:n_pairs]
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
-    sweep = patching_sweep(vlm, pairs, cell_layers=cell_layers, mode=mode, remote=remote, progress=progress)
+    sweep = patching_sweep(vlm, pairs, positions=positions, cell_layers=cell_layers, cell_pairs=cell_pairs, mode=mode,
+                           remote=remote, progress=progress)
     effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
     found = handover(effects)
     per_pair = sweep.groupby("pair").first()
@@ -470,9 +478,10 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
         figures.patching_heatmap(effects, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer")
         for change in dict.fromkeys(effects.change):
             figures.patching_curves(effects, change=change, out_dir=out, name=f"patching_curves_{change}")
-        candidates = [p for p in pairs if p.changed_boxes and p.change not in ("distractor",)
+        mapped = set(sweep[sweep.group == "cell"].pair)
+        candidates = [p for p in pairs if p.id in mapped and p.changed_boxes and p.change not in ("distractor",)
                       and bool(per_pair.loc[p.id, "clean_correct"]) and bool(per_pair.loc[p.id, "corrupt_correct"])]
-        pick = candidates[0] if candidates else next((p for p in pairs if p.changed_boxes), None)
+        pick = candidates[0] if candidates else next((p for p in pairs if p.id in mapped and p.changed_boxes), None)
         if pick is not None and cell_layers:
             grids = {layer: cell_effect_grid(sweep, pick.id, layer) for layer in cell_layers}
             shape = next(iter(grids.values())).shape
@@ -503,6 +512,8 @@ def patching_markdown(report: dict) -> list[str]:
              "(source - base). Top token equals the expected answer in both runs for "
              f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
     for entry in report["layer0_changed_effect"]:
+        if entry["metric"] != "effect":
+            continue
         lines.append(f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs).")
     for change, found in report["handover"].items():
         cells, last = found["cells_until"], found["last_from"]

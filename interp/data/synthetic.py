@@ -60,7 +60,6 @@ uniform and independent of the answer, so the question alone says nothing.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -399,7 +398,7 @@ class SyntheticVQA:
         turn = index // n_kinds  # how many earlier samples had this kind
         build = getattr(self, f"_{kind}")
         question, answer, objects, relevant = build(rng, turn)
-        state = {"rng": copy.deepcopy(rng.bit_generator.state), "image_size": self.image_size, "clutter": self.clutter}
+        state = {"rng": rng.bit_generator.state, "image_size": self.image_size, "clutter": self.clutter}
         image = self._render(rng, objects)
         return Sample(
             id=f"{self.split}-{index:06d}",
@@ -848,7 +847,7 @@ def counterfactual(sample: Sample, change: str = "colour", *, seed: int = 0) -> 
 
 def _rng_from(state: dict) -> np.random.Generator:
     rng = np.random.default_rng()
-    rng.bit_generator.state = copy.deepcopy(state["rng"])
+    rng.bit_generator.state = state["rng"]  # the setter copies
     return rng
 
 

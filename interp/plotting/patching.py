@@ -146,7 +146,7 @@ def lens_words(image, grids: dict[int, np.ndarray], *, truth: np.ndarray | None 
             ax.imshow(image, alpha=0.45)
             for r in range(rows):
                 for c in range(cols):
-                    text = str(grid[r, c]) or "␣"
+                    text = "".join(ch if ch.isprintable() else "?" for ch in str(grid[r, c])) or "␣"
                     ok = truth is not None and truth[r, c] and text == truth[r, c]
                     ax.text((c + 0.5) * width / cols, (r + 0.5) * height / rows, text[:8], ha="center", va="center",
                             fontsize=4.5, color="darkgreen" if ok else "black", fontweight="bold" if ok else "normal")
