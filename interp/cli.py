@@ -186,6 +186,16 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _int_list(text: str | None):
+    """``"all"``/None as given, else a comma-separated list of integers (one clear error otherwise)."""
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InterpError(f"{text!r} is not 'all' or a comma-separated list of layer numbers") from None
+
+
 def _patch(args) -> int:
     """``interp patch``: counterfactual patching and the image-token lens on the synthetic benchmark."""
     from . import load
@@ -204,7 +214,8 @@ def _patch(args) -> int:
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
     out = Path(args.out)
     report, lines = patching_section(vlm, data, out, n_pairs=args.pairs, changes=changes, n_boot=args.n_boot,
-                                     cell_pairs=args.cell_pairs, seed=args.seed,
+                                     cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
+                                     cell_layers=_int_list(args.cell_layers),
                                      positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()))
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
     if args.lens > 0:
@@ -264,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--pairs", type=int, default=60, help="counterfactual pairs (default 60)")
     patch.add_argument("--changes", default="colour,shape,distractor",
                        help="comma-separated changes taking turns (colour, shape, position, remove, distractor)")
+    patch.add_argument("--layers", default="all", help="layers to patch: all (default) or a comma-separated list")
+    patch.add_argument("--cell-layers", default=None, help="comma-separated layers of the per-cell maps (default: 4 spread out)")
     patch.add_argument("--cell-pairs", type=int, default=2, help="pairs also patched cell by cell (default 2)")
     patch.add_argument("--groups", default="changed,other_image,question,last",
                        help="position groups (changed, other_image, image, question, other_text, last)")

@@ -10,7 +10,7 @@ import torch
 from interp.analysis.patching import as_pairs, patch_session, patching_effects, patching_sweep, run_patched
 from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
 from interp.errors import HookNameError, InputError, InterpError, LayerIndexError
-from interp.interventions import ImageCells, PatchActivations, ScaleImageTokens
+from interp.interventions import ImageCells, PatchActivations, RecordResidual, ScaleImageTokens
 
 from .conftest import make_image, tiny_vlm
 
@@ -149,7 +149,9 @@ def test_patch_composes_with_other_interventions_in_order():
     vlm = tiny_vlm("llava")
     base, source = _pair(vlm)
     # patching every image token at layer 1, then scaling them at the same site: the scale sees the patch
-    run = run_patched(vlm, base, source, PatchActivations(layers=1, positions="image"), ScaleImageTokens(1, 0.5))
+    run = run_patched(vlm, base, source, PatchActivations(layers=1, positions="image"), ScaleImageTokens(1, 0.5),
+                      RecordResidual("blocks.1.hook_resid_post"))
+    assert run.names() == ["blocks.1.hook_resid_post"]  # the base run's own recordings, not the source's
 
     def hook(mod, args, kwargs):
         hidden = (args[0] if args else kwargs["hidden_states"]).clone()
@@ -174,6 +176,7 @@ def test_patch_composes_with_other_interventions_in_order():
     finally:
         handle.remove()
     assert (run.logits - reference).abs().max() < 1e-5
+    assert run.record("blocks.1.hook_resid_post", 1).shape[1] == base.seq_len
 
 
 def test_fast_sweep_equals_the_session_sweep_and_the_exact_limits():

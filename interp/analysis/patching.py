@@ -438,7 +438,7 @@ def default_cell_layers(n_layers: int, count: int = 4) -> list[int]:
 
 def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
                      changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
-                     cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS,
+                     cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
                      mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
                      progress: bool = True) -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
@@ -459,7 +459,7 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     else:
         pairs = as_pairs(samples)[:n_pairs]
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
-    sweep = patching_sweep(vlm, pairs, positions=positions, cell_layers=cell_layers, cell_pairs=cell_pairs, mode=mode,
+    sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers, cell_pairs=cell_pairs, mode=mode,
                            remote=remote, progress=progress)
     effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
     found = handover(effects)
