@@ -15,8 +15,10 @@ from .inputs import Prepared
 from .interventions import (
     AttentionKnockout,
     ContrastiveMask,
+    ImageCells,
     MeanAblateImageTokens,
     NoiseAblateImageTokens,
+    PatchActivations,
     Plan,
     RecordAttention,
     RecordResidual,
@@ -31,9 +33,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionKnockout",
     "ContrastiveMask",
+    "ImageCells",
     "InterpError",
     "MeanAblateImageTokens",
     "NoiseAblateImageTokens",
+    "PatchActivations",
     "Plan",
     "Prepared",
     "RecordAttention",

@@ -45,6 +45,7 @@ from .stats import per_layer_ci
 
 #: position groups of the sweep, in display order
 GROUPS = ("changed", "other_image", "question", "other_text", "last")
+METRIC = "logit(source answer) - logit(base answer), first answer token, last prompt position"
 #: the groups the report section patches by default (``other_text`` costs a fifth more and is optional)
 REPORT_GROUPS = ("changed", "other_image", "question", "last")
 GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
@@ -330,7 +331,7 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     frame = pd.DataFrame(rows)
     frame.attrs.update({"model": vlm.name, "n_layers": vlm.n_layers, "sites": site_list,
                         "mode": "fast" if any(use_fast.values()) and not slow else ("naive" if not any(use_fast.values()) else "mixed"),
-                        "metric": "logit(source answer) - logit(base answer), first answer token, last prompt position"})
+                        "metric": METRIC})
     return frame
 
 
@@ -440,12 +441,14 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
                      changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
                      cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
                      mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
-                     progress: bool = True) -> tuple[dict, list[str]]:
+                     progress: bool = True, sweep: pd.DataFrame | None = None) -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
 
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
     the ``changes`` taking turns) or ready pairs (Counterfactuals, PatchPairs, tuples).
     Per-cell maps are computed for the first ``cell_pairs`` pairs (the figure shows one).
+    ``sweep``: a finished :func:`patching_sweep` of these pairs (e.g. read back from its
+    CSV) to report instead of running one.
     Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
     and ``patching_cells`` into ``out_dir`` when given.
     """
@@ -459,8 +462,12 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     else:
         pairs = as_pairs(samples)[:n_pairs]
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
-    sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers, cell_pairs=cell_pairs, mode=mode,
-                           remote=remote, progress=progress)
+    if sweep is None:
+        sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers,
+                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress)
+    else:
+        cell_layers = sorted(int(l) for l in sweep[sweep.group == "cell"].layer.unique()) or cell_layers
+        sweep.attrs.setdefault("metric", METRIC)
     effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
     found = handover(effects)
     per_pair = sweep.groupby("pair").first()
