@@ -213,9 +213,11 @@ def _patch(args) -> int:
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     report, lines = patching_section(vlm, data, out, n_pairs=args.pairs, changes=changes, n_boot=args.n_boot,
                                      cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
                                      cell_layers=_int_list(args.cell_layers),
+                                     resume=out / "patching_sweep.partial.csv" if args.resume else None,
                                      positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()))
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
     if args.lens > 0:
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
     patch.add_argument("--n-boot", type=int, default=2000)
+    patch.add_argument("--resume", action="store_true",
+                       help="append each pair's rows to OUT/patching_sweep.partial.csv and skip pairs already there")
     patch.set_defaults(func=_patch)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")

@@ -201,6 +201,23 @@ def test_fast_sweep_equals_the_session_sweep_and_the_exact_limits():
     assert (control.metric == "answer_logit_change").all()
 
 
+def test_a_resumed_sweep_runs_only_the_missing_pairs_and_equals_one_run(tmp_path):
+    vlm = tiny_vlm("llava")
+    pairs = counterfactual_pairs(SyntheticVQA("test", seed=0), 3)
+    path = tmp_path / "partial.csv"
+    kwargs = dict(positions=["changed", "last"], layers=[0, 2], progress=False)
+    first = patching_sweep(vlm, pairs[:2], resume=path, **kwargs)
+    assert set(first.pair) == {p.id for p in pairs[:2]}
+    import pandas as pd
+
+    again = patching_sweep(vlm, pairs, resume=path, **kwargs)
+    whole = patching_sweep(vlm, pairs, **kwargs)
+    assert len(pd.read_csv(path)) == len(whole) == len(again)
+    keys = ["pair", "layer", "group"]
+    merged = again.merge(whole, on=keys, suffixes=("_resumed", "_whole"))
+    assert len(merged) == len(whole) and (merged.logit_diff_resumed - merged.logit_diff_whole).abs().max() < 1e-5
+
+
 def test_sweep_on_user_pairs_without_answers_uses_the_models_top_tokens():
     vlm = tiny_vlm("llava")
     size = (48, 64)

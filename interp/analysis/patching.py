@@ -253,8 +253,8 @@ def _first_token(vlm, prepared, answer: str) -> int:
 
 
 def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: Any = GROUPS, layers: Any = "all",
-                   cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16, remote: bool | str | None = None,
-                   progress: bool = True) -> pd.DataFrame:
+                   cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16,
+                   remote: bool | str | None = None, progress: bool = True, resume: str | Path | None = None) -> pd.DataFrame:
     """Patch each pair's source activations into its base at every (site, layer, position
     group), and per image cell at ``cell_layers``; one row per (pair, site, layer, group
     [, cell]) with ``logit_diff`` (patched), ``effect`` (normalised) and
@@ -262,7 +262,8 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     and whether the model's top token is each answer's (``clean_correct`` / ``corrupt_correct``).
 
     Per-cell rows are computed for the first ``cell_pairs`` pairs only (all when None):
-    they cost a restart per cell.
+    they cost a restart per cell. ``resume``: a CSV file each finished pair's rows are
+    appended to; pairs already in it are not run again (long sweeps survive interruption).
 
     ``mode``: ``"fast"`` (``resid_pre`` only: captured prefixes, the base restarted at each
     layer, ``batch`` variants per forward), ``"naive"`` (one nnsight session per pair and
@@ -285,7 +286,16 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
             raise InterpError("the fast patching sweep patches resid_pre only; use mode='naive' for "
                               + ", ".join(s for s in site_list if s != "resid_pre"))
     rows: list[dict] = []
+    done: set = set()
+    previous = None
+    if resume is not None and Path(resume).exists() and Path(resume).stat().st_size:
+        previous = pd.read_csv(resume)
+        done = set(previous.pair.astype(str))
+    use_fast, slow = {}, {}
     for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
+        if pair.id in done:
+            continue
+        first_row = len(rows)
         base = vlm.prepare(pair.base.image, pair.base.question)
         source = vlm.prepare(pair.source.image, pair.source.question)
         groups = _groups(pair, base, source, positions)
@@ -328,7 +338,14 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
             rows.append({**common, "site": site, "layer": layer, "group": group, "row": r, "col": c,
                          "logit_diff": value, "effect": effect,
                          "answer_logit_change": float(row[a_source] - corrupt[a_source])})
+        if resume is not None:
+            path = Path(resume)
+            pd.DataFrame(rows[first_row:]).to_csv(path, mode="a", header=not path.exists() or not path.stat().st_size,
+                                                 index=False)
     frame = pd.DataFrame(rows)
+    if previous is not None:
+        keep = previous[previous.pair.astype(str).isin({p.id for p in pair_list})]
+        frame = pd.concat([keep, frame], ignore_index=True) if len(frame) else keep.reset_index(drop=True)
     frame.attrs.update({"model": vlm.name, "n_layers": vlm.n_layers, "sites": site_list,
                         "mode": "fast" if any(use_fast.values()) and not slow else ("naive" if not any(use_fast.values()) else "mixed"),
                         "metric": METRIC})
@@ -441,7 +458,8 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
                      changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
                      cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
                      mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
-                     progress: bool = True, sweep: pd.DataFrame | None = None) -> tuple[dict, list[str]]:
+                     progress: bool = True, sweep: pd.DataFrame | None = None,
+                     resume: str | Path | None = None) -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
 
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
@@ -464,7 +482,7 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
     if sweep is None:
         sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers,
-                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress)
+                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress, resume=resume)
     else:
         cell_layers = sorted(int(l) for l in sweep[sweep.group == "cell"].layer.unique()) or cell_layers
         sweep.attrs.setdefault("metric", METRIC)
