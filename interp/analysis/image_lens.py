@@ -176,7 +176,10 @@ def lens_section(vlm, samples: Any, out_dir=None, *, n: int = 60, layers: Any = 
         out.mkdir(parents=True, exist_ok=True)
         frame.drop(columns=["top"]).to_csv(out / "image_lens.csv", index=False)
         if accuracy is not None:
+            from ..data.synthetic import COLOURS, SHAPES
+
             figures.lens_accuracy_curve(accuracy, metrics=["colour_class", "shape_class", "colour_topk", "shape_topk"],
+                                        chance={"colour_class": 1 / len(COLOURS), "shape_class": 1 / len(SHAPES)},
                                         out_dir=out, title=f"{vlm.name}: image-token lens (n={frame.item.nunique()})")
         entries = _entries(data, n)
         item, sample = entries[0]

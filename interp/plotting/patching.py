@@ -109,10 +109,10 @@ def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarr
     return fig
 
 
-def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, out_dir: str | Path | None = None,
-                        name: str = "image_lens_accuracy", title: str = ""):
+def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, chance: dict | None = None,
+                        out_dir: str | Path | None = None, name: str = "image_lens_accuracy", title: str = ""):
     """Per-layer image-token lens accuracy (from :func:`~interp.analysis.image_lens.lens_accuracy`)
-    with 95% CI bands, one line per metric."""
+    with 95% CI bands, one line per metric; ``chance`` (metric -> level) draws dashed chance lines."""
     metrics = list(dict.fromkeys(accuracy.metric)) if metrics is None else list(metrics)
     with paper_style():
         fig, ax = plt.subplots(figsize=(FULL * 0.62, 2.3))
@@ -120,7 +120,10 @@ def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, out_dir: str | 
             part = accuracy[accuracy.metric == metric].sort_values("layer")
             ax.plot(part.layer, part["mean"], color=colour, lw=1.2, marker="o", ms=2, label=metric.replace("_", " "))
             ax.fill_between(part.layer, part.low, part.high, color=colour, alpha=0.15, lw=0)
-        ax.set_xlabel("layer (residual stream at its input)")
+            if chance and metric in chance:
+                ax.axhline(chance[metric], color=colour, lw=0.8, ls="--")
+        ax.set_xlabel("layer (residual stream at its input; dashed: chance)" if chance else
+                      "layer (residual stream at its input)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (object cells)")
         ax.set_ylim(-0.02, 1.02)
