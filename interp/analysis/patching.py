@@ -421,19 +421,25 @@ def cell_effect_grid(frame: pd.DataFrame, pair: str, layer: int, *, site: str = 
 
 
 def handover(effects: pd.DataFrame, *, site: str = "resid_pre", threshold: float = 0.5) -> dict:
-    """Where the changed object's information leaves its cells and reaches the last token
-    (changes with differing answers pooled per layer is not done: one entry per change):
-    the last layer where patching the changed cells restores at least ``threshold`` of the
-    logit difference, and the first where patching the last token does."""
+    """Where the changed object's information leaves its cells, per change (answer-changing
+    pairs): ``cells_until``, the last layer where patching the changed cells restores at
+    least ``threshold`` of the logit difference; ``next_layer``, the next layer swept, and
+    the mean effect of every group there (``after``: where the information went);
+    ``last_from``, the first layer where the last token alone restores ``threshold``."""
     out = {}
     rows = effects[(effects.metric == "effect") & (effects.site == site)]
     for change, part in rows.groupby("change"):
         cells = part[part.group == "changed"].sort_values("layer")
         last = part[part.group == "last"].sort_values("layer")
-        cells_until = cells[cells["mean"] >= threshold].layer.max() if not cells.empty else None
+        until = cells[cells["mean"] >= threshold].layer.max() if not cells.empty else None
+        until = None if until is None or pd.isna(until) else int(until)
+        later = sorted(l for l in part.layer.unique() if until is not None and l > until)
+        nxt = int(later[0]) if later else None
+        after = {} if nxt is None else {g: float(v) for g, v in part[part.layer == nxt].set_index("group")["mean"].items()}
         last_from = last[last["mean"] >= threshold].layer.min() if not last.empty else None
-        out[change] = {"cells_until": None if pd.isna(cells_until) else int(cells_until),
-                       "last_from": None if pd.isna(last_from) else int(last_from), "threshold": threshold}
+        out[change] = {"cells_until": until, "next_layer": nxt, "after": after,
+                       "last_from": None if last_from is None or pd.isna(last_from) else int(last_from),
+                       "threshold": threshold}
     return out
 
 
@@ -541,10 +547,15 @@ def patching_markdown(report: dict) -> list[str]:
             continue
         lines.append(f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs).")
     for change, found in report["handover"].items():
-        cells, last = found["cells_until"], found["last_from"]
-        lines.append(f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
-                     f"difference up to layer {cells if cells is not None else '-'}; patching the last token does "
-                     f"from layer {last if last is not None else '- (never)'}.")
+        cells, nxt = found["cells_until"], found.get("next_layer")
+        text = (f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
+                f"difference up to layer {cells if cells is not None else '- (never)'}")
+        if nxt is not None:
+            text += f"; at layer {nxt}: " + ", ".join(f"{GROUP_LABELS.get(g, g)} {v:.2f}" for g, v in found["after"].items())
+        last = found["last_from"]
+        text += f"; the last token alone restores >= {found['threshold']:.0%} " + (
+            f"from layer {last}." if last is not None else "at no layer.")
+        lines.append(text)
     control = report["control_answer_logit_change"]
     if control:
         worst = max(control, key=lambda e: abs(e["mean"]))
