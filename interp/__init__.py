@@ -26,6 +26,7 @@ _LAZY = {
     "all_hook_names": ".hooks", "parse_hook_name": ".hooks",
     "Prepared": ".inputs",
     "AttentionKnockout": ".interventions", "ContrastiveMask": ".interventions",
+    "ImageCells": ".interventions", "PatchActivations": ".interventions",
     "MeanAblateImageTokens": ".interventions", "NoiseAblateImageTokens": ".interventions",
     "Plan": ".interventions", "RecordAttention": ".interventions", "RecordResidual": ".interventions",
     "RunResult": ".interventions", "ScaleImageTokens": ".interventions",
@@ -54,8 +55,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from .hooks import all_hook_names, parse_hook_name  # noqa: F401
     from .inputs import Prepared  # noqa: F401
     from .interventions import (  # noqa: F401
-        AttentionKnockout, ContrastiveMask, MeanAblateImageTokens, NoiseAblateImageTokens, Plan, RecordAttention,
-        RecordResidual, RunResult, ScaleImageTokens,
+        AttentionKnockout, ContrastiveMask, ImageCells, MeanAblateImageTokens, NoiseAblateImageTokens,
+        PatchActivations, Plan, RecordAttention, RecordResidual, RunResult, ScaleImageTokens,
     )
     from .models.loading import load  # noqa: F401
     from .models.vlm import VLM  # noqa: F401

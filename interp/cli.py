@@ -1,4 +1,4 @@
-"""Command line: ``interp families | hooks | quickstart | reproduce | ablate-method | organism ...``.
+"""Command line: ``interp families | hooks | quickstart | reproduce | patch | ablate-method | explore | organism ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -271,6 +271,54 @@ def _ablate_method(args) -> int:
     return 0
 
 
+def _int_list(text: str | None):
+    """``"all"``/None as given, else a comma-separated list of integers (one clear error otherwise)."""
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InterpError(f"{text!r} is not 'all' or a comma-separated list of layer numbers") from None
+
+
+def _patch(args) -> int:
+    """``interp patch``: counterfactual patching and the image-token lens on the synthetic benchmark."""
+    from . import load
+    from .analysis.image_lens import lens_section
+    from .analysis.patching import patching_section
+    from .data.synthetic import CHANGES, SyntheticVQA
+
+    changes = tuple(c.strip() for c in args.changes.split(",") if c.strip())
+    unknown = [c for c in changes if c not in CHANGES]
+    if not changes or unknown:
+        raise InterpError(f"--changes {args.changes!r}: use a comma-separated subset of {', '.join(CHANGES)}")
+    if args.pairs < 1:
+        raise InterpError(f"--pairs {args.pairs} must be at least 1")
+    model, load_kwargs = model_and_kwargs(args)
+    vlm = load(model, **load_kwargs)
+    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    data = SyntheticVQA(args.split, seed=0, image_size=image_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report, lines = patching_section(vlm, data, out, n_pairs=args.pairs, changes=changes, n_boot=args.n_boot,
+                                     cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
+                                     cell_layers=_int_list(args.cell_layers),
+                                     resume=out / "patching_sweep.partial.csv" if args.resume else None,
+                                     positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()))
+    result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
+    if args.lens > 0:
+        lens, lens_lines = lens_section(vlm, data, out, n=args.lens, n_boot=args.n_boot, seed=args.seed)
+        result["image_lens"] = lens
+        lines += lens_lines
+    (out / "patching.json").write_text(json.dumps(result, indent=1))
+    (out / "patching.md").write_text("\n".join([f"# interp patch: {vlm.name} on synthetic:{args.split}", ""] + lines))
+    for line in lines[:12]:
+        if line.startswith("- "):
+            print(line[2:])
+    print(f"wrote {out / 'patching.md'}, patching.json and figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="interp", description="Where does vision meet language inside a VLM?",
                     epilog="First five minutes: interp quickstart (14 s on a laptop CPU, no download).")
@@ -340,6 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_args(abl)
     abl.set_defaults(func=_ablate_method)
+
+    patch = sub.add_parser("patch", help="counterfactual activation patching and the image-token lens (synthetic)")
+    patch.add_argument("--out", required=True, help="output directory (patching.md, patching.json, CSVs, figures)")
+    patch.add_argument("--split", default="test", choices=["train", "val", "test"])
+    patch.add_argument("--pairs", type=int, default=60, help="counterfactual pairs (default 60)")
+    patch.add_argument("--changes", default="colour,shape,distractor",
+                       help="comma-separated changes taking turns (colour, shape, position, remove, distractor)")
+    patch.add_argument("--layers", default="all", help="layers to patch: all (default) or a comma-separated list")
+    patch.add_argument("--cell-layers", default=None, help="comma-separated layers of the per-cell maps (default: 4 spread out)")
+    patch.add_argument("--cell-pairs", type=int, default=2, help="pairs also patched cell by cell (default 2)")
+    patch.add_argument("--groups", default="changed,other_image,question,last",
+                       help="position groups (changed, other_image, image, question, other_text, last)")
+    patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
+    patch.add_argument("--seed", type=int, default=0)
+    patch.add_argument("--n-boot", type=int, default=2000)
+    patch.add_argument("--resume", action="store_true",
+                       help="append each pair's rows to OUT/patching_sweep.partial.csv and skip pairs already there")
+    add_model_args(patch)
+    patch.set_defaults(func=_patch)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)

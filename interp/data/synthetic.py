@@ -72,6 +72,7 @@ from PIL import Image, ImageDraw
 from ..errors import InterpError
 
 __all__ = [
+    "CHANGES",
     "COLOURS",
     "COLOUR_CLASSES",
     "COLOUR_RGB",
@@ -79,8 +80,12 @@ __all__ = [
     "SHAPES",
     "SHAPE_CLASSES",
     "SPLIT_SIZES",
+    "Counterfactual",
     "Sample",
     "SyntheticVQA",
+    "answer_of",
+    "counterfactual",
+    "counterfactual_pairs",
     "is_correct",
     "normalize_answer",
 ]
@@ -142,6 +147,9 @@ class Sample:
     kind: str
     boxes: list[Box] = field(default_factory=list)
     objects: list[dict] = field(default_factory=list)
+    #: what re-drawing the scene needs (the random state before rendering, image size,
+    #: clutter); lets :func:`counterfactual` draw the same background under new objects
+    render_state: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -390,6 +398,7 @@ class SyntheticVQA:
         turn = index // n_kinds  # how many earlier samples had this kind
         build = getattr(self, f"_{kind}")
         question, answer, objects, relevant = build(rng, turn)
+        state = {"rng": rng.bit_generator.state, "image_size": self.image_size, "clutter": self.clutter}
         image = self._render(rng, objects)
         return Sample(
             id=f"{self.split}-{index:06d}",
@@ -399,6 +408,7 @@ class SyntheticVQA:
             kind=kind,
             boxes=[objects[k]["box"] for k in relevant],
             objects=objects,
+            render_state=state,
         )
 
     def _n_objects(self, rng: np.random.Generator, at_least: int = 1) -> int:
@@ -550,29 +560,33 @@ class SyntheticVQA:
         return boxes  # type: ignore[return-value]
 
     def _render(self, rng: np.random.Generator, objects: list[dict]) -> Image.Image:
-        size = self.image_size
-        grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
-        noise = rng.integers(-_NOISE, _NOISE + 1, size=(size, size, 1), dtype=np.int16)
-        pixels = np.broadcast_to(grey + noise, (size, size, 3)).astype(np.uint8)
-        image = Image.fromarray(pixels, "RGB")
-        draw = ImageDraw.Draw(image)
-        if self.clutter:
-            width = max(1, round(size / 96))
-            for _ in range(int(rng.integers(0, 3))):
-                x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, size=4))
-                tone = int(rng.integers(135, 176))
-                draw.line([(x0, y0), (x1, y1)], fill=(tone, tone, tone), width=width)
-            for _ in range(int(rng.integers(0, 5))):
-                x, y = (int(v) for v in rng.integers(0, size, size=2))
-                r = int(rng.integers(1, max(2, round(2 * size / 96)) + 1))
-                tone = int(rng.integers(135, 176))
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=(tone, tone, tone))
-        for obj in objects:
-            _draw_shape(draw, obj["shape"], obj["box"], COLOUR_RGB[obj["colour"]])
-        return image
+        return _render_scene(rng, objects, self.image_size, self.clutter)
 
 
 # -- module helpers ------------------------------------------------------------------
+
+
+def _render_scene(rng: np.random.Generator, objects: list[dict], size: int, clutter: bool) -> Image.Image:
+    """Background (grey level, noise), clutter, then the objects, drawing from ``rng`` in that order."""
+    grey = int(rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1))
+    noise = rng.integers(-_NOISE, _NOISE + 1, size=(size, size, 1), dtype=np.int16)
+    pixels = np.broadcast_to(grey + noise, (size, size, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    if clutter:
+        width = max(1, round(size / 96))
+        for _ in range(int(rng.integers(0, 3))):
+            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, size=4))
+            tone = int(rng.integers(135, 176))
+            draw.line([(x0, y0), (x1, y1)], fill=(tone, tone, tone), width=width)
+        for _ in range(int(rng.integers(0, 5))):
+            x, y = (int(v) for v in rng.integers(0, size, size=2))
+            r = int(rng.integers(1, max(2, round(2 * size / 96)) + 1))
+            tone = int(rng.integers(135, 176))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(tone, tone, tone))
+    for obj in objects:
+        _draw_shape(draw, obj["shape"], obj["box"], COLOUR_RGB[obj["colour"]])
+    return image
 
 
 def _pairs(rng, *, n: int | None = None, shapes=None, colours=None) -> list[tuple[str, str]]:
@@ -665,3 +679,260 @@ def _patch_labels(sample: Sample, rows: int, cols: int, min_fraction: float) -> 
     colour_out = torch.from_numpy(np.where(keep, colour_index[best], 0).astype(np.int64))
     shape_out = torch.from_numpy(np.where(keep, shape_index[best], 0).astype(np.int64))
     return colour_out, shape_out
+
+
+# -- counterfactual pairs --------------------------------------------------------------
+
+#: the controlled changes :func:`counterfactual` makes
+CHANGES: tuple[str, ...] = ("colour", "shape", "position", "remove", "distractor")
+_CHANGE_CODE = {change: k for k, change in enumerate(CHANGES)}
+_QUESTION_PATTERNS = {
+    "attribute": re.compile(r"^What colour is the (\w+)\?$"),
+    "identity": re.compile(r"^What shape is the (\w+) object\?$"),
+    "existence": re.compile(r"^Is there a (\w+) (\w+)\?$"),
+    "counting_shape": re.compile(r"^How many (\w+)s are there\?$"),
+    "counting_colour": re.compile(r"^How many (\w+) objects are there\?$"),
+    "spatial": re.compile(r"^Is the (\w+) (\w+) (left of|above) the (\w+) (\w+)\?$"),
+}
+
+
+def answer_of(question: str, objects: list[dict], image_size: int) -> tuple[str, list[int]] | None:
+    """``(answer, relevant object indices)`` of a benchmark question about ``objects``, or
+    None when the scene leaves it without one answer (the asked shape/colour absent or
+    repeated, a spatial relation closer than the benchmark's threshold)."""
+    def find(colour=None, shape=None):
+        return [k for k, o in enumerate(objects)
+                if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)]
+
+    if m := _QUESTION_PATTERNS["attribute"].match(question):
+        hits = find(shape=m.group(1))
+        return (objects[hits[0]]["colour"], hits) if len(hits) == 1 else None
+    if m := _QUESTION_PATTERNS["identity"].match(question):
+        hits = find(colour=m.group(1))
+        return (objects[hits[0]]["shape"], hits) if len(hits) == 1 else None
+    if m := _QUESTION_PATTERNS["existence"].match(question):
+        colour, shape = m.groups()
+        hits = find(colour, shape)
+        if hits:
+            return "yes", hits
+        return "no", [k for k, o in enumerate(objects) if o["colour"] == colour or o["shape"] == shape]
+    if m := _QUESTION_PATTERNS["counting_shape"].match(question):
+        hits = find(shape=m.group(1))
+        return (str(len(hits)), hits) if 1 <= len(hits) <= _MAX_COUNT else None
+    if m := _QUESTION_PATTERNS["counting_colour"].match(question):
+        hits = find(colour=m.group(1))
+        return (str(len(hits)), hits) if 1 <= len(hits) <= _MAX_COUNT else None
+    if m := _QUESTION_PATTERNS["spatial"].match(question):
+        c1, s1, relation, c2, s2 = m.groups()
+        one, two = find(c1, s1), find(c2, s2)
+        if len(one) != 1 or len(two) != 1:
+            return None
+        a = 0 if relation == "left of" else 1
+        box_one, box_two = objects[one[0]]["box"], objects[two[0]]["box"]
+        diff = (box_two[a] + box_two[a + 2]) / 2.0 - (box_one[a] + box_one[a + 2]) / 2.0
+        threshold = image_size / 6.0
+        if diff >= threshold:
+            return "yes", [one[0], two[0]]
+        if -diff >= threshold:
+            return "no", [one[0], two[0]]
+        return None
+    raise InterpError(f"not a synthetic benchmark question: {question!r}")
+
+
+@dataclass
+class Counterfactual:
+    """A scene and the same scene with one controlled change.
+
+    ``original`` and ``changed`` are :class:`Sample` objects with the same question and
+    the same background, clutter and other objects; ``changed.answer`` is the answer in
+    the changed scene (equal to ``original.answer`` for the ``distractor`` control).
+    ``changed_boxes`` are the boxes of every object drawn differently (old and new box
+    when it moved), which hold every changed pixel; ``target`` is the index into
+    ``original.objects`` of the object changed.
+    """
+
+    original: Sample
+    changed: Sample
+    change: str
+    target: int
+    description: str
+    changed_boxes: list[Box] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.changed.id
+
+    @property
+    def answer_changed(self) -> bool:
+        return normalize_answer(self.original.answer) != normalize_answer(self.changed.answer)
+
+    def changed_mask(self, rows: int, cols: int, *, min_fraction: float = 0.0) -> torch.Tensor:
+        """``bool[rows, cols]``: cells the changed objects' boxes cover by more than
+        ``min_fraction`` of their area (0: any overlap), on any grid."""
+        rows, cols = _check_grid(rows, cols)
+        width, height = self.original.image.size
+        union = np.zeros((height, width), dtype=np.float64)
+        for x0, y0, x1, y1 in self.changed_boxes:
+            union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1.0
+        coverage = _cell_coverage(union, rows, cols)
+        return torch.from_numpy(coverage > min_fraction + 1e-9)
+
+    def pixel_mask(self) -> np.ndarray:
+        """``bool[H, W]``: the pixels that differ between the two images."""
+        return (np.asarray(self.original.image) != np.asarray(self.changed.image)).any(axis=-1)
+
+
+def counterfactual(sample: Sample, change: str = "colour", *, seed: int = 0) -> Counterfactual:
+    """The same scene with one controlled change of ``change``:
+
+    * ``"colour"`` / ``"shape"``: a relevant object (the one asked about) gets another
+      colour / shape such that the answer changes;
+    * ``"position"``: the first relevant object moves to a free place (for a spatial
+      question, one that flips the answer where possible);
+    * ``"remove"``: the first relevant object is removed;
+    * ``"distractor"``: an object the question is not about gets another colour (or, if
+      no colour keeps the answer, shape) such that the answer stays the same: the control.
+
+    The scene stays well-formed (distinct colour-shape pairs, no overlaps) and the
+    question answerable; the new answer is recomputed from the changed scene. The choice
+    is deterministic from the sample (its random stream) and ``seed``. One clear error
+    where the change cannot apply (e.g. recolouring the object of "What shape is the red
+    object?" would leave no red object).
+    """
+    if change not in CHANGES:
+        raise InterpError(f"unknown change {change!r}; use one of {', '.join(CHANGES)}")
+    state = sample.render_state
+    if state is None:
+        raise InterpError(f"sample {sample.id} carries no render state: counterfactuals need samples drawn by SyntheticVQA")
+    size = int(state["image_size"])
+    found = answer_of(sample.question, sample.objects, size)
+    if found is None:  # pragma: no cover - generated samples always have one answer
+        raise InterpError(f"sample {sample.id}: the question has no single answer in its own scene")
+    relevant = found[1]
+    entropy = int(state["rng"]["state"]["state"]) % (1 << 63)
+    rng = np.random.default_rng([entropy, _CHANGE_CODE[change], int(seed)])
+    objects = [dict(o) for o in sample.objects]
+    # the control's new colour/shape is neither the answer nor a word of the question
+    avoid = {normalize_answer(sample.answer), *normalize_answer(sample.question).split()} if change == "distractor" else set()
+    candidates = _change_candidates(change, objects, relevant, size, rng, avoid)
+    chosen = None
+    for target, new_objects, description in candidates:
+        result = answer_of(sample.question, new_objects, size)
+        if result is None:
+            continue
+        same = normalize_answer(result[0]) == normalize_answer(sample.answer)
+        if change == "distractor" and not same:
+            continue
+        if change == "position" and same:  # a move that keeps the answer is the fallback
+            chosen = chosen or (target, new_objects, description, result)
+            continue
+        if change in ("colour", "shape", "remove") and same:
+            continue
+        chosen = (target, new_objects, description, result)
+        break
+    if chosen is not None:
+        target, new_objects, description, (answer, new_relevant) = chosen
+        boxes = [objects[target]["box"]]
+        if change == "position":
+            boxes.append(new_objects[target]["box"])
+        image = _render_scene(_rng_from(state), new_objects, size, bool(state["clutter"]))
+        changed = Sample(id=f"{sample.id}-{change}", image=image, question=sample.question, answer=answer,
+                         kind=sample.kind, boxes=[new_objects[k]["box"] for k in new_relevant], objects=new_objects,
+                         render_state=state)
+        return Counterfactual(sample, changed, change, target, description, boxes)
+    raise InterpError(f"sample {sample.id} ({sample.kind}: {sample.question!r}) admits no {change!r} change "
+                      + ("that keeps the answer" if change == "distractor" else "that keeps the question answerable"
+                         + ("" if change == "position" else " and changes the answer")))
+
+
+def _rng_from(state: dict) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]  # the setter copies
+    return rng
+
+
+def _change_candidates(change, objects, relevant, size, rng, avoid=frozenset()):
+    """Every candidate ``(target, new objects, description)`` of a change, in a seeded order."""
+    pairs = {(o["colour"], o["shape"]) for o in objects}
+    if change == "distractor":
+        targets = [k for k in range(len(objects)) if k not in relevant]
+        fields = ("colour", "shape")
+    else:
+        targets = list(relevant[:1]) if change in ("position", "remove") else list(relevant)
+        fields = (change,) if change in ("colour", "shape") else ()
+    targets = [targets[i] for i in rng.permutation(len(targets))]
+    for field_name in fields:
+        values = COLOURS if field_name == "colour" else SHAPES
+        for target in targets:
+            old = objects[target]
+            for i in rng.permutation(len(values)):
+                value = values[i]
+                if value == old[field_name] or value in avoid:
+                    continue
+                new = dict(old, **{field_name: value})
+                if (new["colour"], new["shape"]) in pairs:
+                    continue
+                out = [dict(o) for o in objects]
+                out[target] = new
+                yield target, out, f"{old['colour']} {old['shape']} -> {new['colour']} {new['shape']}"
+    if change == "remove":
+        for target in targets:
+            old = objects[target]
+            yield target, [dict(o) for k, o in enumerate(objects) if k != target], f"{old['colour']} {old['shape']} removed"
+    if change == "position":
+        scale = size / 96.0
+        gap, border = max(1, round(_GAP * scale)), max(1, round(_BORDER * scale))
+        for target in targets:
+            old = objects[target]
+            x0, y0, x1, y1 = old["box"]
+            side = x1 - x0
+            others = np.array([o["box"] for k, o in enumerate(objects) if k != target], dtype=np.int64).reshape(-1, 4)
+            cand = rng.integers(border, size - border - side + 1, size=(256, 2))
+            nx, ny = cand[:, :1], cand[:, 1:]
+            apart = ((nx + side + gap <= others[:, 0]) | (others[:, 2] + gap <= nx)
+                     | (ny + side + gap <= others[:, 1]) | (others[:, 3] + gap <= ny)).all(axis=1)
+            # far enough from where it was that the move is visible: no overlap with the old box
+            moved = (nx[:, 0] + side <= x0) | (x1 <= nx[:, 0]) | (ny[:, 0] + side <= y0) | (y1 <= ny[:, 0])
+            for j in np.flatnonzero(apart & moved):
+                out = [dict(o) for o in objects]
+                box = (int(cand[j, 0]), int(cand[j, 1]), int(cand[j, 0]) + side, int(cand[j, 1]) + side)
+                out[target] = dict(old, box=box)
+                yield target, out, f"{old['colour']} {old['shape']} moved {tuple(old['box'])} -> {box}"
+
+
+#: question kinds each change is drawn from by :func:`counterfactual_pairs`
+CHANGE_KINDS: dict[str, tuple[str, ...]] = {
+    "colour": ("attribute",), "shape": ("identity",), "distractor": ("attribute", "identity"),
+    "position": ("spatial",), "remove": ("existence", "counting"),
+}
+
+
+def counterfactual_pairs(dataset: "SyntheticVQA", n: int = 60, changes: Sequence[str] = ("colour", "shape", "distractor"),
+                         *, start: int = 0, seed: int = 0) -> list[Counterfactual]:
+    """``n`` counterfactuals, the changes taking turns; each from the next sample (from
+    index ``start``) of a kind in :data:`CHANGE_KINDS` that admits it. Deterministic."""
+    if isinstance(changes, str):
+        changes = (changes,)
+    unknown = [c for c in changes if c not in CHANGES]
+    if not changes or unknown:
+        raise InterpError(f"unknown change(s) {unknown or list(changes)!r}; use a non-empty subset of {', '.join(CHANGES)}")
+    if n < 1:
+        raise InterpError(f"n={n}: ask for at least one counterfactual pair")
+    cursor = {change: start for change in changes}
+    out: list[Counterfactual] = []
+    limit = len(dataset)
+    while len(out) < n:
+        change = changes[len(out) % len(changes)]
+        while True:
+            if cursor[change] >= limit:
+                raise InterpError(f"the {dataset.split!r} split ran out of samples for {change!r} changes")
+            sample = dataset[cursor[change]]
+            cursor[change] += 1
+            if sample.kind not in CHANGE_KINDS[change]:
+                continue
+            try:
+                out.append(counterfactual(sample, change, seed=seed))
+                break
+            except InterpError:
+                continue
+    return out

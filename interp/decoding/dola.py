@@ -211,7 +211,7 @@ def prefill_cache(vlm, prepared, interventions: Any = ()) -> PrefillCache:
     and keep the key/value cache of every token but the last, for :func:`dola_generate`'s
     ``prefill``. Exact for interventions that only change earlier positions' states (the
     masks on image tokens); the last token is recomputed from the cache by each decoding."""
-    from ..interventions.plan import Plan, build_schedule, execute_step
+    from ..engine.plan import Plan, build_schedule, execute_step
 
     if isinstance(interventions, Intervention):
         interventions = [interventions]
@@ -323,7 +323,7 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
     starts at the last prompt token. Many decodings of one prompt (the method ablation)
     skip re-encoding the image and prompt; ``interventions`` must then be empty.
     """
-    from ..interventions.plan import Plan, build_schedule, execute_step
+    from ..engine.plan import Plan, build_schedule, execute_step
 
     _check_arguments(select, relative_top, repetition_penalty, max_new_tokens, do_sample, temperature, top_k)
     if prepared.inputs["input_ids"].shape[0] != 1:

@@ -4,6 +4,7 @@ from .ablate import ImageTokenEdit, MeanAblateImageTokens, NoiseAblateImageToken
 from .base import Intervention, StepContext
 from .contrastive import ContrastiveMask
 from .knockout import AttentionKnockout
+from .patch import ImageCells, PatchActivations, RecordSource
 from .record import RecordAttention, RecordResidual
 from .wcd import ReviewLayerMask, SoftImageMask
 
@@ -11,12 +12,15 @@ __all__ = [
     "ContrastiveMask",
     "AttentionKnockout",
     "ImageTokenEdit",
+    "ImageCells",
     "Intervention",
     "MeanAblateImageTokens",
     "NoiseAblateImageTokens",
+    "PatchActivations",
     "Plan",
     "RecordAttention",
     "RecordResidual",
+    "RecordSource",
     "ReviewLayerMask",
     "RunResult",
     "ScaleImageTokens",

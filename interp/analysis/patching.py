@@ -1,0 +1,580 @@
+"""Counterfactual activation patching: runners, the sweep, its summary and report section.
+
+Terms: the *source* is the clean input whose activations are copied; the *base* is the
+corrupted input that runs with them written in. For a synthetic counterfactual pair
+(:func:`interp.data.synthetic.counterfactual`) the source is the original scene and
+the base the scene with one controlled change.
+
+* :func:`run_patched` / :func:`patch_session` run the source and the patched base run(s)
+  in ONE nnsight session (on ``remote=`` one request: the source's values never come
+  back to Python between the runs).
+* :func:`patching_sweep` patches the source's activations into the base at every layer,
+  site and position group (and per image cell at chosen layers) and returns a tidy
+  DataFrame; ``resid_pre`` runs on the captured-prefix fast path
+  (:mod:`interp.engine.prefix`: each pair's source and base captured once, the base
+  restarted at layer ``l`` with the source's values written in), other sites through
+  sessions.
+
+Metric: the logit difference ``LD = logit(source answer) - logit(base answer)`` at the
+last prompt position, each answer represented by its *first* token as generated after
+the prompt (:func:`interp.analysis.teacher.answer_token_ids`); the normalised effect
+``(LD_patched - LD_base) / (LD_source - LD_base)`` is 0 for no effect and 1 for the
+source's behaviour. When both answers share their first token (the distractor control)
+LD is 0 and the effect undefined (NaN): the control is reported as the raw change of
+the answer token's logit, ``answer_logit_change = logit_patched(answer) - logit_base(answer)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import nnsight
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError, InterpError
+from ..hooks import parse_hook_name
+from ..interventions.base import StepContext, resolve_layers
+from ..interventions.patch import PATCH_SITES, ImageCells, PatchActivations, RecordSource
+from ..engine.plan import Plan, RunResult, build_schedule, execute_step
+from .stats import per_layer_ci
+
+#: position groups of the sweep, in display order
+GROUPS = ("changed", "other_image", "question", "other_text", "last")
+METRIC = "logit(source answer) - logit(base answer), first answer token, last prompt position"
+#: the groups the report section patches by default (``other_text`` costs a fifth more and is optional)
+REPORT_GROUPS = ("changed", "other_image", "question", "last")
+GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
+                "other_text": "other text tokens", "last": "last token"}
+
+
+# -- running a source and patched base runs in one session ------------------------------
+
+
+@dataclass
+class PatchedRuns:
+    """What :func:`patch_session` returns: the source run and one base run per condition."""
+
+    source: RunResult
+    runs: list[RunResult] = field(default_factory=list)
+
+
+def _source_recorders(bound: Iterable) -> list:
+    """One recorder per source name, over the union of the sites the patches need."""
+    sites: dict[str, set] = {}
+    for item in bound:
+        recorder = getattr(item, "source_recorder", None)
+        if recorder is not None:
+            made = recorder()
+            sites.setdefault(made.name, set()).update(made.sites())
+    return [RecordSource(s, name) for name, s in sites.items()]
+
+
+def _with_source(items, source) -> list:
+    out = []
+    for item in Plan(items):
+        needs = getattr(item, "with_source", None)
+        out.append(needs(source) if needs is not None and getattr(item, "source", None) is None else item)
+    return out
+
+
+def patch_session(vlm, base, source, conditions: Sequence[Sequence], *, remote: bool | str | None = None,
+                  logit_positions=None, source_interventions: Sequence = ()) -> PatchedRuns:
+    """Run ``source`` once, then ``base`` once per condition (a list of interventions, any
+    mix of :class:`PatchActivations` and others), all in one nnsight session.
+
+    Patches without a source get ``source``. The source run records every site any
+    patch needs (whole activations, under :meth:`PatchActivations.source_key`), plus
+    ``source_interventions`` of its own. Logits: the last position ``(batch, vocab)``,
+    or ``logit_positions`` of each run (``(batch, n, vocab)``).
+    """
+    if base.input_ids.shape[0] != source.input_ids.shape[0]:
+        raise InputError(f"the source has batch {source.input_ids.shape[0]} but the base has {base.input_ids.shape[0]}")
+    bound_conditions = [Plan(_with_source(items, source)).bind(vlm, base) for items in conditions]
+    recorders = _source_recorders(item for bound in bound_conditions for item in bound)
+    source_bound = Plan(source_interventions).bind(vlm, source) + recorders
+    source_schedule = build_schedule(source_bound)
+    schedules = [build_schedule(bound) for bound in bound_conditions]
+    model, access = vlm.nnsight, vlm.access
+    trace_kwargs = vlm.trace_kwargs(remote)
+
+    def geometry(prepared):
+        return (prepared.image_positions.to(vlm.device), prepared.question_positions.to(vlm.device), prepared.seq_len)
+
+    def pick(logits):
+        return logits[:, -1] if logit_positions is None else logits[:, logit_positions]
+
+    with torch.no_grad(), model.session(**trace_kwargs):
+        records = nnsight.save({})
+        outputs = nnsight.save([])
+        with model.trace(dict(source.inputs)):
+            execute_step(model, access, source_schedule, StepContext(0, 0, *geometry(source), records))
+            source_logits = nnsight.save(pick(model.output.logits))
+        for schedule in schedules:
+            with model.trace(dict(base.inputs)):
+                run_records = dict(records)  # the source's values, and this run's own recordings
+                ctx = StepContext(0, 0, *geometry(base), run_records)
+                execute_step(model, access, schedule, ctx)
+                outputs.append((run_records, pick(model.output.logits)))
+    source_records = {k: v.detach().cpu() for k, v in records.items()}
+    source_run = RunResult(source, source_records, logits=source_logits.detach().cpu())
+    runs = [RunResult(base, {k: v.detach().cpu() for k, v in rec.items() if k not in records},
+                      logits=logits.detach().cpu()) for rec, logits in outputs]
+    return PatchedRuns(source_run, runs)
+
+
+def run_patched(vlm, base, source, *interventions, remote: bool | str | None = None, logit_positions=None,
+                source_interventions: Sequence = ()) -> RunResult:
+    """Run ``base`` with ``interventions`` (patches read from ``source``), after a source
+    run recording what the patches need, in one nnsight session. Returns the base run."""
+    return patch_session(vlm, base, source, [list(interventions)], remote=remote, logit_positions=logit_positions,
+                         source_interventions=source_interventions).runs[0]
+
+
+# -- pairs -------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One input of a pair: an image, a question and (optionally) its answer."""
+
+    image: Any
+    question: str
+    answer: str | None = None
+
+
+@dataclass
+class PatchPair:
+    """A (base, source) pair: the base runs with the source's activations patched in.
+    ``changed_boxes`` (pixel boxes, exclusive ends) mark where the images differ; with
+    them the sweep splits the image into changed and other cells."""
+
+    id: str
+    base: Side
+    source: Side
+    change: str = "custom"
+    changed_boxes: tuple = ()
+    description: str = ""
+
+
+def _side(entry) -> Side:
+    if isinstance(entry, Side):
+        return entry
+    if isinstance(entry, (tuple, list)) and len(entry) in (2, 3):
+        return Side(*entry)
+    if hasattr(entry, "image") and hasattr(entry, "question"):
+        return Side(entry.image, entry.question, getattr(entry, "answer", None))
+    raise InputError(f"cannot use {type(entry).__name__} as one side of a pair: give (image, question[, answer])")
+
+
+def as_pairs(pairs: Any) -> list[PatchPair]:
+    """PatchPairs from synthetic :class:`~interp.data.synthetic.Counterfactual` objects
+    (base: the changed scene, source: the original), PatchPairs, or ``(base, source)``
+    tuples of ``(image, question[, answer])`` (answers default to the model's own top token)."""
+    from ..data.synthetic import Counterfactual
+
+    if isinstance(pairs, (Counterfactual, PatchPair)):
+        pairs = [pairs]
+    out = []
+    for k, entry in enumerate(pairs):
+        if isinstance(entry, PatchPair):
+            out.append(entry)
+        elif isinstance(entry, Counterfactual):
+            out.append(PatchPair(entry.id, _side(entry.changed), _side(entry.original), entry.change,
+                                 tuple(tuple(b) for b in entry.changed_boxes), entry.description))
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            out.append(PatchPair(str(k), _side(entry[0]), _side(entry[1])))
+        else:
+            raise InputError(f"cannot patch with {type(entry).__name__}: give Counterfactuals, PatchPairs or "
+                             "(base, source) tuples of (image, question[, answer])")
+    if not out:
+        raise InputError("no pairs to patch: give at least one (base, source) pair")
+    return out
+
+
+# -- the sweep ---------------------------------------------------------------------------
+
+
+def _sites(sites) -> list[str]:
+    sites = [sites] if isinstance(sites, str) else list(sites)
+    names = []
+    for site in sites:
+        site = site.removeprefix("hook_")
+        if site not in PATCH_SITES:
+            raise InterpError(f"cannot patch site {site!r}; patchable sites: {', '.join(PATCH_SITES)}")
+        names.append(site)
+    if not names:
+        raise InterpError("give at least one site to patch")
+    return list(dict.fromkeys(names))
+
+
+def _groups(pair: PatchPair, base, source, positions) -> dict[str, Any]:
+    """Position group -> selector on the base (matched by role on the source)."""
+    rows, cols = base.grid.shape
+    wanted = [positions] if isinstance(positions, str) else list(positions)
+    unknown = [g for g in wanted if g not in GROUPS + ("image",)]
+    if unknown:
+        raise InterpError(f"unknown position group(s) {unknown}; use {', '.join(GROUPS + ('image',))}")
+    out: dict[str, Any] = {}
+    mask = None
+    if pair.changed_boxes:
+        from ..data.synthetic import boxes_mask
+        from ..inputs import load_image
+
+        size = load_image(pair.base.image).size
+        mask = boxes_mask(pair.changed_boxes, size, rows, cols, min_fraction=1e-6)
+    text = torch.ones(base.seq_len, dtype=torch.bool)
+    text[base.image_positions.cpu()] = False
+    text[base.question_positions.cpu()] = False
+    text[base.seq_len - 1] = False
+    for group in wanted:
+        if group in ("changed", "other_image") and mask is None:
+            continue  # a pair without changed boxes: use "image"
+        if group == "changed":
+            out[group] = ImageCells(mask)
+        elif group == "other_image":
+            out[group] = ImageCells(~mask)
+        elif group == "other_text":
+            out[group] = text.nonzero().flatten()
+        else:
+            out[group] = group  # "image", "question", "last"
+    return out
+
+
+def _first_token(vlm, prepared, answer: str) -> int:
+    from .teacher import answer_token_ids
+
+    tokenizer = getattr(vlm.processor, "tokenizer", vlm.processor)
+    return int(answer_token_ids(tokenizer, prepared.prompt, answer)[0])
+
+
+def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: Any = GROUPS, layers: Any = "all",
+                   cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16,
+                   remote: bool | str | None = None, progress: bool = True, resume: str | Path | None = None) -> pd.DataFrame:
+    """Patch each pair's source activations into its base at every (site, layer, position
+    group), and per image cell at ``cell_layers``; one row per (pair, site, layer, group
+    [, cell]) with ``logit_diff`` (patched), ``effect`` (normalised) and
+    ``answer_logit_change``, plus the pair's ``clean_logit_diff`` / ``corrupt_logit_diff``
+    and whether the model's top token is each answer's (``clean_correct`` / ``corrupt_correct``).
+
+    Per-cell rows are computed for the first ``cell_pairs`` pairs only (all when None):
+    they cost a restart per cell. ``resume``: a CSV file each finished pair's rows are
+    appended to; pairs already in it are not run again (long sweeps survive interruption).
+
+    ``mode``: ``"fast"`` (``resid_pre`` only: captured prefixes, the base restarted at each
+    layer, ``batch`` variants per forward), ``"naive"`` (one nnsight session per pair and
+    site: the reference, and the ``remote=`` path) or ``"auto"`` (fast where it applies).
+    """
+    from ..engine.prefix import supports_prefix_reuse
+
+    pair_list = as_pairs(pairs)
+    site_list = _sites(sites)
+    layer_list = resolve_layers(layers, vlm.n_layers)
+    cell_list = [] if cell_layers is None or (not isinstance(cell_layers, (str, int)) and len(cell_layers) == 0) else \
+        resolve_layers(cell_layers, vlm.n_layers)
+    if mode not in ("auto", "fast", "naive"):
+        raise InterpError(f"mode must be auto, fast or naive, got {mode!r}")
+    reason = supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
+    if mode == "fast":
+        if reason:
+            raise InterpError(f"the fast patching sweep does not apply here ({reason}); use mode='naive'")
+        if site_list != ["resid_pre"]:
+            raise InterpError("the fast patching sweep patches resid_pre only; use mode='naive' for "
+                              + ", ".join(s for s in site_list if s != "resid_pre"))
+    rows: list[dict] = []
+    done: set = set()
+    previous = None
+    if resume is not None and Path(resume).exists() and Path(resume).stat().st_size:
+        previous = pd.read_csv(resume)
+        done = set(previous.pair.astype(str))
+    use_fast, slow = {}, {}
+    for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
+        if pair.id in done:
+            continue
+        first_row = len(rows)
+        base = vlm.prepare(pair.base.image, pair.base.question)
+        source = vlm.prepare(pair.source.image, pair.source.question)
+        groups = _groups(pair, base, source, positions)
+        grid = base.grid
+        cells = {(r, c): ImageCells([(r, c)]) for r in range(grid.rows) for c in range(grid.cols)
+                 if int(grid.positions[r, c]) >= 0}
+        conditions = {}  # (site, layer, group, row, col) -> selector
+        for site in site_list:
+            for layer in layer_list:
+                for group, selector in groups.items():
+                    conditions[(site, layer, group, -1, -1)] = selector
+            for layer in cell_list if cell_pairs is None or index < cell_pairs else ():
+                for (r, c), selector in cells.items():
+                    conditions[(site, layer, "cell", r, c)] = selector
+        use_fast = {site: mode != "naive" and site == "resid_pre" and reason is None for site in site_list}
+        logits: dict = {}
+        clean = corrupt = None
+        if any(use_fast.values()):
+            fast = {k: v for k, v in conditions.items() if use_fast[k[0]]}
+            clean, corrupt, out = _fast_pair(vlm, base, source, fast, batch)
+            logits.update(out)
+        slow = {k: v for k, v in conditions.items() if not use_fast[k[0]]}
+        if slow:
+            clean, corrupt, out = _session_pair(vlm, base, source, slow, remote)
+            logits.update(out)
+        a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else int(clean.argmax())
+        a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else int(corrupt.argmax())
+
+        def ld(row):
+            return float(row[a_source] - row[a_base])
+
+        clean_ld, corrupt_ld = ld(clean), ld(corrupt)
+        denominator = clean_ld - corrupt_ld
+        common = {"pair": pair.id, "change": pair.change, "clean_logit_diff": clean_ld, "corrupt_logit_diff": corrupt_ld,
+                  "clean_correct": int(clean.argmax()) == a_source, "corrupt_correct": int(corrupt.argmax()) == a_base,
+                  "same_first_token": a_source == a_base}
+        for (site, layer, group, r, c), row in logits.items():
+            value = ld(row)
+            effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
+            rows.append({**common, "site": site, "layer": layer, "group": group, "row": r, "col": c,
+                         "logit_diff": value, "effect": effect,
+                         "answer_logit_change": float(row[a_source] - corrupt[a_source])})
+        if resume is not None:
+            path = Path(resume)
+            pd.DataFrame(rows[first_row:]).to_csv(path, mode="a", header=not path.exists() or not path.stat().st_size,
+                                                 index=False)
+    frame = pd.DataFrame(rows)
+    if previous is not None:
+        keep = previous[previous.pair.astype(str).isin({p.id for p in pair_list})]
+        frame = pd.concat([keep, frame], ignore_index=True) if len(frame) else keep.reset_index(drop=True)
+    frame.attrs.update({"model": vlm.name, "n_layers": vlm.n_layers, "sites": site_list,
+                        "mode": "fast" if any(use_fast.values()) and not slow else ("naive" if not any(use_fast.values()) else "mixed"),
+                        "metric": METRIC})
+    return frame
+
+
+def _fast_pair(vlm, base, source, conditions: dict, batch: int):
+    """Captured-prefix patching at resid_pre: ``(clean logits, corrupt logits, {condition: logits})``."""
+    from ..engine.prefix import capture, continue_from, unembed
+    from ..interventions.runtime import first
+
+    src = capture(vlm, source, torch.tensor([source.seq_len - 1]))
+    cor = capture(vlm, base, torch.tensor([base.seq_len - 1]))
+    out = {}
+    by_layer: dict[int, list] = {}
+    for key in conditions:
+        by_layer.setdefault(key[1], []).append(key)
+    for layer, keys in sorted(by_layer.items()):
+        args, kwargs = src.layer_inputs[layer]
+        hidden = first(args) if args else kwargs["hidden_states"]
+        values = {PatchActivations.source_key(layer, "resid_pre"): hidden}
+        for i in range(0, len(keys), batch):
+            chunk = keys[i : i + batch]
+            variants = [[PatchActivations(layers=layer, site="resid_pre", positions=conditions[key], source=source,
+                                          source_values=values).bind(vlm.n_layers, base)] for key in chunk]
+            hidden_out, _ = continue_from(vlm, cor, layer, variants)
+            for key, row in zip(chunk, unembed(vlm, hidden_out)):
+                out[key] = row[0].float().cpu()
+    return src.logits[0].cpu(), cor.logits[0].cpu(), out
+
+
+def _session_pair(vlm, base, source, conditions: dict, remote):
+    """One nnsight session per pair: the source, the unpatched base and every condition."""
+    keys = list(conditions)
+    runs = patch_session(vlm, base, source,
+                         [[]] + [[PatchActivations(layers=k[1], site=k[0], positions=conditions[k])] for k in keys],
+                         remote=remote)
+    corrupt = runs.runs[0].logits[0].float()
+    out = {key: run.logits[0].float() for key, run in zip(keys, runs.runs[1:])}
+    return runs.source.logits[0].float(), corrupt, out
+
+
+# -- summaries ---------------------------------------------------------------------------
+
+
+def patching_effects(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (change, site, layer, group): the mean over pairs with a bootstrap CI of the
+    normalised ``effect`` (pairs whose answers differ) or, for controls (same answer), of
+    the raw ``answer_logit_change``; column ``metric`` says which."""
+    groups = frame[frame.group != "cell"]
+    if groups.empty:
+        raise InterpError("the sweep has no position-group rows")
+    parts = []
+    for same, metric in ((False, "effect"), (True, "answer_logit_change")):
+        part = groups[groups.same_first_token == same].dropna(subset=[metric])
+        if part.empty:
+            continue
+        ci = per_layer_ci(part, metric, by=("change", "site", "layer", "group"), n_boot=n_boot, seed=seed)
+        ci["metric"] = metric
+        parts.append(ci)
+    return pd.concat(parts, ignore_index=True)
+
+
+def cell_effect_grid(frame: pd.DataFrame, pair: str, layer: int, *, site: str = "resid_pre",
+                     value: str = "effect") -> np.ndarray:
+    """One pair's per-cell ``value`` at ``layer`` on its image grid (NaN where not patched)."""
+    cells = frame[(frame.pair == pair) & (frame.layer == layer) & (frame.site == site) & (frame.group == "cell")]
+    if cells.empty:
+        raise InterpError(f"no per-cell rows for pair {pair!r} at layer {layer} ({site}); sweep with cell_layers")
+    grid = np.full((int(cells.row.max()) + 1, int(cells.col.max()) + 1), np.nan)
+    grid[cells.row.values, cells.col.values] = cells[value].values
+    return grid
+
+
+def handover(effects: pd.DataFrame, *, site: str = "resid_pre", threshold: float = 0.5) -> dict:
+    """Where the changed object's information leaves its cells, per change (answer-changing
+    pairs): ``cells_until``, the last layer where patching the changed cells restores at
+    least ``threshold`` of the logit difference; ``next_layer``, the next layer swept, and
+    the mean effect of every group there (``after``: where the information went);
+    ``last_from``, the first layer where the last token alone restores ``threshold``."""
+    out = {}
+    rows = effects[(effects.metric == "effect") & (effects.site == site)]
+    for change, part in rows.groupby("change"):
+        cells = part[part.group == "changed"].sort_values("layer")
+        last = part[part.group == "last"].sort_values("layer")
+        until = cells[cells["mean"] >= threshold].layer.max() if not cells.empty else None
+        until = None if until is None or pd.isna(until) else int(until)
+        later = sorted(l for l in part.layer.unique() if until is not None and l > until)
+        nxt = int(later[0]) if later else None
+        after = {} if nxt is None else {g: float(v) for g, v in part[part.layer == nxt].set_index("group")["mean"].items()}
+        last_from = last[last["mean"] >= threshold].layer.min() if not last.empty else None
+        out[change] = {"cells_until": until, "next_layer": nxt, "after": after,
+                       "last_from": None if last_from is None or pd.isna(last_from) else int(last_from),
+                       "threshold": threshold}
+    return out
+
+
+# -- the report section ------------------------------------------------------------------
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    import json
+
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _ci(entry) -> str:
+    return f"{entry['mean']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def default_cell_layers(n_layers: int, count: int = 4) -> list[int]:
+    return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, count)})
+
+
+def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
+                     changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
+                     cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
+                     mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
+                     progress: bool = True, sweep: pd.DataFrame | None = None,
+                     resume: str | Path | None = None) -> tuple[dict, list[str]]:
+    """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
+
+    ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
+    the ``changes`` taking turns) or ready pairs (Counterfactuals, PatchPairs, tuples).
+    Per-cell maps are computed for the first ``cell_pairs`` pairs (the figure shows one).
+    ``sweep``: a finished :func:`patching_sweep` of these pairs (e.g. read back from its
+    CSV) to report instead of running one.
+    Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
+    and ``patching_cells`` into ``out_dir`` when given.
+    """
+    from .. import plotting  # noqa: F401 - the package's figure style
+    from ..data.synthetic import SyntheticVQA, counterfactual_pairs
+    from ..inputs import load_image
+    from ..plotting import patching as figures
+
+    if isinstance(samples, SyntheticVQA):
+        pairs = as_pairs(counterfactual_pairs(samples, n_pairs, changes, seed=seed))
+    else:
+        pairs = as_pairs(samples)[:n_pairs]
+    cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
+    if sweep is None:
+        sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers,
+                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress, resume=resume)
+    else:
+        cell_layers = sorted(int(l) for l in sweep[sweep.group == "cell"].layer.unique()) or cell_layers
+        sweep.attrs.setdefault("metric", METRIC)
+    effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
+    found = handover(effects)
+    per_pair = sweep.groupby("pair").first()
+    both_right = float((per_pair.clean_correct & per_pair.corrupt_correct).mean())
+    layer0 = effects[(effects.layer == 0) & (effects.group == "changed")]
+    control = effects[effects.metric == "answer_logit_change"]
+    answer_moves = sweep[(~sweep.same_first_token) & (sweep.group != "cell")]
+    reference_move = float((answer_moves.clean_logit_diff - answer_moves.corrupt_logit_diff).abs().groupby(
+        answer_moves.pair).first().mean()) if not answer_moves.empty else float("nan")
+    example = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        sweep.to_csv(out / "patching_sweep.csv", index=False)
+        figures.patching_heatmap(effects, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer")
+        for change in dict.fromkeys(effects.change):
+            figures.patching_curves(effects, change=change, out_dir=out, name=f"patching_curves_{change}")
+        mapped = set(sweep[sweep.group == "cell"].pair)
+        candidates = [p for p in pairs if p.id in mapped and p.changed_boxes and p.change not in ("distractor",)
+                      and bool(per_pair.loc[p.id, "clean_correct"]) and bool(per_pair.loc[p.id, "corrupt_correct"])]
+        pick = candidates[0] if candidates else next((p for p in pairs if p.id in mapped and p.changed_boxes), None)
+        if pick is not None and cell_layers:
+            grids = {layer: cell_effect_grid(sweep, pick.id, layer) for layer in cell_layers}
+            shape = next(iter(grids.values())).shape
+            from ..data.synthetic import boxes_mask
+
+            image = load_image(pick.base.image)
+            changed = boxes_mask(pick.changed_boxes, image.size, *shape, min_fraction=1e-6).numpy()
+            figures.patching_cell_maps(image, grids, changed=changed, out_dir=out,
+                                       question=f"{pick.source.question} {pick.source.answer} -> {pick.base.answer} "
+                                                f"({pick.description}); effect of patching one cell")
+            example = {"pair": pick.id, "description": pick.description, "cell_layers": cell_layers}
+    report = {
+        "n_pairs": len(pairs), "changes": {c: int(n) for c, n in per_pair.change.value_counts().items()},
+        "mode": sweep.attrs.get("mode"), "metric": sweep.attrs.get("metric"),
+        "both_answers_top_token": both_right, "effects": _records(effects), "handover": found,
+        "layer0_changed_effect": _records(layer0), "control_answer_logit_change": _records(control),
+        "mean_abs_clean_minus_corrupt_logit_diff": reference_move, "cell_layers": cell_layers, "example": example,
+    }
+    return report, patching_markdown(report)
+
+
+def patching_markdown(report: dict) -> list[str]:
+    """The report section's markdown lines."""
+    lines = ["## Counterfactual activation patching", "",
+             f"{report['n_pairs']} pairs (" + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
+             + "); the source (original scene) is patched into the base (changed scene) at the input of one layer "
+             f"(resid_pre), one position group at a time; metric: {report['metric']}; effect = (patched - base) / "
+             "(source - base). Top token equals the expected answer in both runs for "
+             f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
+    for entry in report["layer0_changed_effect"]:
+        if entry["metric"] != "effect":
+            continue
+        lines.append(f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs).")
+    for change, found in report["handover"].items():
+        cells, nxt = found["cells_until"], found.get("next_layer")
+        text = (f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
+                f"difference up to layer {cells if cells is not None else '- (never)'}")
+        if nxt is not None:
+            text += f"; at layer {nxt}: " + ", ".join(f"{GROUP_LABELS.get(g, g)} {v:.2f}" for g, v in found["after"].items())
+        last = found["last_from"]
+        text += f"; the last token alone restores >= {found['threshold']:.0%} " + (
+            f"from layer {last}." if last is not None else "at no layer.")
+        lines.append(text)
+    control = report["control_answer_logit_change"]
+    if control:
+        worst = max(control, key=lambda e: abs(e["mean"]))
+        lines.append(f"- **control** (a distractor changed, answer unchanged): the answer token's logit moves by at most "
+                     f"{worst['mean']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}] on average (layer {worst['layer']}, "
+                     f"{worst['group']}), against a mean |source - base| logit difference of "
+                     f"{report['mean_abs_clean_minus_corrupt_logit_diff']:.2f} in the answer-changing pairs.")
+    lines += ["", "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
+              "|---|---|" + "---|" * len(_table_layers(report))]
+    table = pd.DataFrame(report["effects"])
+    for (change, group), part in table.groupby(["change", "group"], sort=False):
+        values = part.set_index("layer")
+        lines.append(f"| {change} | {group} | " + " | ".join(
+            f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
+    lines += ["", "Figures: patching_heatmap, patching_curves_<change>, patching_cells (PNG and PDF).", ""]
+    return lines
+
+
+def _table_layers(report: dict) -> list[int]:
+    layers = sorted({e["layer"] for e in report["effects"]})
+    step = max(1, len(layers) // 8)
+    return layers[::step] + ([layers[-1]] if layers[::step][-1] != layers[-1] else [])
