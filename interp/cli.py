@@ -203,7 +203,8 @@ def _reproduce(args) -> int:
     vlm = load(model, remote=bool(args.remote), **load_kwargs)
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
-    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb}
+    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
+             "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
@@ -356,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 2000)")
     rep.add_argument("--remote", action="store_true",
                      help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)")
+    rep.add_argument("--patching", type=positive_int, default=None, metavar="PAIRS",
+                     help="add counterfactual activation patching on PAIRS synthetic pairs (see interp patch)")
+    rep.add_argument("--lens", type=positive_int, default=None, metavar="N", help="add the image-token lens on N samples")
+    rep.add_argument("--method-ablation", type=int, default=None, metavar="SEEDS",
+                     help="add the authors'-method ablation (greedy + SEEDS sampling runs; see interp ablate-method)")
     rep.add_argument("--keep-prefix-mb", type=float, default=None,
                      help="memory for clean prefixes kept between the two phases (default 2048)")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "

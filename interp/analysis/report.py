@@ -33,8 +33,9 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
-def write_report(vlm, tables, config, out: Path, *, dataset: str = "") -> dict:
-    """Statistics and figures of ``tables``; writes the CSVs, ``report.json`` and ``report.md``."""
+def write_report(vlm, tables, config, out: Path, *, dataset: str = "", extras: dict | None = None) -> dict:
+    """Statistics and figures of ``tables``; writes the CSVs, ``report.json`` and ``report.md``.
+    ``extras``: further sections, ``{name: (dict for report.json, markdown lines)}``."""
     from .. import plotting
 
     items, sweep, maps, lens, contrastive = tables.items, tables.sweep, tables.maps, tables.lens, tables.contrastive
@@ -102,8 +103,12 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "") -> dict:
                         "example": example},
         "per_kind_baseline": _per_kind(sweep),
     }
-    write_atomic(out / "report.json", json.dumps(report, indent=1))
-    write_atomic(out / "report.md", render_markdown(report))
+    markdown = render_markdown(report)
+    for name, (section, lines) in (extras or {}).items():
+        report[name] = section
+        markdown += "\n" + "\n".join(lines) + "\n"
+    write_atomic(out / "report.json", json.dumps(report, indent=1, default=str))
+    write_atomic(out / "report.md", markdown)
     return report
 
 

@@ -57,6 +57,12 @@ class ReproduceConfig:
     progress: bool = True
     #: memory for clean prefixes kept between the two phases; beyond it, phase 2 re-runs them
     keep_prefix_mb: float = 2048.0
+    #: extra sections (off by default: each costs as much as the rest of the run on the organism):
+    #: counterfactual patching pairs, image-token lens samples (synthetic data), and the
+    #: authors'-method ablation with this many sampling seeds (None: off)
+    patching_pairs: int = 0
+    lens_samples: int = 0
+    ablation_seeds: int | None = None
 
 
 @dataclass
@@ -99,7 +105,8 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
     rewrites the report from the same rows)."""
     import hashlib
 
-    report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers")
+    report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers", "patching_pairs",
+                   "lens_samples", "ablation_seeds")
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
     return {"kind": "interp-reproduce", "model": vlm.name, "n_layers": vlm.n_layers, "dataset": dataset,
@@ -241,6 +248,37 @@ def _fits(item):
                           "devices (--device-map auto)") from None
 
 
+def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
+    """The opt-in sections: ``{name: (dict for report.json, markdown lines)}``; each resumes
+    from its own file in ``out/rows``."""
+    from ..data.synthetic import SyntheticVQA
+
+    extras: dict = {}
+    synthetic = isinstance(samples, SyntheticVQA)
+    common = dict(n_boot=config.n_boot, seed=config.seed, remote=config.remote, progress=config.progress)
+    if config.patching_pairs and synthetic:
+        from .patching import patching_section
+
+        extras["patching"] = patching_section(vlm, samples, out, n_pairs=config.patching_pairs,
+                                              resume=out / "rows" / "patching.csv", **common)
+    if config.lens_samples and synthetic:
+        from .image_lens import lens_section
+
+        extras["image_lens"] = lens_section(vlm, samples, out, n=config.lens_samples, **common)
+    if config.ablation_seeds is not None:
+        from .method_ablation import AblationConfig, run_method_ablation, write_outputs
+
+        ablation = AblationConfig(seeds=config.ablation_seeds, n_boot=config.n_boot, seed=config.seed,
+                                  progress=config.progress, remote=config.remote)
+        rows = run_method_ablation(vlm, items, config=ablation, out=out / "rows" / "method_ablation.jsonl")
+        report = write_outputs(rows, {**ablation.resolved(vlm), "model": vlm.name, "dataset": dataset}, out,
+                               n_boot=config.n_boot, seed=config.seed)
+        extras["method_ablation"] = (report, ["## The authors' method, component by component", "",
+                                              report["paragraph"], "", "Table and figure: method_ablation.md / .png.",
+                                              ""])
+    return extras
+
+
 def example_answers(vlm, tables: Tables, config: ReproduceConfig, max_new_tokens: int = 8) -> dict:
     """The contrastive figure's sample, answered greedily without and with the primary mask."""
     from ..interventions import ContrastiveMask
@@ -297,7 +335,8 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
             if tables is None or (world is not None and world.rank != 0):
                 return None
             tables.example = example_answers(vlm, tables, config)
-            return write_report(vlm, tables, config, out, dataset=dataset)
+            extras = extra_sections(vlm, samples, items, config, out, dataset)
+            return write_report(vlm, tables, config, out, dataset=dataset, extras=extras)
     finally:
         if world is not None:
             world.close()
