@@ -15,10 +15,11 @@ What each mode ran is also counted by a forward hook on every decoder layer
 (``details.observed``, per question: forwards, decode steps, layer calls and layer x rows),
 which includes the row-level restart (each condition recomputes only the rows it can change)
 and the shared layer forwards. Beside that, :func:`layer_work` counts from the conditions the
-decoder-layer work the naive and the every-row fast schedule do per question: ``layer_row_forwards`` = the sum over forwards of (decoder
-layers run x batch rows), and ``layer_token_rows`` = that times the sequence length
-(``details.sweep_speedup.layer_work``, and on stderr beside the speedup). Counts do not wobble
-with the machine's load. The time ratio differs from the count ratio by the work the count
+decoder-layer work the naive and the every-row fast schedule do per question:
+``layer_row_forwards`` = the sum over forwards of (decoder layers run x batch rows), and
+``layer_token_rows`` = that times the sequence length (``details.sweep_speedup.layer_work``, and on
+stderr beside the speedup). Counts do not wobble with the machine's load. The time ratio differs
+from the count ratio by the work the count
 leaves out: the naive mode also runs the vision tower, the embedding and an nnsight trace per
 condition where the fast mode runs them once per question (so on small models the time ratio
 is the larger), and both modes unembed and score every condition.

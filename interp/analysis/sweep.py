@@ -170,7 +170,11 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         bound = Plan(condition(variant, layer, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
         row = first_changed_row(vlm, clean, layer, [bound]) if rows else 0
         groups.setdefault((layer, row), []).append(((variant, layer), bound))
-    keys, finals, prefills = [], [], []
+    decoder = _Decoder(vlm, sp, max_new_tokens, decode_batch) if generate else None
+    if decoder is not None:
+        decoder.add([("baseline", -1)], [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len])
+                                        for k, v in fill_kv(vlm, clean)], clean.logits[:1])
+    keys, finals = [], []
     for (start, row), members in groups.items():
         for i in range(0, len(members), batch):
             chunk = members[i : i + batch]
@@ -178,8 +182,8 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
                              kv_rows=tf.prompt_len if generate else None, share=rows)
             keys.extend(key for key, _ in chunk)
             finals.append(result.hidden)
-            if generate:
-                prefills.append(result.kv)
+            if decoder is not None:
+                decoder.add([key for key, _ in chunk], result.kv, result.hidden[:, 0])
     scored = {("baseline", -1): clean.logits}
     if finals:
         scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
@@ -187,36 +191,51 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
     for key in [("baseline", -1)] + list(conditions):
         logprob, match = tf.score(scored[key])
         results[key] = {"correct": float(match), "logprob": logprob}
-    if generate:
-        kv = [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len]) for k, v in fill_kv(vlm, clean)]
-        prefills.insert(0, kv)
-        order = [("baseline", -1)] + keys
-        texts = _decode_all(vlm, sp, [scored[key][0] for key in order], prefills, max_new_tokens, decode_batch)
-        for key, text in zip(order, texts):
+    if decoder is not None:
+        for key, text in decoder.finish(scored).items():
             results[key]["prediction"] = text
             results[key]["correct"] = item.score(text)
     return results
 
 
-def _decode_all(vlm, sp: SamplePass, first_logits: list, prefills: list, max_new_tokens: int,
-                decode_batch: int | None) -> list[str]:
-    """Decode every condition of a sample (``prefills``: per restart chunk, its per-layer keys
-    and values) in batches of ``decode_batch`` rows (None: all at once)."""
-    layer_rows = [[] for _ in range(vlm.n_layers)]
-    for kv in prefills:
-        for index, pair in enumerate(kv):
-            layer_rows[index].append(pair)
-    n = len(first_logits)
-    size = n if decode_batch is None else max(1, decode_batch)
-    keys = [torch.cat([k for k, _ in pairs]) for pairs in layer_rows]
-    values = [torch.cat([v for _, v in pairs]) for pairs in layer_rows]
-    logits = torch.stack(first_logits)
-    texts = []
-    for i in range(0, n, size):
-        kv = [(k[i : i + size], v[i : i + size]) for k, v in zip(keys, values)]
-        tokens = greedy_continue(vlm, sp.prepared, logits[i : i + size], kv, max_new_tokens)
-        texts.extend(vlm.decode(torch.tensor([row])) [0] for row in tokens)
-    return texts
+class _Decoder:
+    """Collects the conditions' prefills (per-layer prompt keys/values) and decodes them in
+    batches: all of a sample's at the end (``decode_batch=None``; their first-token logits are
+    the sample's scored logits), or ``decode_batch`` rows at a time as they come, holding at most
+    that many conditions' keys/values (their first-token logits unembedded per batch)."""
+
+    def __init__(self, vlm, sp: SamplePass, max_new_tokens: int, decode_batch: int | None):
+        self.vlm, self.sp, self.max_new_tokens, self.size = vlm, sp, max_new_tokens, decode_batch
+        self.pending: list = []  # (keys, kv, first-position logits or hidden)
+        self.texts: dict = {}
+
+    def add(self, keys: list, kv: list, first) -> None:
+        self.pending.append((keys, kv, first))
+        if self.size is not None and sum(len(k) for k, _, _ in self.pending) >= self.size:
+            self._flush(None)
+
+    def finish(self, scored: dict) -> dict:
+        self._flush(scored)
+        return self.texts
+
+    def _flush(self, scored) -> None:
+        if not self.pending:
+            return
+        vlm, pending, self.pending = self.vlm, self.pending, []
+        keys = [key for chunk, _, _ in pending for key in chunk]
+        if scored is not None and self.size is None:
+            logits = torch.stack([scored[key][0] for key in keys])
+        else:  # the baseline's are logits already; a restart's first scored position is its hidden state
+            logits = torch.cat([first if key[0] == ("baseline", -1) else unembed(vlm, first)
+                                for key, _, first in pending])
+        layer_kv = [(torch.cat([kv[i][0] for _, kv, _ in pending]), torch.cat([kv[i][1] for _, kv, _ in pending]))
+                    for i in range(vlm.n_layers)]
+        size = len(keys) if self.size is None else max(1, self.size)
+        for start in range(0, len(keys), size):
+            kv = [(k[start : start + size], v[start : start + size]) for k, v in layer_kv]
+            tokens = greedy_continue(vlm, self.sp.prepared, logits[start : start + size], kv, self.max_new_tokens)
+            for key, row in zip(keys[start : start + size], tokens):
+                self.texts[key] = vlm.decode(torch.tensor([row]))[0]
 
 
 def _naive(vlm, sp: SamplePass, conditions, window, scale, scoring, max_new_tokens, remote) -> dict:

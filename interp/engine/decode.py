@@ -95,8 +95,9 @@ def greedy_continue(vlm, prepared, last_logits: torch.Tensor, kv: list, max_new_
     prompt = inputs["input_ids"].to(device)
     # what `generate` computes for the prompt before its prefill: the position ids, and for
     # M-RoPE families (Qwen2-VL) the prompt's rope deltas, which its decoding steps read
-    model._prepare_position_ids_for_generation(prompt, {key: value for key, value in inputs.items()
-                                                        if key != "input_ids"})
+    prepare_positions = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare_positions is not None:
+        prepare_positions(prompt, {key: value for key, value in inputs.items() if key != "input_ids"})
     extra = {}
     for key, fill in _TOKEN_FIELDS.items():
         value = inputs.get(key)

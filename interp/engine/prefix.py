@@ -169,7 +169,8 @@ def capture(vlm, prepared, positions: torch.Tensor, recorders: Iterable[Interven
     kv = None
     if keep_kv:
         if len(cache.layers) != vlm.n_layers:
-            raise InterpError(f"the clean pass filled {len(cache.layers)} cache layers for {vlm.n_layers} decoder layers")
+            raise InterpError(f"the clean pass filled {len(cache.layers)} cache layers for "
+                              f"{vlm.n_layers} decoder layers")
         kv = [(layer.keys, layer.values) for layer in cache.layers]
     return CleanPass(prepared, positions.clone(), logits.detach().float(), records, specs, list(saved), kv)
 
@@ -242,7 +243,11 @@ def first_changed_row(vlm, clean: "CleanPass", start: int, variants: list[list[I
         if len(args) > 1 or any(key not in _ROW_KEYWORDS and key != "hidden_states" and _is_tensorish(value)
                                 for key, value in kwargs.items()):
             return 0
-        while (earlier := _sees_forward(kwargs.get("attention_mask"), row)) is not None:
+        mask = kwargs.get("attention_mask")
+        full = (clean.prepared.seq_len,) * 2
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape[-2:]) != full):
+            return 0  # only a full (query x key) mask can be cut to the query rows
+        while (earlier := _sees_forward(mask, row)) is not None:
             row = earlier
     return row
 
