@@ -9,9 +9,9 @@ forcing), run once with two recorders —
   (``attention`` records; causal attention makes it the same as in the prompt alone),
 * the residual stream after every layer at the scored positions (the logit lens).
 
-On local models the pass is captured restartable (every layer's inputs kept, see
-:mod:`interp.engine.prefix`); on the naive and remote paths it is one plain run with
-the same recorders.
+On local models the pass is captured restartable (every layer's inputs and keys/values
+kept, see :mod:`interp.engine.prefix`, so row-level restarts need no second forward); on
+the naive and remote paths it is one plain run with the same recorders.
 """
 
 from __future__ import annotations
@@ -74,5 +74,5 @@ def sample_pass(vlm, item: Item, *, restartable: bool, remote=None, attention_la
     tf = teacher_force(vlm, prepared, item.answers[0])
     clean = capture(vlm, tf.prepared, tf.positions,
                     recorders(vlm, tf, attention_layers=attention_layers, residual_layers=residual_layers),
-                    restartable=restartable, remote=remote)
+                    restartable=restartable, remote=remote, keep_kv=restartable)
     return SamplePass(item, prepared, tf, clean)
