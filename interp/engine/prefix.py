@@ -220,19 +220,18 @@ def first_changed_row(vlm, clean: "CleanPass", start: int, variants: list[list[I
     """The first sequence row the ``variants`` (bound) can change when restarted at ``start``.
 
     Each intervention says it through its interface: ``first_row(layer, site)`` is the first
-    prefill position it can change (or read) at that site, None if it changes none; without
-    the method every row counts (0). Rows before the returned one are clean in every layer
+    prefill position it can change (or read) at that site, None if it changes none (the base
+    class says 0: every row). Rows before the returned one are clean in every layer
     from ``start`` on (causal attention), so a restart recomputes only the rows from it on.
     Lowered until no earlier row attends to it (bidirectional image blocks) and to the first
     scored position; 0 where a layer keyword cannot be cut to a row suffix."""
     row = None
     for items in variants:
         for item in items:
-            declared = getattr(item, "first_row", None)
             for layer, site in item.sites():
                 if layer is not None and layer < start:
                     continue
-                found = 0 if declared is None else declared(layer, site)
+                found = item.first_row(layer, site)
                 if found is not None:
                     row = int(found) if row is None else min(row, int(found))
     row = int(clean.positions.min()) if row is None else min(row, int(clean.positions.min()))

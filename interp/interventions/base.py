@@ -143,6 +143,11 @@ class Intervention:
             "fast path does not recompute; run it with mode='naive'"
         )
 
+    def first_row(self, layer: int | None, site: str) -> int | None:
+        """The first prefill position this can change (or read) at the site; None if none.
+        The fast path recomputes only the rows from the earliest one on (default: every row)."""
+        return 0
+
     def recorded_as(self, layer: int | None, site: str):
         """Recorders: ``(spec, key)`` — what this site records, comparable across runs
         (``spec``), and the ``records`` key it stores it under. None for edits."""
