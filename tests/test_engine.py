@@ -145,7 +145,8 @@ def test_reproduce_runs_one_clean_pass_per_sample_and_equals_the_analyses_one_by
     counts = report["counts"]
     assert counts["clean_forwards_per_sample"] == 1.0
     assert counts["crop_forwards_per_sample"] == 1.0
-    assert counts.get("full_forward", 0) == 0 and counts.get("generate", 0) == 0
+    assert counts.get("full_forward", 0) == 0 and counts.get("kv_forward", 0) == 0
+    assert counts["generate"] == 2  # the contrastive figure's example, without and with the mask
 
     # the same analyses, each run on its own (its own passes), through the same report code
     sweep = masking_sweep(vlm, items, variants=config.variants, window=config.window, progress=False)

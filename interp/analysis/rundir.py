@@ -82,9 +82,8 @@ class RunDir:
         try:
             record.claim(self.settings, what=str(self.out))
             for phase in ("phase1", "phase2", "passes"):  # proven ours: repair a cut last line, open to append
-                log = RowLog(self.rows / f"{phase}.{self.label}.jsonl")
-                log.open()
-                self._logs[phase] = log
+                if self._path(phase).exists():
+                    self._open_log(phase)
         except BaseException:
             self.close()
             raise
@@ -114,8 +113,18 @@ class RunDir:
                 out[record["item"]] = record
         return out
 
+    def _path(self, phase: str) -> Path:
+        return self.rows / f"{phase}.{self.label}.jsonl"
+
+    def _open_log(self, phase: str) -> RowLog:
+        log = RowLog(self._path(phase))
+        log.open()
+        self._logs[phase] = log
+        return log
+
     def append(self, phase: str, record: dict) -> None:
-        self._logs[phase].append(record)
+        """Add one line to this shard's file of ``phase`` (created on the first line), durably."""
+        (self._logs.get(phase) or self._open_log(phase)).append(record)
 
     def add_passes(self, counts: dict, timings: dict) -> None:
         """This process's pass counts and phase timings (the report sums every process's)."""
