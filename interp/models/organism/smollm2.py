@@ -62,10 +62,10 @@ def smollm2_dir() -> Path:
             delattr(config, attribute)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if not target.exists():
-        partial.rename(target)
-    return target
+    from . import publish_dir
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return publish_dir(target, write)
