@@ -45,14 +45,14 @@ VARIANT = "organism-qwen2vl"
 @dataclass
 class QwenTrainConfig:
     seed: int = 0
-    tower_steps: int = 350
+    tower_steps: int = 900
     tower_batch: int = 24
     tower_lr: float = 1e-3
     tower_sizes: tuple[int, ...] = (96, 96, 96, 128)  # cycled per step: dynamic resolution
     words_steps: int = 100
     words_lr: float = 2e-3
     align_steps: int = 0  # stage 1 (merger only, LM frozen); 0 goes straight to adaptation
-    adapt_steps: int = 600
+    adapt_steps: int = 700
     batch: int = 8
     lr_projector: float = 1e-3
     lr_lora: float = 2e-3
@@ -140,7 +140,7 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
     progress = tqdm(range(config.tower_steps), desc="stage 0: tower", unit="step")
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = config.tower_lr * min(1.0, (step + 1) / 30)
+            group["lr"] = config.tower_lr * lr_scale(step, config.tower_steps, 30)
         size = config.tower_sizes[step % len(config.tower_sizes)]
         samples = _scene_batch(datasets, size, index, config.tower_batch)
         index += config.tower_batch
