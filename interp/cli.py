@@ -1,4 +1,4 @@
-"""Command line: ``interp families | hooks | quickstart | reproduce | organism ...``.
+"""Command line: ``interp families | hooks | quickstart | reproduce | compare | organism ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -255,6 +255,21 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from .analysis.compare import compare_json, compare_markdown, compare_runs
+    from .plotting.compare import compare_curves
+
+    labels = args.labels.split(",") if args.labels else None
+    comparison = compare_runs(args.runs, labels, variant=args.variant)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(compare_markdown(comparison, variant=args.variant))
+    (out / "compare.json").write_text(json.dumps(compare_json(comparison), indent=1))
+    compare_curves(comparison, variant=args.variant, out_dir=out)
+    print(f"compared {len(args.runs)} runs: wrote {out / 'compare.md'}, compare.json and compare_curves.png/.pdf")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Where does vision meet language inside a VLM?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -291,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--device-map", default=None, help="e.g. auto (HF accelerate device placement)")
     rep.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
     rep.set_defaults(func=_reproduce)
+
+    comp = sub.add_parser("compare", help="several reproduce runs side by side on relative depth")
+    comp.add_argument("runs", nargs="+", help="run directories written by `interp reproduce --out`")
+    comp.add_argument("--out", required=True, help="directory for compare.md, compare.json and the figures")
+    comp.add_argument("--labels", default=None, help="comma-separated names of the runs (default: their models)")
+    comp.add_argument("--variant", default="single", help="masking variant for the curves and findings")
+    comp.set_defaults(func=_compare)
 
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)
