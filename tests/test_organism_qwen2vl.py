@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shlex
 import time
@@ -323,3 +324,28 @@ def test_analyses_run_on_the_organism(organism):
     maps = attention_maps(organism, items[:1], layers=layers, progress=False)
     share = relevant_mass(maps)
     assert set(share.layer) == set(layers) and share.relevant_share.between(0, 1).all()
+
+
+def test_card_writes_into_a_user_directory_never_the_package(tmp_path, monkeypatch):
+    """`interp organism card` (and `train`) default to ~/.cache/interp/...; --out writes where asked."""
+    from interp.cli import default_organism_dir, main
+    from interp.models.organism import WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / "qwen2vl"
+    before = {p.name: p.stat().st_mtime for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
+    results = json.loads((shipped / "test_results.json").read_text())
+    out = tmp_path / "card"
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(shipped / "test_results.json"),
+                 "--out", str(out)]) == 0
+    text = (out / "MODEL_CARD.md").read_text()
+    assert f"**{results['accuracy']:.3f}**" in text and (out / "loss_curve.png").stat().st_size > 0
+    assert text == (shipped / "MODEL_CARD.md").read_text()  # the shipped card is this command's output
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(shipped / "test_results.json")]) == 0
+    (written,) = (tmp_path / "cache" / "organism-cards").iterdir()
+    assert (written / "MODEL_CARD.md").exists()
+    assert default_organism_dir("runs", "qwen2_vl").parent == tmp_path / "cache" / "organism-runs"
+    assert {p.name: p.stat().st_mtime for p in WEIGHTS_DIR.rglob("*") if p.is_file()} == before
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**results, "split": "val"}))
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(bad), "--out", str(out)]) == 2

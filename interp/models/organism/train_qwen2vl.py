@@ -54,9 +54,11 @@ class QwenTrainConfig:
     align_steps: int = 0  # stage 1 (merger only, LM frozen); 0 goes straight to adaptation
     adapt_steps: int = 700
     batch: int = 8
-    lr_projector: float = 1e-3
-    lr_lora: float = 2e-3
-    lr_bias: float = 2e-3
+    # the merger is already word-aligned by stage 0b: a high rate here lets its outputs grow
+    # far past the embeddings' scale (seen at 1e-3: norms 8x the words', answers at chance)
+    lr_projector: float = 1e-4
+    lr_lora: float = 1e-3
+    lr_bias: float = 1e-3
     lora_rank: int = 32
     lora_alpha: float = 64.0
     polish_steps: int = 0
@@ -314,9 +316,16 @@ def _round_to_shipped(model) -> None:
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
 
 
-def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | str = ".") -> dict:
+def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | str = ".", *,
+                  tower_from: str | Path | None = None, tower_log: list | None = None) -> dict:
     """Run all stages; write ``organism-qwen2vl.safetensors`` (after stage 2 and, final,
-    after stage 3) and ``training_log.json`` into ``out_dir``. Returns the log summary."""
+    after stage 3) and ``training_log.json`` into ``out_dir``. Returns the log summary.
+
+    ``tower_from`` (a file written by this recipe with the same seed and tower config)
+    skips stage 0: its tower blocks replace the pre-training. Stage 0 is deterministic and
+    the later stages draw no random numbers before the seeded LoRA init, so the run goes on
+    as a fresh one would, up to the fp16 rounding of the loaded tower; ``tower_log``
+    carries stage 0's log entries."""
     from safetensors.torch import save_file
 
     from ...data.synthetic import SyntheticVQA
@@ -336,7 +345,16 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         focus = SyntheticVQA("train", seed=config.seed, image_size=size, kinds=config.focus_kinds)
     log: list = []
     started = time.time()
-    pretrain_tower(model, processor, scenes, config, log)
+    if tower_from is None:
+        pretrain_tower(model, processor, scenes, config, log)
+    else:
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(str(tower_from)).items()
+                 if k.startswith("model.visual.") and not k.startswith("model.visual.merger.")}
+        current = model.state_dict()
+        model.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()}, strict=False)
+        log += list(tower_log or [])
     align_merger_to_words(model, processor, scenes, config, log)
     t0 = time.time() - started
     index = 100_000
@@ -368,6 +386,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1),
                     "polish": round(t3 - t2, 1), "total": round(t3, 1)},
         "torch": torch.__version__,
+        "tower_from": None if tower_from is None else str(tower_from),
         "log": log,
     }
     (out_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
