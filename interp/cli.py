@@ -1,4 +1,4 @@
-"""Command line: ``interp families | hooks | quickstart | reproduce | patch | ablate-method | explore | organism ...``.
+"""Command line: ``interp families | hooks | quickstart | reproduce | patch | ablate-method | explore | compare | organism ...``.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -113,25 +113,70 @@ def _quickstart(args) -> int:
     return 0
 
 
+ORGANISM_ARCHS = ("llava", "qwen2_vl")
+# train flags every architecture has (default: that architecture's config default)
+_SHARED_TRAIN_FIELDS = ("seed", "tower_steps", "align_steps", "adapt_steps", "polish_steps", "batch", "focus_fraction")
+
+
+def default_organism_dir(kind: str, arch: str) -> Path:
+    """Where ``interp organism train``/``card`` write without ``--out``: a user directory
+    (``~/.cache/interp/organism-<kind>/<arch>-<time>``), never the installed package."""
+    import time
+
+    from .models.organism.smollm2 import cache_root
+
+    return cache_root() / f"organism-{kind}" / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def organism_train_config(args):
-    """The :class:`TrainConfig` an ``interp organism train`` command line asks for."""
+    """The training config (:class:`TrainConfig`, or :class:`QwenTrainConfig` for
+    ``--arch qwen2_vl``) an ``interp organism train`` command line asks for."""
+    arch = getattr(args, "arch", "llava")
+    if args.focus_fraction is not None and not 0 <= args.focus_fraction < 1:
+        raise InterpError(f"--focus-fraction {args.focus_fraction} must be in [0, 1).")
+    given = {f: getattr(args, f) for f in _SHARED_TRAIN_FIELDS if getattr(args, f) is not None}
+    if arch == "qwen2_vl":
+        from .models.organism.train_qwen2vl import QwenTrainConfig
+
+        if args.no_centre_marker:
+            raise InterpError("--no-centre-marker is a LLaVA-organism ablation; the qwen2_vl recipe always marks centres.")
+        if args.lora_rank is not None:
+            if args.lora_rank < 1:
+                raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
+            given["lora_rank"] = args.lora_rank
+        if args.time_budget is not None:
+            if args.time_budget <= 0:
+                raise InterpError(f"--time-budget {args.time_budget} must be a positive number of minutes.")
+            given["time_budget_min"] = args.time_budget
+        return QwenTrainConfig(**given)
     from .models.organism.train import TrainConfig
 
-    if not 0 <= args.focus_fraction < 1:
-        raise InterpError(f"--focus-fraction {args.focus_fraction} must be in [0, 1).")
-    return TrainConfig(seed=args.seed, tower_steps=args.tower_steps, align_steps=args.align_steps,
-                       adapt_steps=args.adapt_steps, polish_steps=args.polish_steps, batch=args.batch,
-                       centre_marker=not args.no_centre_marker, focus_fraction=args.focus_fraction)
+    if args.lora_rank is not None or args.time_budget is not None:
+        raise InterpError("--lora-rank and --time-budget belong to --arch qwen2_vl.")
+    return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
 def _organism_train(args) -> int:
-    from .models.organism import WEIGHTS_DIR
-    from .models.organism.train import train
-
     config = organism_train_config(args)
-    summary = train(config, Path(args.out) if args.out else WEIGHTS_DIR)
+    out = Path(args.out) if args.out else default_organism_dir("runs", args.arch)
+    print(f"writing the run into {out}")
+    if args.arch == "qwen2_vl":
+        from .models.organism.train_qwen2vl import train_qwen2vl
+
+        summary = train_qwen2vl(config, out)
+    else:
+        from .models.organism.train import train
+
+        summary = train(config, out)
     print(json.dumps(summary["seconds"]))
+    print(f"wrote {out}")
     return 0
+
+
+def _scene_size(vlm) -> int:
+    """The synthetic scenes' side for a model: its tower's input size (96 px for a
+    dynamic-resolution tower, the size the organisms were trained on)."""
+    return getattr(getattr(vlm.config, "vision_config", None), "image_size", None) or 96
 
 
 def _organism_eval(args) -> int:
@@ -140,7 +185,7 @@ def _organism_eval(args) -> int:
     from .models.organism.evaluate import evaluate
 
     vlm = load(args.variant, **loading_flags(args))
-    dataset = SyntheticVQA(args.split, seed=args.seed, image_size=vlm.config.vision_config.image_size)
+    dataset = SyntheticVQA(args.split, seed=args.seed, image_size=_scene_size(vlm))
     result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
     result = {"model": args.variant, "split": args.split, "seed": args.seed, **result}
     if args.json:
@@ -153,20 +198,42 @@ def _organism_eval(args) -> int:
     return 0
 
 
-def _organism_card(args) -> int:
+def _test_results(variant: str, limit: int | None, flags: dict | None = None) -> dict:
     from . import load
     from .data.synthetic import SyntheticVQA
-    from .models.organism import VARIANTS, WEIGHTS_DIR
-    from .models.organism.card import write_card
     from .models.organism.evaluate import evaluate
 
-    results = {}
-    for variant in VARIANTS:
-        vlm = load(variant, **loading_flags(args))
-        dataset = SyntheticVQA("test", seed=0, image_size=vlm.config.vision_config.image_size)
-        results[variant] = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, progress=True)
-        print(f"{variant}: accuracy {results[variant]['accuracy']:.3f}, blind {results[variant]['blind_accuracy']:.3f}")
-    print(f"wrote {write_card(WEIGHTS_DIR, results)}")
+    vlm = load(variant, **(flags or {}))
+    dataset = SyntheticVQA("test", seed=0, image_size=_scene_size(vlm))
+    result = evaluate(vlm.model, vlm.processor, dataset, limit=limit, progress=True)
+    print(f"{variant}: accuracy {result['accuracy']:.3f}, blind {result['blind_accuracy']:.3f}")
+    return result
+
+
+def _organism_card(args) -> int:
+    from .models.organism import LLAVA_VARIANTS, QWEN_VARIANTS, WEIGHTS_DIR, weights_path
+
+    out = Path(args.out) if args.out else default_organism_dir("cards", args.arch)
+    if args.arch == "qwen2_vl":
+        from .models.organism.card_qwen2vl import write_qwen_card
+
+        (variant,) = QWEN_VARIANTS
+        run = Path(args.run) if args.run else WEIGHTS_DIR / "qwen2vl"
+        if args.results:
+            result = json.loads(Path(args.results).read_text())
+            if result.get("model") != variant or result.get("split") != "test" or "blind_accuracy" not in result:
+                raise InterpError(f"{args.results} is not a test-split evaluation of {variant} with the blind run.")
+        else:
+            result = _test_results(variant, args.limit, loading_flags(args))
+        print(f"wrote {write_qwen_card(run, result, out, weights_path(variant))}")
+        return 0
+    from .models.organism.card import write_card
+
+    if args.results:
+        raise InterpError("--results belongs to --arch qwen2_vl (the LLaVA card evaluates both variants).")
+    run = Path(args.run) if args.run else WEIGHTS_DIR
+    results = {variant: _test_results(variant, args.limit, loading_flags(args)) for variant in LLAVA_VARIANTS}
+    print(f"wrote {write_card(run, results, out)}")
     return 0
 
 
@@ -201,7 +268,7 @@ def _reproduce(args) -> int:
         if torch.cuda.is_available():  # one GPU per rank
             load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     vlm = load(model, remote=bool(args.remote), **load_kwargs)
-    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
              "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation}
@@ -231,7 +298,7 @@ def _explore(args) -> int:
         read_run(args.run)  # a bad run directory fails before the model loads
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, **load_kwargs)
-    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    image_size = _scene_size(vlm)
     samples, _ = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     page = explore(vlm, samples, args.out, run_dir=args.run, patching=args.patching, limit=args.limit)
     print(f"wrote {page.path} ({len(page.html) / 1e6:.1f} MB, self-contained: open it in a browser)")
@@ -253,7 +320,7 @@ def _ablate_method(args) -> int:
     layers = args.dola_layers if args.dola_layers in ("low", "high") else [int(x) for x in args.dola_layers.split(",")]
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, remote=bool(args.remote), **load_kwargs)
-    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     max_new_tokens = args.max_new_tokens or get_benchmark(args.dataset).max_new_tokens
     config = AblationConfig(temperature=args.temperature, seeds=args.seeds, review_layer=args.review_layer,
@@ -297,7 +364,7 @@ def _patch(args) -> int:
         raise InterpError(f"--pairs {args.pairs} must be at least 1")
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, **load_kwargs)
-    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96) or 96
+    image_size = _scene_size(vlm)
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,6 +384,21 @@ def _patch(args) -> int:
         if line.startswith("- "):
             print(line[2:])
     print(f"wrote {out / 'patching.md'}, patching.json and figures")
+    return 0
+
+
+def _compare(args) -> int:
+    from .analysis.compare import compare_json, compare_markdown, compare_runs
+    from .plotting.compare import compare_curves
+
+    labels = args.labels.split(",") if args.labels else None
+    comparison = compare_runs(args.runs, labels, variant=args.variant)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(compare_markdown(comparison, variant=args.variant))
+    (out / "compare.json").write_text(json.dumps(compare_json(comparison), indent=1))
+    compare_curves(comparison, variant=args.variant, out_dir=out)
+    print(f"compared {len(args.runs)} runs: wrote {out / 'compare.md'}, compare.json and compare_curves.png/.pdf")
     return 0
 
 
@@ -414,23 +496,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(patch)
     patch.set_defaults(func=_patch)
 
+    comp = sub.add_parser("compare", help="several reproduce runs side by side on relative depth")
+    comp.add_argument("runs", nargs="+", help="run directories written by `interp reproduce --out`")
+    comp.add_argument("--out", required=True, help="directory for compare.md, compare.json and the figures")
+    comp.add_argument("--labels", default=None, help="comma-separated names of the runs (default: their models)")
+    comp.add_argument("--variant", default="single", help="masking variant for the curves and findings")
+    comp.set_defaults(func=_compare)
+
     organism = sub.add_parser("organism", help="the embedded model organism: train or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)
-    org_train = org_sub.add_parser("train", help="train the organism (seeded; writes its shipped weights)")
-    org_train.add_argument("--seed", type=int, default=0)
-    org_train.add_argument("--tower-steps", type=int, default=1200)
-    org_train.add_argument("--align-steps", type=int, default=150)
-    org_train.add_argument("--adapt-steps", type=int, default=1000)
-    org_train.add_argument("--polish-steps", type=int, default=400)
-    org_train.add_argument("--batch", type=int, default=16)
-    org_train.add_argument("--focus-fraction", type=float, default=0.25,
+    from .models.organism import VARIANTS as organism_variants
+
+    org_train = org_sub.add_parser("train", help="train an organism (seeded); writes a run directory")
+    org_train.add_argument("--arch", default="llava", choices=ORGANISM_ARCHS,
+                           help="llava (default: the organism) or qwen2_vl (organism-qwen2vl)")
+    org_train.add_argument("--seed", type=int, default=None)
+    org_train.add_argument("--tower-steps", type=int, default=None)
+    org_train.add_argument("--align-steps", type=int, default=None)
+    org_train.add_argument("--adapt-steps", type=int, default=None)
+    org_train.add_argument("--polish-steps", type=int, default=None)
+    org_train.add_argument("--batch", type=int, default=None)
+    org_train.add_argument("--focus-fraction", type=float, default=None,
                            help="share of each answer batch drawn from counting/spatial questions (0: none)")
     org_train.add_argument("--no-centre-marker", action="store_true",
-                           help="ablation: no object-centre head in tower pre-training, no ' object' mark")
-    org_train.add_argument("--out", default=None, help="directory for the weights (default: the package's)")
+                           help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark")
+    org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
+    org_train.add_argument("--time-budget", type=float, default=None,
+                           help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
+    org_train.add_argument("--out", default=None,
+                           help="run directory (default: ~/.cache/interp/organism-runs/<arch>-<time>)")
     org_train.set_defaults(func=_organism_train)
     org_eval = org_sub.add_parser("eval", help="accuracy on the synthetic benchmark, with and without the image")
-    org_eval.add_argument("--variant", default="organism", choices=["organism", "organism-frozen"])
+    org_eval.add_argument("--variant", default="organism", choices=list(organism_variants))
     org_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
     org_eval.add_argument("--limit", type=positive_int, default=None)
     org_eval.add_argument("--seed", type=int, default=0)
@@ -438,8 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     org_eval.add_argument("--json", action="store_true")
     add_model_args(org_eval, model=False)
     org_eval.set_defaults(func=_organism_eval)
-    org_card = org_sub.add_parser("card", help="evaluate both variants on the test split and write MODEL_CARD.md")
+    org_card = org_sub.add_parser("card", help="evaluate the shipped weights on the test split and write a model card")
+    org_card.add_argument("--arch", default="llava", choices=ORGANISM_ARCHS)
+    org_card.add_argument("--run", default=None,
+                          help="directory with the run's training_log.json (default: the shipped one)")
+    org_card.add_argument("--results", default=None,
+                          help="qwen2_vl: an `organism eval --json` output to use instead of evaluating again")
     org_card.add_argument("--limit", type=positive_int, default=None)
+    org_card.add_argument("--out", default=None,
+                          help="directory for the card (default: ~/.cache/interp/organism-cards/<arch>-<time>)")
     add_model_args(org_card, model=False)
     org_card.set_defaults(func=_organism_card)
 

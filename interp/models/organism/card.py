@@ -79,13 +79,23 @@ def _table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_card(weights_dir: Path, results: dict[str, dict]) -> Path:
-    summary = json.loads((weights_dir / "training_log.json").read_text())
+def write_card(run_dir: Path, results: dict[str, dict], out_dir: Path | None = None) -> Path:
+    """Render the card from ``run_dir/training_log.json`` and ``results``; write
+    ``MODEL_CARD.md``, ``loss_curve.png`` and ``test_results.json`` into ``out_dir``
+    (default ``run_dir``)."""
+    from . import LLAVA_VARIANTS, WEIGHTS_DIR
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = json.loads((run_dir / "training_log.json").read_text())
     config, seconds, log = summary["config"], summary["seconds"], summary["log"]
-    loss_curve(log, weights_dir / "loss_curve.png")
+    loss_curve(log, out_dir / "loss_curve.png")
+    weights_dir = run_dir if (run_dir / "organism.safetensors").exists() else WEIGHTS_DIR
     tower = config["tower"]
     grid = tower["image_size"] // tower["patch_size"]
-    sizes = {p.name: p.stat().st_size / 2**20 for p in sorted(weights_dir.glob("*.safetensors"))}
+    sizes = {f"{v}.safetensors": (weights_dir / f"{v}.safetensors").stat().st_size / 2**20
+             for v in LLAVA_VARIANTS if (weights_dir / f"{v}.safetensors").exists()}
     last_tower = [e for e in log if e["stage"] == 0][-1]
     val_curve = [
         f"| {e['stage']} | {e['step'] + 1} | {e['loss']:.4f} | {e['val']['accuracy']:.3f} |"
@@ -156,7 +166,7 @@ gives; chance is 1/6 for attribute, 1/4 identity, 1/2 existence and spatial, 1/3
 
 Reproduce the numbers: `interp organism eval --variant organism --split test --json`.
 """
-    path = weights_dir / "MODEL_CARD.md"
+    path = out_dir / "MODEL_CARD.md"
     path.write_text(text)
-    (weights_dir / "test_results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "test_results.json").write_text(json.dumps(results, indent=1))
     return path

@@ -1,0 +1,394 @@
+"""``interp organism train --arch qwen2_vl``: the Qwen2-VL organism's seeded recipe.
+
+The LLaVA organism's recipe (:mod:`.train`), adapted to Qwen2-VL's tower:
+
+0. **Tower pre-training**: Qwen's 2-D-RoPE ViT learns dense per-token (colour, shape)
+   labels and object-centre marks of the synthetic scenes. The labels live on the merged
+   grid (one per LM token, a 2x2 block of patches); the heads read the block's four patch
+   features concatenated, exactly what the merger reads. Steps alternate between the
+   ``tower_sizes`` (96 px: 6x6 tokens, 128 px: 8x8), so the tower is trained for
+   dynamic resolution like a real Qwen2-VL encoder.
+0b. **Merger to words**: the 2x2 merger (Qwen's projector) regressed onto SmolLM2's
+   embeddings of each token's words (`` red`` + `` circle``, + `` object`` on a centre).
+1. **Alignment**: the merger trained on answers through the frozen LM.
+2. **Adaptation**: merger + LoRA on the LM's q/k/v/o + the q/k/v biases (Qwen2's,
+   zero in SmolLM2) on answers.
+3. **Polish**: a second, gentler cosine cycle of stage 2.
+
+Answer batches draw ``focus_fraction`` from counting and spatial questions, as for LLaVA.
+Only the weights that differ from SmolLM2 are written (``organism-qwen2vl.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .qwen2vl import (
+    MERGE,
+    QwenTowerSpec,
+    add_lora,
+    build_qwen_organism,
+    trainable_state,
+)
+from .train import answer_batch, quick_accuracy, word_targets
+
+VARIANT = "organism-qwen2vl"
+
+
+@dataclass
+class QwenTrainConfig:
+    seed: int = 0
+    tower_steps: int = 900
+    tower_batch: int = 24
+    tower_lr: float = 1e-3
+    tower_sizes: tuple[int, ...] = (96, 96, 96, 128)  # cycled per step: dynamic resolution
+    words_steps: int = 100
+    words_lr: float = 2e-3
+    align_steps: int = 0  # stage 1 (merger only, LM frozen); 0 goes straight to adaptation
+    adapt_steps: int = 700
+    batch: int = 8
+    # the merger is already word-aligned by stage 0b: a high rate here lets its outputs grow
+    # far past the embeddings' scale (seen at 1e-3: norms 8x the words', answers at chance)
+    lr_projector: float = 1e-4
+    lr_lora: float = 1e-3
+    lr_bias: float = 1e-3
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    polish_steps: int = 0
+    polish_lr_scale: float = 0.5
+    centre_weight: float = 4.0
+    focus_kinds: tuple[str, ...] = ("counting", "spatial")
+    focus_fraction: float = 0.25
+    warmup: int = 10
+    grad_clip: float = 1.0
+    bf16: bool = False  # bfloat16 autocast: only worth it on CPUs with native bf16 matmuls
+    eval_every: int = 60
+    eval_samples: int = 48
+    # wall-clock budget (minutes, from the start) for stage 2: once its warm-up has been
+    # timed, adapt_steps shrinks to what fits; the log records the steps actually run, and
+    # ``--adapt-steps N`` with no budget repeats the run exactly (the warm-up does not
+    # depend on the step count)
+    time_budget_min: float | None = None
+    checkpoint_dir: str | None = None  # where stage 2 writes a checkpoint at every evaluation
+    progress_file: str | None = None
+    tower: QwenTowerSpec = field(default_factory=QwenTowerSpec)
+
+
+def lr_scale(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% over the remaining steps. The warm-up is
+    independent of ``steps``, so a run that fixes its step count after the warm-up is
+    the same computation as one given that count from the start."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * 0.9 + 0.1
+
+
+def image_inputs(processor, images) -> dict:
+    """``pixel_values`` (patches, 3*2*p*p) and ``image_grid_thw`` of a list of images."""
+    out = processor.image_processor(images=images, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+def merged_features(visual, inputs: dict) -> torch.Tensor:
+    """The tower's patch outputs grouped as the merger reads them: one row of
+    ``4 * embed_dim`` per LM token, images in order, each row-major over its merged grid."""
+    hidden = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1] * MERGE * MERGE)
+
+
+def token_targets(samples, grids: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Per-LM-token labels (colour, shape, centre) of a batch, concatenated like the tokens."""
+    colour, shape, centre = [], [], []
+    for sample, (rows, cols) in zip(samples, grids):
+        c, s = sample.patch_labels(rows, cols)
+        colour.append(c.flatten())
+        shape.append(s.flatten())
+        centre.append(sample.centre_mask(rows, cols).flatten().long())
+    return {"colour": torch.cat(colour), "shape": torch.cat(shape), "centre": torch.cat(centre)}
+
+
+def _grids(inputs) -> list[tuple[int, int]]:
+    return [(int(h) // MERGE, int(w) // MERGE) for _, h, w in inputs["image_grid_thw"].tolist()]
+
+
+def _scene_batch(datasets: dict, size: int, start: int, n: int):
+    return [datasets[size][start + i] for i in range(n)]
+
+
+def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, log: list) -> None:
+    from ...data.synthetic import COLOURS, SHAPES
+
+    visual = model.model.visual
+    width = config.tower.embed_dim * MERGE * MERGE
+    heads = torch.nn.ModuleDict({
+        "colour": torch.nn.Linear(width, len(COLOURS) + 1),
+        "shape": torch.nn.Linear(width, len(SHAPES) + 1),
+        "centre": torch.nn.Linear(width, 2),
+    })
+    blocks = [p for n, p in visual.named_parameters() if not n.startswith("merger.")]
+    params = blocks + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.05)
+    centre_weights = torch.tensor([1.0, config.centre_weight])
+    visual.train()
+    start, index = time.time(), 0
+    progress = tqdm(range(config.tower_steps), desc="stage 0: tower", unit="step")
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = config.tower_lr * lr_scale(step, config.tower_steps, 30)
+        size = config.tower_sizes[step % len(config.tower_sizes)]
+        samples = _scene_batch(datasets, size, index, config.tower_batch)
+        index += config.tower_batch
+        inputs = image_inputs(processor, [s.image for s in samples])
+        target = token_targets(samples, _grids(inputs))
+        features = merged_features(visual, inputs)
+        logits_c, logits_s, logits_m = (heads[k](features) for k in ("colour", "shape", "centre"))
+        loss = (torch.nn.functional.cross_entropy(logits_c, target["colour"])
+                + torch.nn.functional.cross_entropy(logits_s, target["shape"])
+                + torch.nn.functional.cross_entropy(logits_m, target["centre"], weight=centre_weights))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        right = (logits_c.argmax(-1) == target["colour"]) & (logits_s.argmax(-1) == target["shape"])
+        accuracy = float(right.float().mean())
+        progress.set_postfix(loss=f"{loss.item():.3f}", token_acc=f"{accuracy:.3f}")
+        if step % 25 == 0 or step >= config.tower_steps - len(config.tower_sizes):
+            on_object = target["colour"] > 0
+            shape_accuracy = float((logits_s.argmax(-1) == target["shape"])[on_object].float().mean())
+            exact = (logits_m.argmax(-1) == target["centre"]).reshape(len(samples), -1).all(-1)
+            entry = {"stage": 0, "step": step, "image_size": size, "loss": loss.item(), "patch_accuracy": accuracy,
+                     "object_shape_accuracy": shape_accuracy, "centre_exact": float(exact.float().mean()),
+                     "seconds": round(time.time() - start, 1)}
+            log.append(entry)
+            progress.write(f"stage 0 step {step + 1} ({size} px): loss {loss.item():.3f} token accuracy {accuracy:.3f} "
+                           f"shape on objects {shape_accuracy:.3f} centres exact {entry['centre_exact']:.3f}")
+    visual.eval()
+
+
+def align_merger_to_words(model, processor, datasets: dict, config: QwenTrainConfig, log: list) -> None:
+    visual = model.model.visual
+    colours, shapes, marker = word_targets(model, processor.tokenizer)
+    optimizer = torch.optim.AdamW(visual.merger.parameters(), lr=config.words_lr, weight_decay=0.0)
+    start, index = time.time(), 80_000
+    progress = tqdm(range(config.words_steps), desc="stage 0b: merger to words", unit="step")
+    for step in progress:
+        size = config.tower_sizes[step % len(config.tower_sizes)]
+        samples = _scene_batch(datasets, size, index, config.tower_batch)
+        index += config.tower_batch
+        inputs = image_inputs(processor, [s.image for s in samples])
+        with torch.no_grad():
+            hidden = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+        labels = token_targets(samples, _grids(inputs))
+        target = colours[labels["colour"]] + shapes[labels["shape"]] + labels["centre"][:, None].float() * marker
+        output = visual.merger(hidden)
+        loss = torch.nn.functional.mse_loss(output, target) / target.pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0 or step == config.words_steps - 1:
+            log.append({"stage": 0.5, "step": step, "loss": loss.item(), "seconds": round(time.time() - start, 1)})
+            progress.write(f"stage 0b step {step + 1}: relative error {loss.item():.4f}")
+
+
+def collate(processor, samples):
+    """Right-padded batch with every input Qwen2-VL needs; labels cover the answer and ``<|im_end|>``."""
+    from ...inputs import chat_messages
+
+    tokenizer = processor.tokenizer
+    rows, labels = [], []
+    for sample in samples:
+        prompt = processor.apply_chat_template(chat_messages(sample.question, 1), add_generation_prompt=True)
+        prompt_ids = processor(images=[sample.image], text=[prompt], return_tensors="pt")["input_ids"][0].tolist()
+        answer_ids = tokenizer(sample.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        rows.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_t = torch.full((len(rows), width), -100)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        label_t[i, : len(label)] = torch.tensor(label)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    mm_types = (input_ids == image_id).long()
+    inputs = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types,
+              **image_inputs(processor, [s.image for s in samples])}
+    return inputs, label_t
+
+
+def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the labelled rows only (the unembedding skips every other position)."""
+    hidden = model.model(**inputs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
+    groups = [{"params": list(model.model.visual.merger.parameters()), "lr": config.lr_projector}]
+    if adapt:
+        lora = [p for n, p in model.model.language_model.named_parameters() if ".lora_" in n]
+        biases = [p for n, p in model.model.language_model.named_parameters()
+                  if ".self_attn." in n and n.endswith(".bias")]
+        groups += [{"params": lora, "lr": config.lr_lora}, {"params": biases, "lr": config.lr_bias}]
+    return groups
+
+
+def train_answers(model, processor, train, val, config: QwenTrainConfig, *, steps: int, stage: int, adapt: bool,
+                  log: list, first_index: int, lr_factor: float = 1.0, focus=None,
+                  deadline: float | None = None) -> int:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    groups = _groups(model, config, adapt=adapt)
+    for group in groups:
+        for parameter in group["params"]:
+            parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    base = [g["lr"] * lr_factor for g in groups]
+    index, start = first_index, time.time()
+    progress = tqdm(total=steps, desc=f"stage {stage}: {'adapt' if adapt else 'align'}", unit="step")
+    step = 0
+    while step < steps:
+        scale = lr_scale(step, steps, config.warmup)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * scale
+        samples = answer_batch(train, focus, index, config)
+        index += config.batch
+        inputs, labels = collate(processor, samples)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss = answer_loss(model, inputs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+        optimizer.step()
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
+        if deadline is not None and step == config.warmup - 1:
+            per_step = (time.time() - start) / (step + 1)
+            left = deadline - time.time()
+            # an evaluation (forward only) costs about half a training step per batch of samples
+            eval_share = 0.5 * config.eval_samples / config.batch / config.eval_every
+            fit = int(left / (per_step * (1 + eval_share)))
+            new_steps = max(config.warmup + 1, min(steps, step + 1 + fit))
+            progress.write(f"stage {stage}: {per_step:.1f} s/step, {left / 60:.1f} min left: {new_steps} steps")
+            entry["budgeted_steps"] = steps = new_steps
+            progress.total = steps
+        if (step + 1) % config.eval_every == 0 or step == steps - 1:
+            model.model.rope_deltas = None
+            entry["val"] = quick_accuracy(model, processor, val, config.eval_samples)
+            model.model.rope_deltas = None
+            progress.write(f"stage {stage} step {step + 1}: loss {loss.item():.3f} val {entry['val']}")
+            if config.progress_file:
+                Path(config.progress_file).write_text(json.dumps(log + [entry], indent=1))
+            if config.checkpoint_dir:
+                from safetensors.torch import save_file
+
+                save_file(trainable_state(model), str(Path(config.checkpoint_dir) / f"stage{stage}-step{step + 1}.safetensors"))
+        log.append(entry)
+        step += 1
+    progress.close()
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return index
+
+
+def _round_to_shipped(model) -> None:
+    """Round every trained tensor to fp16 in place, so the polish stage continues from the
+    weights as they would ship (as the LLaVA recipe does)."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("model.visual.") or ".lora_" in name or (".self_attn." in name and name.endswith(".bias")):
+                parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
+
+
+def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | str = ".", *,
+                  tower_from: str | Path | None = None, tower_log: list | None = None) -> dict:
+    """Run all stages; write ``organism-qwen2vl.safetensors`` (after stage 2 and, final,
+    after stage 3) and ``training_log.json`` into ``out_dir``. Returns the log summary.
+
+    ``tower_from`` (a file written by this recipe with the same seed and tower config)
+    skips stage 0: its tower blocks replace the pre-training. Stage 0 is deterministic and
+    the later stages draw no random numbers before the seeded LoRA init, so the run goes on
+    as a fresh one would, up to the fp16 rounding of the loaded tower; ``tower_log``
+    carries stage 0's log entries."""
+    from safetensors.torch import save_file
+
+    from ...data.synthetic import SyntheticVQA
+
+    torch.manual_seed(config.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.progress_file is None:
+        config.progress_file = str(out_dir / "training_progress.json")
+    model, processor = build_qwen_organism(config.tower, seed=config.seed)
+    processor.tokenizer.padding_side = "right"
+    size = config.tower.image_size
+    scenes = {s: SyntheticVQA("train", seed=config.seed, image_size=s) for s in set(config.tower_sizes) | {size}}
+    train_set, val_set = scenes[size], SyntheticVQA("val", seed=config.seed, image_size=size)
+    focus = None
+    if config.focus_fraction > 0 and config.focus_kinds:
+        focus = SyntheticVQA("train", seed=config.seed, image_size=size, kinds=config.focus_kinds)
+    log: list = []
+    started = time.time()
+    if tower_from is None:
+        pretrain_tower(model, processor, scenes, config, log)
+    else:
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(str(tower_from)).items()
+                 if k.startswith("model.visual.") and not k.startswith("model.visual.merger.")}
+        current = model.state_dict()
+        model.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()}, strict=False)
+        log += list(tower_log or [])
+    align_merger_to_words(model, processor, scenes, config, log)
+    t0 = time.time() - started
+    index = 100_000
+    if config.align_steps:
+        index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
+                              adapt=False, log=log, first_index=index, focus=focus)
+    t1 = time.time() - started
+    torch.manual_seed(config.seed + 1)
+    add_lora(model, config.lora_rank, config.lora_alpha)
+    deadline = None if config.time_budget_min is None else started + 60 * config.time_budget_min
+    if config.checkpoint_dir:
+        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
+                          adapt=True, log=log, first_index=index, focus=focus, deadline=deadline)
+    config.adapt_steps = sum(1 for e in log if e["stage"] == 2)  # what ran (a time budget may have cut it)
+    meta = {"config": json.dumps(asdict(config)), "variant": VARIANT}
+    path = out_dir / f"{VARIANT}.safetensors"
+    t2 = time.time() - started
+    if config.polish_steps:
+        save_file(trainable_state(model), str(out_dir / f"{VARIANT}-stage2.safetensors"), metadata=meta)
+        _round_to_shipped(model)
+        train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3, adapt=True,
+                      log=log, first_index=index, lr_factor=config.polish_lr_scale, focus=focus)
+    t3 = time.time() - started
+    save_file(trainable_state(model), str(path), metadata=meta)
+    summary = {
+        "arch": "qwen2_vl",
+        "config": asdict(config),
+        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1),
+                    "polish": round(t3 - t2, 1), "total": round(t3, 1)},
+        "torch": torch.__version__,
+        "tower_from": None if tower_from is None else str(tower_from),
+        "log": log,
+    }
+    (out_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
+    Path(config.progress_file).unlink(missing_ok=True)
+    return summary

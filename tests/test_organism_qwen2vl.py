@@ -1,0 +1,353 @@
+"""The Qwen2-VL organism: SmolLM2 mapped into Qwen2, its training machinery, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shlex
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import interp
+from interp.data.synthetic import SyntheticVQA, is_correct
+from interp.models.organism import publish_dir
+from interp.models.organism.evaluate import generate_answers
+from interp.models.organism.qwen2vl import (
+    MERGE,
+    QwenTowerSpec,
+    add_lora,
+    apply_trained_state,
+    build_qwen_organism,
+    remove_lora,
+    trainable_state,
+)
+from interp.models.organism.train_qwen2vl import (
+    QwenTrainConfig,
+    collate,
+    image_inputs,
+    lr_scale,
+    merged_features,
+    token_targets,
+)
+
+
+@pytest.fixture(scope="module")
+def assembled():
+    return build_qwen_organism(QwenTowerSpec(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoModelForCausalLM
+
+    from interp.models.organism.smollm2 import smollm2_dir
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32).eval()
+
+
+# -- the mapping -------------------------------------------------------------------------
+
+
+def test_text_only_logits_equal_smollm2s(assembled, smollm2):
+    """Zero q/k/v biases and equal M-RoPE components: Qwen2 computes exactly what Llama does."""
+    model, processor = assembled
+    text = model.config.text_config
+    assert sum(text.rope_parameters["mrope_section"]) == text.hidden_size // text.num_attention_heads // 2
+    assert text.rope_parameters["rope_theta"] == smollm2.config.rope_parameters["rope_theta"]
+    biases = [m.bias for layer in model.model.language_model.layers
+              for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)]
+    assert biases and all(not b.any() for b in biases)
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    prompts = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+               "The quick brown fox jumps over the lazy dog, and then it runs into the forest."]
+    for prompt in prompts:
+        ids = processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            ours = model(input_ids=ids).logits
+            theirs = smollm2(input_ids=ids).logits
+        vocab = theirs.shape[-1]
+        assert ours.shape[-1] == vocab + 4  # the four Qwen vision specials
+        assert (ours[..., :vocab] - theirs).abs().max() < 1e-4
+
+
+def test_processor_has_dynamic_resolution(assembled):
+    model, processor = assembled
+    side = processor.image_processor.patch_size * processor.image_processor.merge_size
+    grids = {}
+    for size in (96, 128):
+        sample = SyntheticVQA("val", seed=0, image_size=size)[0]
+        inputs, _ = collate(processor, [sample])
+        t, h, w = inputs["image_grid_thw"][0].tolist()
+        assert (t, h * processor.image_processor.patch_size, w * processor.image_processor.patch_size) == (1, size, size)
+        n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
+        assert n_image == (size // side) ** 2 == h * w // MERGE**2
+        assert int(inputs["mm_token_type_ids"].sum()) == n_image
+        grids[size] = (h, w)
+    assert grids[96] != grids[128]
+
+
+def test_merged_features_are_row_major_over_the_token_grid(assembled):
+    """The tower-stage labels line up with the LM's image tokens: with the tower's attention
+    zeroed, brightening one token's pixel block changes exactly that row of features."""
+    model, processor = assembled
+    from copy import deepcopy
+
+    visual = deepcopy(model.model.visual)
+    for block in visual.blocks:
+        for parameter in block.attn.parameters():
+            torch.nn.init.zeros_(parameter)
+    side = processor.image_processor.patch_size * MERGE
+    rng = np.random.default_rng(0)
+    base = (rng.uniform(0.3, 0.6, size=(96, 128, 3)) * 255).astype("uint8")
+    rows, cols = 96 // side, 128 // side
+    r, c = 2, 5
+    bright = base.copy()
+    bright[r * side : (r + 1) * side, c * side : (c + 1) * side] = 255
+    with torch.no_grad():
+        a = merged_features(visual, image_inputs(processor, [Image.fromarray(base)]))
+        b = merged_features(visual, image_inputs(processor, [Image.fromarray(bright)]))
+        # the merger reads the same grouping: its output is the model's image features
+        inputs = image_inputs(processor, [Image.fromarray(base)])
+        pooled = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        assert torch.allclose(visual.merger(a.reshape(-1, a.shape[-1] // MERGE**2)), pooled, atol=1e-5)
+    changed = ((a - b).abs().amax(-1) > 1e-5).nonzero().flatten().tolist()
+    assert a.shape[0] == rows * cols and changed == [r * cols + c]
+
+
+def test_token_targets_follow_the_merged_grids():
+    samples = [SyntheticVQA("val", seed=0, image_size=96)[i] for i in range(3)]
+    samples.append(SyntheticVQA("val", seed=0, image_size=128)[3])
+    grids = [(6, 6)] * 3 + [(8, 8)]
+    target = token_targets(samples, grids)
+    assert target["colour"].shape == (3 * 36 + 64,)
+    colour, _ = samples[3].patch_labels(8, 8)
+    assert torch.equal(target["colour"][108:], colour.flatten())
+    assert int(target["centre"][108:].sum()) == len(samples[3].objects)
+
+
+def test_lora_merges_into_an_ordinary_checkpoint(assembled):
+    """The shipped state (fp16 LoRA factors, biases, tower, rows) applied to a fresh build
+    gives the trained model's outputs with plain Linear layers."""
+    model, processor = assembled
+    from copy import deepcopy
+
+    trained = deepcopy(model)
+    add_lora(trained, rank=4, alpha=8.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if ".lora_B" in name or (".self_attn." in name and name.endswith(".bias")):
+                parameter.normal_(0, 0.02)
+    state = trainable_state(trained)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert not any(".mlp." in k and "visual" not in k for k in state)
+    size_mb = sum(v.numel() * 2 for v in state.values()) / 2**20
+    assert size_mb < 30
+    sample = SyntheticVQA("val", seed=0)[0]
+    inputs, _ = collate(processor, [sample])
+    with torch.no_grad():
+        expected = trained(**inputs).logits
+    fresh, _ = build_qwen_organism(QwenTowerSpec(), seed=5)
+    apply_trained_state(fresh, state)
+    assert type(fresh.model.language_model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    with torch.no_grad():
+        got = fresh(**inputs).logits
+    assert (got - expected).abs().max() < 5e-2  # fp16 rounding of the shipped factors
+    remove_lora(trained)
+    with torch.no_grad():
+        merged = trained(**inputs).logits
+    assert (merged - expected).abs().max() < 1e-3
+
+
+def test_lr_warmup_does_not_depend_on_the_step_count():
+    warm = 10
+    assert [lr_scale(s, 100, warm) for s in range(warm)] == [lr_scale(s, 500, warm) for s in range(warm)]
+    assert lr_scale(99, 100, warm) == pytest.approx(0.1, abs=1e-3)
+    assert lr_scale(warm, 100, warm) == pytest.approx(1.0)
+
+
+def test_the_cards_train_command_gives_back_the_trained_config():
+    from interp.cli import build_parser, organism_train_config
+    from interp.models.organism.card_qwen2vl import train_command
+
+    config = QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8)
+    words = shlex.split(train_command(asdict(config)))
+    assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
+    assert organism_train_config(build_parser().parse_args(words[1:])) == config
+
+
+def test_train_rejects_llava_only_flags_for_qwen():
+    from interp.cli import main
+
+    assert main(["organism", "train", "--arch", "qwen2_vl", "--no-centre-marker", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--lora-rank", "4", "--out", "/nonexistent"]) == 2
+
+
+def _publish(target: str, delay: float) -> str:
+    def write(directory: Path) -> None:
+        (directory / "a.txt").write_text("first half")
+        time.sleep(delay)
+        (directory / "config.json").write_text("{}")
+
+    return str(publish_dir(Path(target), write))
+
+
+def test_concurrent_first_publishes_do_not_collide(tmp_path):
+    target = tmp_path / "cache" / "organism-x"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.starmap(_publish, [(str(target), 0.5), (str(target), 0.5)])
+    assert results == [str(target)] * 2
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "config.json"]
+    assert [p.name for p in target.parent.iterdir()] == ["organism-x"]  # no temporary left behind
+
+
+# -- the shipped organism --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return interp.load("organism-qwen2vl")
+
+
+def test_loads_as_an_ordinary_qwen2vl_directory(organism):
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    assert isinstance(organism.model, Qwen2VLForConditionalGeneration)
+    assert isinstance(organism.processor, Qwen2VLProcessor)
+    assert AutoConfig.from_pretrained(organism.model.name_or_path).model_type == "qwen2_vl"
+    assert organism.n_layers == 30
+    side = organism.processor.image_processor.patch_size * organism.processor.image_processor.merge_size
+    for size in (96, 128):
+        sample = SyntheticVQA("test", seed=0, image_size=size)[0]
+        prepared = organism.prepare(sample.image, sample.question)
+        assert prepared.grid.shape == (size // side, size // side)
+        assert prepared.n_image_tokens == (size // side) ** 2
+
+
+def test_answers_fixed_test_samples(organism):
+    """The shipped run reads colours and shapes from the image (attribute, identity); counting
+    and spatial stay at chance (MODEL_CARD: below the bar). Chance: 1/6 and 1/4."""
+    data = SyntheticVQA("test", seed=0, kinds=("attribute", "identity"))
+    samples = [data[i] for i in range(40)]
+    answers = generate_answers(organism.model, organism.processor, [s.image for s in samples],
+                               [s.question for s in samples])
+    correct = sum(is_correct(a, s.answer) for a, s in zip(answers, samples))
+    blank = [Image.new("RGB", s.image.size, (255, 255, 255)) for s in samples]
+    blind = generate_answers(organism.model, organism.processor, blank, [s.question for s in samples])
+    blind_correct = sum(is_correct(a, s.answer) for a, s in zip(blind, samples))
+    assert correct >= 14 and correct > blind_correct, (correct, blind_correct, list(zip(answers, samples)))
+
+
+def test_blind_answers_are_near_chance(organism):
+    data = SyntheticVQA("test", seed=0)
+    samples = [data[i] for i in range(40)]
+    blank = [Image.new("RGB", s.image.size, (255, 255, 255)) for s in samples]
+    answers = generate_answers(organism.model, organism.processor, blank, [s.question for s in samples])
+    assert sum(is_correct(a, s.answer) for a, s in zip(answers, samples)) / len(samples) <= 0.5
+
+
+def _layer0_input(vlm, inputs) -> torch.Tensor:
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    handle = vlm.adapter.resolve(vlm.model, "layers")[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            vlm.model(**inputs)
+    finally:
+        handle.remove()
+    return captured["h"][0]
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (96, 128)])
+def test_brightened_block_changes_exactly_its_cells(height, width):
+    """Grid geometry on the trained weights: with the tower's attention zeroed each image
+    token sees only its own 2x2 patch block, so brightening a region changes exactly the
+    cells whose pixel blocks it touches, at each resolution."""
+    from interp.models.organism import organism_dir
+
+    vlm = interp.load(str(organism_dir("organism-qwen2vl")))
+    for block in vlm.model.model.visual.blocks:
+        for parameter in block.attn.parameters():
+            torch.nn.init.zeros_(parameter)
+    side = vlm.processor.image_processor.patch_size * vlm.processor.image_processor.merge_size
+    rng = np.random.default_rng(0)
+    base = (rng.uniform(0.35, 0.65, size=(height, width, 3)) * 255).astype("uint8")
+    bright = base.copy()
+    top, right = height // 4, 3 * width // 4  # rows [0, h/4), cols [3w/4, w)
+    bright[:top, right:] = 255
+    a = vlm.prepare(Image.fromarray(base), "what is here?")
+    b = vlm.prepare(Image.fromarray(bright), "what is here?")
+    changed = (_layer0_input(vlm, a.inputs) - _layer0_input(vlm, b.inputs)).abs().amax(-1) > 1e-5
+    grid = a.layouts[0].grid
+    assert grid.shape == (height // side, width // side)
+    expected = torch.zeros(grid.shape, dtype=torch.bool)
+    for r in range(grid.shape[0]):
+        for c in range(grid.shape[1]):
+            expected[r, c] = r * side < top and (c + 1) * side > right
+    assert torch.equal(changed[grid.positions], expected)
+    text = torch.ones_like(changed)
+    text[a.image_positions] = False
+    assert not changed[text].any()
+
+
+def test_analyses_run_on_the_organism(organism):
+    """Each analysis on two test scenes, checked against plain HF forwards."""
+    from interp.analysis.attention import attention_maps, relevant_mass
+    from interp.analysis.logit_lens import early_output
+    from interp.analysis.sweep import masking_sweep
+    from interp.analysis.teacher import teacher_force
+
+    items = SyntheticVQA("test", seed=0)[:2]
+    layers = [0, 14, 29]
+    fast = masking_sweep(organism, items, variants=("single",), layers=layers, mode="fast", progress=False)
+    naive = masking_sweep(organism, items, variants=("single",), layers=layers, mode="naive", progress=False)
+    merged = fast.merge(naive, on=["item", "variant", "layer"], suffixes=("_fast", "_naive"))
+    assert len(merged) == 2 * (1 + len(layers))
+    assert (merged.logprob_fast - merged.logprob_naive).abs().max() < 1e-3
+    lens = early_output(organism, items[:1], progress=False)
+    assert lens.layer.nunique() == organism.n_layers
+    item = items[0]
+    tf = teacher_force(organism, organism.prepare(item.image, item.question), item.answer)
+    with torch.no_grad():
+        logits = organism.model(**tf.prepared.inputs).logits[0]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    expected = float(logprobs[tf.positions, tf.targets][: tf.n_answer].sum())
+    assert lens[lens.layer == organism.n_layers - 1].logprob.iloc[0] == pytest.approx(expected, abs=1e-3)
+    assert float(fast[fast.variant == "baseline"].logprob.iloc[0]) == pytest.approx(expected, abs=1e-3)
+    maps = attention_maps(organism, items[:1], layers=layers, progress=False)
+    share = relevant_mass(maps)
+    assert set(share.layer) == set(layers) and share.relevant_share.between(0, 1).all()
+
+
+def test_card_writes_into_a_user_directory_never_the_package(tmp_path, monkeypatch):
+    """`interp organism card` (and `train`) default to ~/.cache/interp/...; --out writes where asked."""
+    from interp.cli import default_organism_dir, main
+    from interp.models.organism import WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / "qwen2vl"
+    before = {p.name: p.stat().st_mtime for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
+    results = json.loads((shipped / "test_results.json").read_text())
+    out = tmp_path / "card"
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(shipped / "test_results.json"),
+                 "--out", str(out)]) == 0
+    text = (out / "MODEL_CARD.md").read_text()
+    assert f"**{results['accuracy']:.3f}**" in text and (out / "loss_curve.png").stat().st_size > 0
+    assert text == (shipped / "MODEL_CARD.md").read_text()  # the shipped card is this command's output
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(shipped / "test_results.json")]) == 0
+    (written,) = (tmp_path / "cache" / "organism-cards").iterdir()
+    assert (written / "MODEL_CARD.md").exists()
+    assert default_organism_dir("runs", "qwen2_vl").parent == tmp_path / "cache" / "organism-runs"
+    assert {p.name: p.stat().st_mtime for p in WEIGHTS_DIR.rglob("*") if p.is_file()} == before
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**results, "split": "val"}))
+    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(bad), "--out", str(out)]) == 2
