@@ -156,5 +156,5 @@ def test_remote_without_an_api_key(monkeypatch):
     monkeypatch.setattr(CONFIG.API, "APIKEY", None)
     vlm = tiny_vlm("llava")
     sample = sample_for(vlm)
-    with pytest.raises(InterpError, match="remote=True needs an NDIF API key"):
+    with pytest.raises(InterpError, match="remote runs need an NDIF API key"):
         vlm.run(sample, interp.RecordAttention([0]), remote=True)
