@@ -23,7 +23,7 @@ from interp.cli import main
 from interp.decoding import dola_generate, prefill_cache
 from interp.interventions import ReviewLayerMask
 
-from .conftest import make_image, tiny_vlm
+from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 
 def _rows(values: dict) -> pd.DataFrame:
@@ -77,7 +77,7 @@ def tiny():
 
 
 def _items(vlm):
-    size = vlm.adapter.extra.get("test_image_size", (48, 64))
+    size = TEST_IMAGE_SIZE
     return [(make_image(*size, seed=i), q, a) for i, (q, a) in
             enumerate([("What colour is the square?", "red"), ("How many circles?", "2")])]
 

@@ -12,7 +12,7 @@ from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
 from interp.errors import HookNameError, InputError, InterpError, LayerIndexError
 from interp.interventions import ImageCells, PatchActivations, RecordResidual, ScaleImageTokens
 
-from .conftest import make_image, tiny_vlm
+from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 FAMILIES = ("llava", "qwen2_vl", "idefics3")
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
@@ -20,7 +20,7 @@ SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 
 def _pair(vlm, question_b: str = "What colour is the square?", question_s: str | None = None):
     """Two inputs that differ only in the image (or also in the question)."""
-    size = vlm.adapter.extra.get("test_image_size", (48, 64))
+    size = TEST_IMAGE_SIZE
     base = vlm.prepare(make_image(*size, seed=1), question_b)
     source = vlm.prepare(make_image(*size, seed=2), question_s or question_b)
     return base, source

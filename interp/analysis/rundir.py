@@ -38,8 +38,9 @@ class RunDirError(InterpError):
 
 
 SETTINGS = "run.json"
-#: what an interrupted writer may leave beside the data (never data itself)
-_LEFTOVERS = (".interp.lock", ".interp-probe-")
+#: what an interrupted writer (or another shard starting at the same moment) may leave
+#: beside the settings before they exist: locks, probes, temporary files, the rows folder
+_LEFTOVERS = (".interp.lock", ".interp-probe-", f".{SETTINGS}.", "rows")
 
 
 def shard_label(shard: tuple[int, int] | None) -> str:
@@ -80,7 +81,12 @@ class RunDir:
         self.rows.mkdir(exist_ok=True)
         self._lock = OutputLock(self.out, "dir", lock_file=self.rows / f".lock.{self.label}").acquire()
         try:
-            record.claim(self.settings, what=str(self.out))
+            try:
+                record.claim(self.settings, what=str(self.out))
+            except OutputError:
+                if record.read() is None:
+                    raise
+                record.claim(self.settings, what=str(self.out))  # another shard wrote it first: compare
             for phase in ("phase1", "phase2", "passes"):  # proven ours: repair a cut last line, open to append
                 if self._path(phase).exists():
                     self._open_log(phase)
