@@ -235,8 +235,10 @@ def test_bad_inputs_each_give_one_clear_line():
     base, source = _pair(vlm)
     with pytest.raises(InterpError, match="patchable sites"):
         run_patched(vlm, base, source, PatchActivations("blocks.0.attn.hook_pattern"))
-    with pytest.raises(HookNameError, match="unknown hook name"):
+    with pytest.raises(InterpError, match="patchable sites"):  # a real hook point, not a patchable one
         PatchActivations("blocks.0.attn.hook_z").bind(vlm.n_layers, base)
+    with pytest.raises(HookNameError, match="unknown hook name"):
+        PatchActivations("blocks.0.hook_nothing").bind(vlm.n_layers, base)
     with pytest.raises(LayerIndexError, match="out of range"):
         run_patched(vlm, base, source, PatchActivations(layers=vlm.n_layers))
     with pytest.raises(InterpError, match="cannot patch site"):
