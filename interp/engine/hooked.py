@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import torch
-
 from ..errors import HookNameError, InterpError
-from ..hooks import READ_ONLY_SITES, hook_name, natural_key, parse_hook_name
+from ..hooks import READ_ONLY_SITES, natural_key, parse_hook_name
 from ..interventions.base import Intervention, StepContext
 from ..interventions.record import RecordResidual
 from ..interventions.runtime import attention_probs
@@ -134,4 +132,4 @@ def run_with_hooks(vlm, prepared, fwd_hooks: Iterable = (), *, remote=None, retu
     return run.logits
 
 
-__all__ = ["HookContext", "HookFunction", "hook_name", "run_with_cache", "run_with_hooks", "select_names"]
+__all__ = ["HookContext", "HookFunction", "run_with_cache", "run_with_hooks", "select_names"]

@@ -161,9 +161,6 @@ class SoftImageMask(Intervention):
         ctx.records[("wcd_soft_keep", layer, ctx.step)] = self._keep
         return _scale_rows(hidden, ctx.image_positions, self._keep, self.scale, ctx)
 
-    def at_site(self, layer, site, value, ctx: StepContext):
-        return self.edit_hidden(layer, site, value, ctx)
-
     def __repr__(self) -> str:
         return f"SoftImageMask(ratio={self.ratio}, scale={self.scale}, n={self.attention.numel()})"
 
