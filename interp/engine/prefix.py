@@ -180,6 +180,7 @@ def cache_keyword(vlm) -> str:
     return "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def unembed(vlm, hidden: torch.Tensor) -> torch.Tensor:
     """Final norm, unembedding and (Gemma) logit soft-capping, as the model's forward applies them."""
     model = vlm.model
