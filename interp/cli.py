@@ -151,9 +151,18 @@ def organism_train_config(args):
         return QwenTrainConfig(**given)
     from .models.organism.train import TrainConfig
 
-    if args.lora_rank is not None or args.time_budget is not None:
-        raise InterpError("--lora-rank and --time-budget belong to --arch qwen2_vl.")
+    if args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None):
+        raise InterpError("--lora-rank, --time-budget and --tower-from belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
+
+
+def _stage0_log(weights: Path) -> list:
+    """Stage 0's log entries of the run that wrote ``weights``: its ``training_log.json``
+    beside it (a run directory) or in ``qwen2vl/`` beside it (the shipped weights)."""
+    for log in (weights.parent / "training_log.json", weights.parent / "qwen2vl" / "training_log.json"):
+        if log.is_file():
+            return [e for e in json.loads(log.read_text())["log"] if e["stage"] == 0]
+    return []
 
 
 def _organism_train(args) -> int:
@@ -163,7 +172,11 @@ def _organism_train(args) -> int:
     if args.arch == "qwen2_vl":
         from .models.organism.train_qwen2vl import train_qwen2vl
 
-        summary = train_qwen2vl(config, out)
+        tower_from = getattr(args, "tower_from", None)
+        if tower_from is not None and not Path(tower_from).is_file():
+            raise InterpError(f"--tower-from {tower_from}: no such file (a .safetensors written by this recipe).")
+        summary = train_qwen2vl(config, out, tower_from=tower_from,
+                                tower_log=None if tower_from is None else _stage0_log(Path(tower_from)))
     else:
         from .models.organism.train import train
 
@@ -523,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
     org_train.add_argument("--time-budget", type=float, default=None,
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
+    org_train.add_argument("--tower-from", default=None,
+                           help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
+                                "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)")
     org_train.add_argument("--out", default=None,
                            help="run directory (default: ~/.cache/interp/organism-runs/<arch>-<time>)")
     org_train.set_defaults(func=_organism_train)
