@@ -557,3 +557,31 @@ def test_read_only_and_full_disk_through_evaluate(tmp_path):
     assert result["resumed"][0] == 0
     assert without_timing(result["rows"]) == without_timing(result["expected"])  # nothing lost, nothing twice
     assert len(result["rows"]) == 20 and result["left"] == ["run.jsonl", "run.jsonl.meta.json"]
+
+
+def test_resume_refuses_another_decoding_untouched(vlm, reference, tmp_path):
+    """A greedy file is not continued by a sampled run (nor one seed's by another's), and a
+    sampled file not with another batch size (each batch's draws are seeded by its start)."""
+    out = tmp_path / "run.jsonl"
+    shutil.copy(reference, out)
+    shutil.copy(meta_path(reference), meta_path(out))
+    before = out.read_bytes()
+    with pytest.raises(ResumeError, match=r"different decoding \('greedy' there, \{.*'temperature': 0\.2"):
+        evaluate(vlm, "synthetic", out=out, batch_size=2, temperature=0.2, seed=0, **RUN)
+    assert out.read_bytes() == before
+    sampled = tmp_path / "sampled.jsonl"
+    evaluate(vlm, "synthetic", out=sampled, batch_size=2, temperature=0.2, seed=0, limit=4, max_new_tokens=3,
+             progress=False)
+    with pytest.raises(ResumeError, match=r"different decoding .*'seed': 0.* there, .*'seed': 1"):
+        evaluate(vlm, "synthetic", out=sampled, batch_size=2, temperature=0.2, seed=1, limit=4, max_new_tokens=3,
+                 progress=False)
+    with pytest.raises(ResumeError, match=r"different batch_size \(2 there, 4 now\)"):
+        evaluate(vlm, "synthetic", out=sampled, batch_size=4, temperature=0.2, seed=0, limit=4, max_new_tokens=3,
+                 progress=False)
+    # a greedy file continues with another batch size, and one from before the meta named
+    # its decoding counts as greedy
+    meta = json.loads(meta_path(out).read_text())
+    del meta["decoding"]
+    meta_path(out).write_text(json.dumps(meta))
+    with generate_replaced(vlm, lambda *a, **k: pytest.fail("generate called")):
+        evaluate(vlm, "synthetic", out=out, batch_size=4, **RUN)

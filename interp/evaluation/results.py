@@ -24,7 +24,13 @@ from ..errors import InterpError
 from ..outputs import OutputLock, check_output, json_normalized, output_error, settings_differences, write_atomic
 
 # Settings that must match to continue a file; everything else in the meta is informative.
-IDENTITY_KEYS = ("model", "task", "split", "limit", "shard", "prompt_suffix", "max_new_tokens", "doc_ids")
+IDENTITY_KEYS = ("model", "task", "split", "limit", "shard", "prompt_suffix", "max_new_tokens", "decoding", "doc_ids")
+# A file written before the meta named its decoding was a greedy run.
+LEGACY_DEFAULTS = {"decoding": "greedy"}
+
+
+def _sampled(meta: dict) -> bool:
+    return isinstance(meta.get("decoding"), dict)
 # Row fields that legitimately differ between two runs of the same settings.
 TIMING_FIELDS = ("seconds",)
 
@@ -93,8 +99,15 @@ def read_meta(path: Path) -> dict:
         raise ResultsFileError(f"{sidecar} is not valid JSON") from None
 
 
-def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS) -> list[str]:
-    """``key (old there, new now)`` for each identity key whose values differ."""
+def describe_differences(old: dict, new: dict, keys=IDENTITY_KEYS, *, continuing: bool = True) -> list[str]:
+    """``key (old there, new now)`` for each identity key whose values differ. The decoding
+    (greedy, or sampling with its temperature and seed) is part of a run's identity; when
+    ``continuing`` a sampled file, so is the batch size, since each batch draws from a seed
+    made from its first document's index."""
+    old = {**LEGACY_DEFAULTS, **old}
+    new = {**LEGACY_DEFAULTS, **new}
+    if continuing and (_sampled(old) or _sampled(new)) and "batch_size" not in keys:
+        keys = (*keys, "batch_size")
     out = []
     for key in keys:
         if old.get(key) != new.get(key):
@@ -199,6 +212,7 @@ class ResultsLog:
 
 __all__ = [
     "IDENTITY_KEYS",
+    "LEGACY_DEFAULTS",
     "ResultsFileError",
     "ResultsLog",
     "ResumeError",

@@ -32,7 +32,7 @@ from .results import (
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # Settings all shards of one run share (the shard and its documents differ).
-_RUN_KEYS = ("model", "task", "split", "limit", "prompt_suffix", "max_new_tokens")
+_RUN_KEYS = ("model", "task", "split", "limit", "prompt_suffix", "max_new_tokens", "decoding")
 
 
 class ShardError(InterpError):
@@ -103,7 +103,7 @@ def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
         index, n = parse_shard(meta.get("shard") or (1, 1))
         if first_meta is None:
             first_meta, count = meta, n
-        differences = describe_differences(first_meta, meta, _RUN_KEYS)
+        differences = describe_differences(first_meta, meta, _RUN_KEYS, continuing=False)
         if differences:
             raise ShardError(f"{path} is from another run than {paths[0]}: {'; '.join(differences)}")
         if n != count:
