@@ -144,6 +144,8 @@ def organism_train_config(args):
             if args.lora_rank < 1:
                 raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
             given["lora_rank"] = args.lora_rank
+        if getattr(args, "checkpoint_dir", None):
+            given["checkpoint_dir"] = args.checkpoint_dir
         if args.time_budget is not None:
             if args.time_budget <= 0:
                 raise InterpError(f"--time-budget {args.time_budget} must be a positive number of minutes.")
@@ -151,8 +153,9 @@ def organism_train_config(args):
         return QwenTrainConfig(**given)
     from .models.organism.train import TrainConfig
 
-    if args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None):
-        raise InterpError("--lora-rank, --time-budget and --tower-from belong to --arch qwen2_vl.")
+    if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
+            or getattr(args, "checkpoint_dir", None)):
+        raise InterpError("--lora-rank, --time-budget, --tower-from and --checkpoint-dir belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
@@ -536,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
     org_train.add_argument("--time-budget", type=float, default=None,
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
+    org_train.add_argument("--checkpoint-dir", default=None,
+                           help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
     org_train.add_argument("--tower-from", default=None,
                            help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
                                 "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)")

@@ -118,6 +118,67 @@ def test_patch_equals_a_forward_hook_reference_at_every_site(model_type):
     assert min(float((ref - unpatched).abs().max()) for ref in references) > 1e-6
 
 
+def _reference_head_patch(vlm, base, source, layer, heads, base_rows, source_rows):
+    """Per-head patching by hand: record the source's input to the attention's output
+    projection, then write those heads' slices at the rows into the base's."""
+    block = vlm.adapter.resolve(vlm.model, "layers")[layer]
+    o_proj = getattr(getattr(block, vlm.adapter.attn_name), vlm.adapter.o_name)
+    head_dim = vlm.access.head_dim
+    recorded = {}
+    handle = o_proj.register_forward_pre_hook(lambda mod, args: recorded.setdefault("z", args[0].detach().clone()))
+    try:
+        _logits(vlm, source)
+    finally:
+        handle.remove()
+
+    def patch(mod, args):
+        z = args[0].clone()
+        for h in heads:
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            z[:, base_rows, cols] = recorded["z"][:, source_rows, cols]
+        return (z,) + tuple(args[1:])
+
+    handle = o_proj.register_forward_pre_hook(patch)
+    try:
+        return _logits(vlm, base)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_per_head_patch_equals_a_hand_written_hook_on_both_executors(model_type):
+    """Patching heads at ``blocks.{l}.attn.hook_z`` = replacing their slice of the output
+    projection's input; the captured-prefix fast path (each site) = the nnsight session."""
+    vlm = tiny_vlm(model_type)
+    base, source = _pair(vlm)
+    layer = vlm.n_layers // 2
+    n_heads = vlm.adapter.text_config(vlm.config).num_attention_heads
+    cases = [([0], "last"), ([n_heads - 1], "question"), (list(range(n_heads)), "last")]
+    for heads, selector in cases:
+        rows_b, rows_s = ((base.question_positions, source.question_positions) if selector == "question" else
+                          (torch.tensor([base.seq_len - 1]), torch.tensor([source.seq_len - 1])))
+        reference = _reference_head_patch(vlm, base, source, layer, heads, rows_b, rows_s)
+        run = run_patched(vlm, base, source, PatchActivations(f"blocks.{layer}.attn.hook_z", heads=heads,
+                                                              positions=selector))
+        assert (run.logits - reference).abs().max() < 1e-5
+        assert (reference - _logits(vlm, base)).abs().max() > 1e-6  # the patch changes something
+    # all heads at the last position = the attention output there (up to o_proj's bias, patched alike)
+    whole = run_patched(vlm, base, source, PatchActivations(f"blocks.{layer}.hook_attn_out", positions="last"))
+    every = run_patched(vlm, base, source, PatchActivations(f"blocks.{layer}.attn.hook_z", positions="last"))
+    assert (whole.logits - every.logits).abs().max() < 1e-5
+    from interp.analysis.patching import _fast_pair
+
+    conditions = {(site, layer, "g", -1, -1, head): selector for site in SITES + ("z",)
+                  for head in ([0, n_heads - 1] if site == "z" else [-1]) for selector in ("last", "question")}
+    conditions = {k[:2] + (selector,) + k[3:]: selector for k in conditions for selector in ("last", "question")}
+    clean, corrupt, fast = _fast_pair(vlm, base, source, conditions, batch=4)
+    runs = patch_session(vlm, base, source, [[PatchActivations(layers=k[1], site=k[0], positions=sel,
+                                                               heads=None if k[5] < 0 else [k[5]])]
+                                             for k, sel in conditions.items()]).runs
+    for (key, run) in zip(conditions, runs):
+        assert (fast[key] - run.logits[0].float()).abs().max() < 1e-5, key
+
+
 def test_patch_under_remote_local_equals_the_reference():
     vlm = tiny_vlm("llava")
     base, source = _pair(vlm)
@@ -126,6 +187,10 @@ def test_patch_under_remote_local_equals_the_reference():
         run = run_patched(vlm, base, source, PatchActivations(layers=1, site=site, positions="image"), remote="local")
         reference = _reference_patch(vlm, base, source, 1, site, image, source.image_positions)
         assert (run.logits - reference).abs().max() < 1e-5
+    run = run_patched(vlm, base, source, PatchActivations("blocks.1.attn.hook_z", heads=[1], positions="image"),
+                      remote="local")
+    reference = _reference_head_patch(vlm, base, source, 1, [1], image, source.image_positions)
+    assert (run.logits - reference).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -184,10 +249,18 @@ def test_fast_sweep_equals_the_session_sweep_and_the_exact_limits():
     pairs = counterfactual_pairs(SyntheticVQA("test", seed=0), 3)
     fast = patching_sweep(vlm, pairs, cell_layers=[1], mode="fast", progress=False)
     naive = patching_sweep(vlm, pairs, cell_layers=[1], mode="naive", progress=False)
-    keys = ["pair", "site", "layer", "group", "row", "col"]
+    keys = ["pair", "site", "head", "layer", "group", "row", "col"]
     merged = fast.merge(naive, on=keys, suffixes=("_fast", "_naive"))
     assert len(merged) == len(fast) == len(naive) > 0
     assert (merged.logit_diff_fast - merged.logit_diff_naive).abs().max() < 1e-5
+    # every site, and single heads, on the fast path = the sessions
+    kwargs = dict(sites=SITES + ("z",), heads=[0, 2], positions=["changed", "last"], layers=[0, 2], progress=False)
+    fast_all = patching_sweep(vlm, pairs[:2], mode="fast", **kwargs)
+    naive_all = patching_sweep(vlm, pairs[:2], mode="naive", **kwargs)
+    merged = fast_all.merge(naive_all, on=keys, suffixes=("_fast", "_naive"))
+    assert len(merged) == len(fast_all) == len(naive_all) == 2 * 2 * 2 * (len(SITES) + 2)
+    assert (merged.logit_diff_fast - merged.logit_diff_naive).abs().max() < 1e-5
+    assert set(fast_all[fast_all.site == "z"]["head"]) == {0, 2} and set(fast_all[fast_all.site != "z"]["head"]) == {-1}
     # all image tokens at layer 0 = the source run: effect exactly 1 where it is defined
     image = patching_sweep(vlm, pairs[:2], positions=["image"], layers=[0], mode="fast", progress=False)
     assert ((image.logit_diff - image.clean_logit_diff).abs() < 1e-5).all()
@@ -236,7 +309,14 @@ def test_bad_inputs_each_give_one_clear_line():
     with pytest.raises(InterpError, match="patchable sites"):
         run_patched(vlm, base, source, PatchActivations("blocks.0.attn.hook_pattern"))
     with pytest.raises(InterpError, match="patchable sites"):  # a real hook point, not a patchable one
-        PatchActivations("blocks.0.attn.hook_z").bind(vlm.n_layers, base)
+        PatchActivations("blocks.0.attn.hook_result").bind(vlm.n_layers, base)
+    with pytest.raises(InterpError, match="hook_z .site 'z'. only"):
+        PatchActivations(layers=0, site="mlp_out", heads=[0]).bind(vlm.n_layers, base)
+    with pytest.raises(InterpError, match="heads must be"):
+        PatchActivations(layers=0, site="z", heads=[])
+    with pytest.raises(InterpError, match="not one of the model's heads"):
+        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["z"], heads=[99],
+                       progress=False)
     with pytest.raises(HookNameError, match="unknown hook name"):
         PatchActivations("blocks.0.hook_nothing").bind(vlm.n_layers, base)
     with pytest.raises(LayerIndexError, match="out of range"):
@@ -252,8 +332,9 @@ def test_bad_inputs_each_give_one_clear_line():
         patching_sweep(vlm, [], progress=False)
     with pytest.raises(InputError, match="no pairs"):
         as_pairs([])
-    with pytest.raises(InterpError, match="fast patching sweep patches resid_pre only"):
-        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["mlp_out"], mode="fast")
+    with pytest.raises(InterpError, match="fast patching sweep does not apply"):
+        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["mlp_out"], mode="fast",
+                       remote="local")
     with pytest.raises(InterpError, match="no source activation"):
         vlm.run(base, PatchActivations(layers=0))
 

@@ -254,10 +254,11 @@ def _first_token(vlm, prepared, answer: str) -> int:
 
 def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: Any = GROUPS, layers: Any = "all",
                    cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16,
-                   remote: bool | str | None = None, progress: bool = True, resume: str | Path | None = None) -> pd.DataFrame:
+                   remote: bool | str | None = None, progress: bool = True, resume: str | Path | None = None,
+                   heads: Any = "all") -> pd.DataFrame:
     """Patch each pair's source activations into its base at every (site, layer, position
     group), and per image cell at ``cell_layers``; one row per (pair, site, layer, group
-    [, cell]) with ``logit_diff`` (patched), ``effect`` (normalised) and
+    [, cell][, head]) with ``logit_diff`` (patched), ``effect`` (normalised) and
     ``answer_logit_change``, plus the pair's ``clean_logit_diff`` / ``corrupt_logit_diff``
     and whether the model's top token is each answer's (``clean_correct`` / ``corrupt_correct``).
 
@@ -265,15 +266,21 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     they cost a restart per cell. ``resume``: a CSV file each finished pair's rows are
     appended to; pairs already in it are not run again (long sweeps survive interruption).
 
-    ``mode``: ``"fast"`` (``resid_pre`` only: captured prefixes, the base restarted at each
-    layer, ``batch`` variants per forward), ``"naive"`` (one nnsight session per pair and
-    site: the reference, and the ``remote=`` path) or ``"auto"`` (fast where it applies).
+    Site ``z`` (``blocks.{l}.attn.hook_z``) patches one attention head at a time: a row
+    per head in ``heads`` (``"all"`` or a list); the ``head`` column is -1 for the other
+    sites' rows (the whole activation).
+
+    ``mode``: ``"fast"`` (captured prefixes: the source and base each captured once, the
+    base restarted at each layer, ``batch`` variants per forward), ``"naive"`` (one nnsight
+    session per pair: the reference, and the ``remote=`` path) or ``"auto"`` (fast where
+    the family allows prefix reuse).
     """
     from ..engine.prefix import supports_prefix_reuse
 
     pair_list = as_pairs(pairs)
     site_list = _sites(sites)
     layer_list = resolve_layers(layers, vlm.n_layers)
+    head_list = _head_list(vlm, heads) if "z" in site_list else []
     cell_list = [] if cell_layers is None or (not isinstance(cell_layers, (str, int)) and len(cell_layers) == 0) else \
         resolve_layers(cell_layers, vlm.n_layers)
     if mode not in ("auto", "fast", "naive"):
@@ -282,14 +289,13 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     if mode == "fast":
         if reason:
             raise InterpError(f"the fast patching sweep does not apply here ({reason}); use mode='naive'")
-        if site_list != ["resid_pre"]:
-            raise InterpError("the fast patching sweep patches resid_pre only; use mode='naive' for "
-                              + ", ".join(s for s in site_list if s != "resid_pre"))
     rows: list[dict] = []
     done: set = set()
     previous = None
     if resume is not None and Path(resume).exists() and Path(resume).stat().st_size:
         previous = pd.read_csv(resume)
+        if "head" not in previous.columns:  # written before per-head patching: whole activations
+            previous.insert(previous.columns.get_loc("site") + 1, "head", -1)
         done = set(previous.pair.astype(str))
     use_fast, slow = {}, {}
     for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
@@ -302,15 +308,16 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
         grid = base.grid
         cells = {(r, c): ImageCells([(r, c)]) for r in range(grid.rows) for c in range(grid.cols)
                  if int(grid.positions[r, c]) >= 0}
-        conditions = {}  # (site, layer, group, row, col) -> selector
+        conditions = {}  # (site, layer, group, row, col, head) -> selector
         for site in site_list:
-            for layer in layer_list:
-                for group, selector in groups.items():
-                    conditions[(site, layer, group, -1, -1)] = selector
-            for layer in cell_list if cell_pairs is None or index < cell_pairs else ():
-                for (r, c), selector in cells.items():
-                    conditions[(site, layer, "cell", r, c)] = selector
-        use_fast = {site: mode != "naive" and site == "resid_pre" and reason is None for site in site_list}
+            for head in head_list if site == "z" else [-1]:
+                for layer in layer_list:
+                    for group, selector in groups.items():
+                        conditions[(site, layer, group, -1, -1, head)] = selector
+                for layer in cell_list if cell_pairs is None or index < cell_pairs else ():
+                    for (r, c), selector in cells.items():
+                        conditions[(site, layer, "cell", r, c, head)] = selector
+        use_fast = {site: mode != "naive" and reason is None for site in site_list}
         logits: dict = {}
         clean = corrupt = None
         if any(use_fast.values()):
@@ -332,10 +339,10 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
         common = {"pair": pair.id, "change": pair.change, "clean_logit_diff": clean_ld, "corrupt_logit_diff": corrupt_ld,
                   "clean_correct": int(clean.argmax()) == a_source, "corrupt_correct": int(corrupt.argmax()) == a_base,
                   "same_first_token": a_source == a_base}
-        for (site, layer, group, r, c), row in logits.items():
+        for (site, layer, group, r, c, head), row in logits.items():
             value = ld(row)
             effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
-            rows.append({**common, "site": site, "layer": layer, "group": group, "row": r, "col": c,
+            rows.append({**common, "site": site, "head": head, "layer": layer, "group": group, "row": r, "col": c,
                          "logit_diff": value, "effect": effect,
                          "answer_logit_change": float(row[a_source] - corrupt[a_source])})
         if resume is not None:
@@ -352,36 +359,62 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     return frame
 
 
+def _head_list(vlm, heads) -> list[int]:
+    n_heads = int(vlm.adapter.text_config(vlm.config).num_attention_heads)
+    if isinstance(heads, str):
+        if heads != "all":
+            raise InterpError(f"heads must be 'all' or a list of head indices, got {heads!r}")
+        return list(range(n_heads))
+    head_list = [heads] if isinstance(heads, int) else list(heads)
+    bad = [h for h in head_list if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < n_heads]
+    if bad or not head_list:
+        raise InterpError(f"head {bad[0] if bad else '(none)'} is not one of the model's heads 0..{n_heads - 1}")
+    return list(dict.fromkeys(head_list))
+
+
 def _fast_pair(vlm, base, source, conditions: dict, batch: int):
-    """Captured-prefix patching at resid_pre: ``(clean logits, corrupt logits, {condition: logits})``."""
+    """Captured-prefix patching: ``(clean logits, corrupt logits, {condition: logits})``.
+
+    The source and the base are each captured once. The source's values at ``resid_pre``
+    are its captured layer inputs; at other sites its capture records them (one
+    :class:`RecordSource`). Each condition restarts the base at its layer with the patch."""
     from ..engine.prefix import capture, continue_from, unembed
     from ..interventions.runtime import first
 
-    src = capture(vlm, source, torch.tensor([source.seq_len - 1]))
+    needed = sorted({(key[1], key[0]) for key in conditions if key[0] != "resid_pre"})
+    src = capture(vlm, source, torch.tensor([source.seq_len - 1]), [RecordSource(needed)] if needed else [])
     cor = capture(vlm, base, torch.tensor([base.seq_len - 1]))
+    values = dict(src.records)
+    for layer in sorted({key[1] for key in conditions if key[0] == "resid_pre"}):
+        args, kwargs = src.layer_inputs[layer]
+        values[PatchActivations.source_key(layer, "resid_pre")] = first(args) if args else kwargs["hidden_states"]
     out = {}
     by_layer: dict[int, list] = {}
     for key in conditions:
         by_layer.setdefault(key[1], []).append(key)
     for layer, keys in sorted(by_layer.items()):
-        args, kwargs = src.layer_inputs[layer]
-        hidden = first(args) if args else kwargs["hidden_states"]
-        values = {PatchActivations.source_key(layer, "resid_pre"): hidden}
         for i in range(0, len(keys), batch):
             chunk = keys[i : i + batch]
-            variants = [[PatchActivations(layers=layer, site="resid_pre", positions=conditions[key], source=source,
-                                          source_values=values).bind(vlm.n_layers, base)] for key in chunk]
+            variants = [[PatchActivations(layers=layer, site=key[0], positions=conditions[key], source=source,
+                                          source_values=values, heads=_heads(key)).bind(vlm.n_layers, base)]
+                        for key in chunk]
             hidden_out, _ = continue_from(vlm, cor, layer, variants)
             for key, row in zip(chunk, unembed(vlm, hidden_out)):
                 out[key] = row[0].float().cpu()
     return src.logits[0].cpu(), cor.logits[0].cpu(), out
 
 
+def _heads(key) -> list[int] | None:
+    """A condition key's patched heads (site ``z``: one head; other sites: None, the whole value)."""
+    return None if key[5] < 0 else [key[5]]
+
+
 def _session_pair(vlm, base, source, conditions: dict, remote):
     """One nnsight session per pair: the source, the unpatched base and every condition."""
     keys = list(conditions)
     runs = patch_session(vlm, base, source,
-                         [[]] + [[PatchActivations(layers=k[1], site=k[0], positions=conditions[k])] for k in keys],
+                         [[]] + [[PatchActivations(layers=k[1], site=k[0], positions=conditions[k], heads=_heads(k))]
+                                 for k in keys],
                          remote=remote)
     corrupt = runs.runs[0].logits[0].float()
     out = {key: run.logits[0].float() for key, run in zip(keys, runs.runs[1:])}
@@ -392,7 +425,7 @@ def _session_pair(vlm, base, source, conditions: dict, remote):
 
 
 def patching_effects(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (change, site, layer, group): the mean over pairs with a bootstrap CI of the
+    """Per (change, site[, head], layer, group): the mean over pairs with a bootstrap CI of the
     normalised ``effect`` (pairs whose answers differ) or, for controls (same answer), of
     the raw ``answer_logit_change``; column ``metric`` says which."""
     groups = frame[frame.group != "cell"]
@@ -403,7 +436,8 @@ def patching_effects(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) 
         part = groups[groups.same_first_token == same].dropna(subset=[metric])
         if part.empty:
             continue
-        ci = per_layer_ci(part, metric, by=("change", "site", "layer", "group"), n_boot=n_boot, seed=seed)
+        by = ("change", "site", "head", "layer", "group") if "head" in part.columns else ("change", "site", "layer", "group")
+        ci = per_layer_ci(part, metric, by=by, n_boot=n_boot, seed=seed)
         ci["metric"] = metric
         parts.append(ci)
     return pd.concat(parts, ignore_index=True)
@@ -465,7 +499,8 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
                      cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
                      mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
                      progress: bool = True, sweep: pd.DataFrame | None = None,
-                     resume: str | Path | None = None) -> tuple[dict, list[str]]:
+                     resume: str | Path | None = None, sites: Sequence[str] = ("resid_pre",),
+                     heads: Any = "all") -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
 
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
@@ -474,7 +509,9 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     ``sweep``: a finished :func:`patching_sweep` of these pairs (e.g. read back from its
     CSV) to report instead of running one.
     Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
-    and ``patching_cells`` into ``out_dir`` when given.
+    and ``patching_cells`` into ``out_dir`` when given. The summary reads the first of
+    ``sites`` that patches whole activations; with site ``z`` among them, each head is
+    patched alone and ``patching_heads_<change>`` maps layer x head at the last token.
     """
     from .. import plotting  # noqa: F401 - the package's figure style
     from ..data.synthetic import SyntheticVQA, counterfactual_pairs
@@ -488,12 +525,17 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
     if sweep is None:
         sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers,
-                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress, resume=resume)
+                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress, resume=resume,
+                               sites=sites, heads=heads)
     else:
         cell_layers = sorted(int(l) for l in sweep[sweep.group == "cell"].layer.unique()) or cell_layers
         sweep.attrs.setdefault("metric", METRIC)
-    effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
-    found = handover(effects)
+    all_effects = patching_effects(sweep, n_boot=n_boot, seed=seed)
+    site_list = list(dict.fromkeys(sweep.site))
+    main = next((s for s in site_list if s != "z"), None)
+    effects = all_effects[all_effects.site == main] if main else all_effects.iloc[:0]
+    head_effects = all_effects[all_effects.site == "z"]
+    found = handover(effects, site=main) if main else {}
     per_pair = sweep.groupby("pair").first()
     both_right = float((per_pair.clean_correct & per_pair.corrupt_correct).mean())
     layer0 = effects[(effects.layer == 0) & (effects.group == "changed")]
@@ -506,15 +548,19 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         sweep.to_csv(out / "patching_sweep.csv", index=False)
-        figures.patching_heatmap(effects, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer")
+        if main:
+            figures.patching_heatmap(effects, site=main, out_dir=out,
+                                     title=f"{vlm.name}: source activations patched in at one layer")
         for change in dict.fromkeys(effects.change):
-            figures.patching_curves(effects, change=change, out_dir=out, name=f"patching_curves_{change}")
+            figures.patching_curves(effects, change=change, site=main, out_dir=out, name=f"patching_curves_{change}")
+        for change in dict.fromkeys(head_effects.change):
+            figures.patching_head_heatmap(head_effects, change=change, out_dir=out, name=f"patching_heads_{change}")
         mapped = set(sweep[sweep.group == "cell"].pair)
         candidates = [p for p in pairs if p.id in mapped and p.changed_boxes and p.change not in ("distractor",)
                       and bool(per_pair.loc[p.id, "clean_correct"]) and bool(per_pair.loc[p.id, "corrupt_correct"])]
         pick = candidates[0] if candidates else next((p for p in pairs if p.id in mapped and p.changed_boxes), None)
-        if pick is not None and cell_layers:
-            grids = {layer: cell_effect_grid(sweep, pick.id, layer) for layer in cell_layers}
+        if pick is not None and cell_layers and main:
+            grids = {layer: cell_effect_grid(sweep, pick.id, layer, site=main) for layer in cell_layers}
             shape = next(iter(grids.values())).shape
             from ..data.synthetic import boxes_mask
 
@@ -527,19 +573,35 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     report = {
         "n_pairs": len(pairs), "changes": {c: int(n) for c, n in per_pair.change.value_counts().items()},
         "mode": sweep.attrs.get("mode"), "metric": sweep.attrs.get("metric"),
+        "sites": site_list, "summary_site": main,
         "both_answers_top_token": both_right, "effects": _records(effects), "handover": found,
+        "head_effects": _records(head_effects), "top_heads": top_heads(head_effects),
         "layer0_changed_effect": _records(layer0), "control_answer_logit_change": _records(control),
         "mean_abs_clean_minus_corrupt_logit_diff": reference_move, "cell_layers": cell_layers, "example": example,
     }
     return report, patching_markdown(report)
 
 
+def top_heads(head_effects: pd.DataFrame, *, group: str = "last", count: int = 5) -> list[dict]:
+    """The ``count`` (layer, head) pairs whose patching at ``group`` restores most of the
+    logit difference (answer-changing pairs), per change, with their CIs."""
+    rows = head_effects[(head_effects.metric == "effect") & (head_effects.group == group)]
+    out = []
+    for change, part in rows.groupby("change"):
+        for _, entry in part.sort_values("mean", ascending=False).head(count).iterrows():
+            out.append({"change": change, "group": group, "layer": int(entry.layer), "head": int(entry["head"]),
+                        "mean": float(entry["mean"]), "low": float(entry.low), "high": float(entry.high),
+                        "n": int(entry.n)})
+    return out
+
+
 def patching_markdown(report: dict) -> list[str]:
     """The report section's markdown lines."""
     lines = ["## Counterfactual activation patching", "",
              f"{report['n_pairs']} pairs (" + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
-             + "); the source (original scene) is patched into the base (changed scene) at the input of one layer "
-             f"(resid_pre), one position group at a time; metric: {report['metric']}; effect = (patched - base) / "
+             + "); the source (original scene) is patched into the base (changed scene) at one layer "
+             f"({report.get('summary_site') or 'resid_pre'}), one position group at a time; metric: {report['metric']}; "
+             "effect = (patched - base) / "
              "(source - base). Top token equals the expected answer in both runs for "
              f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
     for entry in report["layer0_changed_effect"]:
@@ -570,6 +632,14 @@ def patching_markdown(report: dict) -> list[str]:
         values = part.set_index("layer")
         lines.append(f"| {change} | {group} | " + " | ".join(
             f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
+    heads = report.get("top_heads") or []
+    if heads:
+        lines += ["", "### Single attention heads (blocks.{l}.attn.hook_z at the last token)", "",
+                  "Each head's output (before the output projection) at the last position patched alone from the "
+                  "source; the heads that restore most of the logit difference (95% bootstrap CI over pairs):", "",
+                  "| change | layer | head | effect |", "|---|---|---|---|"]
+        lines += [f"| {h['change']} | {h['layer']} | {h['head']} | {_ci(h)} |" for h in heads]
+        lines += ["", "Figures: patching_heads_<change> (layer x head).", ""]
     lines += ["", "Figures: patching_heatmap, patching_curves_<change>, patching_cells (PNG and PDF).", ""]
     return lines
 

@@ -27,7 +27,8 @@ also returns every layer's keys and values of the prompt rows, from which
 :mod:`interp.engine.decode` continues a generation.
 
 Every intervention runs here through its own interface — ``edit_hidden`` at
-``resid_pre`` / ``attn_out`` / ``mlp_out`` / ``resid_post``, ``edit_mask`` at
+``resid_pre`` / ``z`` (per head, before the attention's output projection) /
+``attn_out`` / ``mlp_out`` / ``resid_post``, ``edit_mask`` at
 ``attn_pattern`` (through the layer's attention mask), ``before_restart`` below the
 restart layer — so the executor never looks at classes. Families whose forward adds
 to the residual stream between layers outside the layer modules (the adapter's
@@ -48,11 +49,11 @@ from transformers.cache_utils import Cache, DynamicCache
 
 from ..errors import InterpError
 from ..interventions.base import Intervention, StepContext
-from ..interventions.runtime import EditableMask, editable_tensor, first, replace_first
+from ..interventions.runtime import EditableMask, editable_tensor, first, merge_heads, replace_first, split_heads
 from .plan import Plan, build_schedule, execute_step
 
 #: sites the fast path recomputes (and so can edit) in the layers it runs
-_HIDDEN_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+_HIDDEN_SITES = ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
 
 
 def supports_prefix_reuse(vlm) -> str | None:
@@ -335,7 +336,7 @@ class _Variants:
 
     def inside(self, layer: int) -> set[int]:
         """Variants with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
-        return {v for site in ("attn_pattern", "attn_out", "mlp_out") for v, _ in self.at.get((layer, site), ())}
+        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for v, _ in self.at.get((layer, site), ())}
 
     def edit_hidden(self, layer: int, site: str, hidden: torch.Tensor, members: list[int]) -> torch.Tensor:
         """``hidden``'s batch row ``j`` holds variant ``members[j]``."""
@@ -370,14 +371,24 @@ class _Variants:
             item.edit_mask(layer, editable, self.contexts[v])
         return (built["tensor"], True) if "tensor" in built else (mask, False)
 
-    def hooks(self, layer: int, block, attn_name: str, mlp_name: str, members: list[int]) -> list:
+    def hooks(self, layer: int, block, access, members: list[int]) -> list:
+        """Forward hooks for the edits inside ``block``: ``z`` on the attention's output
+        projection's input (split into heads as ``hook_z`` shows it), ``attn_out`` and
+        ``mlp_out`` on those modules' outputs."""
         handles = []
-        for site, name in (("attn_out", attn_name), ("mlp_out", mlp_name)):
+        attn = getattr(block, access.attn_name)
+        if self.at.get((layer, "z")):
+            def pre_hook(module, args):
+                heads = split_heads(args[0], access.head_dim)
+                return (merge_heads(self.edit_hidden(layer, "z", heads, members)),) + tuple(args[1:])
+
+            handles.append(getattr(attn, access.o_name).register_forward_pre_hook(pre_hook))
+        for site, module in (("attn_out", attn), ("mlp_out", getattr(block, access.mlp_name))):
             if self.at.get((layer, site)):
                 def hook(module, args, output, site=site):
                     return replace_first(output, self.edit_hidden(layer, site, first(output), members))
 
-                handles.append(getattr(block, name).register_forward_hook(hook))
+                handles.append(module.register_forward_hook(hook))
         return handles
 
 
@@ -460,7 +471,7 @@ def restart(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]
                     cache.update(k[:, :, :first_row].expand(len(members), -1, -1, -1),
                                  v[:, :, :first_row].expand(len(members), -1, -1, -1), index)
                 kwargs[_layer_cache_keyword(layers[index])] = cache
-            handles = plan.hooks(index, layers[index], vlm.adapter.attn_name, vlm.adapter.mlp_name, members)
+            handles = plan.hooks(index, layers[index], vlm.access, members)
             try:
                 out = first(layers[index](rows, *args[1:], **kwargs))
             finally:

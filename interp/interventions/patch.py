@@ -1,8 +1,8 @@
 """Activation patching: replace the run's activations with those of a *source* input.
 
 ``PatchActivations`` writes a source run's values into the run at chosen hook points
-(``blocks.{l}.hook_resid_pre | hook_attn_out | hook_mlp_out | hook_resid_post``, or
-``layers`` + ``site``) and positions. The source's values are read from the step
+(``blocks.{l}.hook_resid_pre | hook_attn_out | hook_mlp_out | hook_resid_post``, per
+head ``blocks.{l}.attn.hook_z`` with ``heads=``, or ``layers`` + ``site``) and positions. The source's values are read from the step
 context's ``records`` under the key :meth:`PatchActivations.source_key` gives::
 
     ("source:blocks.{l}.hook_{site}", l, 0) -> tensor (batch, source_seq_len, d_model)
@@ -35,8 +35,11 @@ from ..errors import InputError, InterpError
 from ..hooks import hook_name, parse_hook_name
 from .base import Intervention, StepContext, resolve_layers, resolve_positions
 
-#: sites a patch can write (per-head attention output and attention patterns are not patchable)
-PATCH_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+#: sites a patch can write, in forward order. ``z`` is each head's attention output before the
+#: output projection (``blocks.{l}.attn.hook_z``, ``[batch, seq, heads, head_dim]``): patching
+#: heads ``H`` there is patching their ``hook_result`` (``z_h @ W_O[:, h]``), which is read-only.
+#: Attention patterns are not patchable (knockouts edit them).
+PATCH_SITES = ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,13 @@ class PatchActivations(Intervention):
     :class:`~interp.inputs.Prepared` (needed to align positions and by
     :func:`~interp.analysis.patching.run_patched`; ``None`` means the source is laid
     out exactly like the base). ``source_values``: the source's activations when
-    recorded elsewhere, keyed like :meth:`source_key`.
+    recorded elsewhere, keyed like :meth:`source_key`. ``heads`` (site ``z`` only): the
+    attention heads to patch (an int or a list; None: every head).
     """
 
     def __init__(self, hook_names: str | Iterable[str] | None = None, *, layers: Any = None, site: str = "resid_pre",
-                 positions: Any = "image", source=None, source_values: dict | None = None, name: str = "source"):
+                 positions: Any = "image", source=None, source_values: dict | None = None, name: str = "source",
+                 heads: Any = None):
         if hook_names is not None and layers is not None:
             raise InterpError("give hook_names or layers + site, not both")
         if hook_names is None and layers is None:
@@ -146,6 +151,10 @@ class PatchActivations(Intervention):
         self.source = source
         self.source_values = source_values
         self.name = name
+        self.heads = None if heads is None else ([heads] if isinstance(heads, int) else list(heads))
+        if self.heads is not None and (not self.heads or not all(isinstance(h, int) and not isinstance(h, bool)
+                                                                 for h in self.heads)):
+            raise InterpError(f"heads must be a head index or a non-empty list of them, got {heads!r}")
 
     # -- binding ---------------------------------------------------------------
 
@@ -168,6 +177,11 @@ class PatchActivations(Intervention):
         else:
             bound._sites = [(layer, self.site) for layer in resolve_layers(self.layers, n_layers)]
         bound.layers = sorted({layer for layer, _ in bound._sites})
+        if self.heads is not None:
+            if any(site != "z" for _, site in bound._sites):
+                raise InterpError("heads= selects attention heads: it patches blocks.{l}.attn.hook_z (site 'z') only")
+            if min(self.heads) < 0:
+                raise InterpError(f"head {min(self.heads)} is out of range: heads count from 0")
         bound._base_positions, bound._source_positions = aligned_positions(self.positions, prepared, self.source)
         if self.source is not None and self.source.input_ids.shape[0] != prepared.input_ids.shape[0]:
             raise InputError(f"the source has batch {self.source.input_ids.shape[0]} but the base has "
@@ -208,7 +222,17 @@ class PatchActivations(Intervention):
         source = self._source_value(layer, site, ctx)
         source_rows = self._source_positions.to(source.device)[keep.to(source.device)]
         new = hidden.clone()
-        new[:, local[keep]] = source[:, source_rows].to(hidden.device, hidden.dtype)
+        if self.heads is None:
+            new[:, local[keep]] = source[:, source_rows].to(hidden.device, hidden.dtype)
+            return new
+        if hidden.ndim != 4:
+            raise InterpError(f"patching heads needs the per-head value [batch, seq, heads, head_dim] at {site}")
+        if max(self.heads) >= hidden.shape[2]:
+            raise InterpError(f"head {max(self.heads)} is out of range 0..{hidden.shape[2] - 1}")
+        heads = torch.tensor(self.heads, device=hidden.device)
+        rows = local[keep].to(hidden.device)
+        new[:, rows[:, None], heads[None, :]] = source[:, source_rows[:, None], heads.to(source.device)[None, :]].to(
+            hidden.device, hidden.dtype)
         return new
 
     def at_site(self, layer, site, value, ctx: StepContext):
@@ -229,6 +253,10 @@ class RecordSource(Intervention):
 
     def sites(self):
         return list(self._sites)
+
+    def recorded_as(self, layer, site):
+        # the whole activation at the site, as RecordResidual records it with positions=None
+        return ("residual", layer, site, None), PatchActivations.source_key(layer, site, self.name)[:2]
 
     def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         if ctx.step == 0:

@@ -59,6 +59,41 @@ def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir:
     return fig
 
 
+def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "last",
+                          out_dir: str | Path | None = None, name: str = "patching_heads", title: str = ""):
+    """Layer x head heatmap of the mean effect of patching one attention head's output
+    (``blocks.{l}.attn.hook_z``) at one position group, for one change (``effects`` from
+    :func:`~interp.analysis.patching.patching_effects` of a sweep with site ``z``)."""
+    rows = effects[(effects.site == "z") & (effects.change == change) & (effects.group == group)]
+    if rows.empty:
+        raise ValueError(f"no per-head rows for change {change!r} at {group!r}: sweep with sites=('z',)")
+    metric = rows.metric.iloc[0]
+    table = rows.pivot(index="head", columns="layer", values="mean").sort_index()
+    with paper_style():
+        fig, ax = plt.subplots(figsize=(COLUMN, 0.18 * len(table) + 1.2))
+        if metric == "effect":
+            image = ax.imshow(table.values, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(table.values)),
+                              vmax=max(1.0, np.nanmax(table.values)), interpolation="nearest")
+            label = "normalised effect"
+        else:
+            bound = max(1e-6, float(np.nanmax(np.abs(table.values))))
+            image = ax.imshow(table.values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
+                              interpolation="nearest")
+            label = "answer logit change"
+        layers = list(table.columns)
+        ticks = list(range(0, len(layers), max(1, len(layers) // 6)))
+        ax.set_xticks(ticks, [layers[t] for t in ticks])
+        ax.set_yticks(range(len(table)), [str(h) for h in table.index])
+        ax.set_xlabel("layer")
+        ax.set_ylabel("head")
+        ax.set_title(title or f"{change}: one head patched at the {GROUP_LABELS.get(group, group)} (n={int(rows.n.max())})")
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+        fig.tight_layout()
+        save(fig, out_dir, name)
+    return fig
+
+
 def patching_curves(effects: pd.DataFrame, *, change: str, site: str = "resid_pre", out_dir: str | Path | None = None,
                     name: str = "patching_curves"):
     """The effect per layer of each position group, with 95% CI bands, for one change."""
