@@ -388,7 +388,9 @@ def _patch(args) -> int:
                                      cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
                                      cell_layers=_int_list(args.cell_layers),
                                      resume=out / "patching_sweep.partial.csv" if args.resume else None,
-                                     positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()))
+                                     positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
+                                     sites=tuple(s.strip() for s in args.sites.split(",") if s.strip()),
+                                     heads=_int_list(args.heads))
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
     if args.lens > 0:
         lens, lens_lines = lens_section(vlm, data, out, n=args.lens, n_boot=args.n_boot, seed=args.seed)
@@ -504,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--cell-pairs", type=int, default=2, help="pairs also patched cell by cell (default 2)")
     patch.add_argument("--groups", default="changed,other_image,question,last",
                        help="position groups (changed, other_image, image, question, other_text, last)")
+    patch.add_argument("--sites", default="resid_pre",
+                       help="comma-separated sites: resid_pre (default), attn_out, mlp_out, resid_post, and z (each "
+                            "attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site")
+    patch.add_argument("--heads", default="all", help="with --sites z: all (default) or a comma-separated head list")
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
     patch.add_argument("--n-boot", type=int, default=2000)

@@ -378,30 +378,36 @@ def _fast_pair(vlm, base, source, conditions: dict, batch: int):
     The source and the base are each captured once. The source's values at ``resid_pre``
     are its captured layer inputs; at other sites its capture records them (one
     :class:`RecordSource`). Each condition restarts the base at its layer with the patch."""
-    from ..engine.prefix import capture, continue_from, unembed
+    from ..engine.prefix import capture, continue_from, first_changed_row, unembed
     from ..interventions.runtime import first
 
     needed = sorted({(key[1], key[0]) for key in conditions if key[0] != "resid_pre"})
     src = capture(vlm, source, torch.tensor([source.seq_len - 1]), [RecordSource(needed)] if needed else [])
-    cor = capture(vlm, base, torch.tensor([base.seq_len - 1]))
+    # the base keeps its keys and values: a patch changes no row before its first position, so
+    # each restart recomputes only the rows from its batch's first patched position on
+    cor = capture(vlm, base, torch.tensor([base.seq_len - 1]), keep_kv=True)
     values = dict(src.records)
     for layer in sorted({key[1] for key in conditions if key[0] == "resid_pre"}):
         args, kwargs = src.layer_inputs[layer]
         values[PatchActivations.source_key(layer, "resid_pre")] = first(args) if args else kwargs["hidden_states"]
     out = {}
     by_layer: dict[int, list] = {}
-    for key in conditions:
-        by_layer.setdefault(key[1], []).append(key)
-    for layer, keys in sorted(by_layer.items()):
-        for i in range(0, len(keys), batch):
-            chunk = keys[i : i + batch]
-            variants = [[PatchActivations(layers=layer, site=key[0], positions=conditions[key], source=source,
-                                          source_values=values, heads=_heads(key)).bind(vlm.n_layers, base)]
-                        for key in chunk]
-            hidden_out, _ = continue_from(vlm, cor, layer, variants)
-            for key, row in zip(chunk, unembed(vlm, hidden_out)):
+    for key in conditions:  # one batch per layer (splitting it by first row costs more calls than rows saved)
+        by_layer.setdefault(key[1], []).append((key, _patch_for(vlm, key, conditions[key], source, values, base)))
+    for layer, members in sorted(by_layer.items()):
+        for i in range(0, len(members), batch):
+            chunk = members[i : i + batch]
+            variants = [[patch] for _, patch in chunk]
+            hidden_out, _ = continue_from(vlm, cor, layer, variants,
+                                          first_row=first_changed_row(vlm, cor, layer, variants))
+            for (key, _), row in zip(chunk, unembed(vlm, hidden_out)):
                 out[key] = row[0].float().cpu()
     return src.logits[0].cpu(), cor.logits[0].cpu(), out
+
+
+def _patch_for(vlm, key, selector, source, values, base) -> PatchActivations:
+    return PatchActivations(layers=key[1], site=key[0], positions=selector, source=source, source_values=values,
+                            heads=_heads(key)).bind(vlm.n_layers, base)
 
 
 def _heads(key) -> list[int] | None:

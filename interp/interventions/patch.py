@@ -192,6 +192,10 @@ class PatchActivations(Intervention):
     def sites(self):
         return list(self._sites)
 
+    def first_row(self, layer, site) -> int | None:
+        """The first prefill row this patch changes: its first base position (None: none)."""
+        return int(self._base_positions.min()) if self._base_positions.numel() else None
+
     @staticmethod
     def source_key(layer: int, site: str, name: str = "source") -> tuple:
         """Where the source's activation at ``(layer, site)`` lives in ``ctx.records``."""
