@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_args import Parser, add_model_args, model_and_kwargs, non_empty, positive_int
+from .cli_args import Parser, add_model_args, model_and_kwargs, non_empty, non_negative_int, positive_int
 from .cli_args import load_kwargs as loading_flags
 from .errors import InterpError
 from .options import MODES, PAPER_MASK_SCALE, SCORINGS
@@ -457,9 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 2000)")
     rep.add_argument("--remote", action="store_true",
                      help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)")
-    rep.add_argument("--patching", type=positive_int, default=None, metavar="PAIRS",
-                     help="add counterfactual activation patching on PAIRS synthetic pairs (see interp patch)")
-    rep.add_argument("--lens", type=positive_int, default=None, metavar="N", help="add the image-token lens on N samples")
+    rep.add_argument("--patching", type=non_negative_int, default=None, metavar="PAIRS",
+                     help="synthetic data: counterfactual activation patching on PAIRS pairs (default 60; 0: skip; "
+                          "see interp patch)")
+    rep.add_argument("--lens", type=non_negative_int, default=None, metavar="N",
+                     help="synthetic data: the image-token lens on N samples (default 60; 0: skip)")
     rep.add_argument("--method-ablation", type=int, default=None, metavar="SEEDS",
                      help="add the authors'-method ablation (greedy + SEEDS sampling runs; see interp ablate-method)")
     rep.add_argument("--keep-prefix-mb", type=float, default=None,

@@ -351,7 +351,8 @@ def test_reproduce_writes_every_figure_and_the_report(tmp_path):
 
     from interp.cli import main
 
-    code = main(["reproduce", "--model", "tiny:llava", "--out", str(tmp_path), "--limit", "3", "--n-boot", "100"])
+    code = main(["reproduce", "--model", "tiny:llava", "--out", str(tmp_path), "--limit", "3", "--n-boot", "100",
+                 "--patching", "2", "--lens", "3"])
     assert code == 0
     for name in FIGURES:
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -365,3 +366,9 @@ def test_reproduce_writes_every_figure_and_the_report(tmp_path):
     assert report["contrastive"]["comparison"] and "p_value" in report["contrastive"]["comparison"][0]
     assert {"torch", "transformers", "nnsight", "interp"} <= set(report["versions"])
     assert "Fusion and review layers" in (tmp_path / "report.md").read_text()
+    # the synthetic benchmark's sections are on by default (here on 2 pairs and 3 samples)
+    assert report["patching"]["n_pairs"] == 2 and report["image_lens"]["n_samples"] == 3
+    assert (tmp_path / "patching_heatmap.png").exists() and (tmp_path / "image_lens_accuracy.png").exists()
+    from interp.analysis.reproduce import ReproduceConfig
+
+    assert ReproduceConfig().patching_pairs == 60 and ReproduceConfig().lens_samples == 60

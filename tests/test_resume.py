@@ -17,7 +17,8 @@ import pytest
 from .conftest import assert_reports_close
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["reproduce", "--model", "tiny:llava", "--limit", "6", "--n-boot", "50"]
+OFF = ["--patching", "0", "--lens", "0"]  # the synthetic sections: tests/test_analysis.py runs them
+ARGS = ["reproduce", "--model", "tiny:llava", "--limit", "6", "--n-boot", "50", *OFF]
 
 
 def _env():
@@ -113,9 +114,9 @@ def test_other_settings_a_second_writer_and_unwritable_outputs_are_refused(tmp_p
     from interp.analysis.rundir import RunDir
 
     out = tmp_path / "run"
-    _interp(*ARGS[:4], "2", "--n-boot", "50", "--out", str(out))
+    _interp(*ARGS[:4], "2", "--n-boot", "50", *OFF, "--out", str(out))
     before = _snapshot(out)
-    refused = _interp(*ARGS[:4], "2", "--window", "2", "--out", str(out), check=False)
+    refused = _interp(*ARGS[:4], "2", "--window", "2", *OFF, "--out", str(out), check=False)
     assert refused.returncode == 2
     lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "other settings" in lines[0] and "window" in lines[0]
@@ -123,7 +124,7 @@ def test_other_settings_a_second_writer_and_unwritable_outputs_are_refused(tmp_p
 
     settings = json.loads((out / "run.json").read_text())
     with RunDir(out, settings):  # another process holds the lock
-        locked = _interp(*ARGS[:4], "2", "--n-boot", "50", "--out", str(out), check=False)
+        locked = _interp(*ARGS[:4], "2", "--n-boot", "50", *OFF, "--out", str(out), check=False)
     assert locked.returncode == 2 and "another process" in locked.stderr
     assert _snapshot(out) == before
 

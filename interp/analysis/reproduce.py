@@ -57,11 +57,13 @@ class ReproduceConfig:
     progress: bool = True
     #: memory for clean prefixes kept between the two phases; beyond it, phase 2 re-runs them
     keep_prefix_mb: float = 2048.0
-    #: extra sections (off by default: each costs as much as the rest of the run on the organism):
-    #: counterfactual patching pairs, image-token lens samples (synthetic data), and the
-    #: authors'-method ablation with this many sampling seeds (None: off)
-    patching_pairs: int = 0
-    lens_samples: int = 0
+    #: the synthetic benchmark's sections (0: skip): counterfactual patching on this many pairs
+    #: (colour and shape changes and the distractor control, taking turns) and the
+    #: image-token lens on this many samples; other data have no counterfactuals or cell labels
+    patching_pairs: int = 60
+    lens_samples: int = 60
+    #: the authors'-method ablation with this many sampling seeds (None: off; it generates
+    #: 8 x (1 + seeds) answers per question)
     ablation_seeds: int | None = None
 
 
@@ -249,8 +251,9 @@ def _fits(item):
 
 
 def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
-    """The opt-in sections: ``{name: (dict for report.json, markdown lines)}``; each resumes
-    from its own file in ``out/rows``."""
+    """The extra sections: ``{name: (dict for report.json, markdown lines)}`` — patching and the
+    image-token lens on the synthetic benchmark (on by default), the method ablation when
+    asked; each resumes from its own file in ``out/rows``."""
     from ..data.synthetic import SyntheticVQA
 
     extras: dict = {}
