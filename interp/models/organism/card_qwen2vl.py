@@ -109,6 +109,11 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
     budget_line = (f" The run was given a wall-clock budget of {config['time_budget_min']:g} min; after timing the "
                    f"warm-up it fixed stage 2 at {budget} steps (the command above repeats exactly that)."
                    if budget is not None else "")
+    tower_from = summary.get("tower_from")
+    if tower_from:
+        budget_line += (f" Stage 0's tower was taken from an earlier run of the same recipe and seed "
+                        f"(`--tower-from {Path(tower_from).name}`): stage 0 is deterministic for the seed, so the "
+                        "command above, which runs stage 0 itself, repeats the run up to the tower's fp16 rounding.")
     stage1 = (f"| 1 alignment (LM frozen) | merger | {config['align_steps']} | {config['batch']} | "
               f"{config['lr_projector']} | {seconds['align']:.0f} s |\n" if config["align_steps"] else "")
     stage3 = (f"| 3 polish | the same, a second warm-up + cosine cycle | {config['polish_steps']} | {config['batch']} | "
