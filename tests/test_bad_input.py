@@ -42,6 +42,14 @@ def one_line(text: str) -> str:
 
 # -- the command line ---------------------------------------------------------------
 
+@pytest.mark.parametrize("flag", ["--patching", "--lens"])
+def test_reproduce_sections_take_zero_but_not_negative_counts(capsys, tmp_path, flag):
+    code, err = cli(capsys, "reproduce", "--out", str(tmp_path / "o"), flag, "-1")
+    assert code == 2
+    assert f"{flag}: must be a non-negative integer (0 or more), got -1" in one_line(err)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("limit", ["0", "-3"])
 def test_organism_eval_limit_must_be_positive(capsys, limit):
     code, err = cli(capsys, "organism", "eval", "--limit", limit)

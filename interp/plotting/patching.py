@@ -18,6 +18,18 @@ GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", 
 GROUP_ORDER = ("changed", "other_image", "image", "question", "other_text", "last")
 
 
+def _effect_image(ax, values: np.ndarray, metric: str):
+    """``(image, colourbar label)``: normalised effects on viridis spanning at least [0, 1];
+    raw answer-logit changes (controls) on a diverging scale centred on 0."""
+    if metric == "effect":
+        image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(values)),
+                          vmax=max(1.0, np.nanmax(values)), interpolation="nearest")
+        return image, "normalised effect"
+    bound = max(1e-6, float(np.nanmax(np.abs(values))))
+    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    return image, "answer logit change"
+
+
 def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir: str | Path | None = None,
                      name: str = "patching_heatmap", title: str = ""):
     """Layer x position-group heatmap of the mean patching effect, one panel per change
@@ -32,15 +44,7 @@ def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir:
             metric = part.metric.iloc[0]
             groups = [g for g in GROUP_ORDER if g in set(part.group)]
             table = part.pivot(index="group", columns="layer", values="mean").reindex(groups)
-            if metric == "effect":
-                image = ax.imshow(table.values, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(table.values)),
-                                  vmax=max(1.0, np.nanmax(table.values)), interpolation="nearest")
-                label = "normalised effect"
-            else:
-                bound = max(1e-6, float(np.nanmax(np.abs(table.values))))
-                image = ax.imshow(table.values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
-                                  interpolation="nearest")
-                label = "answer logit change"
+            image, label = _effect_image(ax, table.values, metric)
             ax.set_yticks(range(len(groups)), [GROUP_LABELS.get(g, g) for g in groups])
             layers = list(table.columns)
             ticks = list(range(0, len(layers), max(1, len(layers) // 6)))
@@ -71,15 +75,7 @@ def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "l
     table = rows.pivot(index="head", columns="layer", values="mean").sort_index()
     with paper_style():
         fig, ax = plt.subplots(figsize=(COLUMN, 0.18 * len(table) + 1.2))
-        if metric == "effect":
-            image = ax.imshow(table.values, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(table.values)),
-                              vmax=max(1.0, np.nanmax(table.values)), interpolation="nearest")
-            label = "normalised effect"
-        else:
-            bound = max(1e-6, float(np.nanmax(np.abs(table.values))))
-            image = ax.imshow(table.values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
-                              interpolation="nearest")
-            label = "answer logit change"
+        image, label = _effect_image(ax, table.values, metric)
         layers = list(table.columns)
         ticks = list(range(0, len(layers), max(1, len(layers) // 6)))
         ax.set_xticks(ticks, [layers[t] for t in ticks])
