@@ -606,7 +606,8 @@ def patching_markdown(report: dict) -> list[str]:
     lines = ["## Counterfactual activation patching", "",
              f"{report['n_pairs']} pairs (" + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
              + "); the source (original scene) is patched into the base (changed scene) at one layer "
-             f"({report.get('summary_site') or 'resid_pre'}), one position group at a time; metric: {report['metric']}; "
+             f"({report.get('summary_site') or ('z, one head at a time' if report.get('sites') == ['z'] else 'resid_pre')}), "
+             f"one position group at a time; metric: {report['metric']}; "
              "effect = (patched - base) / "
              "(source - base). Top token equals the expected answer in both runs for "
              f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
@@ -631,13 +632,14 @@ def patching_markdown(report: dict) -> list[str]:
                      f"{worst['mean']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}] on average (layer {worst['layer']}, "
                      f"{worst['group']}), against a mean |source - base| logit difference of "
                      f"{report['mean_abs_clean_minus_corrupt_logit_diff']:.2f} in the answer-changing pairs.")
-    lines += ["", "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
-              "|---|---|" + "---|" * len(_table_layers(report))]
     table = pd.DataFrame(report["effects"])
-    for (change, group), part in table.groupby(["change", "group"], sort=False):
-        values = part.set_index("layer")
-        lines.append(f"| {change} | {group} | " + " | ".join(
-            f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
+    if not table.empty:
+        lines += ["", "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
+                  "|---|---|" + "---|" * len(_table_layers(report))]
+        for (change, group), part in table.groupby(["change", "group"], sort=False):
+            values = part.set_index("layer")
+            lines.append(f"| {change} | {group} | " + " | ".join(
+                f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
     heads = report.get("top_heads") or []
     if heads:
         lines += ["", "### Single attention heads (blocks.{l}.attn.hook_z at the last token)", "",
@@ -646,7 +648,8 @@ def patching_markdown(report: dict) -> list[str]:
                   "| change | layer | head | effect |", "|---|---|---|---|"]
         lines += [f"| {h['change']} | {h['layer']} | {h['head']} | {_ci(h)} |" for h in heads]
         lines += ["", "Figures: patching_heads_<change> (layer x head).", ""]
-    lines += ["", "Figures: patching_heatmap, patching_curves_<change>, patching_cells (PNG and PDF).", ""]
+    if report.get("summary_site"):
+        lines += ["", "Figures: patching_heatmap, patching_curves_<change>, patching_cells (PNG and PDF).", ""]
     return lines
 
 
