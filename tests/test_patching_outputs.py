@@ -67,3 +67,26 @@ def test_interp_patch_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
     assert "error: --changes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["patch", "--model", "tiny:llava"])  # --out is required
+
+
+def test_interp_patch_per_head_writes_the_heads_and_their_figure(tmp_path):
+    out = tmp_path / "heads"
+    code = main(["patch", "--model", "tiny:llava", "--out", str(out), "--pairs", "3", "--sites", "resid_pre,z",
+                 "--heads", "0,1", "--groups", "changed,last", "--layers", "1,2", "--lens", "0", "--cell-pairs", "0",
+                 "--n-boot", "50"])
+    assert code == 0
+    report = json.loads((out / "patching.json").read_text())["patching"]
+    assert report["sites"] == ["resid_pre", "z"] and report["summary_site"] == "resid_pre"
+    sweep = pd.read_csv(out / "patching_sweep.csv")
+    heads = sweep[sweep.site == "z"]
+    assert set(heads["head"]) == {0, 1} and set(heads.layer) == {1, 2} and set(sweep[sweep.site != "z"]["head"]) == {-1}
+    best = report["top_heads"]
+    assert best and {h["layer"] for h in best} <= {1, 2} and all(h["low"] <= h["mean"] <= h["high"] for h in best)
+    # the top head of each change is the largest mean effect of its per-head last-token rows
+    answer = heads[(heads.group == "last") & ~heads.same_first_token]
+    for change, part in answer.groupby("change"):
+        top = next(h for h in best if h["change"] == change)
+        means = part.groupby(["layer", "head"]).effect.mean()
+        assert abs(top["mean"] - means.max()) < 1e-9 and (top["layer"], top["head"]) == means.idxmax()
+    assert (out / "patching_heads_colour.png").exists() and (out / "patching_heatmap.png").exists()
+    assert "### Single attention heads" in (out / "patching.md").read_text()
