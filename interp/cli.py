@@ -154,8 +154,9 @@ def organism_train_config(args):
     from .models.organism.train import TrainConfig
 
     if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
-            or getattr(args, "checkpoint_dir", None)):
-        raise InterpError("--lora-rank, --time-budget, --tower-from and --checkpoint-dir belong to --arch qwen2_vl.")
+            or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)):
+        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir and --resume-from belong to "
+                          "--arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
@@ -178,7 +179,10 @@ def _organism_train(args) -> int:
         tower_from = getattr(args, "tower_from", None)
         if tower_from is not None and not Path(tower_from).is_file():
             raise InterpError(f"--tower-from {tower_from}: no such file (a .safetensors written by this recipe).")
-        summary = train_qwen2vl(config, out, tower_from=tower_from,
+        resume_from = getattr(args, "resume_from", None)
+        if resume_from is not None and not Path(resume_from).is_file():
+            raise InterpError(f"--resume-from {resume_from}: no such file (stage2-resume.pt of a --checkpoint-dir)")
+        summary = train_qwen2vl(config, out, tower_from=tower_from, resume_from=resume_from,
                                 tower_log=None if tower_from is None else _stage0_log(Path(tower_from)))
     else:
         from .models.organism.train import train
@@ -549,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
     org_train.add_argument("--checkpoint-dir", default=None,
                            help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
+    org_train.add_argument("--resume-from", default=None,
+                           help="qwen2_vl: continue a run from the stage2-resume.pt its --checkpoint-dir holds "
+                                "(same settings and --tower-from; the result equals the uninterrupted run's)")
     org_train.add_argument("--tower-from", default=None,
                            help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
                                 "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)")

@@ -182,6 +182,48 @@ def test_the_cards_train_command_gives_back_the_trained_config():
     assert organism_train_config(build_parser().parse_args(words[1:])) == config
 
 
+def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Stage 2 killed after an evaluation and resumed from its checkpoint's state ends with
+    exactly the weights of a run that was never interrupted (a few steps, batch 2)."""
+    from safetensors.torch import load_file
+
+    from interp.errors import InterpError
+    from interp.models.organism import train_qwen2vl as recipe
+
+    def config(folder):
+        return QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=4,
+                               batch=2, warmup=1, eval_every=2, eval_samples=2, lora_rank=4,
+                               checkpoint_dir=str(tmp_path / folder))
+
+    recipe.train_qwen2vl(config("a"), tmp_path / "a")
+    evaluations = {"n": 0}
+    real = recipe.quick_accuracy
+
+    def killed_at_the_second_evaluation(*args, **kwargs):
+        evaluations["n"] += 1
+        if evaluations["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "quick_accuracy", killed_at_the_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train_qwen2vl(config("b"), tmp_path / "b")
+    monkeypatch.setattr(recipe, "quick_accuracy", real)
+    state = tmp_path / "b" / "stage2-resume.pt"
+    assert torch.load(state, weights_only=False)["step"] == 2
+    with pytest.raises(InterpError, match="other settings: adapt_steps"):
+        recipe.train_qwen2vl(QwenTrainConfig(**{**asdict(config("c")), "adapt_steps": 6,
+                                                "tower": QwenTowerSpec()}), tmp_path / "c", resume_from=state)
+    summary = recipe.train_qwen2vl(config("c"), tmp_path / "c", resume_from=state)
+    straight = load_file(str(tmp_path / "a" / "organism-qwen2vl.safetensors"))
+    resumed = load_file(str(tmp_path / "c" / "organism-qwen2vl.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    steps = [e["step"] for e in summary["log"] if e["stage"] == 2]
+    assert steps == [0, 1, 2, 3]  # the log holds every step once
+    assert json.loads((tmp_path / "a" / "training_log.json").read_text())["config"]["adapt_steps"] == 4
+
+
 def test_train_rejects_llava_only_flags_for_qwen():
     from interp.cli import main
 

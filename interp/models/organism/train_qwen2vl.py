@@ -76,7 +76,9 @@ class QwenTrainConfig:
     # ``--adapt-steps N`` with no budget repeats the run exactly (the warm-up does not
     # depend on the step count)
     time_budget_min: float | None = None
-    checkpoint_dir: str | None = None  # where stage 2 writes a checkpoint at every evaluation
+    # where stage 2 writes, at every evaluation, the weights (``stage2-stepN.safetensors``) and a
+    # resumable state (``stage2-resume.pt``: trained tensors, optimizer, step, data position)
+    checkpoint_dir: str | None = None
     progress_file: str | None = None
     tower: QwenTowerSpec = field(default_factory=QwenTowerSpec)
 
@@ -245,9 +247,19 @@ def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
     return groups
 
 
+#: settings that may differ between a run and its resumption (where files go, not what trains)
+RESUME_FREE = ("checkpoint_dir", "progress_file", "time_budget_min")
+
+
+def _resume_identity(config: QwenTrainConfig) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in RESUME_FREE}
+
+
 def train_answers(model, processor, train, val, config: QwenTrainConfig, *, steps: int, stage: int, adapt: bool,
                   log: list, first_index: int, lr_factor: float = 1.0, focus=None,
-                  deadline: float | None = None) -> int:
+                  deadline: float | None = None, resume: dict | None = None) -> int:
+    """Train on answers for ``steps`` steps; ``resume`` (a state :func:`resume_state` read,
+    written at an evaluation of the same stage) continues from that step exactly."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     groups = _groups(model, config, adapt=adapt)
@@ -257,8 +269,18 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] * lr_factor for g in groups]
     index, start = first_index, time.time()
-    progress = tqdm(total=steps, desc=f"stage {stage}: {'adapt' if adapt else 'align'}", unit="step")
     step = 0
+    if resume is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for group in groups:
+                for parameter in group["params"]:
+                    parameter.copy_(resume["params"][names[id(parameter)]])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng"])
+        step, index, steps = resume["step"], resume["index"], resume["steps"]
+        start -= resume["seconds"]
+    progress = tqdm(total=steps, initial=step, desc=f"stage {stage}: {'adapt' if adapt else 'align'}", unit="step")
     while step < steps:
         scale = lr_scale(step, steps, config.warmup)
         for group, lr in zip(optimizer.param_groups, base):
@@ -297,7 +319,17 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
             if config.checkpoint_dir:
                 from safetensors.torch import save_file
 
-                save_file(trainable_state(model), str(Path(config.checkpoint_dir) / f"stage{stage}-step{step + 1}.safetensors"))
+                folder = Path(config.checkpoint_dir)
+                save_file(trainable_state(model), str(folder / f"stage{stage}-step{step + 1}.safetensors"))
+                names = {id(p): n for n, p in model.named_parameters()}
+                state = {"stage": stage, "step": step + 1, "index": index, "steps": steps,
+                         "seconds": time.time() - start, "rng": torch.get_rng_state(),
+                         "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
+                         "optimizer": optimizer.state_dict(), "log": log + [entry],
+                         "identity": _resume_identity(config)}
+                tmp = folder / f".stage{stage}-resume.pt.tmp"
+                torch.save(state, tmp)
+                tmp.replace(folder / f"stage{stage}-resume.pt")  # a kill mid-write keeps the previous one
         log.append(entry)
         step += 1
     progress.close()
@@ -316,8 +348,28 @@ def _round_to_shipped(model) -> None:
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
 
 
+def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
+    """A stage-2 resumable state written by ``checkpoint_dir``, checked against ``config``
+    (one clear error if it is not one, or came from other settings)."""
+    from ...errors import InterpError
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise InterpError(f"cannot read the resumable state {path}: {str(error).splitlines()[0][:120]}") from None
+    if not isinstance(state, dict) or state.get("stage") != 2 or "optimizer" not in state:
+        raise InterpError(f"{path} is not a stage-2 resumable state (stage2-resume.pt of --checkpoint-dir)")
+    mine, theirs = _resume_identity(config), state.get("identity", {})
+    differ = [f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} now)" for k in sorted(set(mine) | set(theirs))
+              if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise InterpError(f"{path} was written by a run with other settings: {'; '.join(differ[:4])}")
+    return state
+
+
 def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | str = ".", *,
-                  tower_from: str | Path | None = None, tower_log: list | None = None) -> dict:
+                  tower_from: str | Path | None = None, tower_log: list | None = None,
+                  resume_from: str | Path | None = None) -> dict:
     """Run all stages; write ``organism-qwen2vl.safetensors`` (after stage 2 and, final,
     after stage 3) and ``training_log.json`` into ``out_dir``. Returns the log summary.
 
@@ -325,7 +377,11 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     skips stage 0: its tower blocks replace the pre-training. Stage 0 is deterministic and
     the later stages draw no random numbers before the seeded LoRA init, so the run goes on
     as a fresh one would, up to the fp16 rounding of the loaded tower; ``tower_log``
-    carries stage 0's log entries."""
+    carries stage 0's log entries. ``resume_from`` (``stage2-resume.pt`` from the
+    ``checkpoint_dir`` of a run with the same settings, which itself may have used
+    ``tower_from``) continues that run's stage 2 from its last evaluation: the rerun of the
+    deterministic stages before it is overwritten by the saved tensors, so the result equals
+    the uninterrupted run's."""
     from safetensors.torch import save_file
 
     from ...data.synthetic import SyntheticVQA
@@ -345,6 +401,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         focus = SyntheticVQA("train", seed=config.seed, image_size=size, kinds=config.focus_kinds)
     log: list = []
     started = time.time()
+    resume = None if resume_from is None else resume_state(resume_from, config)
     if tower_from is None:
         pretrain_tower(model, processor, scenes, config, log)
     else:
@@ -367,8 +424,11 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     deadline = None if config.time_budget_min is None else started + 60 * config.time_budget_min
     if config.checkpoint_dir:
         Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        log[:] = resume["log"]  # what ran before, as it was logged then
+        started -= resume["seconds"]
     index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                          adapt=True, log=log, first_index=index, focus=focus, deadline=deadline)
+                          adapt=True, log=log, first_index=index, focus=focus, deadline=deadline, resume=resume)
     config.adapt_steps = sum(1 for e in log if e["stage"] == 2)  # what ran (a time budget may have cut it)
     meta = {"config": json.dumps(asdict(config)), "variant": VARIANT}
     path = out_dir / f"{VARIANT}.safetensors"
