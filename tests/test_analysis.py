@@ -372,3 +372,28 @@ def test_reproduce_writes_every_figure_and_the_report(tmp_path):
     from interp.analysis.reproduce import ReproduceConfig
 
     assert ReproduceConfig().patching_pairs == 60 and ReproduceConfig().lens_samples == 60
+
+
+def test_paired_sign_flip_is_mcnemar_on_binary_outcomes_and_exact_on_means():
+    from interp.analysis.stats import paired_sign_flip
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 2, 40), rng.integers(0, 2, 40)
+    assert paired_sign_flip(a, b)["p_value"] == mcnemar_exact(a, b)["p_value"]
+    # hand-worked: differences +0.5, +0.5, +1, -0.5 (and two zeros), |sum| = 1.5. A sign pattern
+    # gives 0.5 k + s with k = the signed count of the three 0.5s (3, 1, -1, -3 in 1, 3, 3, 1
+    # patterns) and s = +-1: |sum| >= 1.5 for (3, +1), (1, +1) x 3, (-1, -1) x 3, (-3, -1): 8 of 16
+    a = np.array([0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
+    b = np.array([0.5, 0.5, 1.0, 0.0, 1.0, 1.0])
+    test = paired_sign_flip(a, b)
+    sums = [abs(x * 0.5 + y * 0.5 + z * 1.0 + w * -0.5) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1) for w in (-1, 1)]
+    assert test["exact"] and test["p_value"] == pytest.approx(np.mean([t >= 1.5 for t in sums])) == pytest.approx(8 / 16)
+    assert (test["b_only"], test["a_only"]) == (3, 1)
+    # McNemar's threshold would have called the 0.5s right: a different (and tie-dependent) answer
+    assert mcnemar_exact(a, b)["p_value"] != test["p_value"]
+    # beyond 20 changed items: seeded Monte Carlo, close to the exact value of a binomial-like case
+    a, b = np.zeros(30), np.full(30, 0.5)
+    b[:5] = 0.0
+    mc = paired_sign_flip(a, b, n_resamples=40_000, seed=1)
+    assert not mc["exact"] and mc["p_value"] == pytest.approx(2 * 0.5 ** 25, abs=1e-3)
+    assert paired_sign_flip(a, a)["p_value"] == 1.0

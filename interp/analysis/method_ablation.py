@@ -23,7 +23,9 @@ defaults to the middle "low" candidate.
 over questions (sampling cells: each question's mean over the seeds, with the
 seed-to-seed spread of the accuracy next to it) and the paired difference to the same
 cell with greedy decoding / no mask / no DoLa, with a paired bootstrap CI and the exact
-McNemar p-value (for sampling cells on each question's majority vote over the seeds).
+paired test's p-value: McNemar's exact test where both cells are one run per question, else an
+exact (or, beyond 20 changed questions, seeded Monte-Carlo) sign-flip test of the per-question
+differences of accuracy averaged over the seeds (:func:`~interp.analysis.stats.paired_sign_flip`).
 Rows are written to a JSONL file as they come (one per question x cell), so a long run
 resumes where it stopped; decoding runs are outermost (greedy for every question, then
 seed 0 for every question, ...), so a run stopped early summarises as fewer seeds, and
@@ -45,7 +47,7 @@ import pandas as pd
 
 from ..errors import InterpError
 from .items import as_items
-from .stats import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_diff
+from .stats import bootstrap_mean_ci, paired_bootstrap_diff, paired_sign_flip
 
 DOLA_VARIANTS = ("none", "logits", "attention", "static")
 MASKS = ("none", "authors")
@@ -320,7 +322,7 @@ def ablation_table(rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> 
                         both = pd.concat([ref, _per_item(rows, metric, decoding, mask, dola)], axis=1).dropna()
                         diff, dlow, dhigh = paired_bootstrap_diff(both.iloc[:, 0].values, both.iloc[:, 1].values,
                                                                   n_boot=n_boot, seed=seed)
-                        test = mcnemar_exact(both.iloc[:, 0].values, both.iloc[:, 1].values)
+                        test = paired_sign_flip(both.iloc[:, 0].values, both.iloc[:, 1].values, seed=seed)
                         entry.update(dict(zip(keys, [diff, dlow, dhigh, test["p_value"], test["b_only"],
                                                      test["a_only"]])))
                     out.append(entry)
@@ -404,7 +406,7 @@ def render_paragraph(table: pd.DataFrame, settings: dict, n_items: int) -> str:
             largest = summary["largest"]
             clauses.append(f"{names[key]} changes it by {_fmt(summary['min'])} to {_fmt(summary['max'])} "
                            f"(largest {_fmt(largest['diff'])} [{_fmt(largest['low'])}, {_fmt(largest['high'])}], "
-                           f"McNemar p = {largest['p']:.2g}; {summary['n_significant']} of {summary['n_cells']} "
+                           f"paired p = {largest['p']:.2g}; {summary['n_significant']} of {summary['n_cells']} "
                            f"CIs exclude 0)")
         parts.append(("; ".join(clauses) if clauses else "no other cell was run") + ". ")
         if ranked:

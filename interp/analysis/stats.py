@@ -75,6 +75,40 @@ def mcnemar_exact(a, b) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p_value": float(min(1.0, 2 * tail))}
 
 
+def paired_sign_flip(a, b, *, n_resamples: int = 200_000, seed: int = 0) -> dict:
+    """Two-sided paired test of ``mean(b - a) = 0`` by flipping the signs of the per-item
+    differences: ``{"b_only", "a_only", "p_value", "exact"}``, where ``b_only`` / ``a_only``
+    count the items where ``b`` / ``a`` is larger.
+
+    For 0/1 outcomes this *is* McNemar's exact test (:func:`mcnemar_exact` is used). For
+    per-item means (e.g. a question's accuracy over sampling seeds, 0.5 with one of two
+    right) McNemar would need a threshold that decides ties one way; the sign-flip test uses
+    the differences themselves: exact enumeration up to 20 non-zero differences, else
+    ``n_resamples`` seeded random flips (p = (1 + hits) / (1 + n_resamples)). Written out here
+    rather than ``scipy.stats.permutation_test``: scipy is not a dependency of interp, and
+    the exact small-n case is a few lines of numpy."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        return {**mcnemar_exact(a, b), "exact": True}
+    d = b - a
+    d = d[np.abs(d) > 1e-12]
+    out = {"b_only": int((d > 0).sum()), "a_only": int((d < 0).sum())}
+    if d.size == 0:
+        return {**out, "p_value": 1.0, "exact": True}
+    observed = abs(d.sum()) - 1e-9  # ties with the observed |sum| count as at least as extreme
+    if d.size <= 20:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        sums = np.abs(signs @ d)
+        return {**out, "p_value": float((sums >= observed).mean()), "exact": True}
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_resamples, 20_000):
+        signs = rng.choice((-1.0, 1.0), size=(min(20_000, n_resamples - start), d.size))
+        hits += int((np.abs(signs @ d) >= observed).sum())
+    return {**out, "p_value": float((1 + hits) / (1 + n_resamples)), "exact": False}
+
+
 def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int = 2000, level: float = 0.95,
                   seed: int = 0) -> pd.DataFrame:
     """Per (variant, layer): mean ``metric`` with a bootstrap CI, and the paired difference
