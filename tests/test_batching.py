@@ -171,6 +171,14 @@ def test_the_sweep_restarted_from_a_cut_pass_equals_the_sweep_from_the_pass_alon
             want = sweep_rows(vlm, a, variants, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher",
                               fast=True, rows=rows)
             _check_rows(got, want)
+    if model_type == "llava":  # generation scoring decodes from the cut pass's keys and values
+        for b, a in zip(batched, alone):
+            got = sweep_rows(vlm, b, ("single", "knockout_last"), list(range(vlm.n_layers)), window=2, scale=1e-9,
+                             scoring="generate", fast=True, max_new_tokens=4)
+            want = sweep_rows(vlm, a, ("single", "knockout_last"), list(range(vlm.n_layers)), window=2, scale=1e-9,
+                              scoring="generate", fast=True, max_new_tokens=4)
+            assert [r["prediction"] for r in got] == [r["prediction"] for r in want]
+            _check_rows(got, want)
 
 
 def test_the_organism_batched_equals_one_sample_at_a_time():
