@@ -11,14 +11,15 @@
   resumed with another batch size (an interrupted batch recomputes only its samples without
   rows); ``--batch-size 0`` is refused with one line.
 
-Tolerance (float32), per tensor: ``max|batched - alone| <= 1e-5 + 1e-6 * max|alone|`` — 1e-5 on
-values of order one (attention, probabilities, log-probabilities), and on larger ones a relative
-1e-6 of the tensor's scale, a few float32 ulps (the organism's residual stream reaches ~500, where
-one ulp is 3e-5; its batched residuals differ from the alone ones by at most 1.2e-4 there, its
-logits, of scale ~40, by 1.9e-5). Not bit for bit on SDPA: a padded row runs SDPA with the batch's
-explicit mask where the sample alone takes the kernel's causal path, and batched matmuls block
-differently, which reorders float reductions. (With eager attention the passes here came out
-the same bits; the tests do not require it.)
+Tolerance (float32), per tensor: ``max|batched - alone| <= 1e-5 * max(1, max|alone|)`` — 1e-5
+absolute on values of order one (attention, probabilities, log-probabilities), 1e-5 relative to
+the tensor's largest magnitude on larger ones (the organism's residual stream reaches ~500, where
+one float32 ulp is 3e-5: its batched residuals differ from the alone ones by up to 4e-4 at batch 8,
+~1e-6 of their scale, 13 ulps; its logits, of scale ~40, by 2e-5). Not bit for bit on SDPA: a
+padded row runs SDPA with the batch's explicit mask where the sample alone takes the kernel's
+causal path, and batched matmuls block differently, which reorders float reductions. (With eager
+attention the passes here came out the same bits; the tests do not require it.) A wrong cut (a
+shifted row, padding seen, another row's values) differs by the values' own scale.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from interp.models.adapters import all_adapters
 
 from .conftest import assert_reports_close, make_image, tiny_vlm
 
-ATOL, RTOL = 1e-5, 1e-6
+ATOL = 1e-5
 
 
 def _within(diff: float, scale: float, tol: float | None = None) -> bool:
     """The test's float32 tolerance (module docstring); ``tol`` overrides it (0: the same bits)."""
-    return diff <= (ATOL + RTOL * scale if tol is None else tol)
+    return diff <= (ATOL * max(1.0, scale) if tol is None else tol)
 
 #: questions of different lengths (so the batch is padded) and answers of different lengths
 QUESTIONS = [("What colour is the square?", "red"),

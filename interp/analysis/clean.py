@@ -18,8 +18,8 @@ the naive and remote paths it is one plain run with the same recorders.
 :class:`SamplePass` per sample with the padding removed — the restartable capture included
 (its layer inputs and keys/values), so the sweep's restarts and everything downstream read a
 batched pass exactly as one captured alone. Equal to :func:`sample_pass` within float
-tolerance (the tests: 1e-5 in float32; padding changes the order of SDPA's and the batched
-matmuls' reductions, not what is computed). Families whose adapter does not say
+tolerance (the tests: 1e-5 of each tensor's scale in float32; padding changes the order of
+SDPA's and the batched matmuls' reductions, not what is computed). Families whose adapter does not say
 ``batched_forward``, and remote runs, fall back to one pass per sample.
 """
 
