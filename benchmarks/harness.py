@@ -51,11 +51,13 @@ class Settings:
     organism_reps: int = 20
     sweep_samples: int = 2
     sweep_variants: tuple = ("single", "window", "cumulative", "knockout_last", "knockout_question")
+    batch_questions: int = 16
+    batch_size: int = 8
 
     @classmethod
     def for_mode(cls, quick: bool, **overrides) -> "Settings":
         base = cls(quick=True, reps=3, mem_reps=1, memory="inprocess", organism_reps=3, sweep_samples=1,
-                   sweep_variants=("single", "knockout_last")) if quick else cls()
+                   sweep_variants=("single", "knockout_last"), batch_questions=4, batch_size=2) if quick else cls()
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

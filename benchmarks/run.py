@@ -20,6 +20,10 @@ each:
 ``generate_sweep_speedup`` (:mod:`benchmarks.sweep`)
     the same with ``scoring="generate"`` (identical predictions required): one ``generate`` per
     condition against restarts plus one batched greedy decode per question.
+``clean_pass_batching`` (:mod:`benchmarks.batching`)
+    the clean passes of ``--batch-questions`` organism questions at batch 1 and at batch
+    ``--batch-size`` (cross-question batching, as ``interp reproduce --batch-size``): forwards per
+    question of each (counted) and the wall ratio batch 1 / batch B (equal passes required).
 
 ``--quick`` runs the same code on tiny configs in seconds (the smoke test
 ``tests/test_benchmarks.py`` uses it); its numbers say nothing about performance.
@@ -64,13 +68,14 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.attention import measure_attention, memory_child  # noqa: E402
+from benchmarks.batching import measure_batching  # noqa: E402
 from benchmarks.harness import Settings, clean, finite, loadavg, log, machine_info  # noqa: E402
 from benchmarks.memory import can_reset_peak, report_child_result  # noqa: E402
 from benchmarks.models import FULL_WIDE, QUICK_WIDE, WideSpec, organism_samples, organism_vlm  # noqa: E402
 from benchmarks.nnsight_overhead import measure_nnsight_overhead  # noqa: E402
 from benchmarks.sweep import measure_sweep_speedup  # noqa: E402
 
-BENCHMARKS = ("attention", "nnsight_overhead", "sweep_speedup", "generate_sweep_speedup")
+BENCHMARKS = ("attention", "nnsight_overhead", "sweep_speedup", "generate_sweep_speedup", "clean_pass_batching")
 TARGETS = {
     "record_attention_peak_mem_ratio": 1.25,
     "record_attention_time_ratio": 1.3,
@@ -106,7 +111,7 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
         details["attention"] = {"seconds": time.perf_counter() - start, **attention.pop("details")}
         result.update(attention)
 
-    if "nnsight_overhead" in only or "sweep_speedup" in only or "generate_sweep_speedup" in only:
+    if {"nnsight_overhead", "sweep_speedup", "generate_sweep_speedup", "clean_pass_batching"} & set(only):
         log("organism: building")
         vlm, pristine, label = organism_vlm(settings.quick)
         if "nnsight_overhead" in only:
@@ -134,6 +139,14 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
             details["generate_sweep_speedup"] = {"seconds": time.perf_counter() - start, "model": label,
                                                  **sweep.pop("details")}
             result.update(sweep)
+        if "clean_pass_batching" in only:
+            samples = organism_samples(settings.batch_questions)
+            log(f"clean_pass_batching: {len(samples)} questions, batch 1 vs batch {settings.batch_size}")
+            start = time.perf_counter()
+            batching = measure_batching(vlm, samples, batch=settings.batch_size, reps=settings.reps)
+            details["clean_pass_batching"] = {"seconds": time.perf_counter() - start, "model": label,
+                                              **batching.pop("details")}
+            result.update(batching)
 
     result["meets_targets"] = {k: (result[k] <= v if finite(result.get(k)) else None)
                                for k, v in TARGETS.items() if k in result}
@@ -158,6 +171,8 @@ def main(argv=None) -> int:
                         help="fresh process per variant (default) or in the timing process (--quick's default)")
     parser.add_argument("--keys", choices=("all", "image"), default=None, help="RecordAttention keys (default all)")
     parser.add_argument("--sweep-samples", type=int, default=None)
+    parser.add_argument("--batch-questions", type=int, default=None, help="questions of clean_pass_batching")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of clean_pass_batching")
     parser.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_spec", dest="spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -170,7 +185,8 @@ def main(argv=None) -> int:
 
     settings = Settings.for_mode(args.quick, threads=args.threads, reps=args.reps, mem_reps=args.mem_reps,
                                  memory=args.memory, keys=args.keys, organism_reps=args.organism_reps,
-                                 sweep_samples=args.sweep_samples)
+                                 sweep_samples=args.sweep_samples, batch_questions=args.batch_questions,
+                                 batch_size=args.batch_size)
     if settings.memory == "inprocess" and not can_reset_peak():
         settings = replace(settings, memory="subprocess")  # its children fall back to ru_maxrss
     python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable

@@ -14,7 +14,7 @@ from pathlib import Path
 from .cli_args import Parser, add_model_args, model_and_kwargs, non_empty, non_negative_int, positive_int
 from .cli_args import load_kwargs as loading_flags
 from .errors import InterpError
-from .options import MODES, PAPER_MASK_SCALE, SCORINGS
+from .options import GPU_BATCH_SIZE, MODES, PAPER_MASK_SCALE, SCORINGS
 
 
 def _families(args) -> int:
@@ -291,7 +291,8 @@ def _reproduce(args) -> int:
     image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
-             "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation}
+             "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation,
+             "batch_size": args.batch_size}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
@@ -470,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add the authors'-method ablation (greedy + SEEDS sampling runs; see interp ablate-method)")
     rep.add_argument("--keep-prefix-mb", type=float, default=None,
                      help="memory for clean prefixes kept between the two phases (default 2048)")
+    rep.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
+                     help="samples whose clean passes run as one padded forward; results equal batch 1, so a run "
+                          f"may resume with another (default: 1 on the CPU, {GPU_BATCH_SIZE} on a GPU; 1 for families "
+                          "that cannot batch)")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
                      "torchrun each rank is a shard); the last shard to finish writes the report")
     rep.set_defaults(func=_reproduce)

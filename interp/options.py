@@ -10,3 +10,5 @@ SWEEP_VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_q
 SCORINGS = ("teacher", "generate")
 #: execution: the fast path where it applies, always fast (error if not), or full passes
 MODES = ("auto", "fast", "naive")
+#: ``interp reproduce``'s clean-pass batch size when the model is on an accelerator (on the CPU: 1)
+GPU_BATCH_SIZE = 8

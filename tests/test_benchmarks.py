@@ -55,6 +55,17 @@ def test_quick_run_reports_every_ratio(tmp_path):
             observed = sweep["observed"]["per_question"]
             assert observed["fast"]["layer_token_rows"] < observed["naive"]["layer_token_rows"]
 
+    # clean-pass batching: a number only for passes equal to batch 1's
+    if result["clean_pass_batch_speedup"] is None:
+        assert result["clean_pass_batch_speedup_reason"]
+    else:
+        assert _positive(result["clean_pass_batch_speedup"])
+        batching = result["details"]["clean_pass_batching"]
+        assert batching["worst_share_of_tolerance"] <= 1
+        forwards = batching["forwards"]
+        assert forwards["batch_1"]["observed_forwards_per_question"] == 1.0
+        assert forwards[f"batch_{batching['batch_size']}"]["observed_forwards_per_question"] < 1.0
+
     machine = result["machine"]
     assert machine["torch"] == torch.__version__ and machine["torch_threads"] >= 1
     attention = result["details"]["attention"]
@@ -157,3 +168,29 @@ def test_layer_work_hook_counts_decode_steps():
     steps = out.sequences.shape[1] - 1
     assert work.counts["forwards"] == 1 + steps and work.counts["decode_forwards"] == steps
     assert work.counts["layer_token_rows"] == vlm.n_layers * (prepared.seq_len + steps)
+
+
+def test_batching_benchmark_counts_one_forward_per_batch():
+    """What the batching benchmark counts is what ran: one forward per question at batch 1, one per
+    batch at batch B (a forward hook on the decoder layers), and the padding in the token rows."""
+    from benchmarks.batching import measure_batching
+    from interp.analysis.items import Item
+
+    from .conftest import make_image
+
+    vlm = tiny_vlm("llava", "sdpa")
+    questions = ["What colour is it?", "Is there a small red circle in the top left corner of the picture?",
+                 "Colour?", "Which shape is the largest one here?", "Is it blue?"]
+    items = [Item(id=str(i), image=make_image(seed=i), question=q, answers=("red",)) for i, q in enumerate(questions)]
+    result = measure_batching(vlm, items, batch=2, reps=1)
+    details = result["details"]
+    assert _positive(result["clean_pass_batch_speedup"]), result
+    forwards = details["forwards"]
+    assert forwards["batch_1"]["observed_forwards_per_question"] == 1.0
+    assert forwards["batch_1"]["clean_forwards_per_question"] == 1.0
+    assert forwards["batch_2"]["observed_forwards_per_question"] == 3 / 5  # batches of 2, 2 and 1
+    assert forwards["batch_2"]["clean_forwards_per_question"] == 3 / 5
+    # padded rows: batch 2 runs more token rows than batch 1
+    assert forwards["batch_2"]["layer_token_rows_per_question"] > forwards["batch_1"]["layer_token_rows_per_question"]
+    assert details["worst_share_of_tolerance"] <= 1 and details["max_abs_diff"] < 1e-4
+    assert len(details["timing"]["per_round"]) == 1

@@ -12,6 +12,15 @@ forcing), run once with two recorders —
 On local models the pass is captured restartable (every layer's inputs and keys/values
 kept, see :mod:`interp.engine.prefix`, so row-level restarts need no second forward); on
 the naive and remote paths it is one plain run with the same recorders.
+
+:func:`sample_passes` runs several samples' clean passes as ONE right-padded forward
+(:func:`interp.engine.batched.capture_batch`), restartable or not, and cuts it back into one
+:class:`SamplePass` per sample with the padding removed — the restartable capture included
+(its layer inputs and keys/values), so the sweep's restarts and everything downstream read a
+batched pass exactly as one captured alone. Equal to :func:`sample_pass` within float
+tolerance (the tests: 1e-5 of each tensor's scale in float32; padding changes the order of
+SDPA's and the batched matmuls' reductions, not what is computed). Families whose adapter does not say
+``batched_forward``, and remote runs, fall back to one pass per sample.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.prefix import CleanPass, capture
+from ..engine.batched import capture_batch
+from ..engine.prefix import CleanPass
 from ..hooks import hook_name
 from ..interventions import RecordAttention, RecordResidual
 from .items import Item
@@ -70,9 +80,17 @@ def recorders(vlm, tf: TeacherForced, *, attention_layers="all", residual_layers
 def sample_pass(vlm, item: Item, *, restartable: bool, remote=None, attention_layers="all",
                 residual_layers="all") -> SamplePass:
     """Prepare ``item``, append its reference answer, and run the clean pass once."""
-    prepared = vlm.prepare(item.image, item.question)
-    tf = teacher_force(vlm, prepared, item.answers[0])
-    clean = capture(vlm, tf.prepared, tf.positions,
-                    recorders(vlm, tf, attention_layers=attention_layers, residual_layers=residual_layers),
-                    restartable=restartable, remote=remote, keep_kv=restartable)
-    return SamplePass(item, prepared, tf, clean)
+    return sample_passes(vlm, [item], restartable=restartable, remote=remote, attention_layers=attention_layers,
+                         residual_layers=residual_layers)[0]
+
+
+def sample_passes(vlm, items: list[Item], *, restartable: bool, remote=None, attention_layers="all",
+                  residual_layers="all") -> list[SamplePass]:
+    """:func:`sample_pass` for each of ``items``, their clean passes run as one padded forward
+    where the family batches (see the module docstring), else one at a time."""
+    prepared = [vlm.prepare(item.image, item.question) for item in items]
+    tfs = [teacher_force(vlm, p, item.answers[0]) for p, item in zip(prepared, items)]
+    cleans = capture_batch(vlm, [tf.prepared for tf in tfs], [tf.positions for tf in tfs],
+                           [recorders(vlm, tf, attention_layers=attention_layers, residual_layers=residual_layers)
+                            for tf in tfs], restartable=restartable, remote=remote, keep_kv=restartable)
+    return [SamplePass(item, p, tf, clean) for item, p, tf, clean in zip(items, prepared, tfs, cleans)]

@@ -232,8 +232,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Chosen pre layer i* (primary configuration): " + ", ".join(f"layer {h['layer']}: {h['count']}" for h in hist)]
     counts = report.get("counts") or {}
     if counts:
+        sizes = counts.get("batch_sizes") or []
+        batched = f"; clean-pass batch size {', '.join(map(str, sizes))}" if sizes else ""
         lines += ["", f"Passes: {counts.get('clean_forward', 0)} clean forwards "
-                  f"({counts.get('clean_forwards_per_sample', 0):.2f} per sample), {counts.get('crop_forward', 0)} crop "
+                  f"({counts.get('clean_forwards_per_sample', 0):.2f} per sample{batched}), "
+                  f"{counts.get('crop_forward', 0)} crop "
                   f"forwards (v2), {counts.get('restart_forward', 0)} restarted batches "
                   f"({counts.get('layer_forwards', 0)} layer-forwards), {counts.get('full_forward', 0)} other full "
                   f"forwards, {counts.get('generate', 0)} generations."]

@@ -8,6 +8,15 @@ memory up to ``keep_prefix_mb``; a sample beyond that budget re-runs its clean p
 (counted). Only v2's crop is an extra forward. ``report.json`` records the passes of
 each kind (``counts``).
 
+Cross-question batching (``batch_size``): the clean passes of ``batch_size`` samples run as one
+right-padded forward, cut back into one pass per sample (:func:`interp.analysis.clean.sample_passes`;
+restartable ones too, so the sweep restarts from them unchanged); every other analysis then runs
+per sample as before. Results equal batch 1 within float tolerance, so the batch size is not part
+of the run's settings: a run may be resumed with another one. Rows are still written per sample,
+so an interrupted batch recomputes only its samples without rows. Default (None): 1 on the CPU,
+:data:`GPU_BATCH_SIZE` when the model is on an accelerator (decided when the run starts); families
+that cannot batch (their adapter's ``batched_forward``) and remote runs use 1.
+
 The tables go to :mod:`interp.analysis.report`, which computes the statistics, draws
 the figures and writes ``report.json`` / ``report.md``.
 """
@@ -30,9 +39,9 @@ from ..engine.prefix import supports_prefix_reuse
 from ..errors import InputError, InterpError
 from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers
-from ..options import PAPER_MASK_SCALE
+from ..options import GPU_BATCH_SIZE, PAPER_MASK_SCALE
 from .attention import attention_rows, attention_table
-from .clean import sample_pass
+from .clean import sample_passes
 from .contrastive import ContrastiveSetup, contrastive_frame, contrastive_rows
 from .items import as_items
 from .logit_lens import lens_frame, lens_rows
@@ -65,6 +74,25 @@ class ReproduceConfig:
     #: the authors'-method ablation with this many sampling seeds (None: off; it generates
     #: 8 x (1 + seeds) answers per question)
     ablation_seeds: int | None = None
+    #: samples whose clean passes run as one padded forward (None: 1 on the CPU, GPU_BATCH_SIZE on
+    #: an accelerator); results equal batch 1, so it is not a setting a resumed run must keep
+    batch_size: int | None = None
+
+
+def resolve_batch_size(vlm, batch_size: int | None, remote=None) -> int:
+    """The batch size a run uses: ``batch_size`` (checked), else 1 on the CPU and
+    :data:`GPU_BATCH_SIZE` on an accelerator (the model's device, now); 1 where the family or a
+    remote run cannot batch (:func:`interp.engine.batched.batch_reason`)."""
+    from .. import validate
+    from ..engine.batched import batch_reason
+
+    if batch_size is not None:
+        batch_size = validate.positive_int(batch_size, "batch_size")
+    if batch_reason(vlm, remote) is not None:
+        return 1
+    if batch_size is None:
+        return 1 if vlm.device.type == "cpu" else GPU_BATCH_SIZE
+    return batch_size
 
 
 @dataclass
@@ -107,8 +135,10 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
     rewrites the report from the same rows)."""
     import hashlib
 
+    # batch_size: the rows are the same at any batch size (within float tolerance; tests/test_batching.py),
+    # so a run may be continued with another one
     report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers", "patching_pairs",
-                   "lens_samples", "ablation_seeds")
+                   "lens_samples", "ablation_seeds", "batch_size")
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
     return {"kind": "interp-reproduce", "model": vlm.name, "n_layers": vlm.n_layers, "dataset": dataset,
@@ -161,36 +191,42 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
 
     done = run.done("phase1")
     todo = [item for item in mine if item.id not in done]
-    for item in tqdm(todo, desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
-                     unit="sample", disable=not config.progress):
+    batch = resolve_batch_size(vlm, config.batch_size, remote)
+    bar = tqdm(total=len(todo), desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
+               unit="sample", disable=not config.progress)
+    for chunk in _chunks(todo, batch):
         t = time.time()
-        with _fits(item):
-            sp = sample_pass(vlm, item, restartable=restartable, remote=remote)
+        with _fits(chunk, batch):
+            passes = sample_passes(vlm, chunk, restartable=restartable, remote=remote)
         timings["clean_pass"] += time.time() - t
-        t = time.time()
-        sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
-                           scoring=config.scoring, fast=fast_sweep, remote=remote)
-        timings["masking_sweep"] += time.time() - t
-        t = time.time()
-        maps = _plain(attention_rows(sp).to_dict("records"))
-        timings["attention_maps"] += time.time() - t
-        t = time.time()
-        lens = lens_rows(vlm, sp)
-        timings["early_output"] += time.time() - t
-        run.append("phase1", {"item": item.id, "sweep": _plain(sweep), "maps": maps, "lens": _plain(lens)})
-        sp.clean.records = {k: v for k, v in sp.clean.records.items() if k[0] == "attention"}  # lens done
-        size = sp.clean.prefix_bytes()
-        if held + size > budget:
-            sp.clean.release_prefix()
-        else:
-            held += size
-        kept[item.id] = sp
+        for item, sp in zip(chunk, passes):
+            t = time.time()
+            sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
+                               scoring=config.scoring, fast=fast_sweep, remote=remote)
+            timings["masking_sweep"] += time.time() - t
+            t = time.time()
+            maps = _plain(attention_rows(sp).to_dict("records"))
+            timings["attention_maps"] += time.time() - t
+            t = time.time()
+            lens = lens_rows(vlm, sp)
+            timings["early_output"] += time.time() - t
+            run.append("phase1", {"item": item.id, "sweep": _plain(sweep), "maps": maps, "lens": _plain(lens)})
+            sp.clean.records = {k: v for k, v in sp.clean.records.items() if k[0] == "attention"}  # lens done
+            size = sp.clean.prefix_bytes()
+            if held + size > budget:
+                sp.clean.release_prefix()
+            else:
+                held += size
+            kept[item.id] = sp
+            bar.update(1)
+        del passes
+    bar.close()
 
     if world is not None:
         world.barrier()
     done = run.done("phase1")
     if any(item.id not in done for item in items):
-        run.add_passes(_delta(vlm.counts, before), dict(timings))
+        run.add_passes(_delta(vlm.counts, before), dict(timings), batch_size=batch)
         return None
     sweep_table = sweep_frame(_gather(done, items, "sweep"), vlm, scoring=config.scoring, fast=fast_sweep,
                               scale=config.scale, window=config.window)
@@ -206,17 +242,29 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
                                    config.mode, remote)
     finished = run.done("phase2")
     todo = [item for item in mine if item.id not in finished]
-    for item in tqdm(todo, desc="contrastive attention", unit="sample", disable=not config.progress):
+    bar = tqdm(total=len(todo), desc="contrastive attention", unit="sample", disable=not config.progress)
+    for chunk in _chunks(todo, batch):
         t = time.time()
-        sp = kept.pop(item.id, None)
-        with _fits(item):
-            if sp is None or (setup.fast and not sp.clean.restartable):
-                sp = sample_pass(vlm, item, restartable=setup.fast, remote=remote, residual_layers=None)
-            rows = contrastive_rows(vlm, sp, setup, remote=remote)
-        run.append("phase2", {"item": item.id, "review_layer": review, "rows": _plain(rows)})
-        sp.clean.release_prefix()
+        held_passes = {item.id: kept.pop(item.id, None) for item in chunk}
+        rerun = [item for item in chunk if held_passes[item.id] is None
+                 or (setup.fast and not held_passes[item.id].clean.restartable)]
+        if rerun:
+            with _fits(rerun, batch):
+                held_passes.update(zip([item.id for item in rerun],
+                                       sample_passes(vlm, rerun, restartable=setup.fast, remote=remote,
+                                                     residual_layers=None)))
         timings["contrastive"] += time.time() - t
-    run.add_passes(_delta(vlm.counts, before), dict(timings))
+        for item in chunk:
+            t = time.time()
+            sp = held_passes.pop(item.id)
+            with _fits([item], batch):
+                rows = contrastive_rows(vlm, sp, setup, remote=remote)
+            run.append("phase2", {"item": item.id, "review_layer": review, "rows": _plain(rows)})
+            sp.clean.release_prefix()
+            timings["contrastive"] += time.time() - t
+            bar.update(1)
+    bar.close()
+    run.add_passes(_delta(vlm.counts, before), dict(timings), batch_size=batch)
 
     if world is not None:
         world.barrier()
@@ -230,6 +278,9 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     counts = dict(passes["counts"])
     counts["clean_forwards_per_sample"] = counts.get("clean_forward", 0) / max(1, len(items))
     counts["crop_forwards_per_sample"] = counts.get("crop_forward", 0) / max(1, len(items))
+    # how the clean passes ran: the batch size(s) the run's processes used (resolved; a resumed
+    # run may have used several), beside clean_forwards_per_sample
+    counts["batch_sizes"] = passes["batch_sizes"]
     maps = pd.DataFrame(_gather(done, items, "maps"))
     maps["attention"] = maps["attention"].astype("float32")
     return Tables(items, sweep_table, attention_table([maps], vlm), lens_frame(_gather(done, items, "lens"), vlm),
@@ -237,17 +288,24 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
                   review_source, passes["timings"], counts)
 
 
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 @contextlib.contextmanager
-def _fits(item):
-    """A sample that does not fit in accelerator memory: one line saying which, and what to do."""
+def _fits(items: list, batch: int):
+    """Samples that do not fit in accelerator memory: one line saying which, and what to do."""
     try:
         yield
     except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
         if "out of memory" not in str(error).lower():
             raise
-        raise InterpError(f"sample {item.id!r} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
-                          "samples are saved: rerun with a smaller --keep-prefix-mb, a shorter prompt, or more "
-                          "devices (--device-map auto)") from None
+        which = f"sample {items[0].id!r}" if len(items) == 1 else f"the batch of samples {', '.join(repr(i.id) for i in items)}"
+        smaller = f"a smaller --batch-size (this run: {batch}), " if batch > 1 else ""
+        raise InterpError(f"{which} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
+                          f"samples are saved: rerun with {smaller}a smaller --keep-prefix-mb, a shorter prompt, or "
+                          "more devices (--device-map auto)") from None
 
 
 def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
@@ -322,6 +380,10 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
     from .report import write_report
 
     config = config or ReproduceConfig()
+    if config.batch_size is not None:  # before any compute
+        from .. import validate
+
+        validate.positive_int(config.batch_size, "batch_size")
     items = as_items(samples, limit)
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):

@@ -132,15 +132,23 @@ class RunDir:
         """Add one line to this shard's file of ``phase`` (created on the first line), durably."""
         (self._logs.get(phase) or self._open_log(phase)).append(record)
 
-    def add_passes(self, counts: dict, timings: dict) -> None:
-        """This process's pass counts and phase timings (the report sums every process's)."""
-        self.append("passes", {"item": f"{self.label}:{os.getpid()}", "counts": counts, "timings": timings})
+    def add_passes(self, counts: dict, timings: dict, batch_size: int | None = None) -> None:
+        """This process's pass counts and phase timings (the report sums every process's), and the
+        batch size it ran with (not a setting: a resumed run may use another)."""
+        record = {"item": f"{self.label}:{os.getpid()}", "counts": counts, "timings": timings}
+        if batch_size is not None:
+            record["batch_size"] = batch_size
+        self.append("passes", record)
 
     def passes(self) -> dict:
-        total: dict = {"counts": {}, "timings": {}}
+        """Every process's counts and timings summed, and ``batch_sizes``: the batch sizes they ran with."""
+        total: dict = {"counts": {}, "timings": {}, "batch_sizes": set()}
         for path in sorted(self.rows.glob("passes.shard-*.jsonl")):
             for record in RowLog(path).read()[0]:
                 for part in ("counts", "timings"):
                     for key, value in record.get(part, {}).items():
                         total[part][key] = total[part].get(key, 0) + value
+                if "batch_size" in record:
+                    total["batch_sizes"].add(record["batch_size"])
+        total["batch_sizes"] = sorted(total["batch_sizes"])
         return total

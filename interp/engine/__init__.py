@@ -5,16 +5,19 @@
 * :mod:`interp.engine.prefix` — continuing from a captured clean pass: the clean
   forward runs once per sample, and each edited variant restarts at its first
   edited layer, on the rows it can change (local models);
-  :mod:`interp.engine.decode` continues greedy generation from such restarts.
+  :mod:`interp.engine.decode` continues greedy generation from such restarts;
+  :mod:`interp.engine.batched` runs several samples' clean passes as one padded forward.
 
 Interventions say what they do through their own interface
 (:class:`interp.interventions.base.Intervention`: ``sites``, ``edit_hidden``,
 ``edit_mask``, ``recorded_as``), so neither executor knows their classes.
 """
 
+from .batched import capture_batch
 from .plan import Plan, RunResult, build_schedule, execute_step
 from .prefix import (CleanPass, Restart, capture, continue_from, fill_kv, first_changed_row, restart,
                      supports_prefix_reuse, unembed)
 
-__all__ = ["CleanPass", "Plan", "Restart", "RunResult", "build_schedule", "capture", "continue_from", "execute_step",
+__all__ = ["CleanPass", "Plan", "Restart", "RunResult", "build_schedule", "capture", "capture_batch", "continue_from",
+           "execute_step",
            "fill_kv", "first_changed_row", "restart", "supports_prefix_reuse", "unembed"]

@@ -283,3 +283,36 @@ def query_window(call_inputs):
     _, query, key, _, _ = attention_call_parts(call_inputs)
     q_len, k_len = query.shape[-2], key.shape[-2]
     return torch.arange(k_len - q_len, k_len)
+
+
+# -- one row of a padded batch ----------------------------------------------------
+
+#: sites whose value runs (batch, seq, ...): one batch row of them is the row's own value
+SEQUENCE_SITES = ("embed", "resid_pre", "q", "k", "v", "z", "result", "attn_out", "resid_mid", "mlp_out",
+                  "resid_post", "final_norm")
+
+
+def row_value(site: str, value, row: int, length: int):
+    """Batch row ``row`` of a right-padded batch's value at ``site``, cut to its own ``length``
+    tokens: what the site holds when that row's sample runs alone (its positions are the same,
+    padding comes after them). ``attn_pattern``: the attention call with its queries, keys,
+    values and mask cut to the row (query and key axes). Other sites (the vision tower's) do
+    not run along the token axis and have no such row."""
+    if site in SEQUENCE_SITES:
+        return value[row : row + 1, :length]
+    if site != "attn_pattern":
+        raise KeyError(f"{site} values have no token axis to cut into batch rows")
+    args, kwargs = value
+    args = list(args)
+    for i in (1, 2, 3):  # query, key, value: (batch, heads, seq, head_dim)
+        if i < len(args) and isinstance(args[i], torch.Tensor):
+            args[i] = args[i][row : row + 1, :, :length]
+    mask = args[4] if len(args) > 4 else kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        mask = mask[row : row + 1] if mask.shape[0] > 1 else mask
+        mask = mask[..., :length, :length]
+        if len(args) > 4:
+            args[4] = mask
+        else:
+            kwargs = {**kwargs, "attention_mask": mask}
+    return (tuple(args), kwargs)

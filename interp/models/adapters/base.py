@@ -154,6 +154,10 @@ class FamilyAdapter:
     between_layer_edits: str = ""
     #: the processor and model accept several prompts with images as one padded batch
     batched_generation: bool = False
+    #: several samples' inputs stack into one right-padded batch (token fields padded, image
+    #: tensors concatenated in row order) whose forward computes each row as that sample alone:
+    #: clean passes run batched (:mod:`interp.engine.batched`)
+    batched_forward: bool = False
     notes: str = ""
 
     # -- config --------------------------------------------------------------

@@ -47,6 +47,7 @@ ADAPTER = Gemma3Adapter(
     mid_norm_name="pre_feedforward_layernorm",
     required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
     fallback_prompt="<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n",
+    batched_forward=True,
     notes=(
         "Gemma 3: SigLIP grid average-pooled to mm_tokens_per_image (16x16 = 256 at 896 px), "
         "row-major; bidirectional attention among image tokens via token_type_ids."

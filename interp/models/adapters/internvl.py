@@ -120,6 +120,7 @@ ADAPTER = InternVLAdapter(
     model_types=("internvl",),
     vision_layers_path="model.vision_tower.encoder.layer",
     fallback_prompt="<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n",
+    batched_forward=True,
     notes=(
         "InternVL: up to 12 square 448 px tiles + thumbnail, pixel shuffle 0.5 -> 16x16 row-major "
         "tokens per tile; the tile arrangement is matched against the thumbnail (the inputs do not "

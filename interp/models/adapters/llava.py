@@ -27,5 +27,6 @@ ADAPTER = LlavaAdapter(
     name="LLaVA",
     model_types=("llava",),
     batched_generation=True,
+    batched_forward=True,
     notes="LLaVA-1.5: CLIP ViT grid (24x24 at 336 px), one token per patch.",
 )

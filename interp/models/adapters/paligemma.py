@@ -30,5 +30,6 @@ ADAPTER = PaliGemmaAdapter(
     required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
     # The processor adds <bos> after the image tokens and "\n" at the end.
     fallback_prompt="{image}{question}",
+    batched_forward=True,
     notes="PaliGemma: SigLIP patch grid (16x16 at 224 px), row-major, image tokens first; prefix-LM mask.",
 )

@@ -85,6 +85,7 @@ ADAPTER = QwenVLAdapter(
     projector_path="model.visual.merger",
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
     fallback_prompt=QWEN_FALLBACK_PROMPT,
+    batched_forward=True,
     notes=(
         "Qwen2-VL: dynamic resolution; each LM token is a 2x2 merge of 14 px patches, "
         "row-major over (h/2, w/2) from image_grid_thw; M-RoPE needs mm_token_type_ids."

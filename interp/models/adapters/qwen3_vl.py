@@ -20,6 +20,7 @@ ADAPTER = QwenVLAdapter(
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
     fallback_prompt=QWEN_FALLBACK_PROMPT,
     between_layer_edits="DeepStack adds visual features after the first layers",
+    batched_forward=True,
     notes=(
         "Qwen3-VL: each LM token a 2x2 merge of 16 px patches, row-major over (h/2, w/2) from "
         "image_grid_thw; DeepStack injects tower features into the image positions after the "
