@@ -90,3 +90,6 @@ def test_interp_patch_per_head_writes_the_heads_and_their_figure(tmp_path):
         assert abs(top["mean"] - means.max()) < 1e-9 and (top["layer"], top["head"]) == means.idxmax()
     assert (out / "patching_heads_colour.png").exists() and (out / "patching_heatmap.png").exists()
     assert "### Single attention heads" in (out / "patching.md").read_text()
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums()  # the figures are pyplot-free: nothing left open in pyplot's registry

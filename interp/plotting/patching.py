@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .style import COLUMN, FULL, palette, paper_style, save
+from .style import COLUMN, FULL, new_figure, palette, paper_style, save
 
 GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
                 "other_text": "other text tokens", "last": "last token", "image": "all image tokens"}
@@ -38,7 +38,7 @@ def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir:
     rows = effects[effects.site == site]
     changes = list(dict.fromkeys(rows.change))
     with paper_style():
-        fig, axes = plt.subplots(1, len(changes), figsize=(min(FULL, 2.3 * len(changes) + 0.6), 2.4), squeeze=False)
+        fig, axes = new_figure(1, len(changes), figsize=(min(FULL, 2.3 * len(changes) + 0.6), 2.4), squeeze=False)
         for ax, change in zip(axes[0], changes):
             part = rows[rows.change == change]
             metric = part.metric.iloc[0]
@@ -74,7 +74,7 @@ def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "l
     metric = rows.metric.iloc[0]
     table = rows.pivot(index="head", columns="layer", values="mean").sort_index()
     with paper_style():
-        fig, ax = plt.subplots(figsize=(COLUMN, 0.18 * len(table) + 1.2))
+        fig, ax = new_figure(figsize=(COLUMN, 0.18 * len(table) + 1.2))
         image, label = _effect_image(ax, table.values, metric)
         layers = list(table.columns)
         ticks = list(range(0, len(layers), max(1, len(layers) // 6)))
@@ -95,7 +95,7 @@ def patching_curves(effects: pd.DataFrame, *, change: str, site: str = "resid_pr
     """The effect per layer of each position group, with 95% CI bands, for one change."""
     rows = effects[(effects.site == site) & (effects.change == change)]
     with paper_style():
-        fig, ax = plt.subplots(figsize=(COLUMN, 2.2))
+        fig, ax = new_figure(figsize=(COLUMN, 2.2))
         groups = [g for g in GROUP_ORDER if g in set(rows.group)]
         for colour, group in zip(palette(len(groups)), groups):
             part = rows[rows.group == group].sort_values("layer")
@@ -120,7 +120,7 @@ def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarr
     top = max(1.0, float(np.nanmax(values))) if np.isfinite(values).any() else 1.0
     low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
     with paper_style():
-        fig, axes = plt.subplots(1, len(layers), figsize=(min(FULL, 1.3 * len(layers) + 0.5), 1.7), squeeze=False)
+        fig, axes = new_figure(1, len(layers), figsize=(min(FULL, 1.3 * len(layers) + 0.5), 1.7), squeeze=False)
         width, height = image.size
         for ax, layer in zip(axes[0], layers):
             ax.imshow(image)
@@ -129,7 +129,7 @@ def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarr
             if changed is not None:
                 rows, cols = changed.shape
                 for r, c in zip(*np.nonzero(changed)):
-                    ax.add_patch(plt.Rectangle((c * width / cols, r * height / rows), width / cols, height / rows,
+                    ax.add_patch(Rectangle((c * width / cols, r * height / rows), width / cols, height / rows,
                                                fill=False, ec="red", lw=0.6))
             ax.set_title(f"layer {layer}")
             ax.axis("off")
@@ -146,7 +146,7 @@ def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, chance: dict | 
     with 95% CI bands, one line per metric; ``chance`` (metric -> level) draws dashed chance lines."""
     metrics = list(dict.fromkeys(accuracy.metric)) if metrics is None else list(metrics)
     with paper_style():
-        fig, ax = plt.subplots(figsize=(FULL * 0.62, 2.3))
+        fig, ax = new_figure(figsize=(FULL * 0.62, 2.3))
         for colour, metric in zip(palette(len(metrics)), metrics):
             part = accuracy[accuracy.metric == metric].sort_values("layer")
             ax.plot(part.layer, part["mean"], color=colour, lw=1.2, marker="o", ms=2, label=metric.replace("_", " "))
@@ -172,7 +172,7 @@ def lens_words(image, grids: dict[int, np.ndarray], *, truth: np.ndarray | None 
     expected word or ""), words that match are green and others grey."""
     layers = sorted(grids)
     with paper_style():
-        fig, axes = plt.subplots(1, len(layers), figsize=(min(FULL, 1.9 * len(layers)), 2.0), squeeze=False)
+        fig, axes = new_figure(1, len(layers), figsize=(min(FULL, 1.9 * len(layers)), 2.0), squeeze=False)
         width, height = image.size
         for ax, layer in zip(axes[0], layers):
             grid = grids[layer]
