@@ -270,8 +270,8 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
     base = [g["lr"] * lr_factor for g in groups]
     index, start = first_index, time.time()
     step = 0
+    names = {id(p): n for n, p in model.named_parameters()}  # how a resumable state keys the trained tensors
     if resume is not None:
-        names = {id(p): n for n, p in model.named_parameters()}
         with torch.no_grad():
             for group in groups:
                 for parameter in group["params"]:
@@ -321,7 +321,6 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
 
                 folder = Path(config.checkpoint_dir)
                 save_file(trainable_state(model), str(folder / f"stage{stage}-step{step + 1}.safetensors"))
-                names = {id(p): n for n, p in model.named_parameters()}
                 state = {"stage": stage, "step": step + 1, "index": index, "steps": steps,
                          "seconds": time.time() - start, "rng": torch.get_rng_state(),
                          "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
