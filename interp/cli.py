@@ -181,7 +181,7 @@ def _organism_train(args) -> int:
             raise InterpError(f"--tower-from {tower_from}: no such file (a .safetensors written by this recipe).")
         resume_from = getattr(args, "resume_from", None)
         if resume_from is not None and not Path(resume_from).is_file():
-            raise InterpError(f"--resume-from {resume_from}: no such file (stage2-resume.pt of a --checkpoint-dir)")
+            raise InterpError(f"--resume-from {resume_from}: no such file (stage2-resume.pt or stage3-resume.pt of a --checkpoint-dir)")
         summary = train_qwen2vl(config, out, tower_from=tower_from, resume_from=resume_from,
                                 tower_log=None if tower_from is None else _stage0_log(Path(tower_from)))
     else:
@@ -559,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--checkpoint-dir", default=None,
                            help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
     org_train.add_argument("--resume-from", default=None,
-                           help="qwen2_vl: continue a run from the stage2-resume.pt its --checkpoint-dir holds "
-                                "(same settings and --tower-from; the result equals the uninterrupted run's)")
+                           help="qwen2_vl: continue a run from the stage2-resume.pt or stage3-resume.pt its "
+                                "--checkpoint-dir holds (same settings and --tower-from; a stage-2 state may add "
+                                "--polish-steps; the result equals the uninterrupted run's)")
     org_train.add_argument("--tower-from", default=None,
                            help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
                                 "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)")

@@ -393,3 +393,48 @@ def test_card_writes_into_a_user_directory_never_the_package(tmp_path, monkeypat
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**results, "split": "val"}))
     assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(bad), "--out", str(out)]) == 2
+
+
+def test_a_stage2_state_resumes_with_a_polish_stage_and_the_polish_stage_resumes(tmp_path, monkeypatch):
+    """A stage-2 state of a run without a polish stage continues with one (stage 2 does not read
+    the polish settings), and that run killed in its polish stage and resumed from the
+    stage-3 state ends with exactly the weights of the uninterrupted run with the polish stage."""
+    from safetensors.torch import load_file
+
+    from interp.errors import InterpError
+    from interp.models.organism import train_qwen2vl as recipe
+
+    def config(folder, polish):
+        return QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=2,
+                               polish_steps=polish, batch=2, warmup=1, eval_every=2, eval_samples=2, lora_rank=4,
+                               checkpoint_dir=str(tmp_path / folder))
+
+    real = recipe.quick_accuracy
+    evaluations = {"n": 0, "kill": 0}
+
+    def killed(*args, **kwargs):
+        evaluations["n"] += 1
+        if evaluations["n"] == evaluations["kill"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "quick_accuracy", killed)
+    recipe.train_qwen2vl(config("straight", 4), tmp_path / "straight")  # evaluations: stage 2 @2, stage 3 @2, @4
+    recipe.train_qwen2vl(config("a", 0), tmp_path / "a")  # no polish stage: its stage-2 state is the last one
+    evaluations.update(n=0, kill=2)  # resumed with a polish stage, killed at that stage's second evaluation
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train_qwen2vl(config("a", 4), tmp_path / "a", resume_from=tmp_path / "a" / "stage2-resume.pt")
+    state = tmp_path / "a" / "stage3-resume.pt"
+    assert torch.load(state, weights_only=False)["step"] == 2
+    with pytest.raises(InterpError, match="--polish-steps"):
+        recipe.train_qwen2vl(config("a", 0), tmp_path / "a", resume_from=state)
+    with pytest.raises(InterpError, match="other settings: polish_steps"):
+        recipe.train_qwen2vl(config("a", 6), tmp_path / "a", resume_from=state)
+    evaluations.update(n=0, kill=0)
+    summary = recipe.train_qwen2vl(config("a", 4), tmp_path / "a", resume_from=state)
+    straight = load_file(str(tmp_path / "straight" / "organism-qwen2vl.safetensors"))
+    resumed = load_file(str(tmp_path / "a" / "organism-qwen2vl.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert [(e["stage"], e["step"]) for e in summary["log"] if e["stage"] >= 2] == \
+        [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]

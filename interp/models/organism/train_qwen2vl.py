@@ -76,8 +76,8 @@ class QwenTrainConfig:
     # ``--adapt-steps N`` with no budget repeats the run exactly (the warm-up does not
     # depend on the step count)
     time_budget_min: float | None = None
-    # where stage 2 writes, at every evaluation, the weights (``stage2-stepN.safetensors``) and a
-    # resumable state (``stage2-resume.pt``: trained tensors, optimizer, step, data position)
+    # where stages 2 and 3 write, at every evaluation, the weights (``stageS-stepN.safetensors``) and a
+    # resumable state (``stageS-resume.pt``: trained tensors, optimizer, step, data position)
     checkpoint_dir: str | None = None
     progress_file: str | None = None
     tower: QwenTowerSpec = field(default_factory=QwenTowerSpec)
@@ -249,10 +249,15 @@ def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
 
 #: settings that may differ between a run and its resumption (where files go, not what trains)
 RESUME_FREE = ("checkpoint_dir", "progress_file", "time_budget_min")
+#: settings only the polish stage reads: a stage-2 state continues under any of them (so a run
+#: may gain a polish stage when it is resumed); a stage-3 state needs them as they were
+POLISH_ONLY = ("polish_steps", "polish_lr_scale")
 
 
-def _resume_identity(config: QwenTrainConfig) -> dict:
-    return {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in RESUME_FREE}
+def _resume_identity(config: QwenTrainConfig | dict, stage: int) -> dict:
+    fields = config if isinstance(config, dict) else json.loads(json.dumps(asdict(config)))
+    free = RESUME_FREE + (POLISH_ONLY if stage == 2 else ())
+    return {k: v for k, v in fields.items() if k not in free}
 
 
 def train_answers(model, processor, train, val, config: QwenTrainConfig, *, steps: int, stage: int, adapt: bool,
@@ -325,7 +330,7 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
                          "seconds": time.time() - start, "rng": torch.get_rng_state(),
                          "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
                          "optimizer": optimizer.state_dict(), "log": log + [entry],
-                         "identity": _resume_identity(config)}
+                         "identity": _resume_identity(config, stage)}
                 tmp = folder / f".stage{stage}-resume.pt.tmp"
                 torch.save(state, tmp)
                 tmp.replace(folder / f"stage{stage}-resume.pt")  # a kill mid-write keeps the previous one
@@ -348,17 +353,20 @@ def _round_to_shipped(model) -> None:
 
 
 def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
-    """A stage-2 resumable state written by ``checkpoint_dir``, checked against ``config``
-    (one clear error if it is not one, or came from other settings)."""
+    """A stage-2 or stage-3 resumable state written by ``checkpoint_dir``, checked against
+    ``config`` (one clear error if it is not one, or came from other settings)."""
     from ...errors import InterpError
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as error:
         raise InterpError(f"cannot read the resumable state {path}: {str(error).splitlines()[0][:120]}") from None
-    if not isinstance(state, dict) or state.get("stage") != 2 or "optimizer" not in state:
-        raise InterpError(f"{path} is not a stage-2 resumable state (stage2-resume.pt of --checkpoint-dir)")
-    mine, theirs = _resume_identity(config), state.get("identity", {})
+    if not isinstance(state, dict) or state.get("stage") not in (2, 3) or "optimizer" not in state:
+        raise InterpError(f"{path} is not a resumable state (stage2-resume.pt or stage3-resume.pt of --checkpoint-dir)")
+    stage = state["stage"]
+    if stage == 3 and not config.polish_steps:
+        raise InterpError(f"{path} is a polish-stage (stage 3) state: resume it with the run's --polish-steps")
+    mine, theirs = _resume_identity(config, stage), _resume_identity(state.get("identity", {}), stage)
     differ = [f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} now)" for k in sorted(set(mine) | set(theirs))
               if mine.get(k) != theirs.get(k)]
     if differ:
@@ -376,11 +384,12 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     skips stage 0: its tower blocks replace the pre-training. Stage 0 is deterministic and
     the later stages draw no random numbers before the seeded LoRA init, so the run goes on
     as a fresh one would, up to the fp16 rounding of the loaded tower; ``tower_log``
-    carries stage 0's log entries. ``resume_from`` (``stage2-resume.pt`` from the
-    ``checkpoint_dir`` of a run with the same settings, which itself may have used
-    ``tower_from``) continues that run's stage 2 from its last evaluation: the rerun of the
-    deterministic stages before it is overwritten by the saved tensors, so the result equals
-    the uninterrupted run's."""
+    carries stage 0's log entries. ``resume_from`` (``stage2-resume.pt`` or ``stage3-resume.pt``
+    from the ``checkpoint_dir`` of a run with the same settings, which itself may have used
+    ``tower_from``) continues that run's stage 2 or polish stage from its last evaluation: the
+    rerun of the deterministic stages before it is overwritten by the saved tensors, so the
+    result equals the uninterrupted run's. A stage-2 state may be resumed with a polish stage
+    its run did not have (``polish_steps``): stage 2 does not read it."""
     from safetensors.torch import save_file
 
     from ...data.synthetic import SyntheticVQA
@@ -426,17 +435,21 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     if resume is not None:
         log[:] = resume["log"]  # what ran before, as it was logged then
         started -= resume["seconds"]
-    index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                          adapt=True, log=log, first_index=index, focus=focus, deadline=deadline, resume=resume)
+    polishing = resume is not None and resume["stage"] == 3  # stage 2 ended before that state was written
+    if not polishing:
+        index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
+                              adapt=True, log=log, first_index=index, focus=focus, deadline=deadline, resume=resume)
     config.adapt_steps = sum(1 for e in log if e["stage"] == 2)  # what ran (a time budget may have cut it)
     meta = {"config": json.dumps(asdict(config)), "variant": VARIANT}
     path = out_dir / f"{VARIANT}.safetensors"
     t2 = time.time() - started
     if config.polish_steps:
-        save_file(trainable_state(model), str(out_dir / f"{VARIANT}-stage2.safetensors"), metadata=meta)
-        _round_to_shipped(model)
+        if not polishing:
+            save_file(trainable_state(model), str(out_dir / f"{VARIANT}-stage2.safetensors"), metadata=meta)
+        _round_to_shipped(model)  # resumed: the tensors stage 3 does not train, as the uninterrupted run had them
         train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3, adapt=True,
-                      log=log, first_index=index, lr_factor=config.polish_lr_scale, focus=focus)
+                      log=log, first_index=index, lr_factor=config.polish_lr_scale, focus=focus,
+                      resume=resume if polishing else None)
     t3 = time.time() - started
     save_file(trainable_state(model), str(path), metadata=meta)
     summary = {
