@@ -1,8 +1,9 @@
 """Benchmark ``sweep_speedup``: the fast layer sweep (prefix reuse) against full re-runs.
 
 ``interp.analysis.sweep.masking_sweep`` with ``mode="naive"`` (one full pass per condition)
-over ``mode="fast"`` (the clean pass once, each condition restarted at its first edited layer,
-conditions that start at the same layer batched) on the organism, a few samples, every layer;
+over ``mode="fast"`` (the clean pass once, each condition restarted at its first edited layer on
+the rows it can change, the restarts of every layer in one layer-major pass of batched forwards) on
+the organism, a few samples, every layer;
 the per-layer results must be identical (``correct`` exactly, ``logprob`` to 1e-4). If the
 sweep cannot be imported or the two modes disagree the result is ``null`` with the reason:
 never a number for results that differ.

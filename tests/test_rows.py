@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.cache_utils import Cache
 
 from interp.analysis.clean import sample_pass
 from interp.analysis.sweep import VARIANTS, masking_sweep, sweep_rows
 from interp.engine import capture
-from interp.engine.prefix import fill_kv, first_changed_row, restart
-from interp.interventions import AttentionKnockout, Plan, ScaleImageTokens
+from interp.engine.prefix import RestartGroup, fill_kv, first_changed_row, restart, restart_many
+from interp.interventions import AttentionKnockout, Intervention, Plan, ScaleImageTokens
 
 from .conftest import tiny_vlm
 from .test_analysis import _items
@@ -153,3 +154,101 @@ def test_shared_layer_forward_for_identical_inputs():
     # layer `start`: one forward for the three; layer start+1: window == cumulative
     assert shared_forwards == vlm.counts["layer_forwards"] - 3
     assert torch.allclose(shared, alone, atol=1e-6)
+
+
+def _mixed_groups(vlm, sp):
+    """Restart groups with different start layers and first rows: image-token edits, a
+    knockout of the last token's attention and one of the question's."""
+    tf = sp.tf
+    prepared = tf.prepared
+    last = [tf.last_prompt_position]
+    groups = []
+    for start in range(vlm.n_layers):
+        edits = [[ScaleImageTokens([start], 1e-9)], [ScaleImageTokens(list(range(start, vlm.n_layers)), 1e-9)],
+                 [AttentionKnockout(last, "image", [start])], [AttentionKnockout("question", "image", [start])]]
+        for items in edits:
+            bound = Plan(*items).bind(vlm, prepared)
+            groups.append(RestartGroup(start, [bound], first_changed_row(vlm, sp.clean, start, [bound])))
+    return groups
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_vl"])
+def test_layer_major_restart_equals_each_group_alone(model_type):
+    """``restart_many`` (every group in one layer-major pass, batches across start layers) ==
+    each group restarted alone, in the final hidden states and in every layer's prompt keys and
+    values; it makes fewer layer calls for the same layer-row work."""
+    vlm = tiny_vlm(model_type, "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    groups = _mixed_groups(vlm, sp)
+    assert len({g.first_row for g in groups}) == 3 and len({g.start for g in groups}) == vlm.n_layers
+    kv_rows = sp.tf.prompt_len
+    fill_kv(vlm, sp.clean)
+    layers = vlm.adapter.resolve(vlm.model, "layers")
+    calls = []
+    handle = layers[-1].register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        vlm.counts.clear()
+        alone = [restart(vlm, sp.clean, g.start, g.variants, first_row=g.first_row, kv_rows=kv_rows) for g in groups]
+        alone_calls, alone_rows = len(calls), vlm.counts["layer_token_rows"]
+        calls.clear()
+        vlm.counts.clear()
+        together = restart_many(vlm, sp.clean, groups, batch=8, kv_rows=kv_rows)
+    finally:
+        handle.remove()
+    assert alone_calls == len(groups) and len(calls) < len(groups) / 2
+    assert vlm.counts["layer_token_rows"] <= alone_rows
+    for a, b in zip(alone, together):
+        assert torch.allclose(a.hidden, b.hidden, atol=1e-5)
+        assert len(a.kv) == len(b.kv) == vlm.n_layers
+        for (ka, va), (kb, vb) in zip(a.kv, b.kv):
+            assert ka.shape == kb.shape and torch.allclose(ka, kb, atol=1e-5) and torch.allclose(va, vb, atol=1e-5)
+
+
+def test_last_layer_output_projection_and_mlp_run_on_the_scored_rows_only():
+    """Nothing reads the last layer's other rows: its o_proj and MLP see the scored rows only,
+    and the scored hidden states equal the full layer's (an independent full-row run)."""
+    vlm = tiny_vlm("llava", "sdpa")
+    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    last = vlm.n_layers - 1
+    bound = Plan(ScaleImageTokens([last], 1e-9)).bind(vlm, sp.tf.prepared)
+    row = first_changed_row(vlm, sp.clean, last, [bound])
+    block = vlm.adapter.resolve(vlm.model, "layers")[last]
+    seen = []  # the rows the MLP computed (a forward hook registered before the engine's own)
+    handle = getattr(block, vlm.access.mlp_name).register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    try:
+        fast = restart(vlm, sp.clean, last, [bound], first_row=row).hidden
+    finally:
+        handle.remove()
+    assert seen == [len(sp.clean.positions)] and len(sp.clean.positions) < sp.tf.prepared.seq_len - row
+    # reference: the layer by hand on every row, from its captured clean input
+    args, kwargs = sp.clean.layer_inputs[last]
+    hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+    image = sp.tf.prepared.image_positions
+    hidden[:, image] *= 1e-9
+    kwargs = {k: (None if isinstance(v, Cache) else v) for k, v in kwargs.items() if k != "hidden_states"}
+    out = block(hidden, *args[1:], **kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.allclose(fast, out[:, sp.clean.positions], atol=1e-5)
+    # an edit inside the last layer (at its MLP output) sees every row: the restriction is off
+    seen.clear()
+    handle = getattr(block, vlm.access.mlp_name).register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    try:
+        edited = restart(vlm, sp.clean, last, [bound + Plan(_HalveMlpOut(last)).bind(vlm, sp.tf.prepared)],
+                         first_row=row).hidden
+    finally:
+        handle.remove()
+    assert seen == [sp.tf.prepared.seq_len - row]
+    assert not torch.allclose(edited, fast, atol=1e-4)
+
+
+class _HalveMlpOut(Intervention):
+    """Test edit: the MLP output of one layer, halved at every row."""
+
+    def __init__(self, layer: int):
+        self.layers = [layer]
+
+    def sites(self):
+        return [(self.layers[0], "mlp_out")]
+
+    def edit_hidden(self, layer, site, hidden, ctx):
+        return hidden * 0.5

@@ -27,9 +27,10 @@ each condition at its first edited layer, on the rows it can change only (a knoc
 from its query rows, an image-token edit from the first image token; the earlier
 rows' clean keys and values come through a ``DynamicCache``), several conditions
 batched in one forward and a layer run once for conditions whose input to it is the
-same (single/window/cumulative at their layer) (:mod:`interp.engine.prefix`; local
-models), and unembeds every condition's scored positions in one call per sample.
-With ``scoring="generate"`` each restart also keeps its prompt rows' keys and values
+same (single/window/cumulative at their layer), the conditions of every restart layer
+riding in the same layer-major forwards (:mod:`interp.engine.prefix`; local models), the
+last layer's output projection and MLP run for the scored rows only, and unembeds
+every condition's scored positions in one call per sample. With ``scoring="generate"`` each restart also keeps its prompt rows' keys and values
 and the sample's conditions then decode greedily as one batch, continuing
 ``model.generate`` from those prefills (:mod:`interp.engine.decode`);
 ``"naive"`` runs every condition as a full pass through a
@@ -49,7 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.decode import greedy_continue
-from ..engine.prefix import fill_kv, first_changed_row, restart, supports_prefix_reuse, unembed
+from ..engine.prefix import (RestartGroup, fill_kv, first_changed_row, restart, restart_many,
+                             supports_prefix_reuse, unembed)
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
 from ..interventions.base import resolve_layers
@@ -112,9 +114,12 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
     VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
 
-    Fast mode: ``rows=False`` restarts every condition on every row, one batch row each (the
-    reference the row-level restart is tested against); ``decode_batch`` caps how many conditions of a
-    sample decode together when generating (None: all; their prompt keys/values are held)."""
+    Fast mode: a sample's conditions restart in one layer-major pass, at most ``batch`` conditions per
+    layer forward (:func:`interp.engine.prefix.restart_many`; on a GPU raise it as memory allows: a
+    forward holds ``batch x recomputed rows`` activations); ``rows=False`` restarts every condition on
+    every row, each restart layer's conditions alone (the reference the row-level restart is tested
+    against); ``decode_batch`` caps how many conditions of a sample decode together when generating
+    (None: all; their prompt keys/values are held)."""
     variants = check_options(variants, scoring, mode, window)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
@@ -159,8 +164,9 @@ def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale:
 
 def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str = "teacher",
           max_new_tokens: int = 8, rows: bool = True, decode_batch: int | None = None) -> dict:
-    """Restart every condition from the clean pass: conditions that start at the same layer and
-    change the same rows run as one batch; unembedding once per sample. With generation
+    """Restart every condition from the clean pass: layer by layer, the conditions that have
+    started and change the same rows run in batches of ``batch`` (``rows=False``: each restart
+    layer's conditions alone, on every row); unembedding once per sample. With generation
     scoring each restart also keeps its prompt rows' keys and values, and the conditions of
     the sample then decode together (:func:`interp.engine.decode.greedy_continue`)."""
     tf, clean, item = sp.tf, sp.clean, sp.item
@@ -175,15 +181,28 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         decoder.add([("baseline", -1)], [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len])
                                         for k, v in fill_kv(vlm, clean)], clean.logits[:1])
     keys, finals = [], []
-    for (start, row), members in groups.items():
-        for i in range(0, len(members), batch):
-            chunk = members[i : i + batch]
-            result = restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
-                             kv_rows=tf.prompt_len if generate else None, share=rows)
-            keys.extend(key for key, _ in chunk)
-            finals.append(result.hidden)
-            if decoder is not None:
-                decoder.add([key for key, _ in chunk], result.kv, result.hidden[:, 0])
+    kv_rows = tf.prompt_len if generate else None
+    if rows:  # every restart in one layer-major pass (slices of decode_batch conditions bound the held keys/values)
+        todo = list(groups.items())
+        for piece in _slices(todo, decode_batch if generate else None):
+            results = restart_many(vlm, clean, [RestartGroup(start, [bound for _, bound in members], row)
+                                                for (start, row), members in piece],
+                                   batch=batch, kv_rows=kv_rows)
+            for ((start, row), members), result in zip(piece, results):
+                keys.extend(key for key, _ in members)
+                finals.append(result.hidden)
+                if decoder is not None:
+                    decoder.add([key for key, _ in members], result.kv, result.hidden[:, 0])
+    else:  # the every-row reference: each restart layer's conditions alone, in batches
+        for (start, row), members in groups.items():
+            for i in range(0, len(members), batch):
+                chunk = members[i : i + batch]
+                result = restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
+                                 kv_rows=kv_rows, share=False)
+                keys.extend(key for key, _ in chunk)
+                finals.append(result.hidden)
+                if decoder is not None:
+                    decoder.add([key for key, _ in chunk], result.kv, result.hidden[:, 0])
     scored = {("baseline", -1): clean.logits}
     if finals:
         scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
@@ -196,6 +215,21 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
             results[key]["prediction"] = text
             results[key]["correct"] = item.score(text)
     return results
+
+
+def _slices(groups: list, size: int | None) -> list[list]:
+    """``groups`` (``(key, members)`` pairs) in consecutive slices of at least ``size`` members
+    each (None: one slice)."""
+    if size is None:
+        return [groups] if groups else []
+    out, piece, count = [], [], 0
+    for entry in groups:
+        piece.append(entry)
+        count += len(entry[1])
+        if count >= size:
+            out.append(piece)
+            piece, count = [], 0
+    return out + ([piece] if piece else [])
 
 
 class _Decoder:

@@ -26,6 +26,12 @@ and that edit nothing inside it share that layer's forward. With ``kv_rows`` a r
 also returns every layer's keys and values of the prompt rows, from which
 :mod:`interp.engine.decode` continues a generation.
 
+:func:`restart_many` restarts groups with different start layers in one layer-major pass:
+at each layer every started variant runs it, batched with the others that recompute the
+same rows, so the restarts of 30 layers take 30 rounds of large forwards instead of 30
+separate stacks of small ones (the same layer-row work). The last layer computes its
+output projection and MLP for the scored rows only (:func:`_only_rows`).
+
 Every intervention runs here through its own interface — ``edit_hidden`` at
 ``resid_pre`` / ``z`` (per head, before the attention's output projection) /
 ``attn_out`` / ``mlp_out`` / ``resid_post``, ``edit_mask`` at
@@ -315,18 +321,22 @@ def _layer_mask(mask, rows: int, keys: int, row: int, n_variants: int, device):
 
 
 class _Variants:
-    """The variants' interventions, sorted by layer and site, and one step context each
-    (``offset``: the absolute position of the first recomputed row)."""
+    """The variants' interventions, sorted by layer and site, and one step context each.
 
-    def __init__(self, clean: CleanPass, start: int, variants: list[list[Intervention]], offset: int = 0):
+    Variant ``v`` restarts at layer ``starts[v]`` on the rows from ``offsets[v]`` (the absolute
+    position of its first recomputed row); its sites below ``starts[v]`` ran clean
+    (:meth:`Intervention.before_restart`). Every method takes ``members``: the variants a batch
+    holds, batch row ``j`` holding variant ``members[j]``."""
+
+    def __init__(self, clean: CleanPass, starts: list[int], variants: list[list[Intervention]], offsets: list[int]):
         prepared = clean.prepared
         self.contexts = [StepContext(0, offset, prepared.image_positions, prepared.question_positions,
-                                     prepared.seq_len, {}) for _ in variants]
-        self.offset = offset
+                                     prepared.seq_len, {}) for offset in offsets]
+        self.offsets = offsets
         self.at: dict[tuple[int, str], list[tuple[int, Intervention]]] = {}
         for v, items in enumerate(variants):
             for layer, site, group in build_schedule(items):
-                if layer is not None and layer < start:
+                if layer is not None and layer < starts[v]:
                     for item in group:
                         item.before_restart(layer, site, clean, self.contexts[v])
                     continue
@@ -334,39 +344,45 @@ class _Variants:
                     raise InterpError(f"the fast path runs decoder layers only; {site} edits need mode='naive'")
                 self.at.setdefault((layer, site), []).extend((v, item) for item in group)
 
-    def inside(self, layer: int) -> set[int]:
-        """Variants with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
-        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for v, _ in self.at.get((layer, site), ())}
+    def _todo(self, layer: int, site: str, members: list[int]) -> list[tuple[int, int, Intervention]]:
+        """``(batch row, variant, intervention)`` of the members' edits at the site."""
+        where = {v: j for j, v in enumerate(members)}
+        return [(where[v], v, item) for v, item in self.at.get((layer, site), ()) if v in where]
+
+    def inside(self, layer: int, members: list[int]) -> set[int]:
+        """Members with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
+        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for _, v, _ in self._todo(layer, site, members)}
+
+    def edits_rows(self, layer: int, members: list[int]) -> bool:
+        """Whether any member edits or records a hidden state of ``layer`` beyond its input
+        (``z``, ``attn_out``, ``mlp_out``, ``resid_post``; attention-mask edits act before them)."""
+        return any(self._todo(layer, site, members) for site in _HIDDEN_SITES if site != "resid_pre")
 
     def edit_hidden(self, layer: int, site: str, hidden: torch.Tensor, members: list[int]) -> torch.Tensor:
-        """``hidden``'s batch row ``j`` holds variant ``members[j]``."""
-        todo = self.at.get((layer, site))
+        todo = self._todo(layer, site, members)
         if not todo:
             return hidden
-        where = {v: j for j, v in enumerate(members)}
         hidden = hidden.clone()
-        for v, item in todo:
-            j = where[v]
+        for j, v, item in todo:
             hidden[j : j + 1] = item.edit_hidden(layer, site, hidden[j : j + 1], self.contexts[v])
         return hidden
 
     def edit_mask(self, layer: int, mask, hidden: torch.Tensor, keys: int, members: list[int]):
-        todo = self.at.get((layer, "attn_pattern"))
+        todo = self._todo(layer, "attn_pattern", members)
         if not todo:
             return mask, False
         built: dict = {}
         rows = hidden.shape[1]
+        offset = self.offsets[members[0]]
 
         def per_variant():
             if "tensor" not in built:
-                built["tensor"], built["blocked"] = _layer_mask(mask, rows, keys, self.offset, hidden.shape[0],
+                built["tensor"], built["blocked"] = _layer_mask(mask, rows, keys, offset, hidden.shape[0],
                                                                 hidden.device)
             return built["tensor"], built["blocked"]
 
-        window = torch.arange(self.offset, self.offset + rows)
-        where = {v: j for j, v in enumerate(members)}
-        for v, item in todo:
-            j = where[v]
+        window = torch.arange(offset, offset + rows)
+        for j, v, item in todo:
             editable = EditableMask(lambda j=j: (per_variant()[0][j : j + 1], per_variant()[1]), window)
             item.edit_mask(layer, editable, self.contexts[v])
         return (built["tensor"], True) if "tensor" in built else (mask, False)
@@ -377,19 +393,44 @@ class _Variants:
         ``mlp_out`` on those modules' outputs."""
         handles = []
         attn = getattr(block, access.attn_name)
-        if self.at.get((layer, "z")):
+        if self._todo(layer, "z", members):
             def pre_hook(module, args):
                 heads = split_heads(args[0], access.head_dim)
                 return (merge_heads(self.edit_hidden(layer, "z", heads, members)),) + tuple(args[1:])
 
             handles.append(getattr(attn, access.o_name).register_forward_pre_hook(pre_hook))
         for site, module in (("attn_out", attn), ("mlp_out", getattr(block, access.mlp_name))):
-            if self.at.get((layer, site)):
+            if self._todo(layer, site, members):
                 def hook(module, args, output, site=site):
                     return replace_first(output, self.edit_hidden(layer, site, first(output), members))
 
                 handles.append(module.register_forward_hook(hook))
         return handles
+
+
+def _only_rows(block, access, needed: torch.Tensor) -> list:
+    """Hooks that make a layer's output projection and MLP compute only the ``needed`` rows
+    (the last layer's scored positions: no later layer reads the other rows' outputs, and the
+    keys and values a generation continues from come before the output projection). The other
+    rows' outputs are left at zero. Returns the hook handles."""
+    attn = getattr(block, access.attn_name)
+    handles = []
+    for module in (getattr(attn, access.o_name), getattr(block, access.mlp_name)):
+        length: list[int] = []
+
+        def take(module, args, length=length):
+            length[:] = [args[0].shape[1]]
+            return (args[0][:, needed],) + tuple(args[1:])
+
+        def put(module, args, output, length=length):
+            out = first(output)
+            full = out.new_zeros(out.shape[0], length[0], out.shape[-1])
+            full[:, needed] = out
+            return replace_first(output, full)
+
+        handles.append(module.register_forward_pre_hook(take))
+        handles.append(module.register_forward_hook(put))
+    return handles
 
 
 def _shared_rows(hidden: torch.Tensor, inside: set[int]) -> tuple[list[int], list[int]]:
@@ -423,6 +464,16 @@ class Restart:
     kv: list | None = None
 
 
+@dataclass
+class RestartGroup:
+    """Variants (each a list of bound interventions) that restart at layer ``start`` on the rows
+    from ``first_row`` on (see :func:`restart_many`)."""
+
+    start: int
+    variants: list
+    first_row: int = 0
+
+
 def restart(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]], *, first_row: int = 0,
             kv_rows: int | None = None, share: bool = True) -> Restart:
     """Run layers ``start .. L-1`` for a batch of variants (each one batch row, sharing the
@@ -433,71 +484,162 @@ def restart(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]
     ``DynamicCache`` the layer's own attention reads and extends. ``share`` runs a layer once
     for variants whose input to it is identical and that do not edit inside it (e.g. the same
     image-token edit at that layer's input), splitting them after."""
+    group = RestartGroup(start, variants, first_row)
+    return restart_many(vlm, clean, [group], batch=max(1, len(variants)), kv_rows=kv_rows, share=share)[0]
+
+
+def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: int = 8,
+                 kv_rows: int | None = None, share: bool = True) -> list[Restart]:
+    """Restart several groups of variants in one layer-major pass; one :class:`Restart` per group.
+
+    Layer by layer from the lowest start, every variant whose group has started runs the layer,
+    in batches of at most ``batch`` variants that recompute the same rows (a group's variants
+    kept together, so those with the same input to a layer can share its forward). A variant
+    restarting at layer 20 thus rides in the same forward as those that restarted at 10: the
+    work per layer is the same as restarting each group alone, in far fewer, larger calls.
+    Memory: every started variant's hidden states ``[rows, d]`` at once (and with ``kv_rows``
+    their prompt keys and values: call it on slices of the groups to bound that).
+
+    The last layer computes its output projection and MLP for the scored positions only
+    (nothing reads the other rows' outputs), unless a variant edits or records inside it."""
     if not clean.restartable:
         raise InterpError("this clean pass kept no layer inputs (it ran as a plain run); capture it restartable")
+    if batch < 1:
+        raise InterpError(f"batch must be at least 1, got {batch}")
     layers = vlm.adapter.resolve(vlm.model, "layers")
     n_layers = len(layers)
-    if not 0 <= start < n_layers:
-        raise InterpError(f"restart layer {start} is out of range 0..{n_layers - 1}")
     positions = clean.positions
-    if not 0 <= first_row <= int(positions.min()):
-        raise InterpError(f"first_row {first_row} must lie in 0..{int(positions.min())} (the first scored position)")
-    kv = fill_kv(vlm, clean) if first_row > 0 or kv_rows else None
-    n = len(variants)
-    plan = _Variants(clean, start, variants, first_row)
-    args, kwargs = clean.layer_inputs[start]
-    hidden = first(args) if args else kwargs["hidden_states"]
-    keys = hidden.shape[1]
-    hidden = hidden[:, first_row:].expand(n, -1, -1).clone()
-    everyone = list(range(n))
-    kept = [] if kv_rows else None
-    vlm.counts["restart_forward"] += 1
+    starts, offsets, items, group_of = [], [], [], []
+    for g, group in enumerate(groups):
+        if not 0 <= group.start < n_layers:
+            raise InterpError(f"restart layer {group.start} is out of range 0..{n_layers - 1}")
+        if not 0 <= group.first_row <= int(positions.min()):
+            raise InterpError(f"first_row {group.first_row} must lie in 0..{int(positions.min())} "
+                              "(the first scored position)")
+        for variant in group.variants:
+            starts.append(group.start), offsets.append(group.first_row), items.append(variant), group_of.append(g)
+    n = len(items)
+    kv = fill_kv(vlm, clean) if any(offsets) or kv_rows else None
+    plan = _Variants(clean, starts, items, offsets)
+    keys = _layer_hidden(clean, 0).shape[1]
+    state: list = [None] * n
+    kept: list | None = [[] for _ in range(n)] if kv_rows else None
+    vlm.counts["restart_forward"] += len(groups)
     with torch.no_grad():
-        for index in range(start, n_layers):
-            args, kwargs = clean.layer_inputs[index]
-            kwargs = _suffix_kwargs(_without_cache(kwargs), first_row, keys, hidden.device)
-            kwargs.pop("hidden_states", None)
-            hidden = plan.edit_hidden(index, "resid_pre", hidden, everyone)
-            members, owner = _shared_rows(hidden, plan.inside(index)) if share else (everyone, everyone)
-            rows = hidden if len(members) == n else hidden[members]
-            mask, changed = plan.edit_mask(index, kwargs.get("attention_mask"), rows, keys, members)
-            if changed:
-                kwargs["attention_mask"] = mask
-            cache = None
-            if kv is not None:
-                cache = DynamicCache()
-                if first_row:
+        for index in range(min(starts, default=n_layers), n_layers):
+            entering = [v for v in range(n) if starts[v] == index]
+            if entering:
+                hidden = _layer_hidden(clean, index)
+                for v in entering:  # a copy: the clean pass's layer inputs are shared by every analysis
+                    state[v] = hidden[:, offsets[v]:].clone()
+            active = [v for v in range(n) if starts[v] <= index]
+            for row, members in _batches(active, offsets, group_of, batch):
+                hidden = state[members[0]] if len(members) == 1 else torch.cat([state[v] for v in members])
+                out = _run_layer(vlm, clean, plan, index, hidden, members, row, kv, keys, kept, kv_rows, share)
+                for j, v in enumerate(members):
+                    state[v] = out[j : j + 1]
+    results = []
+    for g, group in enumerate(groups):
+        members = [v for v in range(n) if group_of[v] == g]
+        local = (positions - group.first_row).to(_layer_hidden(clean, 0).device)
+        if members:
+            final = torch.cat([state[v][:, local] for v in members])
+        else:
+            final = _layer_hidden(clean, 0).new_zeros(0, len(positions), _layer_hidden(clean, 0).shape[-1])
+        group_kv = None
+        if kept is not None:
+            group_kv = []
+            for index in range(n_layers):
+                if index < group.start:
                     k, v = kv[index]
-                    cache.update(k[:, :, :first_row].expand(len(members), -1, -1, -1),
-                                 v[:, :, :first_row].expand(len(members), -1, -1, -1), index)
-                kwargs[_layer_cache_keyword(layers[index])] = cache
-            handles = plan.hooks(index, layers[index], vlm.access, members)
-            try:
-                out = first(layers[index](rows, *args[1:], **kwargs))
-            finally:
-                for handle in handles:
-                    handle.remove()
-            vlm.counts["layer_forwards"] += len(members)
-            vlm.counts["layer_token_rows"] += len(members) * rows.shape[1]
-            if kept is not None:
-                layer_kv = cache.layers[index]
-                kept.append(_take_rows(layer_kv.keys, layer_kv.values, kv_rows, owner, len(members) != n))
-            hidden = out if len(members) == n else out[owner]
-            hidden = plan.edit_hidden(index, "resid_post", hidden, everyone)
-    final = hidden[:, (positions - first_row).to(hidden.device)]
+                    group_kv.append((k[:, :, :kv_rows].expand(len(members), -1, -1, -1),
+                                     v[:, :, :kv_rows].expand(len(members), -1, -1, -1)))
+                else:
+                    step = index - group.start
+                    group_kv.append((torch.cat([kept[m][step][0] for m in members]),
+                                     torch.cat([kept[m][step][1] for m in members])))
+        results.append(Restart(final, [plan.contexts[v] for v in members], group_kv))
+    return results
+
+
+def _layer_hidden(clean: CleanPass, index: int) -> torch.Tensor:
+    """The clean pass's hidden states at the input of layer ``index``."""
+    args, kwargs = clean.layer_inputs[index]
+    return first(args) if args else kwargs["hidden_states"]
+
+
+def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: int):
+    """``(first row, members)``: the started variants split into batches of at most ``batch``
+    that recompute the same rows, each group's variants kept together where they fit."""
+    by_row: dict[int, list[int]] = {}
+    for v in active:
+        by_row.setdefault(offsets[v], []).append(v)
+    for row, variants in by_row.items():
+        runs: list[list[int]] = []
+        for v in variants:
+            if runs and group_of[runs[-1][0]] == group_of[v]:
+                runs[-1].append(v)
+            else:
+                runs.append([v])
+        chunk: list[int] = []
+        for run in runs:
+            while len(run) > batch:
+                yield row, run[:batch]
+                run = run[batch:]
+            if len(chunk) + len(run) > batch:
+                yield row, chunk
+                chunk = []
+            chunk = chunk + run
+        if chunk:
+            yield row, chunk
+
+
+def _run_layer(vlm, clean: CleanPass, plan: _Variants, index: int, hidden: torch.Tensor, members: list[int],
+               row: int, kv, keys: int, kept, kv_rows, share: bool) -> torch.Tensor:
+    """One decoder layer for a batch of variants (batch row ``j``: variant ``members[j]``)
+    recomputing the rows from ``row``: their input edits, the layer (once per distinct input,
+    with the edits inside it), their output edits."""
+    layers = vlm.adapter.resolve(vlm.model, "layers")
+    layer = layers[index]
+    args, kwargs = clean.layer_inputs[index]
+    kwargs = _suffix_kwargs(_without_cache(kwargs), row, keys, hidden.device)
+    kwargs.pop("hidden_states", None)
+    hidden = plan.edit_hidden(index, "resid_pre", hidden, members)
+    if share:
+        inside = plan.inside(index, members)
+        local, owner = _shared_rows(hidden, {j for j, v in enumerate(members) if v in inside})
+    else:
+        local = owner = list(range(len(members)))
+    shared = len(local) != len(members)
+    rows = hidden[local] if shared else hidden
+    run = [members[j] for j in local]
+    mask, changed = plan.edit_mask(index, kwargs.get("attention_mask"), rows, keys, run)
+    if changed:
+        kwargs["attention_mask"] = mask
+    cache = None
+    if kv is not None:
+        cache = DynamicCache()
+        if row:
+            k, v = kv[index]
+            cache.update(k[:, :, :row].expand(len(run), -1, -1, -1), v[:, :, :row].expand(len(run), -1, -1, -1), index)
+        kwargs[_layer_cache_keyword(layer)] = cache
+    handles = plan.hooks(index, layer, vlm.access, run)
+    if index == len(layers) - 1 and not plan.edits_rows(index, run):
+        handles += _only_rows(layer, vlm.access, (clean.positions - row).to(hidden.device))
+    try:
+        out = first(layer(rows, *args[1:], **kwargs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    vlm.counts["layer_forwards"] += len(run)
+    vlm.counts["layer_token_rows"] += len(run) * rows.shape[1]
     if kept is not None:
-        below = [(k[:, :, :kv_rows].expand(n, -1, -1, -1), v[:, :, :kv_rows].expand(n, -1, -1, -1))
-                 for k, v in kv[:start]]
-        kept = below + kept
-    return Restart(final, plan.contexts, kept)
-
-
-def _take_rows(keys, values, rows: int, owner: list[int], shared: bool):
-    keys, values = keys[:, :, :rows], values[:, :, :rows]
-    if shared:
-        index = torch.tensor(owner, device=keys.device)
-        keys, values = keys[index], values[index]
-    return keys, values
+        layer_kv = cache.layers[index]
+        k, v = layer_kv.keys[:, :, :kv_rows], layer_kv.values[:, :, :kv_rows]
+        for j, m in enumerate(members):
+            kept[m].append((k[owner[j] : owner[j] + 1], v[owner[j] : owner[j] + 1]))
+    hidden = out[owner] if shared else out
+    return plan.edit_hidden(index, "resid_post", hidden, members)
 
 
 def continue_from(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]], *,
