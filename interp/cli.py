@@ -204,10 +204,16 @@ def _organism_eval(args) -> int:
     from .data.synthetic import SyntheticVQA
     from .models.organism.evaluate import evaluate
 
-    vlm = load(args.variant, **loading_flags(args))
+    if args.weights:  # a file of the variant's recipe (a run's checkpoint), not the shipped one
+        from .models.organism import organism_dir
+
+        vlm = load(str(organism_dir(args.variant, weights=args.weights)), **loading_flags(args))
+    else:
+        vlm = load(args.variant, **loading_flags(args))
     dataset = SyntheticVQA(args.split, seed=args.seed, image_size=_scene_size(vlm))
     result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
-    result = {"model": args.variant, "split": args.split, "seed": args.seed, **result}
+    result = {"model": args.variant, **({"weights": str(args.weights)} if args.weights else {}),
+              "split": args.split, "seed": args.seed, **result}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -574,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_eval.add_argument("--limit", type=positive_int, default=None)
     org_eval.add_argument("--seed", type=int, default=0)
     org_eval.add_argument("--no-blind", action="store_true", help="skip the blank-image run")
+    org_eval.add_argument("--weights", default=None,
+                          help="evaluate this weights file of the variant's recipe (e.g. a training run's "
+                               "organism-qwen2vl-stage2.safetensors or a checkpoint) instead of the shipped one")
     org_eval.add_argument("--json", action="store_true")
     add_model_args(org_eval, model=False)
     org_eval.set_defaults(func=_organism_eval)

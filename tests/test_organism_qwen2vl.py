@@ -438,3 +438,27 @@ def test_a_stage2_state_resumes_with_a_polish_stage_and_the_polish_stage_resumes
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert [(e["stage"], e["step"]) for e in summary["log"] if e["stage"] >= 2] == \
         [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
+
+
+def test_eval_takes_another_weights_file_of_the_recipe(tmp_path, capsys):
+    """``organism eval --weights FILE``: a file of the variant's recipe (here a copy of the shipped
+    one) gives the shipped variant's answers; a missing file or another architecture's weights
+    is one line, exit 2."""
+    import shutil
+
+    from interp.cli import main
+    from interp.models.organism import weights_path
+
+    copy = tmp_path / "candidate.safetensors"
+    shutil.copy(weights_path("organism-qwen2vl"), copy)
+    args = ["organism", "eval", "--variant", "organism-qwen2vl", "--limit", "4", "--no-blind", "--json"]
+    assert main(args) == 0
+    shipped = json.loads(capsys.readouterr().out)
+    assert main(args + ["--weights", str(copy)]) == 0
+    candidate = json.loads(capsys.readouterr().out)
+    assert candidate.pop("weights") == str(copy)
+    assert candidate == shipped
+    assert main(args + ["--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(args + ["--weights", str(weights_path("organism"))]) == 2
+    assert "holds organism weights (llava)" in capsys.readouterr().err

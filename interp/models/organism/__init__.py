@@ -54,18 +54,29 @@ def publish_dir(target: Path, write) -> Path:
     return target
 
 
-def organism_dir(variant: str = "organism") -> Path:
-    """An HF model directory (model + processor) of the organism, built once and cached."""
+def organism_dir(variant: str = "organism", weights: str | Path | None = None) -> Path:
+    """An HF model directory (model + processor) of the organism, built once and cached
+    (keyed by the weights' content). ``weights``: another file of the variant's recipe (e.g. a
+    training run's checkpoint) instead of the shipped one."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    weights = weights_path(variant)
+    if weights is None:
+        weights = weights_path(variant)
+    else:
+        arch_of(variant)
+        weights = Path(weights)
+        if not weights.is_file():
+            raise InterpError(f"--weights {weights}: no such file")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     target = cache_root() / f"{variant}-{digest}"
     if (target / "config.json").exists() and (target / "processor_config.json").exists():
         return target
     with safe_open(str(weights), "pt") as handle:
         metadata = handle.metadata() or {}
+    if metadata.get("variant") in VARIANTS and arch_of(metadata["variant"]) != arch_of(variant):
+        raise InterpError(f"{weights} holds {metadata['variant']} weights ({arch_of(metadata['variant'])}), "
+                          f"not {arch_of(variant)} weights for {variant}")
     config = json.loads(metadata.get("config", "{}"))
     if arch_of(variant) == "qwen2_vl":
         from .qwen2vl import QwenTowerSpec, apply_trained_state, build_qwen_organism

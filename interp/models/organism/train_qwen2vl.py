@@ -325,7 +325,8 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
                 from safetensors.torch import save_file
 
                 folder = Path(config.checkpoint_dir)
-                save_file(trainable_state(model), str(folder / f"stage{stage}-step{step + 1}.safetensors"))
+                save_file(trainable_state(model), str(folder / f"stage{stage}-step{step + 1}.safetensors"),
+                          metadata={"config": json.dumps(asdict(config)), "variant": VARIANT})
                 state = {"stage": stage, "step": step + 1, "index": index, "steps": steps,
                          "seconds": time.time() - start, "rng": torch.get_rng_state(),
                          "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
