@@ -26,6 +26,19 @@ def test_loads_as_an_ordinary_llava_directory(organism):
     assert prepared.grid.shape == (6, 6) and prepared.n_image_tokens == 36
 
 
+def test_weights_id_names_the_shipped_weights(organism):
+    """A reproduce run's identity names the weights, not just "organism": the model directory's
+    name carries the shipped file's digest (a retrained organism is another run)."""
+    import hashlib
+
+    from interp.models.organism import organism_dir, weights_id, weights_path
+
+    digest = hashlib.sha256(weights_path("organism").read_bytes()).hexdigest()[:12]
+    assert organism.weights_id == f"organism-{digest}" == organism_dir("organism").name
+    assert weights_id(organism_dir("organism").parent / "organism-frozen") is None  # no digest
+    assert interp.load("tiny:llava").weights_id is None  # built in memory: nothing names its weights
+
+
 def test_answers_fixed_test_samples(organism):
     data = SyntheticVQA("test", seed=0)
     samples = [data[i] for i in range(40)]

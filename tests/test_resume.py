@@ -144,3 +144,32 @@ def test_other_settings_a_second_writer_and_unwritable_outputs_are_refused(tmp_p
     (older / "report.json").write_text("{}")
     foreign = _interp(*ARGS, "--out", str(older), check=False)
     assert foreign.returncode == 2 and "no resumable" in foreign.stderr and (older / "report.json").read_text() == "{}"
+
+
+def test_a_run_with_other_weights_is_refused_and_an_older_run_json_continues(tmp_path):
+    """run.json names the weights (``weights``: e.g. the organism's digest); the same model name
+    with other weights is another run, refused with one line and nothing touched; a run
+    directory from before run.json named them continues (its weights are unknown)."""
+    from interp.analysis.rundir import RunDir
+    from interp.errors import InterpError
+
+    settings = {"kind": "interp-reproduce", "model": "organism", "weights": "organism-aaaaaaaaaaaa", "limit": 2}
+    out = tmp_path / "run"
+    with RunDir(out, settings):
+        pass
+    assert json.loads((out / "run.json").read_text())["weights"] == "organism-aaaaaaaaaaaa"
+    before = _snapshot(out)
+    with pytest.raises(InterpError, match=r"other settings: weights \('organism-aaaaaaaaaaaa' there"):
+        with RunDir(out, {**settings, "weights": "organism-bbbbbbbbbbbb"}):
+            pass
+    assert _snapshot(out) == before
+    older = tmp_path / "older"
+    older.mkdir()
+    legacy = {k: v for k, v in settings.items() if k != "weights"}
+    (older / "run.json").write_text(json.dumps(legacy))
+    with RunDir(older, settings):
+        pass
+    assert json.loads((older / "run.json").read_text()) == legacy
+    with pytest.raises(InterpError, match="limit"):  # nothing else is relaxed
+        with RunDir(older, {**settings, "limit": 3}):
+            pass

@@ -2,7 +2,7 @@
 
 Layout of ``DIR``::
 
-    run.json                      the run's settings (model, data, limit, analysis config)
+    run.json                      the run's settings (model and its weights, data, limit, analysis config)
     rows/phase1.shard-I-of-N.jsonl  one line per sample: its sweep, attention and lens rows
     rows/phase2.shard-I-of-N.jsonl  one line per sample: its contrastive rows (and the review layer)
     rows/passes.jsonl             each process's pass counts (summed in the report)
@@ -82,11 +82,12 @@ class RunDir:
         self._lock = OutputLock(self.out, "dir", lock_file=self.rows / f".lock.{self.label}").acquire()
         try:
             try:
-                record.claim(self.settings, what=str(self.out))
+                record.claim(self._settings_for(record.read()), what=str(self.out))
             except OutputError:
                 if record.read() is None:
                     raise
-                record.claim(self.settings, what=str(self.out))  # another shard wrote it first: compare
+                # another shard wrote it first: compare
+                record.claim(self._settings_for(record.read()), what=str(self.out))
             for phase in ("phase1", "phase2", "passes"):  # proven ours: repair a cut last line, open to append
                 if self._path(phase).exists():
                     self._open_log(phase)
@@ -94,6 +95,13 @@ class RunDir:
             self.close()
             raise
         return self
+
+    def _settings_for(self, stored: dict | None) -> dict:
+        """The settings to claim: a run directory written before run.json named the weights
+        (``weights``) continues without that key (its weights are unknown; nothing else is relaxed)."""
+        if stored is not None and "weights" not in stored:
+            return {key: value for key, value in self.settings.items() if key != "weights"}
+        return self.settings
 
     def close(self) -> None:
         for log in self._logs.values():

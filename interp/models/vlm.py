@@ -71,6 +71,19 @@ class VLM:
         return self.model.config
 
     @property
+    def weights_id(self) -> str | None:
+        """What tells these weights from others under the same name, for a run's identity: the
+        organism's model directory (named by the weights file's digest) or a hub checkpoint's
+        revision; None when nothing does (a local directory, a model built in memory)."""
+        from .organism import weights_id
+
+        source = str(getattr(self.config, "_name_or_path", "") or "")
+        if source and (organism := weights_id(source)):
+            return organism
+        commit = getattr(self.config, "_commit_hash", None)
+        return f"{source}@{commit}" if commit else None
+
+    @property
     def n_layers(self) -> int:
         return self.adapter.n_layers(self.config)
 

@@ -54,6 +54,16 @@ def publish_dir(target: Path, write) -> Path:
     return target
 
 
+def weights_id(model_dir: str | Path) -> str | None:
+    """``<variant>-<digest>`` when ``model_dir`` is a directory :func:`organism_dir` built (its
+    name carries the weights file's digest), else None."""
+    path = Path(model_dir)
+    variant, _, digest = path.name.rpartition("-")
+    if variant in VARIANTS and len(digest) == 12 and path.parent == cache_root():
+        return path.name
+    return None
+
+
 def organism_dir(variant: str = "organism", weights: str | Path | None = None) -> Path:
     """An HF model directory (model + processor) of the organism, built once and cached
     (keyed by the weights' content). ``weights``: another file of the variant's recipe (e.g. a
