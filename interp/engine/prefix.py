@@ -541,9 +541,9 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
     results = []
     for g, group in enumerate(groups):
         members = [v for v in range(n) if group_of[v] == g]
-        local = (positions - group.first_row).to(_layer_hidden(clean, 0).device)
-        if members:
-            final = torch.cat([state[v][:, local] for v in members])
+        local = positions - group.first_row
+        if members:  # (on the last layer's device, which a device map may make another than the first's)
+            final = torch.cat([state[v][:, local.to(state[v].device)] for v in members])
         else:
             final = _layer_hidden(clean, 0).new_zeros(0, len(positions), _layer_hidden(clean, 0).shape[-1])
         group_kv = None
