@@ -135,6 +135,15 @@ def organism_train_config(args):
     if args.focus_fraction is not None and not 0 <= args.focus_fraction < 1:
         raise InterpError(f"--focus-fraction {args.focus_fraction} must be in [0, 1).")
     given = {f: getattr(args, f) for f in _SHARED_TRAIN_FIELDS if getattr(args, f) is not None}
+    if getattr(args, "focus_kinds", None) is not None:
+        from .data.synthetic import QUESTION_KINDS
+
+        kinds = tuple(k.strip() for k in args.focus_kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in QUESTION_KINDS]
+        if unknown or not kinds:
+            raise InterpError(f"--focus-kinds {args.focus_kinds!r}: give question kinds separated by commas, "
+                              f"from {', '.join(QUESTION_KINDS)}.")
+        given["focus_kinds"] = kinds
     if arch == "qwen2_vl":
         from .models.organism.train_qwen2vl import QwenTrainConfig
 
@@ -556,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--polish-steps", type=int, default=None)
     org_train.add_argument("--batch", type=int, default=None)
     org_train.add_argument("--focus-fraction", type=float, default=None,
-                           help="share of each answer batch drawn from counting/spatial questions (0: none)")
+                           help="share of each answer batch drawn from the --focus-kinds questions (0: none)")
+    org_train.add_argument("--focus-kinds", default=None,
+                           help="comma-separated question kinds the focus share draws from (default: counting,spatial)")
     org_train.add_argument("--no-centre-marker", action="store_true",
                            help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark")
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")

@@ -112,7 +112,8 @@ def test_answer_batch_takes_consecutive_indices_with_a_focus_share():
     assert [s.id for s in answer_batch(train, None, 0, config)] == [s.id for s in train[:16]]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"centre_marker": False, "focus_fraction": 0.0, "polish_steps": 0, "seed": 3}])
+@pytest.mark.parametrize("overrides", [{}, {"centre_marker": False, "focus_fraction": 0.0, "polish_steps": 0, "seed": 3},
+                                       {"focus_kinds": ("existence",)}])
 def test_the_cards_train_command_gives_back_the_trained_config(overrides):
     """The model card's command, parsed by the real CLI, asks for the config that trained the weights."""
     import shlex

@@ -176,10 +176,20 @@ def test_the_cards_train_command_gives_back_the_trained_config():
     from interp.cli import build_parser, organism_train_config
     from interp.models.organism.card_qwen2vl import train_command
 
-    config = QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8)
-    words = shlex.split(train_command(asdict(config)))
-    assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
-    assert organism_train_config(build_parser().parse_args(words[1:])) == config
+    for config in (QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
+                   QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4)):
+        words = shlex.split(train_command(asdict(config)))
+        assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
+        assert organism_train_config(build_parser().parse_args(words[1:])) == config
+
+
+@pytest.mark.parametrize("kinds", ["colour", "", "existence,,shape"])
+def test_train_refuses_unknown_focus_kinds(kinds, capsys):
+    from interp.cli import main
+
+    assert main(["organism", "train", "--arch", "qwen2_vl", "--focus-kinds", kinds, "--out", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--focus-kinds" in err
 
 
 def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypatch):

@@ -23,12 +23,16 @@ TRAIN_FLAGS = {
     "batch": "--batch",
     "focus_fraction": "--focus-fraction",
     "lora_rank": "--lora-rank",
+    "focus_kinds": "--focus-kinds",
 }
 
 
 def train_command(config: dict) -> str:
     """The command that repeats the run: the steps that ran, no time budget."""
-    flags = " ".join(f"{flag} {config[key]}" for key, flag in TRAIN_FLAGS.items())
+    def value(v):
+        return ",".join(v) if isinstance(v, (list, tuple)) else v
+
+    flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items())
     return f"interp organism train --arch qwen2_vl {flags}"
 
 
