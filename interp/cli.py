@@ -155,6 +155,8 @@ def organism_train_config(args):
             given["lora_rank"] = args.lora_rank
         if getattr(args, "checkpoint_dir", None):
             given["checkpoint_dir"] = args.checkpoint_dir
+        if getattr(args, "device", None):
+            given["device"] = args.device
         if args.time_budget is not None:
             if args.time_budget <= 0:
                 raise InterpError(f"--time-budget {args.time_budget} must be a positive number of minutes.")
@@ -163,9 +165,10 @@ def organism_train_config(args):
     from .models.organism.train import TrainConfig
 
     if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
-            or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)):
-        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir and --resume-from belong to "
-                          "--arch qwen2_vl.")
+            or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
+            or getattr(args, "device", None)):
+        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from and --device "
+                          "belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
@@ -573,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
     org_train.add_argument("--time-budget", type=float, default=None,
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
+    org_train.add_argument("--device", default=None,
+                           help="qwen2_vl: train on this device (default cpu; e.g. cuda: the recipe's ~4 CPU-hours "
+                                "become minutes)")
     org_train.add_argument("--checkpoint-dir", default=None,
                            help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
     org_train.add_argument("--resume-from", default=None,

@@ -13,6 +13,8 @@ from pathlib import Path
 from .qwen2vl import mrope_section
 from .train_qwen2vl import VARIANT
 
+#: left out of the command when it is the default, as the command always read
+DEFAULT_FOCUS_KINDS = ("counting", "spatial")
 # the CLI flags of `interp organism train --arch qwen2_vl`, by config field
 TRAIN_FLAGS = {
     "seed": "--seed",
@@ -32,7 +34,8 @@ def train_command(config: dict) -> str:
     def value(v):
         return ",".join(v) if isinstance(v, (list, tuple)) else v
 
-    flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items())
+    flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
+                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULT_FOCUS_KINDS))
     return f"interp organism train --arch qwen2_vl {flags}"
 
 
@@ -96,6 +99,9 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
                  for e in log if "val" in e]
     budget = next((e["budgeted_steps"] for e in log if "budgeted_steps" in e), None)
     carried = any("seconds" not in e for e in log if e["stage"] == 0)  # stage 0 ran in an earlier process
+    device = config.get("device", "cpu")
+    where = (f"on one CPU core (torch {summary['torch']}, fp32; the\nmachine's 2 cores were shared with other work)"
+             if device == "cpu" else f"on {summary.get('device_name') or device} (torch {summary['torch']}, fp32)")
     tower_time = (f"{seconds['tower']:.0f} s (with 0b)" if not carried else
                   f"earlier process; 0b here: {seconds['tower']:.0f} s")
     met = result["accuracy"] >= 0.90 and min(result["per_kind"].values()) >= 0.75 and result["blind_accuracy"] <= 0.5
@@ -154,8 +160,7 @@ and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 | 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`); tower frozen | {config['words_steps']} | {config['tower_batch']} | {config['words_lr']} | |
 {stage1}| 2 adaptation | merger, LoRA q/k/v/o, q/k/v biases | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_lora']} / {config['lr_bias']} | {seconds['adapt']:.0f} s |
 {stage3}
-Total wall time {seconds['total'] / 60:.1f} min{' after stage 0' if carried else ''} on one CPU core (torch {summary['torch']}, fp32; the
-machine's 2 cores were shared with other work). AdamW, linear warm-up ({config['warmup']} steps) then
+Total wall time {seconds['total'] / 60:.1f} min{' after stage 0' if carried else ''} {where}. AdamW, linear warm-up ({config['warmup']} steps) then
 cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the answer tokens and the
 closing `<|im_end|>`. Answer batches draw {config['focus_fraction']:.0%} of their samples from
 {' and '.join(config['focus_kinds'])} questions and the rest round-robin over all kinds.{budget_line}

@@ -204,8 +204,9 @@ class LoRALinear(torch.nn.Module):
         super().__init__()
         self.base = base
         self.rank, self.scale = rank, alpha / rank
-        self.lora_A = torch.nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        device = base.weight.device  # the factors live with the projection they adapt (a GPU run's too)
+        self.lora_A = torch.nn.Parameter(torch.empty(rank, base.in_features, device=device))
+        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=device))
         torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x):
@@ -269,7 +270,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     first = min(model.config.image_token_id, model.config.video_token_id, model.config.vision_start_token_id,
                 model.config.vision_end_token_id)
     state["special_token_embeddings"] = model.model.language_model.embed_tokens.weight[first:vocab]
-    return {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+    return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}
 
 
 def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:

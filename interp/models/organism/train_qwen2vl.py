@@ -68,7 +68,10 @@ class QwenTrainConfig:
     focus_fraction: float = 0.25
     warmup: int = 10
     grad_clip: float = 1.0
-    bf16: bool = False  # bfloat16 autocast: only worth it on CPUs with native bf16 matmuls
+    bf16: bool = False  # bfloat16 autocast: only worth it on CPUs with native bf16 matmuls (or a GPU)
+    #: where the model trains ("cpu", "cuda", "cuda:1", ...); not part of a resumable state's settings,
+    #: though a run resumed on another device goes on with that device's float rounding
+    device: str = "cpu"
     eval_every: int = 60
     eval_samples: int = 48
     # wall-clock budget (minutes, from the start) for stage 2: once its warm-up has been
@@ -117,6 +120,11 @@ def token_targets(samples, grids: list[tuple[int, int]]) -> dict[str, torch.Tens
     return {"colour": torch.cat(colour), "shape": torch.cat(shape), "centre": torch.cat(centre)}
 
 
+def _on(batch: dict, device) -> dict:
+    """``batch``'s tensors on ``device`` (the processor makes them on the CPU)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def _grids(inputs) -> list[tuple[int, int]]:
     return [(int(h) // MERGE, int(w) // MERGE) for _, h, w in inputs["image_grid_thw"].tolist()]
 
@@ -135,10 +143,12 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         "shape": torch.nn.Linear(width, len(SHAPES) + 1),
         "centre": torch.nn.Linear(width, 2),
     })
+    device = next(visual.parameters()).device
+    heads.to(device)
     blocks = [p for n, p in visual.named_parameters() if not n.startswith("merger.")]
     params = blocks + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.05)
-    centre_weights = torch.tensor([1.0, config.centre_weight])
+    centre_weights = torch.tensor([1.0, config.centre_weight], device=device)
     visual.train()
     start, index = time.time(), 0
     progress = tqdm(range(config.tower_steps), desc="stage 0: tower", unit="step")
@@ -149,8 +159,8 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         samples = _scene_batch(datasets, size, index, config.tower_batch)
         index += config.tower_batch
         inputs = image_inputs(processor, [s.image for s in samples])
-        target = token_targets(samples, _grids(inputs))
-        features = merged_features(visual, inputs)
+        target = _on(token_targets(samples, _grids(inputs)), device)
+        features = merged_features(visual, _on(inputs, device))
         logits_c, logits_s, logits_m = (heads[k](features) for k in ("colour", "shape", "centre"))
         loss = (torch.nn.functional.cross_entropy(logits_c, target["colour"])
                 + torch.nn.functional.cross_entropy(logits_s, target["shape"])
@@ -186,9 +196,10 @@ def align_merger_to_words(model, processor, datasets: dict, config: QwenTrainCon
         samples = _scene_batch(datasets, size, index, config.tower_batch)
         index += config.tower_batch
         inputs = image_inputs(processor, [s.image for s in samples])
+        labels = _on(token_targets(samples, _grids(inputs)), marker.device)
+        inputs = _on(inputs, marker.device)
         with torch.no_grad():
             hidden = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
-        labels = token_targets(samples, _grids(inputs))
         target = colours[labels["colour"]] + shapes[labels["shape"]] + labels["centre"][:, None].float() * marker
         output = visual.merger(hidden)
         loss = torch.nn.functional.mse_loss(output, target) / target.pow(2).mean()
@@ -248,7 +259,7 @@ def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
 
 
 #: settings that may differ between a run and its resumption (where files go, not what trains)
-RESUME_FREE = ("checkpoint_dir", "progress_file", "time_budget_min")
+RESUME_FREE = ("checkpoint_dir", "progress_file", "time_budget_min", "device")
 #: settings only the polish stage reads: a stage-2 state continues under any of them (so a run
 #: may gain a polish stage when it is resumed); a stage-3 state needs them as they were
 POLISH_ONLY = ("polish_steps", "polish_lr_scale")
@@ -293,8 +304,10 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         samples = answer_batch(train, focus, index, config)
         index += config.batch
         inputs, labels = collate(processor, samples)
+        device = next(model.parameters()).device
+        inputs, labels = _on(inputs, device), labels.to(device)
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss = answer_loss(model, inputs, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -353,6 +366,21 @@ def _round_to_shipped(model) -> None:
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
 
 
+def _device(name: str) -> torch.device:
+    """The training device, or one clear error when this machine has none such."""
+    from ...errors import InterpError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InterpError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InterpError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InterpError(f"--device {name}: MPS is not available here")
+    return device
+
+
 def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
     """A stage-2 or stage-3 resumable state written by ``checkpoint_dir``, checked against
     ``config`` (one clear error if it is not one, or came from other settings)."""
@@ -395,12 +423,14 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
 
     from ...data.synthetic import SyntheticVQA
 
+    device = _device(config.device)  # before any work: one clear line when there is no such device
     torch.manual_seed(config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.progress_file is None:
         config.progress_file = str(out_dir / "training_progress.json")
     model, processor = build_qwen_organism(config.tower, seed=config.seed)
+    model.to(device)
     processor.tokenizer.padding_side = "right"
     size = config.tower.image_size
     scenes = {s: SyntheticVQA("train", seed=config.seed, image_size=s) for s in set(config.tower_sizes) | {size}}
@@ -459,6 +489,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1),
                     "polish": round(t3 - t2, 1), "total": round(t3, 1)},
         "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else str(model.device),
         "tower_from": None if tower_from is None else str(tower_from),
         "log": log,
     }
