@@ -30,8 +30,9 @@ batched in one forward and a layer run once for conditions whose input to it is 
 same (single/window/cumulative at their layer), the conditions of every restart layer
 riding in the same layer-major forwards (:mod:`interp.engine.prefix`; local models), the
 last layer's output projection and MLP run for the scored rows only, and unembeds
-every condition's scored positions in one call per sample. With ``scoring="generate"`` each restart also keeps its prompt rows' keys and values
-and the sample's conditions then decode greedily as one batch, continuing
+every condition's scored positions in one call per sample. With ``scoring="generate"``
+each restart also keeps its prompt rows' keys and values and the sample's conditions
+then decode greedily as one batch, continuing
 ``model.generate`` from those prefills (:mod:`interp.engine.decode`);
 ``"naive"`` runs every condition as a full pass through a
 :class:`~interp.interventions.Plan` (the reference the fast mode is tested

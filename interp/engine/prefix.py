@@ -351,7 +351,8 @@ class _Variants:
 
     def inside(self, layer: int, members: list[int]) -> set[int]:
         """Members with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
-        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for _, v, _ in self._todo(layer, site, members)}
+        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out")
+                for _, v, _ in self._todo(layer, site, members)}
 
     def edits_rows(self, layer: int, members: list[int]) -> bool:
         """Whether any member edits or records a hidden state of ``layer`` beyond its input
