@@ -379,7 +379,6 @@ def _fast_pair(vlm, base, source, conditions: dict, batch: int):
     are its captured layer inputs; at other sites its capture records them (one
     :class:`RecordSource`). Each condition restarts the base at its layer with the patch."""
     from ..engine.prefix import capture, continue_from, first_changed_row, unembed
-    from ..interventions.runtime import first
 
     needed = sorted({(key[1], key[0]) for key in conditions if key[0] != "resid_pre"})
     src = capture(vlm, source, torch.tensor([source.seq_len - 1]), [RecordSource(needed)] if needed else [])
@@ -388,8 +387,7 @@ def _fast_pair(vlm, base, source, conditions: dict, batch: int):
     cor = capture(vlm, base, torch.tensor([base.seq_len - 1]), keep_kv=True)
     values = dict(src.records)
     for layer in sorted({key[1] for key in conditions if key[0] == "resid_pre"}):
-        args, kwargs = src.layer_inputs[layer]
-        values[PatchActivations.source_key(layer, "resid_pre")] = first(args) if args else kwargs["hidden_states"]
+        values[PatchActivations.source_key(layer, "resid_pre")] = src.layer_input(layer)
     out = {}
     by_layer: dict[int, list] = {}
     for key in conditions:  # one batch per layer (splitting it by first row costs more calls than rows saved)

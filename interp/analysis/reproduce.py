@@ -141,7 +141,8 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
                    "lens_samples", "ablation_seeds", "batch_size")
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
-    weights = {"weights": vlm.weights_id} if vlm.weights_id else {}  # e.g. a retrained organism: not the same run
+    weights_id = vlm.weights_id
+    weights = {"weights": weights_id} if weights_id else {}  # e.g. a retrained organism: not the same run
     return {"kind": "interp-reproduce", "model": vlm.name, **weights, "n_layers": vlm.n_layers, "dataset": dataset,
             "n_samples": len(items), "items_sha1": hashlib.sha1(json.dumps(ids).encode()).hexdigest(),
             **json.loads(json.dumps(fields))}

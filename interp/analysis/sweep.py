@@ -182,28 +182,12 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         decoder.add([("baseline", -1)], [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len])
                                         for k, v in fill_kv(vlm, clean)], clean.logits[:1])
     keys, finals = [], []
-    kv_rows = tf.prompt_len if generate else None
-    if rows:  # every restart in one layer-major pass (slices of decode_batch conditions bound the held keys/values)
-        todo = list(groups.items())
-        for piece in _slices(todo, decode_batch if generate else None):
-            results = restart_many(vlm, clean, [RestartGroup(start, [bound for _, bound in members], row)
-                                                for (start, row), members in piece],
-                                   batch=batch, kv_rows=kv_rows)
-            for ((start, row), members), result in zip(piece, results):
-                keys.extend(key for key, _ in members)
-                finals.append(result.hidden)
-                if decoder is not None:
-                    decoder.add([key for key, _ in members], result.kv, result.hidden[:, 0])
-    else:  # the every-row reference: each restart layer's conditions alone, in batches
-        for (start, row), members in groups.items():
-            for i in range(0, len(members), batch):
-                chunk = members[i : i + batch]
-                result = restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
-                                 kv_rows=kv_rows, share=False)
-                keys.extend(key for key, _ in chunk)
-                finals.append(result.hidden)
-                if decoder is not None:
-                    decoder.add([key for key, _ in chunk], result.kv, result.hidden[:, 0])
+    for chunk, result in _restarts(vlm, clean, groups, batch, kv_rows=tf.prompt_len if generate else None,
+                                   rows=rows, decode_batch=decode_batch if generate else None):
+        keys.extend(chunk)
+        finals.append(result.hidden)
+        if decoder is not None:  # as they come: with decode_batch, decoding bounds the keys/values held
+            decoder.add(chunk, result.kv, result.hidden[:, 0])
     scored = {("baseline", -1): clean.logits}
     if finals:
         scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
@@ -216,6 +200,25 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
             results[key]["prediction"] = text
             results[key]["correct"] = item.score(text)
     return results
+
+
+def _restarts(vlm, clean, groups: dict, batch: int, *, kv_rows, rows: bool, decode_batch):
+    """``(condition keys, Restart)`` of every restart group, in order: all of them in one
+    layer-major pass (slices of ``decode_batch`` conditions when that bounds the keys/values
+    held), or with ``rows=False`` the every-row reference, each restart layer's conditions
+    alone in batches."""
+    if rows:
+        for piece in _slices(list(groups.items()), decode_batch):
+            results = restart_many(vlm, clean, [RestartGroup(start, [bound for _, bound in members], row)
+                                                for (start, row), members in piece], batch=batch, kv_rows=kv_rows)
+            for (_, members), result in zip(piece, results):
+                yield [key for key, _ in members], result
+        return
+    for (start, row), members in groups.items():
+        for i in range(0, len(members), batch):
+            chunk = members[i : i + batch]
+            yield [key for key, _ in chunk], restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
+                                                     kv_rows=kv_rows, share=False)
 
 
 def _slices(groups: list, size: int | None) -> list[list]:

@@ -101,6 +101,11 @@ class CleanPass:
     def restartable(self) -> bool:
         return self.layer_inputs is not None
 
+    def layer_input(self, index: int) -> torch.Tensor:
+        """The hidden states at the input of decoder layer ``index`` (captured)."""
+        args, kwargs = self.layer_inputs[index]
+        return first(args) if args else kwargs["hidden_states"]
+
     def prefix_bytes(self) -> int:
         """Memory held by the captured layer inputs (hidden states; shared keywords once) and keys/values."""
         if self.layer_inputs is None:
@@ -275,7 +280,8 @@ def fill_kv(vlm, clean: "CleanPass") -> list:
             args, kwargs = clean.layer_inputs[index]
             kwargs = _without_cache(kwargs)
             kwargs[_layer_cache_keyword(layer)] = cache
-            hidden = first(args) if args else kwargs.pop("hidden_states")
+            kwargs.pop("hidden_states", None)
+            hidden = clean.layer_input(index)
             layer(hidden, *args[1:], **kwargs)
             vlm.counts["layer_forwards"] += 1
             vlm.counts["layer_token_rows"] += hidden.shape[1]
@@ -522,7 +528,8 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
     n = len(items)
     kv = fill_kv(vlm, clean) if any(offsets) or kv_rows else None
     plan = _Variants(clean, starts, items, offsets)
-    keys = _layer_hidden(clean, 0).shape[1]
+    first_input = clean.layer_input(0)
+    keys = first_input.shape[1]
     state: list = [None] * n
     kept: list | None = [[] for _ in range(n)] if kv_rows else None
     vlm.counts["restart_forward"] += len(groups)
@@ -530,13 +537,14 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
         for index in range(min(starts, default=n_layers), n_layers):
             entering = [v for v in range(n) if starts[v] == index]
             if entering:
-                hidden = _layer_hidden(clean, index)
+                hidden = clean.layer_input(index)
                 for v in entering:  # a copy: the clean pass's layer inputs are shared by every analysis
                     state[v] = hidden[:, offsets[v]:].clone()
             active = [v for v in range(n) if starts[v] <= index]
             for row, members in _batches(active, offsets, group_of, batch):
                 hidden = state[members[0]] if len(members) == 1 else torch.cat([state[v] for v in members])
-                out = _run_layer(vlm, clean, plan, index, hidden, members, row, kv, keys, kept, kv_rows, share)
+                out = _run_layer(vlm, clean, plan, layers, index, hidden, members, row, kv, keys, kept, kv_rows,
+                                 share)
                 for j, v in enumerate(members):
                     state[v] = out[j : j + 1]
     results = []
@@ -546,7 +554,7 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
         if members:  # (on the last layer's device, which a device map may make another than the first's)
             final = torch.cat([state[v][:, local.to(state[v].device)] for v in members])
         else:
-            final = _layer_hidden(clean, 0).new_zeros(0, len(positions), _layer_hidden(clean, 0).shape[-1])
+            final = first_input.new_zeros(0, len(positions), first_input.shape[-1])
         group_kv = None
         if kept is not None:
             group_kv = []
@@ -561,12 +569,6 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
                                      torch.cat([kept[m][step][1] for m in members])))
         results.append(Restart(final, [plan.contexts[v] for v in members], group_kv))
     return results
-
-
-def _layer_hidden(clean: CleanPass, index: int) -> torch.Tensor:
-    """The clean pass's hidden states at the input of layer ``index``."""
-    args, kwargs = clean.layer_inputs[index]
-    return first(args) if args else kwargs["hidden_states"]
 
 
 def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: int):
@@ -595,12 +597,11 @@ def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: 
             yield row, chunk
 
 
-def _run_layer(vlm, clean: CleanPass, plan: _Variants, index: int, hidden: torch.Tensor, members: list[int],
-               row: int, kv, keys: int, kept, kv_rows, share: bool) -> torch.Tensor:
-    """One decoder layer for a batch of variants (batch row ``j``: variant ``members[j]``)
-    recomputing the rows from ``row``: their input edits, the layer (once per distinct input,
-    with the edits inside it), their output edits."""
-    layers = vlm.adapter.resolve(vlm.model, "layers")
+def _run_layer(vlm, clean: CleanPass, plan: _Variants, layers, index: int, hidden: torch.Tensor,
+               members: list[int], row: int, kv, keys: int, kept, kv_rows, share: bool) -> torch.Tensor:
+    """Decoder layer ``index`` of ``layers`` for a batch of variants (batch row ``j``: variant
+    ``members[j]``) recomputing the rows from ``row``: their input edits, the layer (once per
+    distinct input, with the edits inside it), their output edits."""
     layer = layers[index]
     args, kwargs = clean.layer_inputs[index]
     kwargs = _suffix_kwargs(_without_cache(kwargs), row, keys, hidden.device)

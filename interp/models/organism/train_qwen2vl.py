@@ -296,6 +296,7 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         torch.set_rng_state(resume["rng"])
         step, index, steps = resume["step"], resume["index"], resume["steps"]
         start -= resume["seconds"]
+    device = next(model.parameters()).device
     progress = tqdm(total=steps, initial=step, desc=f"stage {stage}: {'adapt' if adapt else 'align'}", unit="step")
     while step < steps:
         scale = lr_scale(step, steps, config.warmup)
@@ -304,7 +305,6 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         samples = answer_batch(train, focus, index, config)
         index += config.batch
         inputs, labels = collate(processor, samples)
-        device = next(model.parameters()).device
         inputs, labels = _on(inputs, device), labels.to(device)
         model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
