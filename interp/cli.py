@@ -153,6 +153,12 @@ def organism_train_config(args):
             if args.lora_rank < 1:
                 raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
             given["lora_rank"] = args.lora_rank
+        if getattr(args, "position_weight", None) is not None:
+            if args.position_weight < 0:
+                raise InterpError(f"--position-weight {args.position_weight} must be >= 0.")
+            given["position_weight"] = args.position_weight
+        if getattr(args, "position_words", False):
+            given["position_words"] = True
         if getattr(args, "checkpoint_dir", None):
             given["checkpoint_dir"] = args.checkpoint_dir
         if getattr(args, "device", None):
@@ -166,9 +172,10 @@ def organism_train_config(args):
 
     if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
             or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
-            or getattr(args, "device", None)):
-        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from and --device "
-                          "belong to --arch qwen2_vl.")
+            or getattr(args, "device", None) or getattr(args, "position_weight", None) is not None
+            or getattr(args, "position_words", False)):
+        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from, --device, "
+                          "--position-weight and --position-words belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
@@ -579,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--device", default=None,
                            help="qwen2_vl: train on this device (default cpu; e.g. cuda: the recipe's ~4 CPU-hours "
                                 "become minutes)")
+    org_train.add_argument("--position-weight", type=float, default=None,
+                           help="qwen2_vl: stage 0 also learns each token's absolute (row, column) with this loss "
+                                "weight (default 0: off; the tower has only relative positions)")
+    org_train.add_argument("--position-words", action="store_true",
+                           help="qwen2_vl: stage 0b writes where each token is into its word target (left/right, "
+                                "above/below)")
     org_train.add_argument("--checkpoint-dir", default=None,
                            help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
     org_train.add_argument("--resume-from", default=None,

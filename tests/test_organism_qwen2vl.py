@@ -131,6 +131,50 @@ def test_token_targets_follow_the_merged_grids():
     assert int(target["centre"][108:].sum()) == len(samples[3].objects)
 
 
+def test_token_positions_are_the_tokens_centres_as_fractions():
+    from interp.models.organism.train_qwen2vl import token_positions
+
+    where = token_positions(2, 3)  # row-major: (0,0) (0,1) (0,2) (1,0) ...
+    assert torch.allclose(where, torch.tensor([[0.25, 1 / 6], [0.25, 0.5], [0.25, 5 / 6],
+                                               [0.75, 1 / 6], [0.75, 0.5], [0.75, 5 / 6]]))
+    samples = [SyntheticVQA("val", seed=0, image_size=96)[0], SyntheticVQA("val", seed=0, image_size=128)[1]]
+    target = token_targets(samples, [(6, 6), (8, 8)])["position"]
+    assert target.shape == (36 + 64, 2)
+    assert torch.allclose(target[36 + 8 * 2 + 5], torch.tensor([2.5 / 8, 5.5 / 8]))  # 8x8 grid, row 2, column 5
+
+
+def test_position_words_are_the_spatial_words_differences(assembled):
+    from interp.models.organism.train_qwen2vl import position_words
+
+    model, processor = assembled
+    embed = model.model.language_model.embed_tokens.weight
+    ids = {w: processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ("below", "above", "right", "left")}
+    assert all(len(i) == 1 for i in ids.values())  # each one token of SmolLM2's vocabulary
+    words = position_words(model, processor.tokenizer)
+    assert torch.equal(words[0], embed[ids["below"][0]] - embed[ids["above"][0]])
+    assert torch.equal(words[1], embed[ids["right"][0]] - embed[ids["left"][0]])
+
+
+def test_stage0_learns_positions_only_when_asked(tmp_path):
+    """With --position-weight the tower's stage 0 logs how far its position head is from each token
+    (in tokens); the default run has no such head, and so draws the same random numbers as before."""
+    from interp.models.organism import train_qwen2vl as recipe
+
+    def run(name, **extra):
+        config = QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=0,
+                                 lora_rank=2, **extra)
+        return recipe.train_qwen2vl(config, tmp_path / name)["log"]
+
+    plain, placed = run("plain"), run("placed", position_weight=4.0, position_words=True)
+    assert all("position_error_tokens" not in e for e in plain if e["stage"] == 0)
+    errors = [e["position_error_tokens"] for e in placed if e["stage"] == 0]
+    assert errors and all(0 < e < 6 for e in errors)
+    # stage 0's first step saw the same tower, so its colour/shape loss is the same up to the position term
+    first = next(e for e in plain if e["stage"] == 0), next(e for e in placed if e["stage"] == 0)
+    assert first[0]["patch_accuracy"] == first[1]["patch_accuracy"]
+    assert first[1]["loss"] > first[0]["loss"]
+
+
 def test_lora_merges_into_an_ordinary_checkpoint(assembled):
     """The shipped state (fp16 LoRA factors, biases, tower, rows) applied to a fresh build
     gives the trained model's outputs with plain Linear layers."""
@@ -177,7 +221,8 @@ def test_the_cards_train_command_gives_back_the_trained_config():
     from interp.models.organism.card_qwen2vl import train_command
 
     for config in (QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
-                   QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4)):
+                   QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4),
+                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96)):
         words = shlex.split(train_command(asdict(config)))
         assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
         assert organism_train_config(build_parser().parse_args(words[1:])) == config
@@ -224,7 +269,16 @@ def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypat
     with pytest.raises(InterpError, match="other settings: adapt_steps"):
         recipe.train_qwen2vl(QwenTrainConfig(**{**asdict(config("c")), "adapt_steps": 6,
                                                 "tower": QwenTowerSpec()}), tmp_path / "c", resume_from=state)
-    summary = recipe.train_qwen2vl(config("c"), tmp_path / "c", resume_from=state)
+    # a state from before the position options existed (its identity lacks them) resumes as theirs off
+    old = torch.load(state, weights_only=False)
+    for key in ("position_weight", "position_words"):
+        del old["identity"][key]
+    torch.save(old, tmp_path / "b" / "old-resume.pt")
+    with pytest.raises(InterpError, match="position_weight"):
+        recipe.train_qwen2vl(QwenTrainConfig(**{**asdict(config("d")), "position_weight": 1.0,
+                                                "tower": QwenTowerSpec()}), tmp_path / "d",
+                             resume_from=tmp_path / "b" / "old-resume.pt")
+    summary = recipe.train_qwen2vl(config("c"), tmp_path / "c", resume_from=tmp_path / "b" / "old-resume.pt")
     straight = load_file(str(tmp_path / "a" / "organism-qwen2vl.safetensors"))
     resumed = load_file(str(tmp_path / "c" / "organism-qwen2vl.safetensors"))
     assert straight.keys() == resumed.keys()
@@ -239,6 +293,8 @@ def test_train_rejects_llava_only_flags_for_qwen():
 
     assert main(["organism", "train", "--arch", "qwen2_vl", "--no-centre-marker", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--lora-rank", "4", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--position-words", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--arch", "qwen2_vl", "--position-weight", "-1", "--out", "/nonexistent"]) == 2
 
 
 def _publish(target: str, delay: float) -> str:

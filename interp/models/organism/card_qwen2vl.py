@@ -36,6 +36,11 @@ def train_command(config: dict) -> str:
 
     flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
                      if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULT_FOCUS_KINDS))
+    # the position options are off in the runs before them (and then left out, as those commands read)
+    if config.get("position_weight"):
+        flags += f" --position-weight {config['position_weight']}"
+    if config.get("position_words"):
+        flags += " --position-words"
     return f"interp organism train --arch qwen2_vl {flags}"
 
 

@@ -64,6 +64,16 @@ class QwenTrainConfig:
     polish_steps: int = 0
     polish_lr_scale: float = 0.5
     centre_weight: float = 4.0
+    # Absolute position. Qwen's ViT has only relative (2-D RoPE) positions, and in the LM the
+    # M-RoPE column section holds the lowest rotary frequencies (with SmolLM2's head_dim 64 and
+    # theta 1e5, 0.005 rad across an 8-token row; rows 0.4 rad), so neither side sees where a token
+    # is: "left of" / "above" stay at chance (run 3: 0.57 / 0.59 on the test split). Real Qwen2-VL
+    # towers learn it from grounding data; here stage 0 gains a head regressing each token's
+    # (row, column) centre in [0, 1] with this loss weight (0: no head, the runs before it), and
+    # ``position_words`` adds `` right``-minus-`` left`` and `` below``-minus-`` above`` embeddings,
+    # scaled by the centre's offset from the image's middle, to stage 0b's word targets.
+    position_weight: float = 0.0
+    position_words: bool = False
     focus_kinds: tuple[str, ...] = ("counting", "spatial")
     focus_fraction: float = 0.25
     warmup: int = 10
@@ -111,13 +121,34 @@ def merged_features(visual, inputs: dict) -> torch.Tensor:
 
 def token_targets(samples, grids: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Per-LM-token labels (colour, shape, centre) of a batch, concatenated like the tokens."""
-    colour, shape, centre = [], [], []
+    colour, shape, centre, position = [], [], [], []
     for sample, (rows, cols) in zip(samples, grids):
         c, s = sample.patch_labels(rows, cols)
         colour.append(c.flatten())
         shape.append(s.flatten())
         centre.append(sample.centre_mask(rows, cols).flatten().long())
-    return {"colour": torch.cat(colour), "shape": torch.cat(shape), "centre": torch.cat(centre)}
+        position.append(token_positions(rows, cols))
+    return {"colour": torch.cat(colour), "shape": torch.cat(shape), "centre": torch.cat(centre),
+            "position": torch.cat(position)}
+
+
+def token_positions(rows: int, cols: int) -> torch.Tensor:
+    """``float[rows * cols, 2]``: each merged token's (row, column) centre as a fraction of the
+    image's height and width, row-major like the tokens (so a 6x6 and an 8x8 grid share a scale)."""
+    r = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
+    c = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
+    return torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def position_words(model, tokenizer) -> torch.Tensor:
+    """``float[2, hidden]``: SmolLM2's embeddings of `` below`` minus `` above`` (row axis) and of
+    `` right`` minus `` left`` (column axis), the words the spatial questions are asked in."""
+    embed = model.model.language_model.embed_tokens.weight.detach()
+
+    def word(text: str) -> torch.Tensor:
+        return embed[tokenizer(" " + text, add_special_tokens=False)["input_ids"]].mean(dim=0)
+
+    return torch.stack([word("below") - word("above"), word("right") - word("left")])
 
 
 def _on(batch: dict, device) -> dict:
@@ -143,6 +174,8 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         "shape": torch.nn.Linear(width, len(SHAPES) + 1),
         "centre": torch.nn.Linear(width, 2),
     })
+    if config.position_weight > 0:  # created only then: the runs without it draw the same random numbers
+        heads["position"] = torch.nn.Linear(width, 2)
     device = next(visual.parameters()).device
     heads.to(device)
     blocks = [p for n, p in visual.named_parameters() if not n.startswith("merger.")]
@@ -165,6 +198,9 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         loss = (torch.nn.functional.cross_entropy(logits_c, target["colour"])
                 + torch.nn.functional.cross_entropy(logits_s, target["shape"])
                 + torch.nn.functional.cross_entropy(logits_m, target["centre"], weight=centre_weights))
+        if config.position_weight > 0:
+            where = heads["position"](features)
+            loss = loss + config.position_weight * torch.nn.functional.mse_loss(where, target["position"])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -179,6 +215,10 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
             entry = {"stage": 0, "step": step, "image_size": size, "loss": loss.item(), "patch_accuracy": accuracy,
                      "object_shape_accuracy": shape_accuracy, "centre_exact": float(exact.float().mean()),
                      "seconds": round(time.time() - start, 1)}
+            if config.position_weight > 0:  # mean distance from the true token, in tokens of the grid
+                rows, cols = _grids(inputs)[0]
+                off = (where.detach() - target["position"]).abs() * torch.tensor([rows, cols], device=device)
+                entry["position_error_tokens"] = round(float(off.mean()), 4)
             log.append(entry)
             progress.write(f"stage 0 step {step + 1} ({size} px): loss {loss.item():.3f} token accuracy {accuracy:.3f} "
                            f"shape on objects {shape_accuracy:.3f} centres exact {entry['centre_exact']:.3f}")
@@ -188,6 +228,7 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
 def align_merger_to_words(model, processor, datasets: dict, config: QwenTrainConfig, log: list) -> None:
     visual = model.model.visual
     colours, shapes, marker = word_targets(model, processor.tokenizer)
+    where_words = position_words(model, processor.tokenizer) if config.position_words else None
     optimizer = torch.optim.AdamW(visual.merger.parameters(), lr=config.words_lr, weight_decay=0.0)
     start, index = time.time(), 80_000
     progress = tqdm(range(config.words_steps), desc="stage 0b: merger to words", unit="step")
@@ -201,6 +242,8 @@ def align_merger_to_words(model, processor, datasets: dict, config: QwenTrainCon
         with torch.no_grad():
             hidden = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
         target = colours[labels["colour"]] + shapes[labels["shape"]] + labels["centre"][:, None].float() * marker
+        if where_words is not None:  # -0.5 .. 0.5 of each axis' word difference: where the token is
+            target = target + (labels["position"] - 0.5) @ where_words
         output = visual.merger(hidden)
         loss = torch.nn.functional.mse_loss(output, target) / target.pow(2).mean()
         optimizer.zero_grad()
@@ -395,7 +438,9 @@ def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
     stage = state["stage"]
     if stage == 3 and not config.polish_steps:
         raise InterpError(f"{path} is a polish-stage (stage 3) state: resume it with the run's --polish-steps")
-    mine, theirs = _resume_identity(config, stage), _resume_identity(state.get("identity", {}), stage)
+    # a state written before a setting existed ran with that setting's default
+    theirs = {**_resume_identity(QwenTrainConfig(), stage), **state.get("identity", {})}
+    mine, theirs = _resume_identity(config, stage), _resume_identity(theirs, stage)
     differ = [f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} now)" for k in sorted(set(mine) | set(theirs))
               if mine.get(k) != theirs.get(k)]
     if differ:
