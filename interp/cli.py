@@ -317,7 +317,7 @@ def _reproduce(args) -> int:
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
              "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation,
-             "batch_size": args.batch_size}
+             "batch_size": args.batch_size, "restart_batch": args.restart_batch}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
@@ -500,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="samples whose clean passes run as one padded forward; results equal batch 1, so a run "
                           f"may resume with another (default: 1 on the CPU, {GPU_BATCH_SIZE} on a GPU; 1 for families "
                           "that cannot batch)")
+    rep.add_argument("--restart-batch", type=positive_int, default=None,
+                     help="a question's sweep conditions per restart forward (default 8); results equal at any "
+                          "value, so a run may resume with another; more uses more memory and suits a GPU")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
                      "torchrun each rank is a shard); the last shard to finish writes the report")
     rep.set_defaults(func=_reproduce)

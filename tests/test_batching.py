@@ -298,6 +298,16 @@ def test_a_run_resumes_with_another_batch_size_recomputing_only_samples_without_
     assert len(phase1.read_text().splitlines()) == 3
 
 
+def test_the_restart_batch_changes_how_the_sweep_batches_not_its_numbers(tmp_path, batch_one):
+    report = _reproduce(tmp_path, "--batch-size", "1", "--restart-batch", "1")
+    assert_reports_close(report, batch_one, atol=ATOL)
+    counts, default = report["counts"], batch_one["counts"]
+    # one condition per layer call: more, smaller calls, and conditions with the same input to a
+    # layer no longer share its forward (they share only inside a batch)
+    assert counts["restart_layer_calls"] > default["restart_layer_calls"]
+    assert counts["layer_forwards"] > default["layer_forwards"]
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_a_bad_batch_size_is_refused_with_one_line(tmp_path, capsys, value):
     from interp.cli import main

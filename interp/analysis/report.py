@@ -234,11 +234,13 @@ def render_markdown(report: dict) -> str:
     if counts:
         sizes = counts.get("batch_sizes") or []
         batched = f"; clean-pass batch size {', '.join(map(str, sizes))}" if sizes else ""
+        # counted since the restart batch became a setting (a run from before has no such count)
+        calls = f" in {counts['restart_layer_calls']} layer calls" if counts.get("restart_layer_calls") else ""
         lines += ["", f"Passes: {counts.get('clean_forward', 0)} clean forwards "
                   f"({counts.get('clean_forwards_per_sample', 0):.2f} per sample{batched}), "
                   f"{counts.get('crop_forward', 0)} crop "
-                  f"forwards (v2), {counts.get('restart_forward', 0)} restarted batches "
-                  f"({counts.get('layer_forwards', 0)} layer-forwards), {counts.get('full_forward', 0)} other full "
+                  f"forwards (v2), {counts.get('restart_forward', 0)} restarts "
+                  f"({counts.get('layer_forwards', 0)} layer-forwards{calls}), {counts.get('full_forward', 0)} other full "
                   f"forwards, {counts.get('generate', 0)} generations."]
     lines += ["", "Figures: masking_curve, attention_heatmaps, relevant_vs_noise, layer_distance, early_output, "
               "contrastive_example, accuracy_vs_rho, pre_layer_histogram (PNG and PDF).", ""]

@@ -77,6 +77,10 @@ class ReproduceConfig:
     #: samples whose clean passes run as one padded forward (None: 1 on the CPU, GPU_BATCH_SIZE on
     #: an accelerator); results equal batch 1, so it is not a setting a resumed run must keep
     batch_size: int | None = None
+    #: a question's started sweep conditions per restart forward (layer-major; see
+    #: :func:`interp.engine.prefix.restart_many`); larger suits a GPU with memory to spare. Results
+    #: equal at any value (float tolerance), so, like batch_size, a resumed run may change it
+    restart_batch: int = 8
 
 
 def resolve_batch_size(vlm, batch_size: int | None, remote=None) -> int:
@@ -138,7 +142,7 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
     # batch_size: the rows are the same at any batch size (within float tolerance; tests/test_batching.py),
     # so a run may be continued with another one
     report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers", "patching_pairs",
-                   "lens_samples", "ablation_seeds", "batch_size")
+                   "lens_samples", "ablation_seeds", "batch_size", "restart_batch")
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
     weights_id = vlm.weights_id
@@ -204,7 +208,7 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
         for item, sp in zip(chunk, passes):
             t = time.time()
             sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
-                               scoring=config.scoring, fast=fast_sweep, remote=remote)
+                               scoring=config.scoring, fast=fast_sweep, remote=remote, batch=config.restart_batch)
             timings["masking_sweep"] += time.time() - t
             t = time.time()
             maps = _plain(attention_rows(sp).to_dict("records"))
@@ -382,9 +386,10 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
     from .report import write_report
 
     config = config or ReproduceConfig()
-    if config.batch_size is not None:  # before any compute
-        from .. import validate
+    from .. import validate
 
+    validate.positive_int(config.restart_batch, "restart_batch")  # before any compute
+    if config.batch_size is not None:
         validate.positive_int(config.batch_size, "batch_size")
     items = as_items(samples, limit)
     ids = [item.id for item in items]

@@ -635,6 +635,7 @@ def _run_layer(vlm, clean: CleanPass, plan: _Variants, layers, index: int, hidde
             handle.remove()
     vlm.counts["layer_forwards"] += len(run)
     vlm.counts["layer_token_rows"] += len(run) * rows.shape[1]
+    vlm.counts["restart_layer_calls"] += 1  # one decoder-layer call for the batch (what the restart batch sizes)
     if kept is not None:
         layer_kv = cache.layers[index]
         k, v = layer_kv.keys[:, :, :kv_rows], layer_kv.values[:, :, :kv_rows]
