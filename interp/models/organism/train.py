@@ -148,15 +148,18 @@ def word_targets(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     centre mark `` object``."""
     from ...data.synthetic import COLOUR_CLASSES, SHAPE_CLASSES
 
-    embed = model.model.language_model.embed_tokens.weight.detach()
-
     def word(text: str) -> torch.Tensor:
-        ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-        return embed[ids].mean(dim=0)
+        return word_embedding(model, tokenizer, text)
 
     colours = torch.stack([word(c) for c in COLOUR_CLASSES])
     shapes = torch.stack([torch.zeros_like(colours[0])] + [word(s) for s in SHAPE_CLASSES[1:]])
     return colours, shapes, word("object")
+
+
+def word_embedding(model, tokenizer, text: str) -> torch.Tensor:
+    """SmolLM2's input embedding of `` <text>`` (the mean over its tokens, if several)."""
+    embed = model.model.language_model.embed_tokens.weight.detach()
+    return embed[tokenizer(" " + text, add_special_tokens=False)["input_ids"]].mean(dim=0)
 
 
 def align_projector_to_words(model, processor, dataset, config: TrainConfig, log: list) -> None:

@@ -37,7 +37,7 @@ from .qwen2vl import (
     build_qwen_organism,
     trainable_state,
 )
-from .train import answer_batch, quick_accuracy, word_targets
+from .train import answer_batch, quick_accuracy, word_embedding, word_targets
 
 VARIANT = "organism-qwen2vl"
 
@@ -143,10 +143,8 @@ def token_positions(rows: int, cols: int) -> torch.Tensor:
 def position_words(model, tokenizer) -> torch.Tensor:
     """``float[2, hidden]``: SmolLM2's embeddings of `` below`` minus `` above`` (row axis) and of
     `` right`` minus `` left`` (column axis), the words the spatial questions are asked in."""
-    embed = model.model.language_model.embed_tokens.weight.detach()
-
     def word(text: str) -> torch.Tensor:
-        return embed[tokenizer(" " + text, add_special_tokens=False)["input_ids"]].mean(dim=0)
+        return word_embedding(model, tokenizer, text)
 
     return torch.stack([word("below") - word("above"), word("right") - word("left")])
 
@@ -215,7 +213,7 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
             entry = {"stage": 0, "step": step, "image_size": size, "loss": loss.item(), "patch_accuracy": accuracy,
                      "object_shape_accuracy": shape_accuracy, "centre_exact": float(exact.float().mean()),
                      "seconds": round(time.time() - start, 1)}
-            if config.position_weight > 0:  # mean distance from the true token, in tokens of the grid
+            if config.position_weight > 0:  # mean absolute offset per axis from the true token, in tokens
                 rows, cols = _grids(inputs)[0]
                 off = (where.detach() - target["position"]).abs() * torch.tensor([rows, cols], device=device)
                 entry["position_error_tokens"] = round(float(off.mean()), 4)
