@@ -135,6 +135,8 @@ def organism_train_config(args):
     if args.focus_fraction is not None and not 0 <= args.focus_fraction < 1:
         raise InterpError(f"--focus-fraction {args.focus_fraction} must be in [0, 1).")
     given = {f: getattr(args, f) for f in _SHARED_TRAIN_FIELDS if getattr(args, f) is not None}
+    if getattr(args, "device", None):
+        given["device"] = args.device
     if getattr(args, "focus_kinds", None) is not None:
         from .data.synthetic import QUESTION_KINDS
 
@@ -161,8 +163,6 @@ def organism_train_config(args):
             given["position_words"] = True
         if getattr(args, "checkpoint_dir", None):
             given["checkpoint_dir"] = args.checkpoint_dir
-        if getattr(args, "device", None):
-            given["device"] = args.device
         if args.time_budget is not None:
             if args.time_budget <= 0:
                 raise InterpError(f"--time-budget {args.time_budget} must be a positive number of minutes.")
@@ -172,9 +172,8 @@ def organism_train_config(args):
 
     if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
             or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
-            or getattr(args, "device", None) or getattr(args, "position_weight", None) is not None
-            or getattr(args, "position_words", False)):
-        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from, --device, "
+            or getattr(args, "position_weight", None) is not None or getattr(args, "position_words", False)):
+        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
                           "--position-weight and --position-words belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
@@ -587,8 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--time-budget", type=float, default=None,
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
     org_train.add_argument("--device", default=None,
-                           help="qwen2_vl: train on this device (default cpu; e.g. cuda: the recipe's ~4 CPU-hours "
-                                "become minutes)")
+                           help="train on this device (default cpu; e.g. cuda: the recipes' CPU-hours become "
+                                "minutes)")
     org_train.add_argument("--position-weight", type=float, default=None,
                            help="qwen2_vl: stage 0 also learns each token's absolute (row, column) with this loss "
                                 "weight (default 0: off; the tower has only relative positions)")

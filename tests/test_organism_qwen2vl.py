@@ -530,9 +530,10 @@ def test_eval_takes_another_weights_file_of_the_recipe(tmp_path, capsys):
     assert "holds organism weights (llava)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
 @pytest.mark.parametrize("device,message", [("nonsense", "is not a device"), ("cuda:3", "no CUDA device")])
-def test_train_refuses_a_device_this_machine_lacks(device, message, tmp_path, capsys):
-    """``--device`` moves the Qwen recipe onto an accelerator; one that is not there (or not a
+def test_train_refuses_a_device_this_machine_lacks(arch, device, message, tmp_path, capsys):
+    """``--device`` moves either recipe onto an accelerator; one that is not there (or not a
     device at all) is one line before any work, and nothing is written."""
     import torch
 
@@ -541,8 +542,7 @@ def test_train_refuses_a_device_this_machine_lacks(device, message, tmp_path, ca
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out = tmp_path / "run"
-    assert main(["organism", "train", "--arch", "qwen2_vl", "--device", device, "--out", str(out)]) == 2
+    assert main(["organism", "train", "--arch", arch, "--device", device, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and message in err
     assert not out.exists() or not any(out.iterdir())
-    assert main(["organism", "train", "--device", "cpu", "--out", str(out)]) == 2  # the LLaVA recipe has no --device

@@ -64,11 +64,41 @@ class TrainConfig:
     eval_every: int = 100
     eval_samples: int = 96
     progress_file: str | None = None  # the log so far, rewritten at every evaluation
+    #: where the model trains ("cpu", "cuda", "cuda:1", ...); the shipped run trained on the CPU
+    device: str = "cpu"
     tower: TowerSpec = field(default_factory=TowerSpec)
 
 
 def _pixel_values(processor, images) -> torch.Tensor:
     return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+# -- devices (both recipes) ---------------------------------------------------------
+
+
+def training_device(name: str) -> torch.device:
+    """The training device, or one clear error when this machine has none such."""
+    from ...errors import InterpError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InterpError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InterpError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InterpError(f"--device {name}: MPS is not available here")
+    return device
+
+
+def on_device(batch: dict, device) -> dict:
+    """``batch``'s tensors on ``device`` (the processor makes them on the CPU)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def device_name(device: torch.device) -> str:
+    """What a model card says the run trained on."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
 # -- stage 0 -------------------------------------------------------------------------
@@ -97,7 +127,9 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
         "centre": torch.nn.Linear(hidden, 2),
     })
-    centre_weights = torch.tensor([1.0, config.centre_weight])
+    device = next(tower.parameters()).device
+    heads.to(device)
+    centre_weights = torch.tensor([1.0, config.centre_weight], device=device)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.05)
     tower.train()
@@ -109,8 +141,8 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
             group["lr"] = config.tower_lr * min(1.0, (step + 1) / 30)
         samples = [dataset[index + i] for i in range(config.tower_batch)]
         index += config.tower_batch
-        pixels = _pixel_values(processor, [s.image for s in samples])
-        target = patch_targets(samples, grid)
+        pixels = _pixel_values(processor, [s.image for s in samples]).to(device)
+        target = on_device(patch_targets(samples, grid), device)
         colour, shape, centre = target["colour"], target["shape"], target["centre"]
         features = tower(pixels).last_hidden_state[:, 1:]  # drop CLS: one row per patch
         features = features.reshape(-1, hidden)
@@ -176,8 +208,8 @@ def align_projector_to_words(model, processor, dataset, config: TrainConfig, log
         samples = [dataset[index + i] for i in range(config.tower_batch)]
         index += config.tower_batch
         with torch.no_grad():
-            features = tower(_pixel_values(processor, [s.image for s in samples])).last_hidden_state[:, 1:]
-        labels = patch_targets(samples, grid)
+            features = tower(_pixel_values(processor, [s.image for s in samples]).to(marker.device)).last_hidden_state[:, 1:]
+        labels = on_device(patch_targets(samples, grid), marker.device)
         target = colours[labels["colour"]] + shapes[labels["shape"]]
         if config.centre_marker:
             target = target + labels["centre"][:, None].float() * marker
@@ -268,6 +300,7 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
     base = [g["lr"] * lr_scale for g in groups]
     index = first_index
     start = time.time()
+    device = next(model.parameters()).device
     progress = tqdm(range(steps), desc=f"stage {stage}: {'adapt' if with_attention else 'align'}", unit="step")
     for step in progress:
         scale = min(1.0, (step + 1) / config.warmup) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
@@ -276,8 +309,9 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         samples = answer_batch(train, focus, index, config)
         index += config.batch
         inputs, labels = collate(processor, samples, with_answers=True)
+        inputs, labels = on_device(inputs, device), labels.to(device)
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss = answer_loss(model, inputs, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -320,12 +354,14 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
 
     from ...data.synthetic import SyntheticVQA
 
+    device = training_device(config.device)  # before any work: one clear line when there is no such device
     torch.manual_seed(config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.progress_file is None:
         config.progress_file = str(out_dir / "training_progress.json")
     model, processor = build_organism(config.tower, seed=config.seed, attn_implementation="sdpa")
+    model.to(device)
     processor.tokenizer.padding_side = "right"
     train_set = SyntheticVQA("train", seed=config.seed, image_size=config.tower.image_size)
     val_set = SyntheticVQA("val", seed=config.seed, image_size=config.tower.image_size)
@@ -356,6 +392,7 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
         "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "polish": round(t_polish, 1),
                     "total": round(t2, 1)},
         "torch": torch.__version__,
+        "device_name": device_name(device),
         "log": log,
     }
     (out_dir / "training_log.json").write_text(json.dumps(summary, indent=1))

@@ -37,7 +37,7 @@ from .qwen2vl import (
     build_qwen_organism,
     trainable_state,
 )
-from .train import answer_batch, quick_accuracy, word_embedding, word_targets
+from .train import answer_batch, device_name, on_device, quick_accuracy, training_device, word_embedding, word_targets
 
 VARIANT = "organism-qwen2vl"
 
@@ -149,11 +149,6 @@ def position_words(model, tokenizer) -> torch.Tensor:
     return torch.stack([word("below") - word("above"), word("right") - word("left")])
 
 
-def _on(batch: dict, device) -> dict:
-    """``batch``'s tensors on ``device`` (the processor makes them on the CPU)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _grids(inputs) -> list[tuple[int, int]]:
     return [(int(h) // MERGE, int(w) // MERGE) for _, h, w in inputs["image_grid_thw"].tolist()]
 
@@ -190,8 +185,8 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         samples = _scene_batch(datasets, size, index, config.tower_batch)
         index += config.tower_batch
         inputs = image_inputs(processor, [s.image for s in samples])
-        target = _on(token_targets(samples, _grids(inputs)), device)
-        features = merged_features(visual, _on(inputs, device))
+        target = on_device(token_targets(samples, _grids(inputs)), device)
+        features = merged_features(visual, on_device(inputs, device))
         logits_c, logits_s, logits_m = (heads[k](features) for k in ("colour", "shape", "centre"))
         loss = (torch.nn.functional.cross_entropy(logits_c, target["colour"])
                 + torch.nn.functional.cross_entropy(logits_s, target["shape"])
@@ -235,8 +230,8 @@ def align_merger_to_words(model, processor, datasets: dict, config: QwenTrainCon
         samples = _scene_batch(datasets, size, index, config.tower_batch)
         index += config.tower_batch
         inputs = image_inputs(processor, [s.image for s in samples])
-        labels = _on(token_targets(samples, _grids(inputs)), marker.device)
-        inputs = _on(inputs, marker.device)
+        labels = on_device(token_targets(samples, _grids(inputs)), marker.device)
+        inputs = on_device(inputs, marker.device)
         with torch.no_grad():
             hidden = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
         target = colours[labels["colour"]] + shapes[labels["shape"]] + labels["centre"][:, None].float() * marker
@@ -346,7 +341,7 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         samples = answer_batch(train, focus, index, config)
         index += config.batch
         inputs, labels = collate(processor, samples)
-        inputs, labels = _on(inputs, device), labels.to(device)
+        inputs, labels = on_device(inputs, device), labels.to(device)
         model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss = answer_loss(model, inputs, labels)
@@ -407,21 +402,6 @@ def _round_to_shipped(model) -> None:
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
 
 
-def _device(name: str) -> torch.device:
-    """The training device, or one clear error when this machine has none such."""
-    from ...errors import InterpError
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InterpError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InterpError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InterpError(f"--device {name}: MPS is not available here")
-    return device
-
-
 def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
     """A stage-2 or stage-3 resumable state written by ``checkpoint_dir``, checked against
     ``config`` (one clear error if it is not one, or came from other settings)."""
@@ -466,7 +446,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
 
     from ...data.synthetic import SyntheticVQA
 
-    device = _device(config.device)  # before any work: one clear line when there is no such device
+    device = training_device(config.device)  # before any work: one clear line when there is no such device
     torch.manual_seed(config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -532,7 +512,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1),
                     "polish": round(t3 - t2, 1), "total": round(t3, 1)},
         "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else str(model.device),
+        "device_name": device_name(model.device),
         "tower_from": None if tower_from is None else str(tower_from),
         "log": log,
     }
