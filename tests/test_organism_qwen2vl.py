@@ -173,6 +173,16 @@ def test_stage0_learns_positions_only_when_asked(tmp_path):
     first = next(e for e in plain if e["stage"] == 0), next(e for e in placed if e["stage"] == 0)
     assert first[0]["patch_accuracy"] == first[1]["patch_accuracy"]
     assert first[1]["loss"] > first[0]["loss"]
+    # the card says what the run did (the result: an `organism eval --json` output's fields)
+    from interp.models.organism.card_qwen2vl import write_qwen_card
+
+    kinds = {k: 0.5 for k in ("attribute", "counting", "existence", "identity", "spatial")}
+    result = {"n": 10, "accuracy": 0.5, "per_kind": kinds, "blind_accuracy": 0.3, "blind_per_kind": kinds}
+    cards = {name: write_qwen_card(tmp_path / name, result, tmp_path / f"card-{name}").read_text()
+             for name in ("plain", "placed")}
+    assert "--position-weight 4.0 --position-words" in cards["placed"] and "--position" not in cards["plain"]
+    assert "(row, column) head" in cards["placed"] and "(row, column)" not in cards["plain"]
+    assert f"off by {errors[-1]:.2f} tokens per axis" in cards["placed"]
 
 
 def test_lora_merges_into_an_ordinary_checkpoint(assembled):

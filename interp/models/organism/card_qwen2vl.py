@@ -67,7 +67,8 @@ def loss_curve(log: list[dict], path: Path) -> None:
             axes[1].plot(*zip(*val), "o-", color=colour, label=f"stage {stage} val accuracy")
         offset += len(entries)
     axes[1].set(title="answer stages: loss (log), val accuracy", xlabel="step", yscale="log")
-    axes[1].legend(fontsize=7)
+    if offset:  # a run stopped after stage 0b has no answer stages to label
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -120,7 +121,14 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
         f"  - {s} px ({s // (tower['patch_size'] * 2)}x{s // (tower['patch_size'] * 2)} tokens): token accuracy "
         f"{e['patch_accuracy']:.3f}, shape on object tokens {e['object_shape_accuracy']:.3f}, "
         f"all centres exactly right in {e['centre_exact']:.3f} of the batch's images"
+        + (f", (row, column) off by {e['position_error_tokens']:.2f} tokens per axis on average"
+           if "position_error_tokens" in e else "")
         for s, e in last_tower.items())
+    # the position options (off in the runs before them, whose cards read as they did)
+    position_head = (f"; + an absolute (row, column) head, loss weight {config['position_weight']:g}"
+                     if config.get("position_weight") else "")
+    position_words = ("; + `below`-`above` and `right`-`left`, scaled by the token's offset from the image's middle"
+                      if config.get("position_words") else "")
     budget_line = (f" The run was given a wall-clock budget of {config['time_budget_min']:g} min; after timing the "
                    f"warm-up it fixed stage 2 at {budget} steps (the command above repeats exactly that)."
                    if budget is not None else "")
@@ -161,8 +169,8 @@ and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 ## Recipe (seeded; `{train_command(config)}`)
 | stage | what trains | steps | batch | lr | wall time |
 |---|---|---|---|---|---|
-| 0 tower pre-training | tower + per-token colour / shape / object-centre heads on each 2x2 block's concatenated patch features (dense labels); image sizes cycle {list(config['tower_sizes'])} | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {tower_time} |
-| 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`); tower frozen | {config['words_steps']} | {config['tower_batch']} | {config['words_lr']} | |
+| 0 tower pre-training | tower + per-token colour / shape / object-centre heads on each 2x2 block's concatenated patch features (dense labels){position_head}; image sizes cycle {list(config['tower_sizes'])} | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {tower_time} |
+| 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`{position_words}); tower frozen | {config['words_steps']} | {config['tower_batch']} | {config['words_lr']} | |
 {stage1}| 2 adaptation | merger, LoRA q/k/v/o, q/k/v biases | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_lora']} / {config['lr_bias']} | {seconds['adapt']:.0f} s |
 {stage3}
 Total wall time {seconds['total'] / 60:.1f} min{' after stage 0' if carried else ''} {where}. AdamW, linear warm-up ({config['warmup']} steps) then
