@@ -155,6 +155,10 @@ def organism_train_config(args):
             if args.lora_rank < 1:
                 raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
             given["lora_rank"] = args.lora_rank
+        if getattr(args, "lora_alpha", None) is not None:
+            if args.lora_alpha <= 0:
+                raise InterpError(f"--lora-alpha {args.lora_alpha} must be positive.")
+            given["lora_alpha"] = args.lora_alpha
         if getattr(args, "position_weight", None) is not None:
             if args.position_weight < 0:
                 raise InterpError(f"--position-weight {args.position_weight} must be >= 0.")
@@ -170,10 +174,11 @@ def organism_train_config(args):
         return QwenTrainConfig(**given)
     from .models.organism.train import TrainConfig
 
-    if (args.lora_rank is not None or args.time_budget is not None or getattr(args, "tower_from", None)
+    if (args.lora_rank is not None or getattr(args, "lora_alpha", None) is not None
+            or args.time_budget is not None or getattr(args, "tower_from", None)
             or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
             or getattr(args, "position_weight", None) is not None or getattr(args, "position_words", False)):
-        raise InterpError("--lora-rank, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
+        raise InterpError("--lora-rank, --lora-alpha, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
                           "--position-weight and --position-words belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
@@ -583,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--no-centre-marker", action="store_true",
                            help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark")
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
+    org_train.add_argument("--lora-alpha", type=float, default=None,
+                           help="qwen2_vl: LoRA alpha (the update is scaled by alpha / rank; default 64). With a "
+                                "larger --lora-rank, alpha x sqrt(rank / 32) keeps the rank-32 run's step size")
     org_train.add_argument("--time-budget", type=float, default=None,
                            help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
     org_train.add_argument("--device", default=None,

@@ -232,7 +232,7 @@ def test_the_cards_train_command_gives_back_the_trained_config():
 
     for config in (QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
                    QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4),
-                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96)):
+                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96, lora_alpha=111.0)):
         words = shlex.split(train_command(asdict(config)))
         assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
         assert organism_train_config(build_parser().parse_args(words[1:])) == config
@@ -304,6 +304,8 @@ def test_train_rejects_llava_only_flags_for_qwen():
     assert main(["organism", "train", "--arch", "qwen2_vl", "--no-centre-marker", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--lora-rank", "4", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--position-words", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--lora-alpha", "8", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--arch", "qwen2_vl", "--lora-alpha", "0", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--arch", "qwen2_vl", "--position-weight", "-1", "--out", "/nonexistent"]) == 2
 
 

@@ -36,7 +36,9 @@ def train_command(config: dict) -> str:
 
     flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
                      if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULT_FOCUS_KINDS))
-    # the position options are off in the runs before them (and then left out, as those commands read)
+    # options added later, left out at their defaults (as the earlier runs' commands read)
+    if config.get("lora_alpha", 64.0) != 64.0:
+        flags += f" --lora-alpha {config['lora_alpha']:g}"
     if config.get("position_weight"):
         flags += f" --position-weight {config['position_weight']}"
     if config.get("position_words"):
