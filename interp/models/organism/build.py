@@ -135,7 +135,7 @@ def trainable_state(model, *, with_attention: bool) -> dict[str, torch.Tensor]:
             state[name] = tensor
     image_row = model.config.image_token_id
     state["image_token_embedding"] = model.model.language_model.embed_tokens.weight[image_row : image_row + 1]
-    return {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in state.items()}  # cpu: for the file
+    return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}  # cpu: for the file
 
 
 def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:

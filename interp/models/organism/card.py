@@ -15,8 +15,10 @@ def train_command(config: dict) -> str:
                f"--align-steps {config['align_steps']} --adapt-steps {config['adapt_steps']} "
                f"--polish-steps {config.get('polish_steps', 0)} --batch {config['batch']} "
                f"--focus-fraction {config.get('focus_fraction', 0)}")
+    from .train import TrainConfig
+
     kinds = tuple(config.get("focus_kinds") or ())
-    if kinds and kinds != ("counting", "spatial"):  # the default is left out, as the command always read
+    if kinds and kinds != TrainConfig().focus_kinds:  # the default is left out, as the command always read
         command += f" --focus-kinds {','.join(kinds)}"
     return command if config.get("centre_marker") else command + " --no-centre-marker"
 

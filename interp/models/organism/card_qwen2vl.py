@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 from .qwen2vl import mrope_section
-from .train_qwen2vl import VARIANT
+from .train_qwen2vl import VARIANT, QwenTrainConfig
 
-#: left out of the command when it is the default, as the command always read
-DEFAULT_FOCUS_KINDS = ("counting", "spatial")
+#: the recipe's defaults: options added after the first runs are left out of the command at them,
+#: as those runs' commands always read
+DEFAULTS = QwenTrainConfig()
 # the CLI flags of `interp organism train --arch qwen2_vl`, by config field
 TRAIN_FLAGS = {
     "seed": "--seed",
@@ -35,9 +36,8 @@ def train_command(config: dict) -> str:
         return ",".join(v) if isinstance(v, (list, tuple)) else v
 
     flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
-                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULT_FOCUS_KINDS))
-    # options added later, left out at their defaults (as the earlier runs' commands read)
-    if config.get("lora_alpha", 64.0) != 64.0:
+                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds))
+    if config.get("lora_alpha", DEFAULTS.lora_alpha) != DEFAULTS.lora_alpha:
         flags += f" --lora-alpha {config['lora_alpha']:g}"
     if config.get("position_weight"):
         flags += f" --position-weight {config['position_weight']}"
