@@ -185,6 +185,17 @@ def test_stage0_learns_positions_only_when_asked(tmp_path):
     assert f"off by {errors[-1]:.2f} tokens per axis" in cards["placed"]
 
 
+def test_the_card_says_how_many_threads_the_answer_stages_ran_on():
+    """A CPU run resumed with another thread count: its card counts the steps per count (the tower's
+    stages are not counted); a log from before the count was logged reads as those runs ran."""
+    from interp.models.organism.card_qwen2vl import cpu_threads
+
+    log = [{"stage": 0}, {"stage": 0.5}] + [{"stage": 2}] * 3 + [{"stage": 2, "threads": 2}] * 2 + [
+        {"stage": 3, "threads": 1}]
+    assert cpu_threads(log) == "1 step on 1 thread, 2 steps on 2 threads, 3 steps before it was logged"
+    assert cpu_threads(log[:5]) is None
+
+
 def test_lora_merges_into_an_ordinary_checkpoint(assembled):
     """The shipped state (fp16 LoRA factors, biases, tower, rows) applied to a fresh build
     gives the trained model's outputs with plain Linear layers."""
@@ -295,6 +306,7 @@ def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypat
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     steps = [e["step"] for e in summary["log"] if e["stage"] == 2]
     assert steps == [0, 1, 2, 3]  # the log holds every step once
+    assert {e["threads"] for e in summary["log"] if e["stage"] == 2} == {torch.get_num_threads()}
     assert json.loads((tmp_path / "a" / "training_log.json").read_text())["config"]["adapt_steps"] == 4
 
 

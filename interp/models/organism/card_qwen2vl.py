@@ -8,6 +8,7 @@ number in it is measured. Plots go through matplotlib's object API (no backend s
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from .qwen2vl import mrope_section
@@ -91,6 +92,20 @@ def _wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def cpu_threads(log: list) -> str | None:
+    """The answer stages' steps per CPU thread count, from their log (a resumed run may have changed
+    it); None for a log from before the count was logged."""
+    counts = Counter(e.get("threads") for e in log if e["stage"] in (1, 2, 3))
+    if set(counts) <= {None}:
+        return None
+    def steps(n: int) -> str:
+        return f"{n} step{'s' if n != 1 else ''}"
+
+    parts = [f"{steps(n)} on {t} thread{'s' if t != 1 else ''}" if t is not None else f"{steps(n)} before it was logged"
+             for t, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    return ", ".join(parts)
+
+
 def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | None = None) -> Path:
     """Write ``MODEL_CARD.md``, ``loss_curve.png`` and ``test_results.json`` into ``out_dir``."""
     summary = json.loads((Path(run_dir) / "training_log.json").read_text())
@@ -108,8 +123,13 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
     budget = next((e["budgeted_steps"] for e in log if "budgeted_steps" in e), None)
     carried = any("seconds" not in e for e in log if e["stage"] == 0)  # stage 0 ran in an earlier process
     device = config.get("device", "cpu")
-    where = (f"on one CPU core (torch {summary['torch']}, fp32; the\nmachine's 2 cores were shared with other work)"
-             if device == "cpu" else f"on {summary.get('device_name') or device} (torch {summary['torch']}, fp32)")
+    threads = cpu_threads(log)
+    if device != "cpu":
+        where = f"on {summary.get('device_name') or device} (torch {summary['torch']}, fp32)"
+    elif threads is None:  # runs logged before the thread count was: each ran on one core
+        where = f"on one CPU core (torch {summary['torch']}, fp32; the\nmachine's 2 cores were shared with other work)"
+    else:
+        where = f"on the CPU ({threads}; torch {summary['torch']}, fp32)"
     tower_time = (f"{seconds['tower']:.0f} s (with 0b)" if not carried else
                   f"earlier process; 0b here: {seconds['tower']:.0f} s")
     met = result["accuracy"] >= 0.90 and min(result["per_kind"].values()) >= 0.75 and result["blind_accuracy"] <= 0.5

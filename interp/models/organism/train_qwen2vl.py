@@ -353,6 +353,8 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}")
         entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
+        if device.type == "cpu":  # a long CPU run may be resumed with another thread count: the card says how many
+            entry["threads"] = torch.get_num_threads()
         if deadline is not None and step == config.warmup - 1:
             per_step = (time.time() - start) / (step + 1)
             left = deadline - time.time()
