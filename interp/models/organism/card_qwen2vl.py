@@ -98,6 +98,7 @@ def cpu_threads(log: list) -> str | None:
     counts = Counter(e.get("threads") for e in log if e["stage"] in (1, 2, 3))
     if set(counts) <= {None}:
         return None
+
     def steps(n: int) -> str:
         return f"{n} step{'s' if n != 1 else ''}"
 
