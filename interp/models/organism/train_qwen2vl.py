@@ -333,6 +333,8 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         step, index, steps = resume["step"], resume["index"], resume["steps"]
         start -= resume["seconds"]
     device = next(model.parameters()).device
+    # a long CPU run may be resumed with another thread count: each entry records it, the card counts them
+    threads = torch.get_num_threads() if device.type == "cpu" else None
     progress = tqdm(total=steps, initial=step, desc=f"stage {stage}: {'adapt' if adapt else 'align'}", unit="step")
     while step < steps:
         scale = lr_scale(step, steps, config.warmup)
@@ -353,8 +355,8 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}")
         entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
-        if device.type == "cpu":  # a long CPU run may be resumed with another thread count: the card says how many
-            entry["threads"] = torch.get_num_threads()
+        if threads is not None:
+            entry["threads"] = threads
         if deadline is not None and step == config.warmup - 1:
             per_step = (time.time() - start) / (step + 1)
             left = deadline - time.time()
