@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= figures
 LIMIT  ?= 60
+# pytest-xdist workers for `make test` (one torch thread each); JOBS=0 runs the suite in this process
+JOBS   ?= 2
 # the exact versions the suite last passed with; `make test CONSTRAINTS=` installs the newest allowed instead
 CONSTRAINTS ?= constraints.txt
 PIP_C  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
@@ -30,7 +32,7 @@ main: setup
 	$(BIN)/interp reproduce --model organism --out $(OUT) --limit $(LIMIT)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
 
 clean:
 	rm -rf $(VENV) out

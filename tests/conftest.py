@@ -49,7 +49,10 @@ def sample_for(vlm, image=None, question: str = "What colour is the square?"):
     return vlm.prepare(image if image is not None else make_image(*size), question)
 
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+#: pytest-xdist workers (``make test`` runs ``-n 2``): each takes its share of the cores' threads
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+torch.set_num_threads(max(1, min(2, _CORES // _WORKERS, torch.get_num_threads())))
 
 
 # -- never pip-install from the test suite -------------------------------------
