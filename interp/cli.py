@@ -299,18 +299,20 @@ def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_s
 
 
 def _reproduce(args) -> int:
-    from . import load
-    from .analysis.reproduce import ReproduceConfig, launched_by_torchrun, reproduce
-    from .analysis.rundir import check_writable
     from .evaluation.shards import parse_shard
+    from .outputs import check_output
 
     shard = parse_shard(args.shard)
     if args.remote:
         from .validate import ndif_api_key
 
         ndif_api_key()  # before anything loads
-    check_writable(Path(args.out))  # so is the output
+    check_output(Path(args.out), "dir", lock=False)  # so is the output (before torch is even imported)
     model, load_kwargs = model_and_kwargs(args)
+
+    from . import load
+    from .analysis.reproduce import ReproduceConfig, launched_by_torchrun, reproduce
+
     if launched_by_torchrun() and load_kwargs.get("device_map") is None:
         import torch
 

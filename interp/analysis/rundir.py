@@ -48,11 +48,6 @@ def shard_label(shard: tuple[int, int] | None) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def check_writable(out: Path) -> None:
-    """Before any compute (and before loading a model): ``out`` can be written as a directory."""
-    check_output(out, "dir", lock=False)
-
-
 class RunDir:
     """One process's view of a run directory (see the module docstring), built on
     :mod:`interp.outputs` (checked output, a lock per shard, the settings record, durable
