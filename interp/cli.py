@@ -99,6 +99,8 @@ def quickstart(model: str, image: str | None, question: str | None, out: Path | 
 
 
 def _quickstart(args) -> int:
+    if args.out:
+        _output_dir(args.out)
     model, load_kwargs = model_and_kwargs(args)
     report = quickstart(model, args.image, args.question, Path(args.out) if args.out else None,
                         args.max_new_tokens, **load_kwargs)
@@ -111,6 +113,14 @@ def _quickstart(args) -> int:
     if args.out:
         print(f"wrote {Path(args.out) / 'quickstart.json'}")
     return 0
+
+
+def _output_dir(path: str | Path) -> Path:
+    """``path`` checked writable as a directory (created if missing): one line if not, before
+    any model loads or anything is computed (:func:`interp.outputs.check_output`)."""
+    from .outputs import check_output
+
+    return check_output(Path(path), "dir", lock=False)
 
 
 ORGANISM_ARCHS = ("llava", "qwen2_vl")
@@ -193,8 +203,10 @@ def _stage0_log(weights: Path) -> list:
 
 
 def _organism_train(args) -> int:
+    out = _output_dir(args.out) if args.out else default_organism_dir("runs", args.arch)
+    if getattr(args, "checkpoint_dir", None):
+        _output_dir(args.checkpoint_dir)
     config = organism_train_config(args)
-    out = Path(args.out) if args.out else default_organism_dir("runs", args.arch)
     print(f"writing the run into {out}")
     if args.arch == "qwen2_vl":
         from .models.organism.train_qwen2vl import train_qwen2vl
@@ -262,7 +274,7 @@ def _test_results(variant: str, limit: int | None, flags: dict | None = None) ->
 def _organism_card(args) -> int:
     from .models.organism import LLAVA_VARIANTS, QWEN_VARIANTS, WEIGHTS_DIR, weights_path
 
-    out = Path(args.out) if args.out else default_organism_dir("cards", args.arch)
+    out = _output_dir(args.out) if args.out else default_organism_dir("cards", args.arch)
     if args.arch == "qwen2_vl":
         from .models.organism.card_qwen2vl import write_qwen_card
 
@@ -300,14 +312,13 @@ def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_s
 
 def _reproduce(args) -> int:
     from .evaluation.shards import parse_shard
-    from .outputs import check_output
 
     shard = parse_shard(args.shard)
     if args.remote:
         from .validate import ndif_api_key
 
         ndif_api_key()  # before anything loads
-    check_output(Path(args.out), "dir", lock=False)  # so is the output (before torch is even imported)
+    _output_dir(args.out)  # so is the output (before torch is even imported)
     model, load_kwargs = model_and_kwargs(args)
 
     from . import load
@@ -343,6 +354,7 @@ def _reproduce(args) -> int:
 
 
 def _explore(args) -> int:
+    _output_dir(args.out)
     from . import load
     from .explore import explore, read_run
 
@@ -358,6 +370,7 @@ def _explore(args) -> int:
 
 
 def _ablate_method(args) -> int:
+    out = _output_dir(args.out)
     from . import load
     from .analysis.method_ablation import AblationConfig, run_method_ablation, write_outputs
     from .data.metrics import WCD_TASKS
@@ -379,7 +392,6 @@ def _ablate_method(args) -> int:
                             ratio=args.ratio, dola_layers=layers, static_layer=args.static_layer,
                             max_new_tokens=max_new_tokens, wcd_task=wcd_task, n_boot=args.n_boot,
                             progress=not args.no_progress, remote=True if args.remote else None)
-    out = Path(args.out)
     rows = run_method_ablation(vlm, samples, config=config, limit=args.limit, out=out / "method_ablation_rows.jsonl")
     settings = {**config.resolved(vlm), "model": vlm.name, "dataset": label}
     report = write_outputs(rows, settings, out, n_boot=args.n_boot)
@@ -403,6 +415,7 @@ def _int_list(text: str | None):
 
 def _patch(args) -> int:
     """``interp patch``: counterfactual patching and the image-token lens on the synthetic benchmark."""
+    out = _output_dir(args.out)
     from . import load
     from .analysis.image_lens import lens_section
     from .analysis.patching import patching_section
@@ -418,8 +431,6 @@ def _patch(args) -> int:
     vlm = load(model, **load_kwargs)
     image_size = _scene_size(vlm)
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report, lines = patching_section(vlm, data, out, n_pairs=args.pairs, changes=changes, n_boot=args.n_boot,
                                      cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
                                      cell_layers=_int_list(args.cell_layers),
@@ -446,9 +457,8 @@ def _compare(args) -> int:
     from .plotting.compare import compare_curves
 
     labels = args.labels.split(",") if args.labels else None
-    comparison = compare_runs(args.runs, labels, variant=args.variant)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    comparison = compare_runs(args.runs, labels, variant=args.variant)  # reads the runs: bad ones fail first
+    out = _output_dir(args.out)
     (out / "compare.md").write_text(compare_markdown(comparison, variant=args.variant))
     (out / "compare.json").write_text(json.dumps(compare_json(comparison), indent=1))
     compare_curves(comparison, variant=args.variant, out_dir=out)

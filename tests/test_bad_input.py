@@ -250,3 +250,43 @@ def test_evaluate_output_path_directory(tmp_path, capsys):
     assert (tmp_path / "synthetic.jsonl").is_file()
     summary = json.loads(capsys.readouterr().out)
     assert summary["summary"]["n"] == 2
+
+
+# every command that writes a directory: a file (or a path under one) as its output is one line,
+# exit 2, before any model loads or anything is computed, and the file is left as it was
+DIRECTORY_WRITERS = [
+    ("quickstart", "--out"),
+    ("reproduce", "--model", "tiny:llava", "--out"),
+    ("ablate-method", "--model", "tiny:llava", "--out"),
+    ("patch", "--model", "tiny:llava", "--out"),
+    ("explore", "--model", "tiny:llava", "--out"),
+    ("organism", "train", "--out"),
+    ("organism", "train", "--arch", "qwen2_vl", "--checkpoint-dir"),
+    ("organism", "card", "--out"),
+]
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["the-file", "under-the-file"])
+@pytest.mark.parametrize("argv", DIRECTORY_WRITERS, ids=lambda argv: " ".join(a for a in argv if not a.startswith("-")))
+def test_a_file_as_the_output_directory_is_refused_before_loading(capsys, monkeypatch, tmp_path, argv, under):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(interp, "load", no_loading)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    out = a_file / "run" if under else a_file
+    code, err = cli(capsys, *argv, str(out))
+    assert code == 2
+    assert one_line(err) == (f"error: cannot write {out}: {a_file} is a file, not a directory" if under
+                             else f"error: cannot write into {a_file}: it is a file, not a directory")
+    assert a_file.read_text() == "keep me"
+
+
+def test_compare_checks_its_runs_then_its_output(capsys, tmp_path):
+    run = ROOT / "docs" / "organism-runs" / "2026-12-01-qwen2vl" / "reproduce"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    code, err = cli(capsys, "compare", str(run), str(run), "--out", str(a_file))
+    assert code == 2 and one_line(err) == f"error: cannot write into {a_file}: it is a file, not a directory"
+    assert a_file.read_text() == "keep me"
