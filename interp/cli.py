@@ -98,29 +98,27 @@ def quickstart(model: str, image: str | None, question: str | None, out: Path | 
     return report
 
 
-def _quickstart(args) -> int:
-    if args.out:
-        _output_dir(args.out)
-    model, load_kwargs = model_and_kwargs(args)
-    report = quickstart(model, args.image, args.question, Path(args.out) if args.out else None,
-                        args.max_new_tokens, **load_kwargs)
-    print(f"{report['model']} ({report['family']}, {report['n_layers']} layers, "
-          f"{report['image_tokens']} image tokens on a {report['grid'][0]}x{report['grid'][1]} grid)")
-    print(f"Q: {report['question']}\nA: {report['answer']}")
-    print(f"{'layer':>5}  {'attn->image':>11}  {'logp drop when masked':>21}")
-    for row in report["layers"]:
-        print(f"{row['layer']:>5}  {row['image_attention_mass']:>11.4f}  {row['answer_logprob_drop']:>21.4f}")
-    if args.out:
-        print(f"wrote {Path(args.out) / 'quickstart.json'}")
-    return 0
-
-
 def _output_dir(path: str | Path) -> Path:
     """``path`` checked writable as a directory (created if missing): one line if not, before
     any model loads or anything is computed (:func:`interp.outputs.check_output`)."""
     from .outputs import check_output
 
     return check_output(Path(path), "dir", lock=False)
+
+
+def _quickstart(args) -> int:
+    out = _output_dir(args.out) if args.out else None
+    model, load_kwargs = model_and_kwargs(args)
+    report = quickstart(model, args.image, args.question, out, args.max_new_tokens, **load_kwargs)
+    print(f"{report['model']} ({report['family']}, {report['n_layers']} layers, "
+          f"{report['image_tokens']} image tokens on a {report['grid'][0]}x{report['grid'][1]} grid)")
+    print(f"Q: {report['question']}\nA: {report['answer']}")
+    print(f"{'layer':>5}  {'attn->image':>11}  {'logp drop when masked':>21}")
+    for row in report["layers"]:
+        print(f"{row['layer']:>5}  {row['image_attention_mass']:>11.4f}  {row['answer_logprob_drop']:>21.4f}")
+    if out is not None:
+        print(f"wrote {out / 'quickstart.json'}")
+    return 0
 
 
 ORGANISM_ARCHS = ("llava", "qwen2_vl")

@@ -290,3 +290,7 @@ def test_compare_checks_its_runs_then_its_output(capsys, tmp_path):
     code, err = cli(capsys, "compare", str(run), str(run), "--out", str(a_file))
     assert code == 2 and one_line(err) == f"error: cannot write into {a_file}: it is a file, not a directory"
     assert a_file.read_text() == "keep me"
+    missing, new_out = tmp_path / "no-run", tmp_path / "new-out"
+    code, err = cli(capsys, "compare", str(missing), str(run), "--out", str(new_out))
+    assert code == 2 and f"{missing}: no report.json" in one_line(err)
+    assert not new_out.exists()  # a bad run is refused before the output directory is made
