@@ -159,6 +159,10 @@ def organism_train_config(args):
 
         if args.no_centre_marker:
             raise InterpError("--no-centre-marker is a LLaVA-organism ablation; the qwen2_vl recipe always marks centres.")
+        if getattr(args, "full_attention", False):
+            if args.lora_rank is not None or getattr(args, "lora_alpha", None) is not None:
+                raise InterpError("--full-attention trains q/k/v/o in full: it takes no --lora-rank or --lora-alpha.")
+            given["attention"] = "full"
         if args.lora_rank is not None:
             if args.lora_rank < 1:
                 raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
@@ -183,10 +187,10 @@ def organism_train_config(args):
     from .models.organism.train import TrainConfig
 
     if (args.lora_rank is not None or getattr(args, "lora_alpha", None) is not None
-            or args.time_budget is not None or getattr(args, "tower_from", None)
+            or getattr(args, "full_attention", False) or args.time_budget is not None or getattr(args, "tower_from", None)
             or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
             or getattr(args, "position_weight", None) is not None or getattr(args, "position_words", False)):
-        raise InterpError("--lora-rank, --lora-alpha, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
+        raise InterpError("--lora-rank, --lora-alpha, --full-attention, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
                           "--position-weight and --position-words belong to --arch qwen2_vl.")
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
@@ -598,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument("--no-centre-marker", action="store_true",
                            help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark")
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
+    org_train.add_argument("--full-attention", action="store_true",
+                           help="qwen2_vl: train the LM's q/k/v/o in full (as the LLaVA organism does; lr 3e-4) "
+                                "instead of LoRA; their change ships as int8 codes")
     org_train.add_argument("--lora-alpha", type=float, default=None,
                            help="qwen2_vl: LoRA alpha (the update is scaled by alpha / rank; default 64). With a "
                                 "larger --lora-rank, alpha x sqrt(rank / 32) keeps the rank-32 run's step size")

@@ -21,10 +21,12 @@ from interp.models.organism.evaluate import generate_answers
 from interp.models.organism.qwen2vl import (
     MERGE,
     QwenTowerSpec,
+    add_full_attention,
     add_lora,
     apply_trained_state,
     build_qwen_organism,
-    remove_lora,
+    merge_adapters,
+    quantize_rows,
     trainable_state,
 )
 from interp.models.organism.train_qwen2vl import (
@@ -224,10 +226,56 @@ def test_lora_merges_into_an_ordinary_checkpoint(assembled):
     with torch.no_grad():
         got = fresh(**inputs).logits
     assert (got - expected).abs().max() < 5e-2  # fp16 rounding of the shipped factors
-    remove_lora(trained)
+    merge_adapters(trained)
     with torch.no_grad():
         merged = trained(**inputs).logits
     assert (merged - expected).abs().max() < 1e-3
+
+
+def test_full_attention_trains_every_weight_and_ships_its_change_as_int8(assembled):
+    """``attention="full"``: the trained q/k/v/o are SmolLM2's plus a full-rank change; it ships as
+    int8 codes with a scale per row (within half a step of the change), and the shipped file applied
+    to a fresh build gives the trained model's outputs with plain Linear layers."""
+    model, processor = assembled
+    from copy import deepcopy
+
+    codes, scale = quantize_rows(torch.tensor([[0.5, -1.27, 0.0], [0.0, 0.0, 0.0], [2e-3, 1e-3, -2e-3]]))
+    assert codes.dtype == torch.int8 and codes[0].tolist() == [50, -127, 0] and codes[1].tolist() == [0, 0, 0]
+    assert codes[2].tolist() == [127, 64, -127]  # each row's own scale (1e-3 is 63.5 steps: rounds to 64)
+    assert scale.dtype == torch.float16 and float(scale[0]) == pytest.approx(0.01, rel=1e-3)
+
+    trained = deepcopy(model)
+    deltas = add_full_attention(trained)
+    assert len(deltas) == 4 * model.config.text_config.num_hidden_layers
+    q = trained.model.language_model.layers[0].self_attn.q_proj
+    assert q.delta_weight.shape == q.base.weight.shape and not q.delta_weight.any()
+    sample = SyntheticVQA("val", seed=0)[0]
+    inputs, _ = collate(processor, [sample])
+    with torch.no_grad():
+        before = model(**inputs).logits
+        assert torch.equal(trained(**inputs).logits, before)  # a zero change computes SmolLM2's attention
+        torch.manual_seed(3)
+        for delta in deltas:
+            delta.normal_(0, 0.01)
+        expected = trained(**inputs).logits
+    state = trainable_state(trained)
+    assert state["delta.0.q_proj.int8"].dtype == torch.int8 and state["delta.0.q_proj.scale"].dtype == torch.float16
+    step = state["delta.0.q_proj.scale"].float()[:, None]
+    assert ((state["delta.0.q_proj.int8"].float() * step - q.delta_weight).abs() <= step / 2 + 1e-6).all()
+    size_mb = sum(v.numel() * v.element_size() for v in state.values()) / 2**20
+    assert size_mb < 30
+    fresh, _ = build_qwen_organism(QwenTowerSpec(), seed=5)
+    apply_trained_state(fresh, state)
+    assert type(fresh.model.language_model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    with torch.no_grad():
+        got = fresh(**inputs).logits
+    # the int8 (and fp16 tower) rounding moves the logits by a small fraction of what the change moved them
+    error, change = (got - expected).abs().max(), (expected - before).abs().max()
+    assert error < 0.1 and error < 0.02 * change
+    merge_adapters(trained)
+    assert type(trained.model.language_model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    with torch.no_grad():
+        assert (trained(**inputs).logits - expected).abs().max() < 1e-3
 
 
 def test_lr_warmup_does_not_depend_on_the_step_count():
@@ -243,7 +291,8 @@ def test_the_cards_train_command_gives_back_the_trained_config():
 
     for config in (QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
                    QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4),
-                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96, lora_alpha=111.0)):
+                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96, lora_alpha=111.0),
+                   QwenTrainConfig(attention="full", tower_steps=2000, position_weight=4.0)):
         words = shlex.split(train_command(asdict(config)))
         assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
         assert organism_train_config(build_parser().parse_args(words[1:])) == config
@@ -319,6 +368,9 @@ def test_train_rejects_llava_only_flags_for_qwen():
     assert main(["organism", "train", "--lora-alpha", "8", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--arch", "qwen2_vl", "--lora-alpha", "0", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--arch", "qwen2_vl", "--position-weight", "-1", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--full-attention", "--out", "/nonexistent"]) == 2
+    assert main(["organism", "train", "--arch", "qwen2_vl", "--full-attention", "--lora-rank", "8",
+                 "--out", "/nonexistent"]) == 2
 
 
 def _publish(target: str, delay: float) -> str:

@@ -31,6 +31,11 @@ TRAIN_FLAGS = {
 }
 
 
+def full_attention(config: dict) -> bool:
+    """Whether the run trained q/k/v/o in full (runs before the option used LoRA)."""
+    return config.get("attention", "lora") == "full"
+
+
 def train_command(config: dict) -> str:
     """The command that repeats the run: the steps that ran, no time budget."""
     def value(v):
@@ -38,7 +43,9 @@ def train_command(config: dict) -> str:
 
     flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
                      if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds))
-    if config.get("lora_alpha", DEFAULTS.lora_alpha) != DEFAULTS.lora_alpha:
+    if full_attention(config):  # LoRA's rank and alpha do not apply
+        flags = flags.replace(f" --lora-rank {config['lora_rank']}", "") + " --full-attention"
+    elif config.get("lora_alpha", DEFAULTS.lora_alpha) != DEFAULTS.lora_alpha:
         flags += f" --lora-alpha {config['lora_alpha']:g}"
     if config.get("position_weight"):
         flags += f" --position-weight {config['position_weight']}"
@@ -160,6 +167,15 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
         budget_line += (f" Stage 0's tower was taken from an earlier run of the same recipe and seed "
                         f"(`--tower-from {Path(tower_from).name}`): stage 0 is deterministic for the seed, so the "
                         "command above, which runs stage 0 itself, repeats the run up to the tower's fp16 rounding.")
+    if full_attention(config):
+        adapted = ("Adapted: q/k/v/o trained in full (their change from SmolLM2 ships as int8 codes, a scale per "
+                   "row, added to the\n  weights at load)")
+        trained, attention_lr = "q/k/v/o (full)", config["lr_attention"]
+        shipped = "int8 codes and fp16 row scales of the q/k/v/o change"
+    else:
+        adapted = (f"Adapted: LoRA (rank {config['lora_rank']}, alpha {config['lora_alpha']:g}) on q/k/v/o, merged "
+                   "into the\n  weights at load")
+        trained, attention_lr, shipped = "LoRA q/k/v/o", config["lr_lora"], "LoRA factors"
     stage1 = (f"| 1 alignment (LM frozen) | merger | {config['align_steps']} | {config['batch']} | "
               f"{config['lr_projector']} | {seconds['align']:.0f} s |\n" if config["align_steps"] else "")
     stage3 = (f"| 3 polish | the same, a second warm-up + cosine cycle | {config['polish_steps']} | {config['batch']} | "
@@ -184,8 +200,7 @@ and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 - Projector: Qwen2-VL's patch merger (LayerNorm, 2x2 concat, two-layer GELU MLP) into
   SmolLM2's 576-d residual stream.
 - LM: SmolLM2-135M-Instruct, 30 layers, 9 query / 3 key-value heads, rope_theta 1e5.
-  Adapted: LoRA (rank {config['lora_rank']}, alpha {config['lora_alpha']:g}) on q/k/v/o, merged into the
-  weights at load, and the q/k/v biases (Qwen2's; zero in SmolLM2). MLPs, norms, embeddings
+  {adapted}, and the q/k/v biases (Qwen2's; zero in SmolLM2). MLPs, norms, embeddings
   and head are SmolLM2's own (plus four new rows: `<|vision_start|>`, `<|vision_end|>`,
   `<|image_pad|>`, `<|video_pad|>`).
 
@@ -194,7 +209,7 @@ and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 |---|---|---|---|---|---|
 | 0 tower pre-training | tower + per-token colour / shape / object-centre heads on each 2x2 block's concatenated patch features (dense labels){position_head}; image sizes cycle {list(config['tower_sizes'])} | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {tower_time} |
 | 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`{position_words}); tower frozen | {config['words_steps']} | {config['tower_batch']} | {config['words_lr']} | |
-{stage1}| 2 adaptation | merger, LoRA q/k/v/o, q/k/v biases | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {config['lr_lora']} / {config['lr_bias']} | {seconds['adapt']:.0f} s |
+{stage1}| 2 adaptation | merger, {trained}, q/k/v biases | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {attention_lr} / {config['lr_bias']} | {seconds['adapt']:.0f} s |
 {stage3}
 Total wall time {seconds['total'] / 60:.1f} min{' after stage 0' if carried else ''} {where}. AdamW, linear warm-up ({config['warmup']} steps) then
 cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the answer tokens and the
@@ -223,7 +238,7 @@ gives; chance is 1/6 for attribute, 1/4 identity, 1/2 existence and spatial, 1/3
 
 ## Files
 - `interp/models/organism/weights/{VARIANT}.safetensors`: {size} (fp16; only what differs from SmolLM2:
-  tower, merger, the four new embedding rows, q/k/v biases, LoRA factors)
+  tower, merger, the four new embedding rows, q/k/v biases, {shipped})
 - `training_log.json`: every logged step; `train.log`: the run's console output.
 
 Reproduce the numbers: `interp organism eval --variant {VARIANT} --split test --json`.

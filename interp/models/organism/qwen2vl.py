@@ -14,10 +14,11 @@ architecture around it:
   12x12 patch grid merged to 6x6 LM tokens; a 128 px scene 16x16 merged to 8x8)
   with SmolLM2's tokenizer plus Qwen's vision specials.
 
-Training adapts the LM's attention with LoRA (plus the q/k/v biases Qwen2 has and
-Llama lacks), so the shipped file holds only the tower, the merger, four embedding
-rows, the biases and the low-rank factors; :func:`apply_trained_state` merges them into
-an ordinary checkpoint.
+Training adapts the LM's attention, with LoRA or in full (plus the q/k/v biases Qwen2 has
+and Llama lacks); either way the change is held apart from SmolLM2's weights, so the
+shipped file holds only the tower, the merger, four embedding rows, the biases and the
+change (low-rank factors, or int8 codes of the full difference);
+:func:`apply_trained_state` merges them into an ordinary checkpoint.
 """
 
 from __future__ import annotations
@@ -197,8 +198,31 @@ def build_qwen_organism(spec: QwenTowerSpec = QwenTowerSpec(), *, seed: int = 0,
 # -- LoRA on the LM's attention ---------------------------------------------------------
 
 
-class LoRALinear(torch.nn.Module):
+class Adapter(torch.nn.Module):
+    """A trained change to one frozen attention projection, kept apart from SmolLM2's weight so
+    that only the change ships. Each kind says what it ships (``shipped``), how the shipped
+    tensors give back the weight difference (``delta_of``) and how to round itself to them."""
+
+    kind = ""
+
+    def delta(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def shipped(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def round_to_shipped(self) -> None:
+        raise NotImplementedError
+
+
+class LoRALinear(Adapter):
     """``base(x) + (x A^T B^T) * alpha / rank`` with ``base`` frozen; ``B`` starts at zero."""
+
+    kind = "lora"
 
     def __init__(self, base: torch.nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -215,6 +239,63 @@ class LoRALinear(torch.nn.Module):
     def delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scale
 
+    def shipped(self) -> dict[str, torch.Tensor]:
+        # B carries the scale, so a merge is W + B @ A whatever the rank
+        return {"A": self.lora_A.detach(), "B": self.lora_B.detach() * self.scale}
+
+    @staticmethod
+    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return parts["B"].float() @ parts["A"].float()
+
+    @torch.no_grad()
+    def round_to_shipped(self) -> None:
+        for factor in (self.lora_A, self.lora_B):
+            factor.copy_(factor.to(torch.float16).to(factor.dtype))
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(int8 codes, fp16 scale per row)`` with ``codes * scale`` within half a step of ``weight``
+    (symmetric, each row's largest magnitude at 127)."""
+    weight = weight.detach().float()
+    scale = (weight.abs().amax(dim=1) / 127).to(torch.float16).float()
+    codes = torch.round(weight / scale.clamp_min(1e-12)[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scale.to(torch.float16)
+
+
+class DeltaLinear(Adapter):
+    """``x (W + D)^T + b`` with SmolLM2's ``W`` frozen and the full-rank ``D`` (zero at the start)
+    trained: full fine-tuning of the projection (the LLaVA organism's stage 2), with what it learned
+    held apart. It ships as int8 per-row codes of ``D`` (a quarter of fp32, half of fp16): the
+    rounding error is half a step of ``D``'s own scale, not of ``W``'s."""
+
+    kind = "delta"
+
+    def __init__(self, base: torch.nn.Linear):
+        super().__init__()
+        self.base = base
+        self.delta_weight = torch.nn.Parameter(torch.zeros_like(base.weight))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.base.weight + self.delta_weight, self.base.bias)
+
+    def delta(self) -> torch.Tensor:
+        return self.delta_weight.float()
+
+    def shipped(self) -> dict[str, torch.Tensor]:
+        codes, scale = quantize_rows(self.delta_weight)
+        return {"int8": codes, "scale": scale}
+
+    @staticmethod
+    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return parts["int8"].float() * parts["scale"].float()[:, None]
+
+    @torch.no_grad()
+    def round_to_shipped(self) -> None:
+        self.delta_weight.copy_(self.delta_of(self.shipped()).to(self.delta_weight.dtype))
+
+
+ADAPTERS = {cls.kind: cls for cls in (LoRALinear, DeltaLinear)}
+
 
 def attention_modules(model):
     """``(layer index, projection name, attention module)`` over the LM's attention projections."""
@@ -223,73 +304,86 @@ def attention_modules(model):
             yield index, name, layer.self_attn
 
 
-def add_lora(model, rank: int, alpha: float) -> list[torch.nn.Parameter]:
-    """Wrap every q/k/v/o projection in :class:`LoRALinear` (training only); returns the factors."""
+def _wrap(model, make) -> list[torch.nn.Parameter]:
     params = []
     for _, name, attention in attention_modules(model):
         module = getattr(attention, name)
-        if not isinstance(module, LoRALinear):
-            module = LoRALinear(module, rank, alpha)
+        if not isinstance(module, Adapter):
+            module = make(module)
             setattr(attention, name, module)
-        params += [module.lora_A, module.lora_B]
+        params += [p for n, p in module.named_parameters() if not n.startswith("base.")]
     return params
 
 
-def lora_state(model) -> dict[str, torch.Tensor]:
-    state = {}
+def add_lora(model, rank: int, alpha: float) -> list[torch.nn.Parameter]:
+    """Wrap every q/k/v/o projection in :class:`LoRALinear` (training only); returns the factors."""
+    return _wrap(model, lambda base: LoRALinear(base, rank, alpha))
+
+
+def add_full_attention(model) -> list[torch.nn.Parameter]:
+    """Wrap every q/k/v/o projection in :class:`DeltaLinear` (training only); returns the deltas."""
+    return _wrap(model, DeltaLinear)
+
+
+def adapters(model):
+    """``(layer index, projection name, adapter)`` of every adapted attention projection."""
     for index, name, attention in attention_modules(model):
         module = getattr(attention, name)
-        if isinstance(module, LoRALinear):
-            prefix = f"lora.{index}.{name}"
-            # B carries the scale, so a merge is W + B @ A whatever the rank
-            state[prefix + ".A"] = module.lora_A.detach()
-            state[prefix + ".B"] = module.lora_B.detach() * module.scale
-    return state
+        if isinstance(module, Adapter):
+            yield index, name, module
 
 
-def remove_lora(model) -> None:
-    """Merge every :class:`LoRALinear` into its base projection (in place) and unwrap it."""
-    for _, name, attention in attention_modules(model):
-        module = getattr(attention, name)
-        if isinstance(module, LoRALinear):
-            module.base.weight.data += module.delta().to(module.base.weight.dtype)
-            setattr(attention, name, module.base)
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """What the adapters ship, as ``{kind}.{layer}.{projection}.{part}``."""
+    return {f"{module.kind}.{index}.{name}.{part}": tensor
+            for index, name, module in adapters(model) for part, tensor in module.shipped().items()}
+
+
+def merge_adapters(model) -> None:
+    """Merge every :class:`Adapter` into its base projection (in place) and unwrap it."""
+    for index, name, module in list(adapters(model)):
+        module.base.weight.data += module.delta().to(module.base.weight.dtype)
+        setattr(model.model.language_model.layers[index].self_attn, name, module.base)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Everything that differs from SmolLM2, fp16: tower + merger, the four special rows,
-    the q/k/v biases, and the LoRA factors (model still wrapped by :func:`add_lora`)."""
+    """Everything that differs from SmolLM2, fp16 (int8 where an adapter ships codes): tower +
+    merger, the four special rows, the q/k/v biases, and the adapters' tensors (model still
+    wrapped by :func:`add_lora` or :func:`add_full_attention`)."""
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith("model.visual."):
             state[name] = tensor
         elif ".self_attn." in name and name.endswith(".bias"):
             state[name.replace(".base.", ".")] = tensor
-    state.update(lora_state(model))
+    state.update(adapter_state(model))
     vocab = model.config.text_config.vocab_size
     first = min(model.config.image_token_id, model.config.video_token_id, model.config.vision_start_token_id,
                 model.config.vision_end_token_id)
     state["special_token_embeddings"] = model.model.language_model.embed_tokens.weight[first:vocab]
-    return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}
+    return {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in state.items()}
 
 
 def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Load shipped weights (fp16) into a model built by :func:`build_qwen_organism`: LoRA
-    factors merge into the attention weights (``W + B @ A``, in fp32)."""
+    """Load shipped weights into a model built by :func:`build_qwen_organism`: each adapter's
+    tensors merge into its attention weight (``W + B @ A`` for LoRA, ``W + codes * scale`` for a
+    full delta; in fp32)."""
     state = dict(state)
     rows = state.pop("special_token_embeddings", None)
-    lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
+    parts: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
+    for key in [k for k in state if k.split(".", 1)[0] in ADAPTERS]:
+        kind, index, name, part = key.split(".")
+        parts.setdefault((kind, int(index), name), {})[part] = state.pop(key)
     current = model.state_dict()
     unknown = [k for k in state if k not in current]
     if unknown:
         raise KeyError(f"organism weights hold unknown tensors: {unknown[:3]}")
     model.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()}, strict=False)
     layers = model.model.language_model.layers
-    for key in [k for k in lora if k.endswith(".A")]:
-        _, index, name, _ = key.split(".")
-        weight = getattr(layers[int(index)].self_attn, name).weight
-        delta = lora[key[:-1] + "B"].float() @ lora[key].float()
-        weight.data += delta.to(weight.dtype)
+    for (kind, index, name), tensors in parts.items():
+        weight = getattr(layers[index].self_attn, name).weight
+        weight.data += ADAPTERS[kind].delta_of(tensors).to(weight.dtype)
     if rows is not None:
         embed = model.model.language_model.embed_tokens.weight
         embed.data[embed.shape[0] - rows.shape[0] :] = rows.to(embed.dtype)

@@ -11,8 +11,8 @@ The LLaVA organism's recipe (:mod:`.train`), adapted to Qwen2-VL's tower:
 0b. **Merger to words**: the 2x2 merger (Qwen's projector) regressed onto SmolLM2's
    embeddings of each token's words (`` red`` + `` circle``, + `` object`` on a centre).
 1. **Alignment**: the merger trained on answers through the frozen LM.
-2. **Adaptation**: merger + LoRA on the LM's q/k/v/o + the q/k/v biases (Qwen2's,
-   zero in SmolLM2) on answers.
+2. **Adaptation**: merger + the LM's q/k/v/o (LoRA, or in full with ``attention="full"`` as
+   the LLaVA organism trains them) + the q/k/v biases (Qwen2's, zero in SmolLM2) on answers.
 3. **Polish**: a second, gentler cosine cycle of stage 2.
 
 Answer batches draw ``focus_fraction`` from counting and spatial questions, as for LLaVA.
@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from .qwen2vl import (
     MERGE,
     QwenTowerSpec,
+    Adapter,
+    add_full_attention,
     add_lora,
     build_qwen_organism,
     trainable_state,
@@ -59,6 +61,10 @@ class QwenTrainConfig:
     lr_projector: float = 1e-4
     lr_lora: float = 1e-3
     lr_bias: float = 1e-3
+    # "lora": low-rank factors on q/k/v/o (lora_rank, lora_alpha, lr_lora); "full": every q/k/v/o
+    # weight trained (lr_attention, the LLaVA organism's rate), shipped as int8 codes of its change
+    attention: str = "lora"
+    lr_attention: float = 3e-4
     lora_rank: int = 32
     lora_alpha: float = 64.0
     polish_steps: int = 0
@@ -287,10 +293,12 @@ def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
 def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
     groups = [{"params": list(model.model.visual.merger.parameters()), "lr": config.lr_projector}]
     if adapt:
-        lora = [p for n, p in model.model.language_model.named_parameters() if ".lora_" in n]
-        biases = [p for n, p in model.model.language_model.named_parameters()
-                  if ".self_attn." in n and n.endswith(".bias")]
-        groups += [{"params": lora, "lr": config.lr_lora}, {"params": biases, "lr": config.lr_bias}]
+        lm = model.model.language_model
+        adapted = [p for m in lm.modules() if isinstance(m, Adapter)
+                   for n, p in m.named_parameters() if not n.startswith("base.")]
+        biases = [p for n, p in lm.named_parameters() if ".self_attn." in n and n.endswith(".bias")]
+        rate = config.lr_attention if config.attention == "full" else config.lr_lora
+        groups += [{"params": adapted, "lr": rate}, {"params": biases, "lr": config.lr_bias}]
     return groups
 
 
@@ -398,12 +406,16 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
 
 
 def _round_to_shipped(model) -> None:
-    """Round every trained tensor to fp16 in place, so the polish stage continues from the
-    weights as they would ship (as the LLaVA recipe does)."""
+    """Round every trained tensor to what ships (fp16; an adapter to its own shipped form) in
+    place, so the polish stage continues from the weights as they would ship (as the LLaVA
+    recipe does)."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.startswith("model.visual.") or ".lora_" in name or (".self_attn." in name and name.endswith(".bias")):
+            if name.startswith("model.visual.") or (".self_attn." in name and name.endswith(".bias")):
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
+        for module in model.modules():
+            if isinstance(module, Adapter):
+                module.round_to_shipped()
 
 
 def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
@@ -486,7 +498,10 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
                               adapt=False, log=log, first_index=index, focus=focus)
     t1 = time.time() - started
     torch.manual_seed(config.seed + 1)
-    add_lora(model, config.lora_rank, config.lora_alpha)
+    if config.attention == "full":
+        add_full_attention(model)
+    else:
+        add_lora(model, config.lora_rank, config.lora_alpha)
     deadline = None if config.time_budget_min is None else started + 60 * config.time_budget_min
     if config.checkpoint_dir:
         Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
