@@ -129,7 +129,9 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
     val_curve = [f"| {e['stage']} | {e['step'] + 1} | {e['loss']:.4f} | {e['val']['accuracy']:.3f} |"
                  for e in log if "val" in e]
     budget = next((e["budgeted_steps"] for e in log if "budgeted_steps" in e), None)
-    carried = any("seconds" not in e for e in log if e["stage"] == 0)  # stage 0 ran in an earlier process
+    # stage 0 ran in an earlier process: --tower-from (its log carried over, timed there or not)
+    carried = bool(summary.get("tower_from")) or any("seconds" not in e for e in log if e["stage"] == 0)
+    tower_seconds = [e["seconds"] for e in log if e["stage"] == 0 and "seconds" in e]
     device = config.get("device", "cpu")
     threads = cpu_threads(log)
     if device != "cpu":
@@ -139,7 +141,8 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
     else:
         where = f"on the CPU ({threads}; torch {summary['torch']}, fp32)"
     tower_time = (f"{seconds['tower']:.0f} s (with 0b)" if not carried else
-                  f"earlier process; 0b here: {seconds['tower']:.0f} s")
+                  f"earlier process{f' ({tower_seconds[-1]:.0f} s)' if tower_seconds else ''}; "
+                  f"0b here: {seconds['tower']:.0f} s")
     met = result["accuracy"] >= 0.90 and min(result["per_kind"].values()) >= 0.75 and result["blind_accuracy"] <= 0.5
     bar = "" if met else (" **Below the bar** (>= 0.90 overall, no kind below 0.75, blind <= 0.5): this run's "
                           "stage 2 had far fewer answer samples than the LLaVA organism's recipe (see the notes).")
@@ -237,7 +240,7 @@ Blind accuracy replaces every image by a blank one, so it measures what the ques
 gives; chance is 1/6 for attribute, 1/4 identity, 1/2 existence and spatial, 1/3 counting.
 
 ## Files
-- `interp/models/organism/weights/{VARIANT}.safetensors`: {size} (fp16; only what differs from SmolLM2:
+- `interp/models/organism/weights/{VARIANT}.safetensors`: {size} ({'fp16 and int8' if full_attention(config) else 'fp16'}; only what differs from SmolLM2:
   tower, merger, the four new embedding rows, q/k/v biases, {shipped})
 - `training_log.json`: every logged step; `train.log`: the run's console output.
 
