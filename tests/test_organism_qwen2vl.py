@@ -240,6 +240,12 @@ def test_lora_merges_into_an_ordinary_checkpoint(assembled):
     assert (merged - expected).abs().max() < 1e-3
 
 
+def test_the_attention_mode_is_lora_or_full():
+    assert QwenTrainConfig(attention="full").attention == "full"
+    with pytest.raises(ValueError, match="'lora' or 'full'"):
+        QwenTrainConfig(attention="Full")
+
+
 def test_full_attention_trains_every_weight_and_ships_its_change_as_int8(assembled):
     """``attention="full"``: the trained q/k/v/o are SmolLM2's plus a full-rank change; it ships as
     int8 codes with a scale per row (within half a step of the change), and the shipped file applied

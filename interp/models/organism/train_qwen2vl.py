@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from .qwen2vl import (
     MERGE,
-    QwenTowerSpec,
     Adapter,
+    QwenTowerSpec,
     add_full_attention,
     add_lora,
     build_qwen_organism,
@@ -100,6 +100,10 @@ class QwenTrainConfig:
     checkpoint_dir: str | None = None
     progress_file: str | None = None
     tower: QwenTowerSpec = field(default_factory=QwenTowerSpec)
+
+    def __post_init__(self):
+        if self.attention not in ("lora", "full"):
+            raise ValueError(f"attention={self.attention!r}: 'lora' or 'full'")
 
 
 def lr_scale(step: int, steps: int, warmup: int) -> float:
