@@ -41,10 +41,12 @@ def train_command(config: dict) -> str:
     def value(v):
         return ",".join(v) if isinstance(v, (list, tuple)) else v
 
+    full = full_attention(config)  # then LoRA's rank and alpha do not apply
     flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
-                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds))
-    if full_attention(config):  # LoRA's rank and alpha do not apply
-        flags = flags.replace(f" --lora-rank {config['lora_rank']}", "") + " --full-attention"
+                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds)
+                     and not (key == "lora_rank" and full))
+    if full:
+        flags += " --full-attention"
     elif config.get("lora_alpha", DEFAULTS.lora_alpha) != DEFAULTS.lora_alpha:
         flags += f" --lora-alpha {config['lora_alpha']:g}"
     if config.get("position_weight"):

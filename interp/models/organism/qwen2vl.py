@@ -205,6 +205,10 @@ class Adapter(torch.nn.Module):
 
     kind = ""
 
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The adapter's own tensors (the frozen ``base`` projection's excluded)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("base.")]
+
     def delta(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -311,7 +315,7 @@ def _wrap(model, make) -> list[torch.nn.Parameter]:
         if not isinstance(module, Adapter):
             module = make(module)
             setattr(attention, name, module)
-        params += [p for n, p in module.named_parameters() if not n.startswith("base.")]
+        params += module.trained_parameters()
     return params
 
 

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from .qwen2vl import (
     MERGE,
-    Adapter,
     QwenTowerSpec,
+    adapters,
     add_full_attention,
     add_lora,
     build_qwen_organism,
@@ -298,8 +298,7 @@ def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
     groups = [{"params": list(model.model.visual.merger.parameters()), "lr": config.lr_projector}]
     if adapt:
         lm = model.model.language_model
-        adapted = [p for m in lm.modules() if isinstance(m, Adapter)
-                   for n, p in m.named_parameters() if not n.startswith("base.")]
+        adapted = [p for _, _, adapter in adapters(model) for p in adapter.trained_parameters()]
         biases = [p for n, p in lm.named_parameters() if ".self_attn." in n and n.endswith(".bias")]
         rate = config.lr_attention if config.attention == "full" else config.lr_lora
         groups += [{"params": adapted, "lr": rate}, {"params": biases, "lr": config.lr_bias}]
@@ -417,9 +416,8 @@ def _round_to_shipped(model) -> None:
         for name, parameter in model.named_parameters():
             if name.startswith("model.visual.") or (".self_attn." in name and name.endswith(".bias")):
                 parameter.copy_(parameter.to(torch.float16).to(parameter.dtype))
-        for module in model.modules():
-            if isinstance(module, Adapter):
-                module.round_to_shipped()
+        for _, _, adapter in adapters(model):
+            adapter.round_to_shipped()
 
 
 def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
