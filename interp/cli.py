@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_args import Parser, add_model_args, model_and_kwargs, non_empty, non_negative_int, positive_int
+from .cli_args import (Parser, add_model_args, decode_batch, model_and_kwargs, non_empty, non_negative_int,
+                       positive_int)
 from .cli_args import load_kwargs as loading_flags
 from .errors import InterpError
 from .options import GPU_BATCH_SIZE, MODES, PAPER_MASK_SCALE, SCORINGS
@@ -336,7 +337,7 @@ def _reproduce(args) -> int:
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
              "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation,
-             "batch_size": args.batch_size, "restart_batch": args.restart_batch}
+             "batch_size": args.batch_size, "restart_batch": args.restart_batch, "decode_batch": args.decode_batch}
     config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
                              **{key: value for key, value in given.items() if value is not None})
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
@@ -521,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--restart-batch", type=positive_int, default=None,
                      help="a question's sweep conditions per restart forward (default 8); results equal at any "
                           "value, so a run may resume with another; more uses more memory and suits a GPU")
+    rep.add_argument("--decode-batch", type=decode_batch, default=None, metavar="N|auto|all",
+                     help="--scoring generate: a question's sweep conditions decoded together, their prompt "
+                          "keys/values held until then (default auto: sized from the model's keys/values and the "
+                          "free memory; all: every condition at once); results equal at any value")
     rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
                      "torchrun each rank is a shard); the last shard to finish writes the report")
     rep.set_defaults(func=_reproduce)

@@ -43,6 +43,14 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "a non-negative integer")
 
 
+def decode_batch(text: str) -> int | str:
+    """An ``argparse`` type for ``--decode-batch``: ``auto``, ``all`` (every condition at once) or an
+    integer >= 1."""
+    if text in ("auto", "all"):
+        return text
+    return _int_at_least(text, 1, "a positive integer, 'auto' or 'all'")
+
+
 def non_empty(text: str) -> str:
     """An ``argparse`` type: a string with something in it (``--question ""`` refused)."""
     if not text.strip():

@@ -47,7 +47,7 @@ from .items import as_items
 from .logit_lens import lens_frame, lens_rows
 from .rundir import RunDir, RunDirError
 from .stats import bootstrap_mean_ci, detect_fusion, layer_effects
-from .sweep import MODES, SCORINGS, VARIANTS, check_options, sweep_frame, sweep_rows, use_fast
+from .sweep import MODES, SCORINGS, VARIANTS, check_decode_batch, check_options, sweep_frame, sweep_rows, use_fast
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ class ReproduceConfig:
     #: :func:`interp.engine.prefix.restart_many`); larger suits a GPU with memory to spare. Results
     #: equal at any value (float tolerance), so, like batch_size, a resumed run may change it
     restart_batch: int = 8
+    #: with ``scoring="generate"``: a question's sweep conditions decoded together (their prompt
+    #: keys/values are held until then); "auto" sizes it from the free memory
+    #: (:func:`interp.engine.memory.decode_batch_for`). Results equal at any value, so a resumed run may change it
+    decode_batch: int | str | None = "auto"
 
 
 def resolve_batch_size(vlm, batch_size: int | None, remote=None) -> int:
@@ -142,7 +146,7 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
     # batch_size: the rows are the same at any batch size (within float tolerance; tests/test_batching.py),
     # so a run may be continued with another one
     report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers", "patching_pairs",
-                   "lens_samples", "ablation_seeds", "batch_size", "restart_batch")
+                   "lens_samples", "ablation_seeds", "batch_size", "restart_batch", "decode_batch")
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
     weights_id = vlm.weights_id
@@ -207,8 +211,10 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
         timings["clean_pass"] += time.time() - t
         for item, sp in zip(chunk, passes):
             t = time.time()
-            sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
-                               scoring=config.scoring, fast=fast_sweep, remote=remote, batch=config.restart_batch)
+            with _fits([item], batch, "a smaller --restart-batch or --decode-batch (the masking sweep)"):
+                sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
+                                   scoring=config.scoring, fast=fast_sweep, remote=remote, batch=config.restart_batch,
+                                   decode_batch=check_decode_batch(config.decode_batch))
             timings["masking_sweep"] += time.time() - t
             t = time.time()
             maps = _plain(attention_rows(sp).to_dict("records"))
@@ -300,8 +306,9 @@ def _chunks(items: list, size: int):
 
 
 @contextlib.contextmanager
-def _fits(items: list, batch: int):
-    """Samples that do not fit in accelerator memory: one line saying which, and what to do."""
+def _fits(items: list, batch: int, step: str = ""):
+    """Samples that do not fit in accelerator memory: one line saying which, and what to do
+    (``step``: the options that bound the step inside, named first)."""
     try:
         yield
     except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
@@ -309,6 +316,7 @@ def _fits(items: list, batch: int):
             raise
         which = f"sample {items[0].id!r}" if len(items) == 1 else f"the batch of samples {', '.join(repr(i.id) for i in items)}"
         smaller = f"a smaller --batch-size (this run: {batch}), " if batch > 1 else ""
+        smaller = f"{step}, " + smaller if step else smaller
         raise InterpError(f"{which} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
                           f"samples are saved: rerun with {smaller}a smaller --keep-prefix-mb, a shorter prompt, or "
                           "more devices (--device-map auto)") from None
@@ -389,6 +397,7 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
     from .. import validate
 
     validate.positive_int(config.restart_batch, "restart_batch")  # before any compute
+    check_decode_batch(config.decode_batch)
     if config.batch_size is not None:
         validate.positive_int(config.batch_size, "batch_size")
     items = as_items(samples, limit)

@@ -51,6 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.decode import greedy_continue
+from ..engine.memory import resolve_decode_batch
 from ..engine.prefix import (RestartGroup, fill_kv, first_changed_row, restart, restart_many,
                              supports_prefix_reuse, unembed)
 from ..errors import InterpError
@@ -100,6 +101,18 @@ def check_options(variants, scoring: str, mode: str, window: int) -> tuple[str, 
     return variants
 
 
+def check_decode_batch(value: int | str | None) -> int | str | None:
+    """``decode_batch`` checked: ``"auto"``, a positive int, or None / ``"all"`` (returned as None:
+    every condition at once); one line otherwise."""
+    from .. import validate
+
+    if value is None or value == "all":
+        return None
+    if value == "auto":
+        return value
+    return validate.positive_int(value, "decode_batch (or 'auto')")
+
+
 def use_fast(vlm, mode: str, scoring: str, remote) -> bool:
     reason = fast_reason(vlm, scoring, remote)
     if mode == "fast" and reason:
@@ -111,7 +124,7 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
                   window: int = 3, scale: float = PAPER_MASK_SCALE, scoring: str = "teacher", mode: str = "auto",
                   limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
                   remote: bool | str | None = None, progress: bool = True, rows: bool = True,
-                  decode_batch: int | None = None) -> pd.DataFrame:
+                  decode_batch: int | str | None = "auto") -> pd.DataFrame:
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
     VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
 
@@ -120,8 +133,10 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     forward holds ``batch x recomputed rows`` activations); ``rows=False`` restarts every condition on
     every row, each restart layer's conditions alone (the reference the row-level restart is tested
     against); ``decode_batch`` caps how many conditions of a sample decode together when generating
-    (None: all; their prompt keys/values are held)."""
+    (their prompt keys/values are held until then): ``"auto"`` sizes it from the model's keys/values
+    and the free memory (:func:`interp.engine.memory.decode_batch_for`), None decodes all at once."""
     variants = check_options(variants, scoring, mode, window)
+    decode_batch = check_decode_batch(decode_batch)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)
     fast = use_fast(vlm, mode, scoring, remote)
@@ -145,13 +160,14 @@ def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float
 
 def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale: float, scoring: str, fast: bool,
                max_new_tokens: int = 8, batch: int = 8, remote=None, rows: bool = True,
-               decode_batch: int | None = None) -> list[dict]:
+               decode_batch: int | str | None = "auto") -> list[dict]:
     """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself).
 
     Fast mode only: ``rows`` restarts each condition on the rows it can change (see
     :func:`interp.engine.prefix.first_changed_row`) and runs a layer once for conditions with
     the same input to it (False: every row of every condition, one batch row each), ``decode_batch`` caps
-    how many conditions decode together when generating (None: all of the sample's)."""
+    how many conditions decode together when generating (``"auto"``: sized from the free memory; None:
+    all of the sample's)."""
     conditions = [(v, l) for l in layer_list for v in variants]
     if fast:
         results = _fast(vlm, sp, conditions, window, scale, batch, scoring=scoring, max_new_tokens=max_new_tokens,
@@ -164,7 +180,7 @@ def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale:
 
 
 def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str = "teacher",
-          max_new_tokens: int = 8, rows: bool = True, decode_batch: int | None = None) -> dict:
+          max_new_tokens: int = 8, rows: bool = True, decode_batch: int | str | None = "auto") -> dict:
     """Restart every condition from the clean pass: layer by layer, the conditions that have
     started and change the same rows run in batches of ``batch`` (``rows=False``: each restart
     layer's conditions alone, on every row); unembedding once per sample. With generation
@@ -177,17 +193,24 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         bound = Plan(condition(variant, layer, vlm.n_layers, tf, window=window, scale=scale)).bind(vlm, tf.prepared)
         row = first_changed_row(vlm, clean, layer, [bound]) if rows else 0
         groups.setdefault((layer, row), []).append(((variant, layer), bound))
+    if generate:
+        decode_batch = resolve_decode_batch(vlm, decode_batch, tf.prompt_len + max_new_tokens)
+        if decode_batch is not None and decode_batch >= len(conditions) + 1:
+            decode_batch = None  # every condition fits: one batch, as without a cap
     decoder = _Decoder(vlm, sp, max_new_tokens, decode_batch) if generate else None
-    if decoder is not None:
+    keys, finals = [], []
+    for piece in _restarts(vlm, clean, groups, batch, kv_rows=tf.prompt_len if generate else None,
+                           rows=rows, decode_batch=decode_batch if generate else None):
+        for chunk, result in piece:
+            keys.extend(chunk)
+            finals.append(result.hidden)
+            if decoder is not None:
+                decoder.add(chunk, result.kv, result.hidden[:, 0])
+        if decoder is not None:  # with decode_batch, each restart slice decodes before the next starts
+            decoder.end_slice()
+    if decoder is not None:  # the baseline last, so that the decoder's batches are the restart slices
         decoder.add([("baseline", -1)], [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len])
                                         for k, v in fill_kv(vlm, clean)], clean.logits[:1])
-    keys, finals = [], []
-    for chunk, result in _restarts(vlm, clean, groups, batch, kv_rows=tf.prompt_len if generate else None,
-                                   rows=rows, decode_batch=decode_batch if generate else None):
-        keys.extend(chunk)
-        finals.append(result.hidden)
-        if decoder is not None:  # as they come: with decode_batch, decoding bounds the keys/values held
-            decoder.add(chunk, result.kv, result.hidden[:, 0])
     scored = {("baseline", -1): clean.logits}
     if finals:
         scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
@@ -203,44 +226,44 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
 
 
 def _restarts(vlm, clean, groups: dict, batch: int, *, kv_rows, rows: bool, decode_batch):
-    """``(condition keys, Restart)`` of every restart group, in order: all of them in one
-    layer-major pass (slices of ``decode_batch`` conditions when that bounds the keys/values
-    held), or with ``rows=False`` the every-row reference, each restart layer's conditions
-    alone in batches."""
+    """Slices of ``(condition keys, Restart)`` pairs covering every restart group, in order: all
+    of them in one layer-major pass (slices of at most ``decode_batch`` conditions when that
+    bounds the keys/values held), or with ``rows=False`` the every-row reference, each restart
+    layer's conditions alone in batches (a slice each)."""
     if rows:
         for piece in _slices(list(groups.items()), decode_batch):
             results = restart_many(vlm, clean, [RestartGroup(start, [bound for _, bound in members], row)
                                                 for (start, row), members in piece], batch=batch, kv_rows=kv_rows)
-            for (_, members), result in zip(piece, results):
-                yield [key for key, _ in members], result
+            yield [([key for key, _ in members], result) for (_, members), result in zip(piece, results)]
         return
     for (start, row), members in groups.items():
         for i in range(0, len(members), batch):
             chunk = members[i : i + batch]
-            yield [key for key, _ in chunk], restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
-                                                     kv_rows=kv_rows, share=False)
+            yield [([key for key, _ in chunk], restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
+                                                       kv_rows=kv_rows, share=False))]
 
 
 def _slices(groups: list, size: int | None) -> list[list]:
-    """``groups`` (``(key, members)`` pairs) in consecutive slices of at least ``size`` members
-    each (None: one slice)."""
+    """``groups`` (``(key, members)`` pairs) in consecutive slices of at most ``size`` members
+    each, a group never split (so a slice holds more only when one group does); None: one slice."""
     if size is None:
         return [groups] if groups else []
     out, piece, count = [], [], 0
     for entry in groups:
-        piece.append(entry)
-        count += len(entry[1])
-        if count >= size:
+        if piece and count + len(entry[1]) > size:
             out.append(piece)
             piece, count = [], 0
+        piece.append(entry)
+        count += len(entry[1])
     return out + ([piece] if piece else [])
 
 
 class _Decoder:
     """Collects the conditions' prefills (per-layer prompt keys/values) and decodes them in
     batches: all of a sample's at the end (``decode_batch=None``; their first-token logits are
-    the sample's scored logits), or ``decode_batch`` rows at a time as they come, holding at most
-    that many conditions' keys/values (their first-token logits unembedded per batch)."""
+    the sample's scored logits), or each restart slice (at most ``decode_batch`` conditions) as it
+    completes, holding only that slice's keys/values (their first-token logits unembedded per
+    slice)."""
 
     def __init__(self, vlm, sp: SamplePass, max_new_tokens: int, decode_batch: int | None):
         self.vlm, self.sp, self.max_new_tokens, self.size = vlm, sp, max_new_tokens, decode_batch
@@ -249,7 +272,10 @@ class _Decoder:
 
     def add(self, keys: list, kv: list, first) -> None:
         self.pending.append((keys, kv, first))
-        if self.size is not None and sum(len(k) for k, _, _ in self.pending) >= self.size:
+
+    def end_slice(self) -> None:
+        """A restart slice is complete: decode it now when slices bound what is held."""
+        if self.size is not None:
             self._flush(None)
 
     def finish(self, scored: dict) -> dict:
@@ -266,14 +292,15 @@ class _Decoder:
         else:  # the baseline's are logits already; a restart's first scored position is its hidden state
             logits = torch.cat([first if key[0] == ("baseline", -1) else unembed(vlm, first)
                                 for key, _, first in pending])
-        layer_kv = [(torch.cat([kv[i][0] for _, kv, _ in pending]), torch.cat([kv[i][1] for _, kv, _ in pending]))
-                    for i in range(vlm.n_layers)]
-        size = len(keys) if self.size is None else max(1, self.size)
-        for start in range(0, len(keys), size):
-            kv = [(k[start : start + size], v[start : start + size]) for k, v in layer_kv]
-            tokens = greedy_continue(vlm, self.sp.prepared, logits[start : start + size], kv, self.max_new_tokens)
-            for key, row in zip(keys[start : start + size], tokens):
-                self.texts[key] = vlm.decode(torch.tensor([row]))[0]
+        layer_kv = []
+        for i in range(vlm.n_layers):  # each layer's parts dropped once joined: one copy held, not two
+            layer_kv.append((torch.cat([kv[i][0] for _, kv, _ in pending]),
+                             torch.cat([kv[i][1] for _, kv, _ in pending])))
+            for _, kv, _ in pending:
+                kv[i] = None
+        del pending
+        for key, row in zip(keys, greedy_continue(vlm, self.sp.prepared, logits, layer_kv, self.max_new_tokens)):
+            self.texts[key] = vlm.decode(torch.tensor([row]))[0]
 
 
 def _naive(vlm, sp: SamplePass, conditions, window, scale, scoring, max_new_tokens, remote) -> dict:

@@ -567,6 +567,8 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
                     step = index - group.start
                     group_kv.append((torch.cat([kept[m][step][0] for m in members]),
                                      torch.cat([kept[m][step][1] for m in members])))
+                    for m in members:  # joined: the variant's own copy is no longer needed
+                        kept[m][step] = None
         results.append(Restart(final, [plan.contexts[v] for v in members], group_kv))
     return results
 

@@ -182,6 +182,15 @@ class FamilyAdapter:
         text = self.text_config(config)
         return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
 
+    def kv_heads(self, config: Any) -> int:
+        """Key/value heads per decoder layer (grouped-query attention shares them)."""
+        text = self.text_config(config)
+        return int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+
+    def kv_bytes_per_token(self, config: Any, dtype: Any) -> int:
+        """Bytes one token's keys and values take in one decoder layer at ``dtype`` (a torch dtype)."""
+        return 2 * self.kv_heads(config) * self.head_dim(config) * dtype.itemsize
+
     def site_paths(self) -> dict:
         """The module paths and names the hook sites live at (plain strings)."""
         names = ("layers_path", "final_norm_path", "embed_path", "vision_layers_path", "projector_path", "attn_name",
