@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cli_args import (Parser, add_model_args, decode_batch, model_and_kwargs, non_empty, non_negative_int,
                        positive_int)
@@ -40,7 +41,7 @@ def _hooks(args) -> int:
     return 0
 
 
-def _demo_sample(image: str | None, question: str | None, image_size: int):
+def _demo_sample(image: Any, question: str | None, image_size: int):
     """The user's image and question, or test sample 0 of the synthetic benchmark."""
     if image is not None:
         return image, question or "What is in the image?"
@@ -50,7 +51,7 @@ def _demo_sample(image: str | None, question: str | None, image_size: int):
     return sample.image, question or sample.question
 
 
-def quickstart(model: str, image: str | None, question: str | None, out: Path | None, max_new_tokens: int = 8,
+def quickstart(model: str, image: Any, question: str | None, out: Path | None, max_new_tokens: int = 8,
                **load_kwargs) -> dict:
     """Load, answer, record last-token -> image attention at every layer, and mask the
     image tokens at each layer's input in turn (one pass per layer). ``load_kwargs`` go
@@ -64,6 +65,10 @@ def quickstart(model: str, image: str | None, question: str | None, out: Path | 
     check_max_new_tokens(max_new_tokens)
     if question is not None and not question.strip():
         raise InterpError("the question is empty; ask something, or leave it out for the benchmark scene's question")
+    if image is not None:
+        from .inputs import load_image
+
+        image = load_image(image)  # a missing or unreadable file is one line before the model loads
     vlm = load(model, **load_kwargs)
     image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96)
     picture, question = _demo_sample(image, question, image_size)
@@ -501,9 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--mode", default=MODES[0], choices=MODES,
                      help="fast: restart from one clean pass per sample where it applies; naive: full passes")
     # defaults: interp.analysis.reproduce.ReproduceConfig (one place)
-    rep.add_argument("--window", type=int, default=None, help="layers per window / knockout span (default 3)")
+    rep.add_argument("--window", type=positive_int, default=None,
+                     help="layers per window / knockout span (default 3; at most the model's layers)")
     rep.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
-    rep.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 2000)")
+    rep.add_argument("--n-boot", type=positive_int, default=None, help="bootstrap resamples (default 2000)")
     rep.add_argument("--remote", action="store_true",
                      help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)")
     rep.add_argument("--patching", type=non_negative_int, default=None, metavar="PAIRS",
@@ -550,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
     abl.add_argument("--wcd-task", default=None, help="which authors' rule scores the answers (default: the task's; "
                                                        "textvqa for synthetic)")
-    abl.add_argument("--n-boot", type=int, default=2000)
+    abl.add_argument("--n-boot", type=positive_int, default=2000)
     abl.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
     abl.add_argument("--no-progress", action="store_true")
     abl.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -574,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--heads", default="all", help="with --sites z: all (default) or a comma-separated head list")
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
-    patch.add_argument("--n-boot", type=int, default=2000)
+    patch.add_argument("--n-boot", type=positive_int, default=2000)
     patch.add_argument("--resume", action="store_true",
                        help="append each pair's rows to OUT/patching_sweep.partial.csv and skip pairs already there")
     add_model_args(patch)
@@ -680,8 +686,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that only read configs or files: no torch threads to size
+_LIGHT_COMMANDS = ("families", "hooks", "merge", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in _LIGHT_COMMANDS:
+        from .threads import set_default_threads
+
+        set_default_threads()  # a busy machine's cores are not oversubscribed (OMP_NUM_THREADS overrides)
     try:
         return args.func(args)
     except InterpError as error:

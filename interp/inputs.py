@@ -163,6 +163,10 @@ def from_inputs(inputs: dict, adapter: FamilyAdapter, config: Any, *, prompt: st
     cpu_inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     layouts = adapter.image_layouts(cpu_inputs, config)
     seq_len = int(cpu_inputs["input_ids"].shape[-1])
+    limit = adapter.max_positions(config)
+    if limit is not None and seq_len > limit:
+        raise InputError(f"the prompt is {seq_len} tokens and the model takes at most {limit} "
+                         "(max_position_embeddings): shorten the question or use a smaller image")
     after_images = torch.arange(int(positions.max()) + 1, seq_len - 1)
     return Prepared(inputs=inputs, image_positions=positions, layouts=layouts, prompt=prompt,
                     question_positions=after_images)

@@ -31,6 +31,45 @@ def positive_int(value: Any, what: str) -> int:
     return number
 
 
+#: the floating dtypes a model may be loaded in (names as ``torch`` spells them), and ``auto``
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64", "float", "half", "double", "auto")
+#: ``device_map`` strings accelerate takes besides a device (``cpu``, ``cuda``, ``cuda:N``, ``mps``)
+PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def dtype(value: Any) -> Any:
+    """A dtype to load a model in: None, ``"auto"``, a floating dtype's name or a floating
+    ``torch.dtype`` (integer and other dtypes refused: weights are not quantised here)."""
+    if value is None or value in FLOAT_DTYPES:
+        return value
+    if getattr(value, "is_floating_point", False) is True:  # a floating torch.dtype
+        return value
+    raise InputError(f"unknown or non-floating dtype {value!r}; use float16, bfloat16, float32 or auto")
+
+
+def device_map(value: Any) -> Any:
+    """A ``device_map``: None, a placement (``auto``, ``balanced``, ...), a device (``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``, an int) or a dict of module -> device; a CUDA device is
+    refused where torch sees none."""
+    if value is None or value in PLACEMENTS or isinstance(value, dict):
+        return value
+    text = str(value)
+    kind, _, index = text.partition(":")
+    if isinstance(value, bool) or not (isinstance(value, int) or (kind in ("cpu", "cuda", "mps", "xpu")
+                                                                  and (not index or index.isdigit()))):
+        raise InputError(f"unknown device_map {value!r}; use auto, cpu, cuda, cuda:N or a dict of module -> device")
+    if isinstance(value, int) or kind == "cuda":
+        import torch
+
+        wanted = int(index or 0) if kind == "cuda" else int(value)
+        if not torch.cuda.is_available():
+            raise InputError(f"device_map {value!r} needs a CUDA GPU and torch sees none here "
+                             f"(torch {torch.__version__}); leave it out to run on the CPU")
+        if wanted >= torch.cuda.device_count():
+            raise InputError(f"device_map {value!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return value
+
+
 def max_new_tokens(value: Any) -> int:
     """For ``vlm.run(..., generate=True, max_new_tokens=N)``: N >= 1."""
     return positive_int(value, "max_new_tokens")

@@ -53,6 +53,8 @@ def sample_for(vlm, image=None, question: str = "What colour is the square?"):
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 torch.set_num_threads(max(1, min(2, _CORES // _WORKERS, torch.get_num_threads())))
+# the command line sizes its threads only when this is unset (interp.threads); the tests keep theirs
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 # -- never pip-install from the test suite -------------------------------------

@@ -397,7 +397,9 @@ def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limi
     from .. import validate
 
     validate.positive_int(config.restart_batch, "restart_batch")  # before any compute
+    validate.positive_int(config.n_boot, "n_boot")
     check_decode_batch(config.decode_batch)
+    check_options(config.variants, config.scoring, config.mode, config.window, vlm.n_layers)
     if config.batch_size is not None:
         validate.positive_int(config.batch_size, "batch_size")
     items = as_items(samples, limit)

@@ -87,7 +87,8 @@ def fast_reason(vlm, scoring: str, remote) -> str | None:
     return supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
 
 
-def check_options(variants, scoring: str, mode: str, window: int) -> tuple[str, ...]:
+def check_options(variants, scoring: str, mode: str, window: int, n_layers: int | None = None) -> tuple[str, ...]:
+    """The sweep's options checked (one line each); ``window`` against ``n_layers`` when given."""
     variants = tuple(variants)
     for variant in variants:
         if variant not in VARIANTS:
@@ -98,6 +99,8 @@ def check_options(variants, scoring: str, mode: str, window: int) -> tuple[str, 
         raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
     if window < 1:
         raise InterpError("window must be at least 1 layer")
+    if n_layers is not None and window > n_layers:
+        raise InterpError(f"window {window} is longer than the model's {n_layers} decoder layers; use 1-{n_layers}")
     return variants
 
 
@@ -135,7 +138,7 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     against); ``decode_batch`` caps how many conditions of a sample decode together when generating
     (their prompt keys/values are held until then): ``"auto"`` sizes it from the model's keys/values
     and the free memory (:func:`interp.engine.memory.decode_batch_for`), None decodes all at once."""
-    variants = check_options(variants, scoring, mode, window)
+    variants = check_options(variants, scoring, mode, window, vlm.n_layers)
     decode_batch = check_decode_batch(decode_batch)
     items = as_items(samples, limit)
     layer_list = resolve_layers(layers, vlm.n_layers)

@@ -67,6 +67,11 @@ class HookFunction(Intervention):
             raise InterpError(f"{self._point.name} is read-only: its hook may look but not return a replacement"
                               + (" (use AttentionKnockout to change attention)" if self._point.site == "attn_pattern"
                                  else ""))
+        shape = getattr(result, "shape", None)
+        if shape is None or tuple(shape) != tuple(value.shape):
+            got = f"shape {tuple(shape)}" if shape is not None else type(result).__name__
+            raise InterpError(f"the hook at {self._point.name} returned {got}; a replacement must have the "
+                              f"activation's shape {tuple(value.shape)} (or return None to leave it)")
         return result
 
     def at_site(self, layer, site, value, ctx: StepContext):

@@ -63,6 +63,12 @@ class RunResult:
     text: list[str] | None = None
     step_logits: list = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        shape = tuple(self.logits.shape) if self.logits is not None else None
+        text = f", text={self.text!r}" if self.text is not None else ""
+        return (f"RunResult({len(self.records)} records of {self.names() or 'nothing'}, logits {shape}{text}; "
+                f"prompt of {self.prepared.seq_len} tokens)")
+
     def names(self) -> list[str]:
         return sorted({key[0] for key in self.records})
 

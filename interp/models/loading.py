@@ -29,6 +29,38 @@ def _resolve_dtype(dtype: Any) -> Any:
         raise InterpError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'") from None
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _check_hub_reachable(name: str) -> None:
+    """For a hub id not in the local cache: one line at once when offline mode is set or the
+    hub's host does not resolve (instead of the hub client's retries, ~25 s)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError:  # not a valid repo id: the config loader says so
+        return
+    offline = [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+    if offline:
+        raise InterpError(f"{name!r} is not a local directory nor in the hub cache, and {offline[0]}="
+                          f"{os.environ[offline[0]]} is set (offline mode): pass a local model directory, or unset it "
+                          "on a machine with hub access")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the proxy resolves the host
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        raise InterpError(f"{name!r} is not a local directory nor in the hub cache, and {host} cannot be reached "
+                          f"({error}): pass a local model directory, or run where the hub is reachable") from None
+
+
 def resolve_config(name: str) -> tuple[str | None, str, Any]:
     """``(label, path or id, config)`` of a model name (organism variant, local directory
     or HF id) without loading any weights; ``label`` is the organism variant's name."""
@@ -48,6 +80,8 @@ def resolve_config(name: str) -> tuple[str | None, str, Any]:
             raise InterpError(f"no config.json in model directory {local}: pass a directory written by "
                               "save_pretrained (config.json, weights, processor files), a HF id or 'organism'")
         name = str(local)
+    else:
+        _check_hub_reachable(name)
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as error:
@@ -90,6 +124,9 @@ def load(
     ``attn_implementation`` defaults to the checkpoint's (SDPA for most): every hook,
     attention pattern included, works under SDPA.
     """
+    from .. import validate
+
+    dtype, device_map = validate.dtype(dtype), validate.device_map(device_map)
     if isinstance(name_or_path, torch.nn.Module):
         if processor is None:
             raise InterpError("loading an already-built model needs its processor: load(model, processor)")

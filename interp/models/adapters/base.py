@@ -182,6 +182,11 @@ class FamilyAdapter:
         text = self.text_config(config)
         return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
 
+    def max_positions(self, config: Any) -> int | None:
+        """The longest sequence the LM was built for (``max_position_embeddings``), None if unstated."""
+        value = getattr(self.text_config(config), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
     def kv_heads(self, config: Any) -> int:
         """Key/value heads per decoder layer (grouped-query attention shares them)."""
         text = self.text_config(config)
