@@ -46,7 +46,8 @@ import gc
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -140,8 +141,18 @@ def memory_child(variant: str, spec: WideSpec, keys: str, threads: int, reps: in
 
 
 def run_memory_child(variant: str, spec: WideSpec, settings: Settings) -> dict:
-    args = ["--_memory-child", variant, "--_spec", json.dumps(asdict(spec)), "--keys", settings.keys,
-            "--threads", str(settings.threads), "--mem-reps", str(settings.mem_reps)]
+    args = [
+        "--_memory-child",
+        variant,
+        "--_spec",
+        json.dumps(asdict(spec)),
+        "--keys",
+        settings.keys,
+        "--threads",
+        str(settings.threads),
+        "--mem-reps",
+        str(settings.mem_reps),
+    ]
     return run_child(CHILD_SCRIPT, args, settings.threads, variant)
 
 
@@ -154,7 +165,9 @@ def measure_attention(spec: WideSpec, settings: Settings) -> dict:
     # correctness of what is measured: RecordAttention against eager output_attentions
     recorded, eager = variants["record_attention"](), variants["eager_output_attentions"]()
     diff = float((recorded.float() - eager.float()).abs().max())
-    log(f"attention: seq_len={prepared.seq_len}, record vs eager max abs diff {diff:.2e}; timing {settings.reps} rounds")
+    log(
+        f"attention: seq_len={prepared.seq_len}, record vs eager max abs diff {diff:.2e}; timing {settings.reps} rounds"
+    )
     times, cpu = interleaved_times(variants, settings.reps)
     record_time = ratio_summary(times, "record_attention", "plain_sdpa", cpu)
     eager_time = ratio_summary(times, "eager_output_attentions", "plain_sdpa", cpu)
@@ -167,8 +180,11 @@ def measure_attention(spec: WideSpec, settings: Settings) -> dict:
         "record_attention_call": f"RecordAttention(layers='all', query='last', heads='mean', keys='{settings.keys}')",
         "n_params_m": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
         "dtype": str(next(plain.parameters()).dtype),
-        "eager_attention_weights_mb_all_layers": text.num_hidden_layers * text.num_attention_heads
-        * prepared.seq_len ** 2 * 4 / MiB,
+        "eager_attention_weights_mb_all_layers": text.num_hidden_layers
+        * text.num_attention_heads
+        * prepared.seq_len**2
+        * 4
+        / MiB,
     }
 
     memory: dict[str, dict] = {}
@@ -181,10 +197,14 @@ def measure_attention(spec: WideSpec, settings: Settings) -> dict:
         calibration = calibrate_memory()
         for name, fn in variants.items():
             log(f"attention: peak memory of {name} in this process")
-            memory[name] = {"variant": name, "weights_mb": weights, "calibration": calibration,
-                            **measure_peak(fn, settings.mem_reps),
-                            "memory_method": "VmHWM after clear_refs reset, in the timing process "
-                                             "(whole-process ratios diluted by the other variants' model copies)"}
+            memory[name] = {
+                "variant": name,
+                "weights_mb": weights,
+                "calibration": calibration,
+                **measure_peak(fn, settings.mem_reps),
+                "memory_method": "VmHWM after clear_refs reset, in the timing process "
+                "(whole-process ratios diluted by the other variants' model copies)",
+            }
     del variants, keep
     gc.collect()
 

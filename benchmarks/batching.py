@@ -33,8 +33,9 @@ def _chunks(items, size):
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def measure_batching(vlm, samples, *, batch: int, reps: int = 3, tolerance: float = 1e-5,
-                     key: str = "clean_pass_batch_speedup") -> dict:
+def measure_batching(
+    vlm, samples, *, batch: int, reps: int = 3, tolerance: float = 1e-5, key: str = "clean_pass_batch_speedup"
+) -> dict:
     """Batch-1 over batch-``batch`` clean passes of ``samples`` (see the module docstring); the
     passes must agree per tensor within ``tolerance * max(1, max|value|)`` (tests/test_batching.py's
     float32 tolerance).
@@ -61,10 +62,12 @@ def measure_batching(vlm, samples, *, batch: int, reps: int = 3, tolerance: floa
         before = vlm.counts["clean_forward"]
         with LayerWork(vlm) as work:
             passes[name] = run(size)
-        counted[name] = {"batch_size": size,
-                         "clean_forwards_per_question": (vlm.counts["clean_forward"] - before) / len(items),
-                         "observed_forwards_per_question": work.counts["forwards"] / len(items),
-                         "layer_token_rows_per_question": work.counts["layer_token_rows"] / len(items)}
+        counted[name] = {
+            "batch_size": size,
+            "clean_forwards_per_question": (vlm.counts["clean_forward"] - before) / len(items),
+            "observed_forwards_per_question": work.counts["forwards"] / len(items),
+            "layer_token_rows_per_question": work.counts["layer_token_rows"] / len(items),
+        }
     one, many = passes["batch_1"], passes[f"batch_{batch}"]
     diff, worst = 0.0, 0.0  # the largest difference, and the largest as a share of its tensor's tolerance
     for a, b in zip(one, many, strict=True):
@@ -87,12 +90,17 @@ def measure_batching(vlm, samples, *, batch: int, reps: int = 3, tolerance: floa
         "tolerance": f"per tensor max|batch 1 - batch B| <= {tolerance} * max(1, max|batch 1|)",
         "worst_share_of_tolerance": worst,
     }
-    log(f"{key}: {len(items)} questions; forwards per question batch 1: "
+    log(
+        f"{key}: {len(items)} questions; forwards per question batch 1: "
         f"{counted['batch_1']['observed_forwards_per_question']:.3f}, batch {batch}: "
         f"{counted[f'batch_{batch}']['observed_forwards_per_question']:.3f}; wall ratio (batch 1 / batch {batch}) "
-        f"{timing['ratio']:.2f}, cpu {timing['cpu_time_ratio']:.2f}; max diff {diff:.1e}")
+        f"{timing['ratio']:.2f}, cpu {timing['cpu_time_ratio']:.2f}; max diff {diff:.1e}"
+    )
     if not math.isfinite(worst) or worst > 1:
-        return {key: None, f"{key}_reason": f"batched and one-at-a-time clean passes differ by {diff:.2e} "
-                                             f"({worst:.1f}x the tolerance)",
-                "details": details}
+        return {
+            key: None,
+            f"{key}_reason": f"batched and one-at-a-time clean passes differ by {diff:.2e} "
+            f"({worst:.1f}x the tolerance)",
+            "details": details,
+        }
     return {key: timing["ratio"], f"{key}_reason": None, "details": details}

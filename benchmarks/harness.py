@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -55,9 +55,22 @@ class Settings:
     batch_size: int = 8
 
     @classmethod
-    def for_mode(cls, quick: bool, **overrides) -> "Settings":
-        base = cls(quick=True, reps=3, mem_reps=1, memory="inprocess", organism_reps=3, sweep_samples=1,
-                   sweep_variants=("single", "knockout_last"), batch_questions=4, batch_size=2) if quick else cls()
+    def for_mode(cls, quick: bool, **overrides) -> Settings:
+        base = (
+            cls(
+                quick=True,
+                reps=3,
+                mem_reps=1,
+                memory="inprocess",
+                organism_reps=3,
+                sweep_samples=1,
+                sweep_variants=("single", "knockout_last"),
+                batch_questions=4,
+                batch_size=2,
+            )
+            if quick
+            else cls()
+        )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -72,7 +85,7 @@ def interleaved_times(variants: dict[str, Callable], reps: int, warmup: int = 1)
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             gc.collect()
             cpu_start, start = time.process_time(), time.perf_counter()
@@ -112,15 +125,15 @@ def machine_info(settings: Settings) -> dict:
     import transformers
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = None
     cpu_model = None
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                             None)
+            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
     except OSError:
         pass
     return {

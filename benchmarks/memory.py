@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -149,9 +149,14 @@ def fresh_process_peak(build: Callable[[], tuple[Callable, int]], reps: int) -> 
         baseline = rss_bytes() if os.path.exists("/proc/self/status") else 0
         fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        result.update({"peak_rss_mb": peak / MiB, "baseline_rss_mb": baseline / MiB,
-                       "activation_peak_mb": (peak - baseline) / MiB,
-                       "memory_method": "ru_maxrss of a fresh process, one call, no warm-up"})
+        result.update(
+            {
+                "peak_rss_mb": peak / MiB,
+                "baseline_rss_mb": baseline / MiB,
+                "activation_peak_mb": (peak - baseline) / MiB,
+                "memory_method": "ru_maxrss of a fresh process, one call, no warm-up",
+            }
+        )
     return result
 
 
@@ -163,11 +168,14 @@ def report_child_result(result: dict) -> None:
 def run_child(script: Path, args: list[str], threads: int, what: str) -> dict:
     """Run ``python script *args`` in a fresh process (glibc mmap threshold and thread counts
     in its environment) and return the result it reported."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
-    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                          cwd=str(REPO))
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES),
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+    )
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, cwd=str(REPO))
     lines = [line for line in done.stdout.splitlines() if line.startswith(CHILD_MARKER)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"memory child {what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(CHILD_MARKER):])
+    return json.loads(lines[-1][len(CHILD_MARKER) :])

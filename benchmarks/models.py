@@ -41,8 +41,18 @@ class WideSpec:
 
 
 FULL_WIDE = WideSpec()
-QUICK_WIDE = WideSpec(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512, image_size=32,
-                      patch_size=8, vision_hidden=32, text_chars=48)
+QUICK_WIDE = WideSpec(
+    hidden=64,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=128,
+    vocab=512,
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    text_chars=48,
+)
 
 
 def wide_processor(spec: WideSpec):
@@ -55,9 +65,14 @@ def wide_processor(spec: WideSpec):
         size={"shortest_edge": spec.image_size},
         crop_size={"height": spec.image_size, "width": spec.image_size},
     )
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=tokenizer.chat_template)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+    )
 
 
 def build_wide(spec: WideSpec, attn_implementation: str = "sdpa"):
@@ -70,13 +85,26 @@ def build_wide(spec: WideSpec, attn_implementation: str = "sdpa"):
     if len(tokenizer) > spec.vocab:
         raise ValueError(f"vocab {spec.vocab} is smaller than the tokenizer ({len(tokenizer)})")
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-                                       num_hidden_layers=spec.vision_layers, num_attention_heads=2,
-                                       image_size=spec.image_size, patch_size=spec.patch_size),
-        text_config=LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-                                num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-                                num_key_value_heads=spec.kv_heads, max_position_embeddings=4096,
-                                pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=CLIPVisionConfig(
+            hidden_size=spec.vision_hidden,
+            intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_layers,
+            num_attention_heads=2,
+            image_size=spec.image_size,
+            patch_size=spec.patch_size,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=spec.vocab,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=4096,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -106,8 +134,14 @@ def wide_prepared(model, processor, spec: WideSpec):
     from interp.inputs import prepare
     from interp.models.adapters import adapter_for
 
-    return prepare(processor, adapter_for(model.config), model.config, wide_image(spec), wide_question(spec),
-                   dtype=next(model.parameters()).dtype)
+    return prepare(
+        processor,
+        adapter_for(model.config),
+        model.config,
+        wide_image(spec),
+        wide_question(spec),
+        dtype=next(model.parameters()).dtype,
+    )
 
 
 def organism_vlm(quick: bool):

@@ -56,8 +56,10 @@ def measure_nnsight_overhead(vlm, pristine, label: str, settings: Settings) -> d
     reference = plain()
     logits, saved = trace_all_layers(vlm, prepared)
     logits_diff = float((logits - reference).abs().max())
-    log(f"nnsight_overhead: {label}, seq_len={prepared.seq_len}, {len(saved)} layers saved, "
-        f"logits diff {logits_diff:.1e}; timing {settings.organism_reps} rounds")
+    log(
+        f"nnsight_overhead: {label}, seq_len={prepared.seq_len}, {len(saved)} layers saved, "
+        f"logits diff {logits_diff:.1e}; timing {settings.organism_reps} rounds"
+    )
     times, cpu = interleaved_times(variants, settings.organism_reps)
     summary = ratio_summary(times, "trace_all_layers", "plain_hf", cpu)
     return {
@@ -65,8 +67,11 @@ def measure_nnsight_overhead(vlm, pristine, label: str, settings: Settings) -> d
         "details": {
             "model": label,
             "n_layers": vlm.n_layers,
-            "prompt": {"question": sample.question, "seq_len": prepared.seq_len,
-                       "n_image_tokens": prepared.n_image_tokens},
+            "prompt": {
+                "question": sample.question,
+                "seq_len": prepared.seq_len,
+                "n_image_tokens": prepared.n_image_tokens,
+            },
             "saved": f"blocks.{{0..{vlm.n_layers - 1}}}.hook_resid_post and the logits, one trace",
             "logits_max_abs_diff_vs_plain": logits_diff,
             "layers_saved": len(saved),

@@ -83,10 +83,10 @@ TARGETS = {
 }
 METHOD = {
     "time": "median over rounds of the within-round ratio; rounds interleave all variants in rotated "
-            "order after one warm-up call each; torch.set_num_threads fixed",
+    "order after one warm-up call each; torch.set_num_threads fixed",
     "peak_mem_ratio": "whole-process peak RSS during the call (VmHWM reset via /proc/self/clear_refs; glibc "
-                      "mmap threshold 64 KiB so freed buffers leave the process) relative to the plain SDPA "
-                      "forward's",
+    "mmap threshold 64 KiB so freed buffers leave the process) relative to the plain SDPA "
+    "forward's",
     "activation_mem_ratio": "(peak RSS - RSS just before the call) relative to the plain SDPA forward's",
 }
 
@@ -123,33 +123,45 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
         gc.collect()
         if "sweep_speedup" in only:
             samples = organism_samples(settings.sweep_samples)
-            log(f"sweep_speedup: {len(samples)} samples x {len(settings.sweep_variants)} variants x "
-                f"{vlm.n_layers} layers, naive vs fast")
+            log(
+                f"sweep_speedup: {len(samples)} samples x {len(settings.sweep_variants)} variants x "
+                f"{vlm.n_layers} layers, naive vs fast"
+            )
             start = time.perf_counter()
             sweep = measure_sweep_speedup(vlm, samples, variants=settings.sweep_variants)
             details["sweep_speedup"] = {"seconds": time.perf_counter() - start, "model": label, **sweep.pop("details")}
             result.update(sweep)
         if "generate_sweep_speedup" in only:
             samples = organism_samples(settings.sweep_samples)
-            log(f"generate_sweep_speedup: {len(samples)} samples x {len(settings.sweep_variants)} variants x "
-                f"{vlm.n_layers} layers, naive vs fast, generation scoring")
+            log(
+                f"generate_sweep_speedup: {len(samples)} samples x {len(settings.sweep_variants)} variants x "
+                f"{vlm.n_layers} layers, naive vs fast, generation scoring"
+            )
             start = time.perf_counter()
-            sweep = measure_sweep_speedup(vlm, samples, variants=settings.sweep_variants, scoring="generate",
-                                          key="generate_sweep_speedup")
-            details["generate_sweep_speedup"] = {"seconds": time.perf_counter() - start, "model": label,
-                                                 **sweep.pop("details")}
+            sweep = measure_sweep_speedup(
+                vlm, samples, variants=settings.sweep_variants, scoring="generate", key="generate_sweep_speedup"
+            )
+            details["generate_sweep_speedup"] = {
+                "seconds": time.perf_counter() - start,
+                "model": label,
+                **sweep.pop("details"),
+            }
             result.update(sweep)
         if "clean_pass_batching" in only:
             samples = organism_samples(settings.batch_questions)
             log(f"clean_pass_batching: {len(samples)} questions, batch 1 vs batch {settings.batch_size}")
             start = time.perf_counter()
             batching = measure_batching(vlm, samples, batch=settings.batch_size, reps=settings.reps)
-            details["clean_pass_batching"] = {"seconds": time.perf_counter() - start, "model": label,
-                                              **batching.pop("details")}
+            details["clean_pass_batching"] = {
+                "seconds": time.perf_counter() - start,
+                "model": label,
+                **batching.pop("details"),
+            }
             result.update(batching)
 
-    result["meets_targets"] = {k: (result[k] <= v if finite(result.get(k)) else None)
-                               for k, v in TARGETS.items() if k in result}
+    result["meets_targets"] = {
+        k: (result[k] <= v if finite(result.get(k)) else None) for k, v in TARGETS.items() if k in result
+    }
     result["machine"]["loadavg_at_end"] = loadavg()
     result["total_seconds"] = time.perf_counter() - started
     result["details"] = details
@@ -157,18 +169,29 @@ def run_benchmarks(settings: Settings, only=BENCHMARKS) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny configs, seconds; a smoke test, not a measurement")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None, metavar="NAME",
-                        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=None,
+        metavar="NAME",
+        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds of the attention benchmark")
     parser.add_argument("--organism-reps", type=int, default=None, help="timed rounds of the nnsight benchmark")
     parser.add_argument("--mem-reps", type=int, default=None, help="measured calls per memory process")
-    parser.add_argument("--memory", choices=("subprocess", "inprocess"), default=None,
-                        help="fresh process per variant (default) or in the timing process (--quick's default)")
+    parser.add_argument(
+        "--memory",
+        choices=("subprocess", "inprocess"),
+        default=None,
+        help="fresh process per variant (default) or in the timing process (--quick's default)",
+    )
     parser.add_argument("--keys", choices=("all", "image"), default=None, help="RecordAttention keys (default all)")
     parser.add_argument("--sweep-samples", type=int, default=None)
     parser.add_argument("--batch-questions", type=int, default=None, help="questions of clean_pass_batching")
@@ -179,14 +202,23 @@ def main(argv=None) -> int:
 
     if args.memory_child:
         spec = WideSpec(**{k: v for k, v in json.loads(args.spec).items() if k in {f.name for f in fields(WideSpec)}})
-        report_child_result(memory_child(args.memory_child, spec, args.keys or "all", args.threads or 1,
-                                         args.mem_reps or 2))
+        report_child_result(
+            memory_child(args.memory_child, spec, args.keys or "all", args.threads or 1, args.mem_reps or 2)
+        )
         return 0
 
-    settings = Settings.for_mode(args.quick, threads=args.threads, reps=args.reps, mem_reps=args.mem_reps,
-                                 memory=args.memory, keys=args.keys, organism_reps=args.organism_reps,
-                                 sweep_samples=args.sweep_samples, batch_questions=args.batch_questions,
-                                 batch_size=args.batch_size)
+    settings = Settings.for_mode(
+        args.quick,
+        threads=args.threads,
+        reps=args.reps,
+        mem_reps=args.mem_reps,
+        memory=args.memory,
+        keys=args.keys,
+        organism_reps=args.organism_reps,
+        sweep_samples=args.sweep_samples,
+        batch_questions=args.batch_questions,
+        batch_size=args.batch_size,
+    )
     if settings.memory == "inprocess" and not can_reset_peak():
         settings = replace(settings, memory="subprocess")  # its children fall back to ru_maxrss
     python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable

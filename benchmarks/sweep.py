@@ -63,8 +63,12 @@ def fast_schedule(n_layers: int, conditions, batch: int) -> Schedule:
 
 def schedule_work(schedule: Schedule, seq_len: int) -> dict:
     rows = sum(layers * batch for layers, batch in schedule)
-    return {"forwards": len(schedule), "layer_forwards": sum(layers for layers, _ in schedule),
-            "layer_row_forwards": rows, "layer_token_rows": rows * seq_len}
+    return {
+        "forwards": len(schedule),
+        "layer_forwards": sum(layers for layers, _ in schedule),
+        "layer_row_forwards": rows,
+        "layer_token_rows": rows * seq_len,
+    }
 
 
 def layer_work(n_layers: int, layers: list[int], variants, seq_lens: dict, batch: int) -> dict:
@@ -72,14 +76,22 @@ def layer_work(n_layers: int, layers: list[int], variants, seq_lens: dict, batch
     of the naive and the fast sweep, counted from the conditions, and the totals' ratios."""
     conditions = sweep_conditions(layers, variants)
     schedules = {"naive": naive_schedule(n_layers, conditions), "fast": fast_schedule(n_layers, conditions, batch)}
-    per_question = [{"item": item, "seq_len": seq_len,
-                     **{mode: schedule_work(schedule, seq_len) for mode, schedule in schedules.items()}}
-                    for item, seq_len in seq_lens.items()]
-    totals = {mode: {key: sum(q[mode][key] for q in per_question) for key in per_question[0][mode]}
-              for mode in schedules} if per_question else {}
+    per_question = [
+        {
+            "item": item,
+            "seq_len": seq_len,
+            **{mode: schedule_work(schedule, seq_len) for mode, schedule in schedules.items()},
+        }
+        for item, seq_len in seq_lens.items()
+    ]
+    totals = (
+        {mode: {key: sum(q[mode][key] for q in per_question) for key in per_question[0][mode]} for mode in schedules}
+        if per_question
+        else {}
+    )
     out = {
         "what": "decoder-layer forwards counted from the conditions: layer_row_forwards = sum over forwards of "
-                "(layers run x batch rows); layer_token_rows = that x sequence length",
+        "(layers run x batch rows); layer_token_rows = that x sequence length",
         "batch": batch,
         "conditions_per_question": len(conditions),
         "per_question": per_question,
@@ -102,8 +114,13 @@ class LayerWork:
         self.handles: list = []
 
     def __enter__(self):
-        self.counts = {"forwards": 0, "decode_forwards": 0, "layer_calls": 0, "layer_token_rows": 0,
-                       "decode_token_rows": 0}
+        self.counts = {
+            "forwards": 0,
+            "decode_forwards": 0,
+            "layer_calls": 0,
+            "layer_token_rows": 0,
+            "decode_token_rows": 0,
+        }
         last = len(self.layers) - 1
 
         def hook(index):
@@ -118,6 +135,7 @@ class LayerWork:
                         self.counts["decode_forwards"] += 1
                 if rows == 1:
                     self.counts["decode_token_rows"] += batch
+
             return record
 
         self.handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
@@ -129,9 +147,18 @@ class LayerWork:
         self.handles = []
 
 
-def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", tolerance: float = 1e-4,
-                          batch: int | None = None, scoring: str = "teacher", max_new_tokens: int = 8,
-                          key: str = "sweep_speedup") -> dict:
+def measure_sweep_speedup(
+    vlm,
+    samples,
+    *,
+    variants=("single",),
+    layers="all",
+    tolerance: float = 1e-4,
+    batch: int | None = None,
+    scoring: str = "teacher",
+    max_new_tokens: int = 8,
+    key: str = "sweep_speedup",
+) -> dict:
     """Naive per-layer re-run time / fast sweep time on ``samples`` (same outputs required),
     with the counted layer work of both modes (``details.layer_work``: from the conditions, the
     naive and the every-row fast schedules; ``details.observed``: what a forward hook on every
@@ -143,15 +170,26 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
     try:
         from interp.analysis.sweep import masking_sweep
     except Exception as error:  # noqa: BLE001 - report why, do not fake a number
-        return {key: None,
-                f"{key}_reason": f"interp.analysis.sweep.masking_sweep not importable: {type(error).__name__}: {error}",
-                "details": {}}
+        return {
+            key: None,
+            f"{key}_reason": f"interp.analysis.sweep.masking_sweep not importable: {type(error).__name__}: {error}",
+            "details": {},
+        }
     if batch is None:  # the sweep's own default: the count and the run use the same value
         batch = inspect.signature(masking_sweep).parameters["batch"].default
 
     def sweep(items, mode, which_layers=layers):
-        return masking_sweep(vlm, items, variants=variants, layers=which_layers, mode=mode, batch=batch,
-                             scoring=scoring, max_new_tokens=max_new_tokens, progress=False)
+        return masking_sweep(
+            vlm,
+            items,
+            variants=variants,
+            layers=which_layers,
+            mode=mode,
+            batch=batch,
+            scoring=scoring,
+            max_new_tokens=max_new_tokens,
+            progress=False,
+        )
 
     try:
         # warm-up: both paths once on one layer (nnsight source instrumentation, first-call costs)
@@ -163,7 +201,7 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
         observed = {"naive": [], "fast": []}
         engine = {"naive": [], "fast": []}
         for i, sample in enumerate(samples):
-            for mode in (("naive", "fast") if i % 2 == 0 else ("fast", "naive")):
+            for mode in ("naive", "fast") if i % 2 == 0 else ("fast", "naive"):
                 gc.collect()
                 before = dict(vlm.counts)
                 with LayerWork(vlm) as work:
@@ -172,13 +210,20 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
                     seconds[mode].append(time.perf_counter() - start)
                     cpu_seconds[mode].append(time.process_time() - cpu_start)
                 observed[mode].append(dict(work.counts))
-                engine[mode].append({name: vlm.counts[name] - before.get(name, 0) for name in vlm.counts
-                                     if vlm.counts[name] != before.get(name, 0)})
+                engine[mode].append(
+                    {
+                        name: vlm.counts[name] - before.get(name, 0)
+                        for name in vlm.counts
+                        if vlm.counts[name] != before.get(name, 0)
+                    }
+                )
     except Exception as error:  # noqa: BLE001
-        return {key: None,
-                f"{key}_reason": f"masking_sweep(mode='naive'/'fast', scoring={scoring!r}) failed: "
-                                 f"{type(error).__name__}: {error}",
-                "details": {}}
+        return {
+            key: None,
+            f"{key}_reason": f"masking_sweep(mode='naive'/'fast', scoring={scoring!r}) failed: "
+            f"{type(error).__name__}: {error}",
+            "details": {},
+        }
 
     import pandas as pd
 
@@ -191,10 +236,13 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
     predictions_same = None
     if scoring == "generate":
         predictions_same = same_rows and bool((merged["prediction_naive"] == merged["prediction_fast"]).all())
-    work = layer_work(vlm.n_layers, _layer_list(layers, vlm.n_layers), variants,
-                      teacher_forced_lengths(vlm, samples), batch)
-    per_question = {mode: {name: sum(q[name] for q in observed[mode]) / max(1, len(samples))
-                           for name in observed[mode][0]} for mode in observed}
+    work = layer_work(
+        vlm.n_layers, _layer_list(layers, vlm.n_layers), variants, teacher_forced_lengths(vlm, samples), batch
+    )
+    per_question = {
+        mode: {name: sum(q[name] for q in observed[mode]) / max(1, len(samples)) for name in observed[mode][0]}
+        for mode in observed
+    }
     details = {
         "scoring": scoring,
         "n_samples": len(samples),
@@ -212,11 +260,11 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
         "layer_work": work,
         "observed": {
             "what": "per question, counted by a forward hook on every decoder layer: forwards (last-layer calls), "
-                    "decode_forwards (one-row steps), layer_calls, layer_token_rows (batch x rows per call)",
+            "decode_forwards (one-row steps), layer_calls, layer_token_rows (batch x rows per call)",
             "per_question": per_question,
             "per_sample": observed,
             "layer_token_rows_ratio": per_question["naive"]["layer_token_rows"]
-                                      / max(1, per_question["fast"]["layer_token_rows"]),
+            / max(1, per_question["fast"]["layer_token_rows"]),
         },
         "engine_counts": engine,
     }
@@ -226,19 +274,23 @@ def measure_sweep_speedup(vlm, samples, *, variants=("single",), layers="all", t
     total = work["total"]
     n = max(1, len(samples))
     fast_rows = per_question["fast"]["layer_token_rows"]
-    log(f"{key} ({scoring}): measured {speedup:.2f}x wall, {details['cpu_time_speedup']:.2f}x cpu; per question "
+    log(
+        f"{key} ({scoring}): measured {speedup:.2f}x wall, {details['cpu_time_speedup']:.2f}x cpu; per question "
         f"layer x rows: naive {per_question['naive']['layer_token_rows']:.0f}, fast every-row schedule "
         f"{total['fast']['layer_token_rows'] / n:.0f}, fast as run {fast_rows:.0f} "
         f"({details['observed']['layer_token_rows_ratio']:.2f}x); forwards naive "
         f"{per_question['naive']['forwards']:.0f} (decode steps {per_question['naive']['decode_forwards']:.0f}), "
-        f"fast {per_question['fast']['forwards']:.0f} (decode steps {per_question['fast']['decode_forwards']:.0f})")
+        f"fast {per_question['fast']['forwards']:.0f} (decode steps {per_question['fast']['decode_forwards']:.0f})"
+    )
     agree = correct_same and logprob_diff <= tolerance and predictions_same is not False
     if not agree:
-        return {key: None,
-                f"{key}_reason": f"fast and naive sweeps disagree (rows identical: {same_rows}, correct identical: "
-                                 f"{correct_same}, predictions identical: {predictions_same}, max logprob diff "
-                                 f"{logprob_diff:.2e})",
-                "details": details}
+        return {
+            key: None,
+            f"{key}_reason": f"fast and naive sweeps disagree (rows identical: {same_rows}, correct identical: "
+            f"{correct_same}, predictions identical: {predictions_same}, max logprob diff "
+            f"{logprob_diff:.2e})",
+            "details": details,
+        }
     return {key: speedup, f"{key}_reason": None, "details": details}
 
 

@@ -40,8 +40,18 @@ from benchmarks.memory import MiB, measure_peak, report_child_result, run_child 
 from benchmarks.models import WideSpec, build_wide, wide_image, wide_question  # noqa: E402
 
 #: LLaVA-1.5-7B's geometry with its LM narrowed 8x (32 heads of 128 -> 4 heads of 128)
-NARROW = WideSpec(hidden=512, heads=4, kv_heads=4, intermediate=1376, vocab=32000, image_size=336, patch_size=14,
-                  vision_hidden=64, vision_layers=1, text_chars=40)
+NARROW = WideSpec(
+    hidden=512,
+    heads=4,
+    kv_heads=4,
+    intermediate=1376,
+    vocab=32000,
+    image_size=336,
+    patch_size=14,
+    vision_hidden=64,
+    vision_layers=1,
+    text_chars=40,
+)
 NEW_TOKENS = 4
 
 
@@ -61,14 +71,30 @@ def child(layers: int, decode_batch: str) -> dict:
     tokens = vlm.prepare(item.image, item.question).seq_len + NEW_TOKENS
     batch = None if decode_batch == "all" else int(decode_batch)
     start = time.perf_counter()
-    peak = measure_peak(lambda: masking_sweep(vlm, [item], variants=VARIANTS, scoring="generate", mode="fast",
-                                              max_new_tokens=NEW_TOKENS, decode_batch=batch, progress=False), reps=1)
+    peak = measure_peak(
+        lambda: masking_sweep(
+            vlm,
+            [item],
+            variants=VARIANTS,
+            scoring="generate",
+            mode="fast",
+            max_new_tokens=NEW_TOKENS,
+            decode_batch=batch,
+            progress=False,
+        ),
+        reps=1,
+    )
     per_condition = kv_bytes(vlm, tokens)
-    return {"layers": layers, "decode_batch": decode_batch, "conditions": 1 + len(VARIANTS) * layers,
-            "tokens": tokens, "seconds": round(time.perf_counter() - start, 1),
-            "kv_mb_per_condition": round(per_condition / MiB, 2),
-            "sweep_peak_mb": round(peak["activation_peak_mb"], 1),
-            "peak_in_conditions": round(peak["activation_peak_mb"] * MiB / per_condition, 2)}
+    return {
+        "layers": layers,
+        "decode_batch": decode_batch,
+        "conditions": 1 + len(VARIANTS) * layers,
+        "tokens": tokens,
+        "seconds": round(time.perf_counter() - start, 1),
+        "kv_mb_per_condition": round(per_condition / MiB, 2),
+        "sweep_peak_mb": round(peak["activation_peak_mb"], 1),
+        "peak_in_conditions": round(peak["activation_peak_mb"] * MiB / per_condition, 2),
+    }
 
 
 #: (label, family config factory, image tokens of a 640x480 picture (the HF processor's count), text tokens)
@@ -80,10 +106,17 @@ GPU_SHAPES = (
 
 def _gpu_config(family: str):
     """The published 7B shapes from the HF config classes' defaults (Llama-2-7B / Mistral-7B LMs)."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig, MistralConfig)
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig, MistralConfig
 
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768)
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
     if family == "llava":
         return LlavaConfig(vision_config=vision, text_config=LlamaConfig(vocab_size=32064))
     return LlavaNextConfig(vision_config=vision, text_config=MistralConfig(vocab_size=32064))
@@ -111,10 +144,17 @@ def projection(gpu_bytes: float = 80e9, new_tokens: int = 8) -> list[dict]:
         free = gpu_bytes - weights
         batch = max(1, int(DECODE_MEMORY_SHARE * free) // (KV_COPIES * per_condition))
         conditions = 1 + 5 * layers
-        out.append({"model": label, "tokens": tokens, "weights_gb": round(weights / 1e9, 1),
-                    "kv_gb_per_condition": round(per_condition / 1e9, 3), "auto_decode_batch": batch,
-                    "projected_peak_gb": round((weights + KV_COPIES * min(batch, conditions) * per_condition) / 1e9, 1),
-                    "all_at_once_gb": round((weights + KV_COPIES * conditions * per_condition) / 1e9, 1)})
+        out.append(
+            {
+                "model": label,
+                "tokens": tokens,
+                "weights_gb": round(weights / 1e9, 1),
+                "kv_gb_per_condition": round(per_condition / 1e9, 3),
+                "auto_decode_batch": batch,
+                "projected_peak_gb": round((weights + KV_COPIES * min(batch, conditions) * per_condition) / 1e9, 1),
+                "all_at_once_gb": round((weights + KV_COPIES * conditions * per_condition) / 1e9, 1),
+            }
+        )
     return out
 
 
@@ -128,7 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.projection_only:
-        print(json.dumps(projection(), indent=2))
+        text = json.dumps({"projection_80gb_float16": projection()}, indent=2)
+        print(text)
+        if args.json_out:
+            Path(args.json_out).write_text(text + "\n")
         return 0
     if args._child:
         report_child_result(child(int(args._child[0]), args._child[1]))
@@ -140,12 +183,18 @@ def main(argv=None) -> int:
             runs.append(run_child(Path(__file__), ["--_child", str(layers), batch], 1, f"{layers}/{batch}"))
             log(json.dumps(runs[-1]))
     bounded = [r for r in runs if r["decode_batch"] != "all"]
-    growth = {f"{a['layers']}->{b['layers']}": round(b["sweep_peak_mb"] / a["sweep_peak_mb"], 2)
-              for a, b in zip(bounded, bounded[1:])}
-    result = {"benchmark": "generation-scored sweep peak memory against depth", "model": "LLaVA-1.5-7B geometry, "
-              "LM narrowed 8x (hidden 512, 4 heads of 128), random weights, float32", "load_average": loadavg(),
-              "runs": runs, "bounded_peak_growth": growth,
-              "projection_80gb_float16": projection()}
+    growth = {
+        f"{a['layers']}->{b['layers']}": round(b["sweep_peak_mb"] / a["sweep_peak_mb"], 2)
+        for a, b in zip(bounded, bounded[1:])
+    }
+    result = {
+        "benchmark": "generation-scored sweep peak memory against depth",
+        "model": "LLaVA-1.5-7B geometry, LM narrowed 8x (hidden 512, 4 heads of 128), random weights, float32",
+        "load_average": loadavg(),
+        "runs": runs,
+        "bounded_peak_growth": growth,
+        "projection_80gb_float16": projection(),
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_out:

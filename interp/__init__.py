@@ -17,19 +17,26 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .errors import InterpError
+from .errors import InterpError as InterpError
 
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _LAZY = {
-    "all_hook_names": ".hooks", "parse_hook_name": ".hooks",
+    "all_hook_names": ".hooks",
+    "parse_hook_name": ".hooks",
     "Prepared": ".inputs",
-    "AttentionKnockout": ".interventions", "ContrastiveMask": ".interventions",
-    "ImageCells": ".interventions", "PatchActivations": ".interventions",
-    "MeanAblateImageTokens": ".interventions", "NoiseAblateImageTokens": ".interventions",
-    "Plan": ".interventions", "RecordAttention": ".interventions", "RecordResidual": ".interventions",
-    "RunResult": ".interventions", "ScaleImageTokens": ".interventions",
+    "AttentionKnockout": ".interventions",
+    "ContrastiveMask": ".interventions",
+    "ImageCells": ".interventions",
+    "PatchActivations": ".interventions",
+    "MeanAblateImageTokens": ".interventions",
+    "NoiseAblateImageTokens": ".interventions",
+    "Plan": ".interventions",
+    "RecordAttention": ".interventions",
+    "RecordResidual": ".interventions",
+    "RunResult": ".interventions",
+    "ScaleImageTokens": ".interventions",
     "ActivationCache": ".cache",
     "load": ".models.loading",
     "VLM": ".models.vlm",
@@ -55,8 +62,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from .hooks import all_hook_names, parse_hook_name  # noqa: F401
     from .inputs import Prepared  # noqa: F401
     from .interventions import (  # noqa: F401
-        AttentionKnockout, ContrastiveMask, ImageCells, MeanAblateImageTokens, NoiseAblateImageTokens,
-        PatchActivations, Plan, RecordAttention, RecordResidual, RunResult, ScaleImageTokens,
+        AttentionKnockout,
+        ContrastiveMask,
+        ImageCells,
+        MeanAblateImageTokens,
+        NoiseAblateImageTokens,
+        PatchActivations,
+        Plan,
+        RecordAttention,
+        RecordResidual,
+        RunResult,
+        ScaleImageTokens,
     )
     from .models.loading import load  # noqa: F401
     from .models.vlm import VLM  # noqa: F401

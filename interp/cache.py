@@ -17,7 +17,8 @@ keeps TL's interface on a plain dict of tensors keyed by hook name:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import torch
 
@@ -106,7 +107,7 @@ class ActivationCache:
 
     # -- TransformerLens' helpers ------------------------------------------------------
 
-    def remove_batch_dim(self) -> "ActivationCache":
+    def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis of a batch-1 cache (vision activations without one pass through)."""
         if not self.has_batch_dim:
             return self
@@ -126,8 +127,14 @@ class ActivationCache:
         stop = self.n_layers if layer == -1 else layer
         return torch.stack([self[activation_name, l] for l in range(stop)])
 
-    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
-                          return_labels: bool = False, pos_slice: Any = None):
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        return_labels: bool = False,
+        pos_slice: Any = None,
+    ):
         """The residual stream before each layer (and, with ``incl_mid``, between attention and
         MLP), stacked: ``[components, ...]``; ``layer`` stops before that layer (None: all,
         plus the final residual). ``apply_ln`` applies the model's final norm to each, as
@@ -154,9 +161,13 @@ class ActivationCache:
                 stacked = norm(stacked.to(self.model.device, self.model.dtype)).to(stacked.dtype).cpu()
         return (stacked, labels) if return_labels else stacked
 
-    def to(self, device) -> "ActivationCache":
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.n_layers,
-                               model=self.model, has_batch_dim=self.has_batch_dim)
+    def to(self, device) -> ActivationCache:
+        return ActivationCache(
+            {k: v.to(device) for k, v in self.cache_dict.items()},
+            self.n_layers,
+            model=self.model,
+            has_batch_dim=self.has_batch_dim,
+        )
 
     # -- disk ---------------------------------------------------------------------------
 
@@ -165,20 +176,28 @@ class ActivationCache:
         from safetensors.torch import save_file
 
         path = Path(path)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.cache_dict.items()}, str(path),
-                  metadata={"n_layers": str(self.n_layers), "has_batch_dim": str(int(self.has_batch_dim))})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.cache_dict.items()},
+            str(path),
+            metadata={"n_layers": str(self.n_layers), "has_batch_dim": str(int(self.has_batch_dim))},
+        )
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> "ActivationCache":
+    def load(cls, path: str | Path, model=None) -> ActivationCache:
         from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
             raise InterpError(f"no cache file at {path}")
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+            raise InterpError(
+                f"{path} is not a readable safetensors file ({str(error).splitlines()[0][:100]})"
+            ) from None
         if "n_layers" not in meta:
             raise InterpError(f"{path} is not an interp ActivationCache file (no n_layers in its metadata)")
         return cls(tensors, int(meta["n_layers"]), model=model, has_batch_dim=meta.get("has_batch_dim", "1") == "1")

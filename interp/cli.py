@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import (Parser, add_model_args, decode_batch, model_and_kwargs, non_empty, non_negative_int,
-                       positive_int)
+from .cli_args import Parser, add_model_args, decode_batch, model_and_kwargs, non_empty, non_negative_int, positive_int
 from .cli_args import load_kwargs as loading_flags
 from .errors import InterpError
 from .options import GPU_BATCH_SIZE, MODES, PAPER_MASK_SCALE, SCORINGS
@@ -51,8 +50,9 @@ def _demo_sample(image: Any, question: str | None, image_size: int):
     return sample.image, question or sample.question
 
 
-def quickstart(model: str, image: Any, question: str | None, out: Path | None, max_new_tokens: int = 8,
-               **load_kwargs) -> dict:
+def quickstart(
+    model: str, image: Any, question: str | None, out: Path | None, max_new_tokens: int = 8, **load_kwargs
+) -> dict:
     """Load, answer, record last-token -> image attention at every layer, and mask the
     image tokens at each layer's input in turn (one pass per layer). ``load_kwargs`` go
     to :func:`interp.load` (dtype, device_map, attn_implementation)."""
@@ -81,12 +81,14 @@ def quickstart(model: str, image: Any, question: str | None, out: Path | None, m
         masked = vlm.run(sample, ScaleImageTokens([layer], scale=PAPER_MASK_SCALE))
         logprob = torch.log_softmax(masked.logits.float(), -1)[0, answer_token]
         image_mass = float(clean.record("attention", layer)[0, -1].sum())
-        rows.append({
-            "layer": layer,
-            "image_attention_mass": round(image_mass, 6),
-            "answer_logprob_masked": round(float(logprob), 6),
-            "answer_logprob_drop": round(float(clean_logprob - logprob), 6),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "image_attention_mass": round(image_mass, 6),
+                "answer_logprob_masked": round(float(logprob), 6),
+                "answer_logprob_drop": round(float(clean_logprob - logprob), 6),
+            }
+        )
     report = {
         "model": vlm.name,
         "family": vlm.adapter.name,
@@ -116,8 +118,10 @@ def _quickstart(args) -> int:
     out = _output_dir(args.out) if args.out else None
     model, load_kwargs = model_and_kwargs(args)
     report = quickstart(model, args.image, args.question, out, args.max_new_tokens, **load_kwargs)
-    print(f"{report['model']} ({report['family']}, {report['n_layers']} layers, "
-          f"{report['image_tokens']} image tokens on a {report['grid'][0]}x{report['grid'][1]} grid)")
+    print(
+        f"{report['model']} ({report['family']}, {report['n_layers']} layers, "
+        f"{report['image_tokens']} image tokens on a {report['grid'][0]}x{report['grid'][1]} grid)"
+    )
     print(f"Q: {report['question']}\nA: {report['answer']}")
     print(f"{'layer':>5}  {'attn->image':>11}  {'logp drop when masked':>21}")
     for row in report["layers"]:
@@ -142,6 +146,51 @@ def default_organism_dir(kind: str, arch: str) -> Path:
     return cache_root() / f"organism-{kind}" / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _focus_kinds(text: str) -> tuple[str, ...]:
+    """``--focus-kinds``: question kinds separated by commas (one line if any is unknown)."""
+    from .data.synthetic import QUESTION_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in QUESTION_KINDS]
+    if unknown or not kinds:
+        raise InterpError(
+            f"--focus-kinds {text!r}: give question kinds separated by commas, from {', '.join(QUESTION_KINDS)}."
+        )
+    return kinds
+
+
+def _qwen_train_fields(args) -> dict:
+    """The ``--arch qwen2_vl`` recipe's own flags, checked, as :class:`QwenTrainConfig` fields."""
+    given: dict = {}
+    lora_alpha = getattr(args, "lora_alpha", None)
+    if getattr(args, "full_attention", False):
+        if args.lora_rank is not None or lora_alpha is not None:
+            raise InterpError("--full-attention trains q/k/v/o in full: it takes no --lora-rank or --lora-alpha.")
+        given["attention"] = "full"
+    checks = (  # (flag, value, field, acceptable, what it must be)
+        ("--lora-rank", args.lora_rank, "lora_rank", lambda v: v >= 1, "must be at least 1"),
+        ("--lora-alpha", lora_alpha, "lora_alpha", lambda v: v > 0, "must be positive"),
+        (
+            "--position-weight",
+            getattr(args, "position_weight", None),
+            "position_weight",
+            lambda v: v >= 0,
+            "must be >= 0",
+        ),
+        ("--time-budget", args.time_budget, "time_budget_min", lambda v: v > 0, "must be a positive number of minutes"),
+    )
+    for flag, value, field_name, acceptable, what in checks:
+        if value is not None:
+            if not acceptable(value):
+                raise InterpError(f"{flag} {value} {what}.")
+            given[field_name] = value
+    if getattr(args, "position_words", False):
+        given["position_words"] = True
+    if getattr(args, "checkpoint_dir", None):
+        given["checkpoint_dir"] = args.checkpoint_dir
+    return given
+
+
 def organism_train_config(args):
     """The training config (:class:`TrainConfig`, or :class:`QwenTrainConfig` for
     ``--arch qwen2_vl``) an ``interp organism train`` command line asks for."""
@@ -152,52 +201,33 @@ def organism_train_config(args):
     if getattr(args, "device", None):
         given["device"] = args.device
     if getattr(args, "focus_kinds", None) is not None:
-        from .data.synthetic import QUESTION_KINDS
-
-        kinds = tuple(k.strip() for k in args.focus_kinds.split(",") if k.strip())
-        unknown = [k for k in kinds if k not in QUESTION_KINDS]
-        if unknown or not kinds:
-            raise InterpError(f"--focus-kinds {args.focus_kinds!r}: give question kinds separated by commas, "
-                              f"from {', '.join(QUESTION_KINDS)}.")
-        given["focus_kinds"] = kinds
+        given["focus_kinds"] = _focus_kinds(args.focus_kinds)
     if arch == "qwen2_vl":
         from .models.organism.train_qwen2vl import QwenTrainConfig
 
         if args.no_centre_marker:
-            raise InterpError("--no-centre-marker is a LLaVA-organism ablation; the qwen2_vl recipe always marks centres.")
-        if getattr(args, "full_attention", False):
-            if args.lora_rank is not None or getattr(args, "lora_alpha", None) is not None:
-                raise InterpError("--full-attention trains q/k/v/o in full: it takes no --lora-rank or --lora-alpha.")
-            given["attention"] = "full"
-        if args.lora_rank is not None:
-            if args.lora_rank < 1:
-                raise InterpError(f"--lora-rank {args.lora_rank} must be at least 1.")
-            given["lora_rank"] = args.lora_rank
-        if getattr(args, "lora_alpha", None) is not None:
-            if args.lora_alpha <= 0:
-                raise InterpError(f"--lora-alpha {args.lora_alpha} must be positive.")
-            given["lora_alpha"] = args.lora_alpha
-        if getattr(args, "position_weight", None) is not None:
-            if args.position_weight < 0:
-                raise InterpError(f"--position-weight {args.position_weight} must be >= 0.")
-            given["position_weight"] = args.position_weight
-        if getattr(args, "position_words", False):
-            given["position_words"] = True
-        if getattr(args, "checkpoint_dir", None):
-            given["checkpoint_dir"] = args.checkpoint_dir
-        if args.time_budget is not None:
-            if args.time_budget <= 0:
-                raise InterpError(f"--time-budget {args.time_budget} must be a positive number of minutes.")
-            given["time_budget_min"] = args.time_budget
+            raise InterpError(
+                "--no-centre-marker is a LLaVA-organism ablation; the qwen2_vl recipe always marks centres."
+            )
+        given.update(_qwen_train_fields(args))
         return QwenTrainConfig(**given)
     from .models.organism.train import TrainConfig
 
-    if (args.lora_rank is not None or getattr(args, "lora_alpha", None) is not None
-            or getattr(args, "full_attention", False) or args.time_budget is not None or getattr(args, "tower_from", None)
-            or getattr(args, "checkpoint_dir", None) or getattr(args, "resume_from", None)
-            or getattr(args, "position_weight", None) is not None or getattr(args, "position_words", False)):
-        raise InterpError("--lora-rank, --lora-alpha, --full-attention, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
-                          "--position-weight and --position-words belong to --arch qwen2_vl.")
+    if (
+        args.lora_rank is not None
+        or getattr(args, "lora_alpha", None) is not None
+        or getattr(args, "full_attention", False)
+        or args.time_budget is not None
+        or getattr(args, "tower_from", None)
+        or getattr(args, "checkpoint_dir", None)
+        or getattr(args, "resume_from", None)
+        or getattr(args, "position_weight", None) is not None
+        or getattr(args, "position_words", False)
+    ):
+        raise InterpError(
+            "--lora-rank, --lora-alpha, --full-attention, --time-budget, --tower-from, --checkpoint-dir, --resume-from, "
+            "--position-weight and --position-words belong to --arch qwen2_vl."
+        )
     return TrainConfig(centre_marker=not args.no_centre_marker, **given)
 
 
@@ -224,9 +254,16 @@ def _organism_train(args) -> int:
             raise InterpError(f"--tower-from {tower_from}: no such file (a .safetensors written by this recipe).")
         resume_from = getattr(args, "resume_from", None)
         if resume_from is not None and not Path(resume_from).is_file():
-            raise InterpError(f"--resume-from {resume_from}: no such file (stage2-resume.pt or stage3-resume.pt of a --checkpoint-dir)")
-        summary = train_qwen2vl(config, out, tower_from=tower_from, resume_from=resume_from,
-                                tower_log=None if tower_from is None else _stage0_log(Path(tower_from)))
+            raise InterpError(
+                f"--resume-from {resume_from}: no such file (stage2-resume.pt or stage3-resume.pt of a --checkpoint-dir)"
+            )
+        summary = train_qwen2vl(
+            config,
+            out,
+            tower_from=tower_from,
+            resume_from=resume_from,
+            tower_log=None if tower_from is None else _stage0_log(Path(tower_from)),
+        )
     else:
         from .models.organism.train import train
 
@@ -255,13 +292,20 @@ def _organism_eval(args) -> int:
         vlm = load(args.variant, **loading_flags(args))
     dataset = SyntheticVQA(args.split, seed=args.seed, image_size=_scene_size(vlm))
     result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
-    result = {"model": args.variant, **({"weights": str(args.weights)} if args.weights else {}),
-              "split": args.split, "seed": args.seed, **result}
+    result = {
+        "model": args.variant,
+        **({"weights": str(args.weights)} if args.weights else {}),
+        "split": args.split,
+        "seed": args.seed,
+        **result,
+    }
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{args.variant} on {args.split} (n={result['n']}): accuracy {result['accuracy']:.3f}"
-              + (f", blind {result['blind_accuracy']:.3f}" if "blind_accuracy" in result else ""))
+        print(
+            f"{args.variant} on {args.split} (n={result['n']}): accuracy {result['accuracy']:.3f}"
+            + (f", blind {result['blind_accuracy']:.3f}" if "blind_accuracy" in result else "")
+        )
         for kind, value in result["per_kind"].items():
             print(f"  {kind:<10} {value:.3f}")
     return 0
@@ -340,21 +384,38 @@ def _reproduce(args) -> int:
     vlm = load(model, remote=bool(args.remote), **load_kwargs)
     image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
-    given = {"window": args.window, "seed": args.seed, "n_boot": args.n_boot, "keep_prefix_mb": args.keep_prefix_mb,
-             "patching_pairs": args.patching, "lens_samples": args.lens, "ablation_seeds": args.method_ablation,
-             "batch_size": args.batch_size, "restart_batch": args.restart_batch, "decode_batch": args.decode_batch}
-    config = ReproduceConfig(scoring=args.scoring, mode=args.mode, remote=True if args.remote else None,
-                             **{key: value for key, value in given.items() if value is not None})
+    given = {
+        "window": args.window,
+        "seed": args.seed,
+        "n_boot": args.n_boot,
+        "keep_prefix_mb": args.keep_prefix_mb,
+        "patching_pairs": args.patching,
+        "lens_samples": args.lens,
+        "ablation_seeds": args.method_ablation,
+        "batch_size": args.batch_size,
+        "restart_batch": args.restart_batch,
+        "decode_batch": args.decode_batch,
+    }
+    config = ReproduceConfig(
+        scoring=args.scoring,
+        mode=args.mode,
+        remote=True if args.remote else None,
+        **{key: value for key, value in given.items() if value is not None},
+    )
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
     if report is None:
         if not launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
-            print("this shard's samples are done; the report is written by the last shard to finish its second "
-                  "phase: rerun the shards whose first phase finished before the others' (or run the same "
-                  f"command without --shard to finish everything into {args.out})")
+            print(
+                "this shard's samples are done; the report is written by the last shard to finish its second "
+                "phase: rerun the shards whose first phase finished before the others' (or run the same "
+                f"command without --shard to finish everything into {args.out})"
+            )
         return 0
     single = report["masking"]["findings"].get("single", {})
-    print(f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "
-          f"{report['baseline_accuracy']['mean']:.3f}")
+    print(
+        f"{report['model']} on {label}: {report['n_samples']} samples, baseline accuracy "
+        f"{report['baseline_accuracy']['mean']:.3f}"
+    )
     if single:
         print(single["statement"])
     print(f"wrote {Path(args.out) / 'report.md'}, report.json and figures")
@@ -386,8 +447,10 @@ def _ablate_method(args) -> int:
 
     wcd_task = args.wcd_task or ("textvqa" if args.dataset == "synthetic" else args.dataset)
     if wcd_task not in WCD_TASKS:
-        raise InterpError(f"no WCD metric for task {wcd_task!r}; the authors score {', '.join(WCD_TASKS)} "
-                          "(pass --wcd-task to score with one of their rules)")
+        raise InterpError(
+            f"no WCD metric for task {wcd_task!r}; the authors score {', '.join(WCD_TASKS)} "
+            "(pass --wcd-task to score with one of their rules)"
+        )
     if args.limit is not None and args.limit < 1:
         raise InterpError(f"--limit must be a positive integer, got {args.limit}")
     layers = args.dola_layers if args.dola_layers in ("low", "high") else [int(x) for x in args.dola_layers.split(",")]
@@ -396,10 +459,19 @@ def _ablate_method(args) -> int:
     image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     max_new_tokens = args.max_new_tokens or get_benchmark(args.dataset).max_new_tokens
-    config = AblationConfig(temperature=args.temperature, seeds=args.seeds, review_layer=args.review_layer,
-                            ratio=args.ratio, dola_layers=layers, static_layer=args.static_layer,
-                            max_new_tokens=max_new_tokens, wcd_task=wcd_task, n_boot=args.n_boot,
-                            progress=not args.no_progress, remote=True if args.remote else None)
+    config = AblationConfig(
+        temperature=args.temperature,
+        seeds=args.seeds,
+        review_layer=args.review_layer,
+        ratio=args.ratio,
+        dola_layers=layers,
+        static_layer=args.static_layer,
+        max_new_tokens=max_new_tokens,
+        wcd_task=wcd_task,
+        n_boot=args.n_boot,
+        progress=not args.no_progress,
+        remote=True if args.remote else None,
+    )
     rows = run_method_ablation(vlm, samples, config=config, limit=args.limit, out=out / "method_ablation_rows.jsonl")
     settings = {**config.resolved(vlm), "model": vlm.name, "dataset": label}
     report = write_outputs(rows, settings, out, n_boot=args.n_boot)
@@ -439,13 +511,22 @@ def _patch(args) -> int:
     vlm = load(model, **load_kwargs)
     image_size = _scene_size(vlm)
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
-    report, lines = patching_section(vlm, data, out, n_pairs=args.pairs, changes=changes, n_boot=args.n_boot,
-                                     cell_pairs=args.cell_pairs, seed=args.seed, layers=_int_list(args.layers),
-                                     cell_layers=_int_list(args.cell_layers),
-                                     resume=out / "patching_sweep.partial.csv" if args.resume else None,
-                                     positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
-                                     sites=tuple(s.strip() for s in args.sites.split(",") if s.strip()),
-                                     heads=_int_list(args.heads))
+    report, lines = patching_section(
+        vlm,
+        data,
+        out,
+        n_pairs=args.pairs,
+        changes=changes,
+        n_boot=args.n_boot,
+        cell_pairs=args.cell_pairs,
+        seed=args.seed,
+        layers=_int_list(args.layers),
+        cell_layers=_int_list(args.cell_layers),
+        resume=out / "patching_sweep.partial.jsonl" if args.resume else None,
+        positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
+        sites=tuple(s.strip() for s in args.sites.split(",") if s.strip()),
+        heads=_int_list(args.heads),
+    )
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
     if args.lens > 0:
         lens, lens_lines = lens_section(vlm, data, out, n=args.lens, n_boot=args.n_boot, seed=args.seed)
@@ -475,8 +556,11 @@ def _compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="interp", description="Where does vision meet language inside a VLM?",
-                    epilog="First five minutes: interp quickstart (14 s on a laptop CPU, no download).")
+    parser = Parser(
+        prog="interp",
+        description="Where does vision meet language inside a VLM?",
+        epilog="First five minutes: interp quickstart (14 s on a laptop CPU, no download).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("families", help="list the supported model families").set_defaults(func=_families)
@@ -494,53 +578,114 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_quickstart)
 
     rep = sub.add_parser("reproduce", help="run the paper's analyses and write figures and a report")
-    rep.add_argument("--out", "--output_path", dest="out", required=True,
-                     help="output directory (figures, report.md, report.json, CSVs)")
+    rep.add_argument(
+        "--out",
+        "--output_path",
+        dest="out",
+        required=True,
+        help="output directory (figures, report.md, report.json, CSVs)",
+    )
     add_model_args(rep)
     rep.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     rep.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     rep.add_argument("--split", default=None, help="dataset split (synthetic: test by default)")
     rep.add_argument("--limit", type=positive_int, default=60, help="number of samples (default 60)")
-    rep.add_argument("--scoring", default=SCORINGS[0], choices=SCORINGS,
-                     help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored")
-    rep.add_argument("--mode", default=MODES[0], choices=MODES,
-                     help="fast: restart from one clean pass per sample where it applies; naive: full passes")
+    rep.add_argument(
+        "--scoring",
+        default=SCORINGS[0],
+        choices=SCORINGS,
+        help="teacher: exact greedy match by teacher forcing (fast); generate: greedy generation, VQA-scored",
+    )
+    rep.add_argument(
+        "--mode",
+        default=MODES[0],
+        choices=MODES,
+        help="fast: restart from one clean pass per sample where it applies; naive: full passes",
+    )
     # defaults: interp.analysis.reproduce.ReproduceConfig (one place)
-    rep.add_argument("--window", type=positive_int, default=None,
-                     help="layers per window / knockout span (default 3; at most the model's layers)")
+    rep.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help="layers per window / knockout span (default 3; at most the model's layers)",
+    )
     rep.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     rep.add_argument("--n-boot", type=positive_int, default=None, help="bootstrap resamples (default 2000)")
-    rep.add_argument("--remote", action="store_true",
-                     help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)")
-    rep.add_argument("--patching", type=non_negative_int, default=None, metavar="PAIRS",
-                     help="synthetic data: counterfactual activation patching on PAIRS pairs (default 60; 0: skip; "
-                          "see interp patch)")
-    rep.add_argument("--lens", type=non_negative_int, default=None, metavar="N",
-                     help="synthetic data: the image-token lens on N samples (default 60; 0: skip)")
-    rep.add_argument("--method-ablation", type=int, default=None, metavar="SEEDS",
-                     help="add the authors'-method ablation (greedy + SEEDS sampling runs; see interp ablate-method)")
-    rep.add_argument("--keep-prefix-mb", type=float, default=None,
-                     help="memory for clean prefixes kept between the two phases (default 2048)")
-    rep.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
-                     help="samples whose clean passes run as one padded forward; results equal batch 1, so a run "
-                          f"may resume with another (default: 1 on the CPU, {GPU_BATCH_SIZE} on a GPU; 1 for families "
-                          "that cannot batch)")
-    rep.add_argument("--restart-batch", type=positive_int, default=None,
-                     help="a question's sweep conditions per restart forward (default 8); results equal at any "
-                          "value, so a run may resume with another; more uses more memory and suits a GPU")
-    rep.add_argument("--decode-batch", type=decode_batch, default=None, metavar="N|auto|all",
-                     help="--scoring generate: a question's sweep conditions decoded together, their prompt "
-                          "keys/values held until then (default auto: sized from the model's keys/values and the "
-                          "free memory; all: every condition at once); results equal at any value")
-    rep.add_argument("--shard", default=None, help="i/n: run the i-th of n shards into the same --out (under "
-                     "torchrun each rank is a shard); the last shard to finish writes the report")
+    rep.add_argument(
+        "--remote",
+        action="store_true",
+        help="run on NDIF (needs NDIF_API_KEY and a model NDIF hosts; checked before loading)",
+    )
+    rep.add_argument(
+        "--patching",
+        type=non_negative_int,
+        default=None,
+        metavar="PAIRS",
+        help="synthetic data: counterfactual activation patching on PAIRS pairs (default 60; 0: skip; "
+        "see interp patch)",
+    )
+    rep.add_argument(
+        "--lens",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="synthetic data: the image-token lens on N samples (default 60; 0: skip)",
+    )
+    rep.add_argument(
+        "--method-ablation",
+        type=int,
+        default=None,
+        metavar="SEEDS",
+        help="add the authors'-method ablation (greedy + SEEDS sampling runs; see interp ablate-method)",
+    )
+    rep.add_argument(
+        "--keep-prefix-mb",
+        type=float,
+        default=None,
+        help="memory for clean prefixes kept between the two phases (default 2048)",
+    )
+    rep.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=positive_int,
+        default=None,
+        help="samples whose clean passes run as one padded forward; results equal batch 1, so a run "
+        f"may resume with another (default: 1 on the CPU, {GPU_BATCH_SIZE} on a GPU; 1 for families "
+        "that cannot batch)",
+    )
+    rep.add_argument(
+        "--restart-batch",
+        type=positive_int,
+        default=None,
+        help="a question's sweep conditions per restart forward (default 8); results equal at any "
+        "value, so a run may resume with another; more uses more memory and suits a GPU",
+    )
+    rep.add_argument(
+        "--decode-batch",
+        type=decode_batch,
+        default=None,
+        metavar="N|auto|all",
+        help="--scoring generate: a question's sweep conditions decoded together, their prompt "
+        "keys/values held until then (default auto: sized from the model's keys/values and the "
+        "free memory; all: every condition at once); results equal at any value",
+    )
+    rep.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: run the i-th of n shards into the same --out (under "
+        "torchrun each rank is a shard); the last shard to finish writes the report",
+    )
     rep.set_defaults(func=_reproduce)
 
-    abl = sub.add_parser("ablate-method", help="which part of the authors' method moves accuracy (factorial ablation)",
-                         description="On the same questions: {greedy, sampling x seeds} x {no mask, the authors' "
-                                     "review-layer mask} x {no DoLa, DoLa by logits JSD, DoLa by attention JSD, a "
-                                     "static premature layer}, scored by the items' metric and the authors' lenient "
-                                     "one. Resumable (rerun the same command).")
+    abl = sub.add_parser(
+        "ablate-method",
+        help="which part of the authors' method moves accuracy (factorial ablation)",
+        description="On the same questions: {greedy, sampling x seeds} x {no mask, the authors' "
+        "review-layer mask} x {no DoLa, DoLa by logits JSD, DoLa by attention JSD, a "
+        "static premature layer}, scored by the items' metric and the authors' lenient "
+        "one. Resumable (rerun the same command).",
+    )
     abl.add_argument("--out", required=True, help="output directory (rows JSONL, table CSV, report JSON/MD, figure)")
     abl.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     abl.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
@@ -548,14 +693,23 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--limit", type=positive_int, default=60, help="number of questions (default 60)")
     abl.add_argument("--seeds", type=int, default=3, help="sampling runs per question (default 3)")
     abl.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2, the authors')")
-    abl.add_argument("--review-layer", type=int, default=None,
-                     help="where the authors' mask acts (default: their layer 29 of 32, scaled to the model)")
+    abl.add_argument(
+        "--review-layer",
+        type=int,
+        default=None,
+        help="where the authors' mask acts (default: their layer 29 of 32, scaled to the model)",
+    )
     abl.add_argument("--ratio", type=float, default=0.2, help="fraction of image tokens masked (default 0.2)")
-    abl.add_argument("--dola-layers", default="low", help="low (default), high, or comma-separated hidden-state indices")
+    abl.add_argument(
+        "--dola-layers", default="low", help="low (default), high, or comma-separated hidden-state indices"
+    )
     abl.add_argument("--static-layer", type=int, default=None, help="default: the middle candidate")
     abl.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
-    abl.add_argument("--wcd-task", default=None, help="which authors' rule scores the answers (default: the task's; "
-                                                       "textvqa for synthetic)")
+    abl.add_argument(
+        "--wcd-task",
+        default=None,
+        help="which authors' rule scores the answers (default: the task's; textvqa for synthetic)",
+    )
     abl.add_argument("--n-boot", type=positive_int, default=2000)
     abl.add_argument("--remote", action="store_true", help="run on NDIF (needs NDIF_API_KEY)")
     abl.add_argument("--no-progress", action="store_true")
@@ -567,22 +721,36 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--out", required=True, help="output directory (patching.md, patching.json, CSVs, figures)")
     patch.add_argument("--split", default="test", choices=["train", "val", "test"])
     patch.add_argument("--pairs", type=int, default=60, help="counterfactual pairs (default 60)")
-    patch.add_argument("--changes", default="colour,shape,distractor",
-                       help="comma-separated changes taking turns (colour, shape, position, remove, distractor)")
+    patch.add_argument(
+        "--changes",
+        default="colour,shape,distractor",
+        help="comma-separated changes taking turns (colour, shape, position, remove, distractor)",
+    )
     patch.add_argument("--layers", default="all", help="layers to patch: all (default) or a comma-separated list")
-    patch.add_argument("--cell-layers", default=None, help="comma-separated layers of the per-cell maps (default: 4 spread out)")
+    patch.add_argument(
+        "--cell-layers", default=None, help="comma-separated layers of the per-cell maps (default: 4 spread out)"
+    )
     patch.add_argument("--cell-pairs", type=int, default=2, help="pairs also patched cell by cell (default 2)")
-    patch.add_argument("--groups", default="changed,other_image,question,last",
-                       help="position groups (changed, other_image, image, question, other_text, last)")
-    patch.add_argument("--sites", default="resid_pre",
-                       help="comma-separated sites: resid_pre (default), attn_out, mlp_out, resid_post, and z (each "
-                            "attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site")
+    patch.add_argument(
+        "--groups",
+        default="changed,other_image,question,last",
+        help="position groups (changed, other_image, image, question, other_text, last)",
+    )
+    patch.add_argument(
+        "--sites",
+        default="resid_pre",
+        help="comma-separated sites: resid_pre (default), attn_out, mlp_out, resid_post, and z (each "
+        "attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site",
+    )
     patch.add_argument("--heads", default="all", help="with --sites z: all (default) or a comma-separated head list")
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
     patch.add_argument("--n-boot", type=positive_int, default=2000)
-    patch.add_argument("--resume", action="store_true",
-                       help="append each pair's rows to OUT/patching_sweep.partial.csv and skip pairs already there")
+    patch.add_argument(
+        "--resume",
+        action="store_true",
+        help="append each pair's rows to OUT/patching_sweep.partial.jsonl (fsynced) and skip pairs already there",
+    )
     add_model_args(patch)
     patch.set_defaults(func=_patch)
 
@@ -598,49 +766,92 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.organism import VARIANTS as organism_variants
 
     org_train = org_sub.add_parser("train", help="train an organism (seeded); writes a run directory")
-    org_train.add_argument("--arch", default="llava", choices=ORGANISM_ARCHS,
-                           help="llava (default: the organism) or qwen2_vl (organism-qwen2vl)")
+    org_train.add_argument(
+        "--arch",
+        default="llava",
+        choices=ORGANISM_ARCHS,
+        help="llava (default: the organism) or qwen2_vl (organism-qwen2vl)",
+    )
     org_train.add_argument("--seed", type=int, default=None)
     org_train.add_argument("--tower-steps", type=int, default=None)
     org_train.add_argument("--align-steps", type=int, default=None)
     org_train.add_argument("--adapt-steps", type=int, default=None)
     org_train.add_argument("--polish-steps", type=int, default=None)
     org_train.add_argument("--batch", type=int, default=None)
-    org_train.add_argument("--focus-fraction", type=float, default=None,
-                           help="share of each answer batch drawn from the --focus-kinds questions (0: none)")
-    org_train.add_argument("--focus-kinds", default=None,
-                           help="comma-separated question kinds the focus share draws from (default: counting,spatial)")
-    org_train.add_argument("--no-centre-marker", action="store_true",
-                           help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark")
+    org_train.add_argument(
+        "--focus-fraction",
+        type=float,
+        default=None,
+        help="share of each answer batch drawn from the --focus-kinds questions (0: none)",
+    )
+    org_train.add_argument(
+        "--focus-kinds",
+        default=None,
+        help="comma-separated question kinds the focus share draws from (default: counting,spatial)",
+    )
+    org_train.add_argument(
+        "--no-centre-marker",
+        action="store_true",
+        help="ablation (llava): no object-centre head in tower pre-training, no ' object' mark",
+    )
     org_train.add_argument("--lora-rank", type=int, default=None, help="qwen2_vl: LoRA rank on the LM's q/k/v/o")
-    org_train.add_argument("--full-attention", action="store_true",
-                           help="qwen2_vl: train the LM's q/k/v/o in full (as the LLaVA organism does; lr 3e-4) "
-                                "instead of LoRA; their change ships as int8 codes")
-    org_train.add_argument("--lora-alpha", type=float, default=None,
-                           help="qwen2_vl: LoRA alpha (the update is scaled by alpha / rank; default 64). With a "
-                                "larger --lora-rank, alpha x sqrt(rank / 32) keeps the rank-32 run's step size")
-    org_train.add_argument("--time-budget", type=float, default=None,
-                           help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit")
-    org_train.add_argument("--device", default=None,
-                           help="train on this device (default cpu; e.g. cuda: the recipes' CPU-hours become "
-                                "minutes)")
-    org_train.add_argument("--position-weight", type=float, default=None,
-                           help="qwen2_vl: stage 0 also learns each token's absolute (row, column) with this loss "
-                                "weight (default 0: off; the tower has only relative positions)")
-    org_train.add_argument("--position-words", action="store_true",
-                           help="qwen2_vl: stage 0b writes where each token is into its word target (left/right, "
-                                "above/below)")
-    org_train.add_argument("--checkpoint-dir", default=None,
-                           help="qwen2_vl: write the trained weights here at every validation (not for shipping)")
-    org_train.add_argument("--resume-from", default=None,
-                           help="qwen2_vl: continue a run from the stage2-resume.pt or stage3-resume.pt its "
-                                "--checkpoint-dir holds (same settings and --tower-from; a stage-2 state may add "
-                                "--polish-steps; the result equals the uninterrupted run's)")
-    org_train.add_argument("--tower-from", default=None,
-                           help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
-                                "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)")
-    org_train.add_argument("--out", default=None,
-                           help="run directory (default: ~/.cache/interp/organism-runs/<arch>-<time>)")
+    org_train.add_argument(
+        "--full-attention",
+        action="store_true",
+        help="qwen2_vl: train the LM's q/k/v/o in full (as the LLaVA organism does; lr 3e-4) "
+        "instead of LoRA; their change ships as int8 codes",
+    )
+    org_train.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=None,
+        help="qwen2_vl: LoRA alpha (the update is scaled by alpha / rank; default 64). With a "
+        "larger --lora-rank, alpha x sqrt(rank / 32) keeps the rank-32 run's step size",
+    )
+    org_train.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="qwen2_vl: minutes for the whole run; stage 2's steps shrink to fit",
+    )
+    org_train.add_argument(
+        "--device",
+        default=None,
+        help="train on this device (default cpu; e.g. cuda: the recipes' CPU-hours become minutes)",
+    )
+    org_train.add_argument(
+        "--position-weight",
+        type=float,
+        default=None,
+        help="qwen2_vl: stage 0 also learns each token's absolute (row, column) with this loss "
+        "weight (default 0: off; the tower has only relative positions)",
+    )
+    org_train.add_argument(
+        "--position-words",
+        action="store_true",
+        help="qwen2_vl: stage 0b writes where each token is into its word target (left/right, above/below)",
+    )
+    org_train.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="qwen2_vl: write the trained weights here at every validation (not for shipping)",
+    )
+    org_train.add_argument(
+        "--resume-from",
+        default=None,
+        help="qwen2_vl: continue a run from the stage2-resume.pt or stage3-resume.pt its "
+        "--checkpoint-dir holds (same settings and --tower-from; a stage-2 state may add "
+        "--polish-steps; the result equals the uninterrupted run's)",
+    )
+    org_train.add_argument(
+        "--tower-from",
+        default=None,
+        help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
+        "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)",
+    )
+    org_train.add_argument(
+        "--out", default=None, help="run directory (default: ~/.cache/interp/organism-runs/<arch>-<time>)"
+    )
     org_train.set_defaults(func=_organism_train)
     org_eval = org_sub.add_parser("eval", help="accuracy on the synthetic benchmark, with and without the image")
     org_eval.add_argument("--variant", default="organism", choices=list(organism_variants))
@@ -648,31 +859,40 @@ def build_parser() -> argparse.ArgumentParser:
     org_eval.add_argument("--limit", type=positive_int, default=None)
     org_eval.add_argument("--seed", type=int, default=0)
     org_eval.add_argument("--no-blind", action="store_true", help="skip the blank-image run")
-    org_eval.add_argument("--weights", default=None,
-                          help="evaluate this weights file of the variant's recipe (e.g. a training run's "
-                               "organism-qwen2vl-stage2.safetensors or a checkpoint) instead of the shipped one")
+    org_eval.add_argument(
+        "--weights",
+        default=None,
+        help="evaluate this weights file of the variant's recipe (e.g. a training run's "
+        "organism-qwen2vl-stage2.safetensors or a checkpoint) instead of the shipped one",
+    )
     org_eval.add_argument("--json", action="store_true")
     add_model_args(org_eval, model=False)
     org_eval.set_defaults(func=_organism_eval)
     org_card = org_sub.add_parser("card", help="evaluate the shipped weights on the test split and write a model card")
     org_card.add_argument("--arch", default="llava", choices=ORGANISM_ARCHS)
-    org_card.add_argument("--run", default=None,
-                          help="directory with the run's training_log.json (default: the shipped one)")
-    org_card.add_argument("--results", default=None,
-                          help="qwen2_vl: an `organism eval --json` output to use instead of evaluating again")
+    org_card.add_argument(
+        "--run", default=None, help="directory with the run's training_log.json (default: the shipped one)"
+    )
+    org_card.add_argument(
+        "--results", default=None, help="qwen2_vl: an `organism eval --json` output to use instead of evaluating again"
+    )
     org_card.add_argument("--limit", type=positive_int, default=None)
-    org_card.add_argument("--out", default=None,
-                          help="directory for the card (default: ~/.cache/interp/organism-cards/<arch>-<time>)")
+    org_card.add_argument(
+        "--out", default=None, help="directory for the card (default: ~/.cache/interp/organism-cards/<arch>-<time>)"
+    )
     add_model_args(org_card, model=False)
     org_card.set_defaults(func=_organism_card)
 
-    explore = sub.add_parser("explore", help="write a self-contained HTML page: attention per layer and head, "
-                                             "a run's masking curve and patching map",
-                             description="One index.html with everything inline (open it from disk, no server).")
+    explore = sub.add_parser(
+        "explore",
+        help="write a self-contained HTML page: attention per layer and head, a run's masking curve and patching map",
+        description="One index.html with everything inline (open it from disk, no server).",
+    )
     explore.add_argument("--out", "--output_path", dest="out", required=True, help="directory for index.html")
     add_model_args(explore)
-    explore.add_argument("--run", default=None, help="an `interp reproduce` output directory (report.json; "
-                                                      "patching.csv when present)")
+    explore.add_argument(
+        "--run", default=None, help="an `interp reproduce` output directory (report.json; patching.csv when present)"
+    )
     explore.add_argument("--patching", default=None, help="a patching table CSV (layer, position, effect)")
     explore.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     explore.add_argument("--data-dir", default=None, help="where an evaluation task's files are")

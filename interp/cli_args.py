@@ -11,8 +11,13 @@ import sys
 from .errors import InterpError
 
 #: lmms-eval's ``--model_args`` keys -> interp.load keyword (or "pretrained": the model)
-MODEL_ARG_KEYS = {"pretrained": "pretrained", "dtype": "dtype", "torch_dtype": "dtype", "device_map": "device_map",
-                  "attn_implementation": "attn_implementation"}
+MODEL_ARG_KEYS = {
+    "pretrained": "pretrained",
+    "dtype": "dtype",
+    "torch_dtype": "dtype",
+    "device_map": "device_map",
+    "attn_implementation": "attn_implementation",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,24 +63,45 @@ def non_empty(text: str) -> str:
     return text
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, default: str | None = "organism",
-                   dtype: bool = True, model: bool = True) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, *, default: str | None = "organism", dtype: bool = True, model: bool = True
+) -> None:
     """``--model`` and how to load it. ``dtype=False`` for commands that read the config
     only; ``model=False`` for commands that name their model otherwise."""
     if model:
-        parser.add_argument("--model", default=default,
-                            help="a HF id, a local model dir, tiny:<model_type> or organism"
-                                 + (f" (default: {default})" if default else ""))
+        parser.add_argument(
+            "--model",
+            default=default,
+            help="a HF id, a local model dir, tiny:<model_type> or organism"
+            + (f" (default: {default})" if default else ""),
+        )
     if dtype:
         group = parser.add_argument_group("loading (for large models on GPUs)")
-        group.add_argument("--dtype", default=None, help="float16, bfloat16, float32 or auto (default: the checkpoint's)")
-        group.add_argument("--device-map", "--device_map", dest="device_map", default=None,
-                           help="HF accelerate placement, e.g. auto or cuda:0 (default: CPU)")
-        group.add_argument("--attn-implementation", "--attn_implementation", dest="attn_implementation",
-                           default=None, choices=["eager", "sdpa", "flash_attention_2"],
-                           help="attention kernel (default: the checkpoint's; every hook works under sdpa)")
-        group.add_argument("--model_args", "--model-args", dest="model_args", default=None,
-                           help="lmms-eval style: pretrained=ID,dtype=bfloat16,device_map=auto,attn_implementation=sdpa")
+        group.add_argument(
+            "--dtype", default=None, help="float16, bfloat16, float32 or auto (default: the checkpoint's)"
+        )
+        group.add_argument(
+            "--device-map",
+            "--device_map",
+            dest="device_map",
+            default=None,
+            help="HF accelerate placement, e.g. auto or cuda:0 (default: CPU)",
+        )
+        group.add_argument(
+            "--attn-implementation",
+            "--attn_implementation",
+            dest="attn_implementation",
+            default=None,
+            choices=["eager", "sdpa", "flash_attention_2"],
+            help="attention kernel (default: the checkpoint's; every hook works under sdpa)",
+        )
+        group.add_argument(
+            "--model_args",
+            "--model-args",
+            dest="model_args",
+            default=None,
+            help="lmms-eval style: pretrained=ID,dtype=bfloat16,device_map=auto,attn_implementation=sdpa",
+        )
 
 
 def parse_model_args(text: str | None) -> dict:
@@ -97,8 +123,10 @@ def model_and_kwargs(args: argparse.Namespace) -> tuple[str, dict]:
     model = getattr(args, "model", None)
     if name and model and model != name:
         # lmms-eval's --model names a wrapper class (e.g. llava); interp reads the family from the checkpoint
-        print(f"note: loading pretrained={name}; interp picks the family from its config (--model {model} unused)",
-              file=sys.stderr)
+        print(
+            f"note: loading pretrained={name}; interp picks the family from its config (--model {model} unused)",
+            file=sys.stderr,
+        )
     name = name or model
     if not name:
         raise InterpError("no model given: pass --model ID (or --model_args pretrained=ID)")
@@ -120,4 +148,12 @@ def load_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-__all__ = ["Parser", "add_model_args", "load_kwargs", "model_and_kwargs", "non_empty", "parse_model_args", "positive_int"]
+__all__ = [
+    "Parser",
+    "add_model_args",
+    "load_kwargs",
+    "model_and_kwargs",
+    "non_empty",
+    "parse_model_args",
+    "positive_int",
+]

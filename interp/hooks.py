@@ -111,9 +111,7 @@ def check_layer(layer: int, n_layers: int, what: str = "decoder layers") -> int:
     layer = layer_index(layer)
     resolved = layer + n_layers if layer < 0 else layer
     if not 0 <= resolved < n_layers:
-        raise LayerIndexError(
-            f"layer {layer} is out of range: this model has {n_layers} {what} (0..{n_layers - 1})"
-        )
+        raise LayerIndexError(f"layer {layer} is out of range: this model has {n_layers} {what} (0..{n_layers - 1})")
     return resolved
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -12,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InputError
 from .models.adapters.base import FamilyAdapter, ImageLayout
 
-ImageLike = Union[str, Path, Image.Image, Any]
+ImageLike = str | Path | Image.Image | Any
 
 
 @dataclass
@@ -77,9 +78,7 @@ def load_image(image: ImageLike) -> Image.Image:
         if array.dtype != "uint8":
             array = (array.clip(0, 1) * 255).astype("uint8") if array.max() <= 1.0 else array.astype("uint8")
         return Image.fromarray(array[..., :3])
-    raise InputError(
-        f"cannot use {type(image).__name__} as an image; pass a file path, a PIL image or an HxWx3 array"
-    )
+    raise InputError(f"cannot use {type(image).__name__} as an image; pass a file path, a PIL image or an HxWx3 array")
 
 
 def chat_messages(question: str, n_images: int) -> list[dict]:
@@ -165,8 +164,11 @@ def from_inputs(inputs: dict, adapter: FamilyAdapter, config: Any, *, prompt: st
     seq_len = int(cpu_inputs["input_ids"].shape[-1])
     limit = adapter.max_positions(config)
     if limit is not None and seq_len > limit:
-        raise InputError(f"the prompt is {seq_len} tokens and the model takes at most {limit} "
-                         "(max_position_embeddings): shorten the question or use a smaller image")
+        raise InputError(
+            f"the prompt is {seq_len} tokens and the model takes at most {limit} "
+            "(max_position_embeddings): shorten the question or use a smaller image"
+        )
     after_images = torch.arange(int(positions.max()) + 1, seq_len - 1)
-    return Prepared(inputs=inputs, image_positions=positions, layouts=layouts, prompt=prompt,
-                    question_positions=after_images)
+    return Prepared(
+        inputs=inputs, image_positions=positions, layouts=layouts, prompt=prompt, question_positions=after_images
+    )

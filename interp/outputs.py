@@ -35,6 +35,7 @@ The pieces every command that writes results uses (``interp evaluate`` / ``merge
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -47,7 +48,8 @@ import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 from .errors import InterpError
 
@@ -89,8 +91,10 @@ def output_error(error: OSError, path: str | Path, doing: str = "write") -> Outp
     where = f"cannot {doing} {path}"
     code = error.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{where}: no space left on the device (disk full or quota reached); free some space "
-                             f"and run the same command again")
+        return DiskFullError(
+            f"{where}: no space left on the device (disk full or quota reached); free some space "
+            f"and run the same command again"
+        )
     if code == errno.EROFS:
         return OutputError(f"{where}: the file system is read-only; choose an --out on a writable disk")
     if code in (errno.EACCES, errno.EPERM):
@@ -118,7 +122,7 @@ def _fsync_dir(directory: Path) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 # -- checks before any compute -----------------------------------------------------------------
@@ -155,18 +159,18 @@ def _probe(directory: Path, shown: Path, min_free: int) -> None:
         raise output_error(error, shown) from None
     finally:
         os.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink()
-        except OSError:  # pragma: no cover
-            pass
     try:
         info = os.statvfs(directory)
     except OSError:  # pragma: no cover - no statvfs
         return
     free = info.f_bavail * info.f_frsize
     if free < min_free:
-        raise DiskFullError(f"cannot write {shown}: only {_size(free)} free on its disk (at least {_size(min_free)} "
-                            f"needed to start); free some space or choose another --out")
+        raise DiskFullError(
+            f"cannot write {shown}: only {_size(free)} free on its disk (at least {_size(min_free)} "
+            f"needed to start); free some space or choose another --out"
+        )
 
 
 def check_output(path: str | Path, kind: str = "file", *, min_free: int = MIN_FREE_BYTES, lock: bool = True) -> Path:
@@ -182,7 +186,9 @@ def check_output(path: str | Path, kind: str = "file", *, min_free: int = MIN_FR
     path = Path(path).expanduser()
     if kind == "file":
         if path.is_dir():
-            raise OutputError(f"cannot write {path}: it is a directory; give a file name, e.g. {path / 'results.jsonl'}")
+            raise OutputError(
+                f"cannot write {path}: it is a directory; give a file name, e.g. {path / 'results.jsonl'}"
+            )
         if os.path.lexists(path):
             mode = os.stat(path).st_mode if path.exists() else 0
             if not stat.S_ISREG(mode):
@@ -239,15 +245,19 @@ class OutputLock:
             who = "this process already (it is opened twice)"
         else:
             who = "another process"
-            details = [f"pid {holder['pid']}" if "pid" in holder else "", f"on {holder['host']}" if "host" in holder else "",
-                       f"since {holder['since']}" if "since" in holder else ""]
+            details = [
+                f"pid {holder['pid']}" if "pid" in holder else "",
+                f"on {holder['host']}" if "host" in holder else "",
+                f"since {holder['since']}" if "since" in holder else "",
+            ]
             details = " ".join(d for d in details if d)
             if details:
                 who += f" ({details}{': ' + holder['command'] if holder.get('command') else ''})"
-        return OutputLockedError(f"{self.target} is being written by {who}; wait for it to finish or use another --out "
-                                 f"(lock: {self.path})")
+        return OutputLockedError(
+            f"{self.target} is being written by {who}; wait for it to finish or use another --out (lock: {self.path})"
+        )
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if self._fd is not None:
             return self
         while True:
@@ -269,9 +279,13 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "token": _TOKEN,
-                  "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "token": _TOKEN,
+            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+        }
         try:
             os.ftruncate(fd, 0)
             _write_all(fd, (json.dumps(record) + "\n").encode())
@@ -283,10 +297,8 @@ class OutputLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.path.unlink()
-        except OSError:
-            pass
         os.close(self._fd)  # closing drops the flock
         self._fd = None
 
@@ -303,7 +315,7 @@ class OutputLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -342,10 +354,8 @@ def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = True)
         raise output_error(error, path) from None
     finally:
         if os.path.lexists(temporary):
-            try:
+            with contextlib.suppress(OSError):
                 temporary.unlink()
-            except OSError:  # pragma: no cover
-                pass
     _fsync_dir(path.parent)
     return path
 
@@ -422,8 +432,11 @@ def json_normalized(value: Any) -> Any:
 def settings_differences(old: dict, new: dict, keys: Iterable[str] | None = None) -> list[str]:
     """``key (old there, new now)`` for each key (all keys of either for None) whose values differ."""
     keys = list(keys) if keys is not None else sorted(set(old) | set(new))
-    return [f"{key} ({_show(old.get(key))} there, {_show(new.get(key))} now)"
-            for key in keys if old.get(key) != new.get(key)]
+    return [
+        f"{key} ({_show(old.get(key))} there, {_show(new.get(key))} now)"
+        for key in keys
+        if old.get(key) != new.get(key)
+    ]
 
 
 class SettingsRecord:
@@ -444,8 +457,10 @@ class SettingsRecord:
         try:
             value = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            raise SettingsMismatchError(f"{self.path} is not a readable settings record; the run it belongs to is "
-                                        f"unknown, so nothing there is touched") from None
+            raise SettingsMismatchError(
+                f"{self.path} is not a readable settings record; the run it belongs to is "
+                f"unknown, so nothing there is touched"
+            ) from None
         if not isinstance(value, dict):
             raise SettingsMismatchError(f"{self.path} is not a settings record (not a JSON object)")
         return value
@@ -465,7 +480,8 @@ class SettingsRecord:
         if differences:
             raise SettingsMismatchError(
                 f"{what or self.path.parent} holds a run with other settings: {'; '.join(differences)}; "
-                f"it is left untouched: use another --out, or delete it to start over")
+                f"it is left untouched: use another --out, or delete it to start over"
+            )
         return old
 
 
@@ -504,8 +520,10 @@ class RowLog:
             try:
                 record = json.loads(line)
             except (ValueError, UnicodeDecodeError):
-                raise OutputError(f"{self.path}:{number} is not a complete JSON line; the file is damaged, not just "
-                                  f"cut off at the end; it is left untouched") from None
+                raise OutputError(
+                    f"{self.path}:{number} is not a complete JSON line; the file is damaged, not just "
+                    f"cut off at the end; it is left untouched"
+                ) from None
             if not isinstance(record, dict):
                 raise OutputError(f"{self.path}:{number} is not a JSON object; it is left untouched")
             records.append(record)
@@ -541,7 +559,7 @@ class RowLog:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RowLog":
+    def __enter__(self) -> RowLog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -553,7 +571,9 @@ class RowLog:
 
 def _ours(name: str) -> bool:
     """The lock, or what a killed writer may leave: a probe or a temporary file (never data)."""
-    return name == DIR_LOCK_NAME or name.startswith(".interp-probe-") or (name.startswith(".") and name.endswith(".tmp"))
+    return (
+        name == DIR_LOCK_NAME or name.startswith(".interp-probe-") or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 class RunDir:
@@ -572,8 +592,9 @@ class RunDir:
     them in order. :meth:`write` writes a whole product file (report, CSV) atomically.
     """
 
-    def __init__(self, path: str | Path, settings: dict, *, identity: Sequence[str] | None = None,
-                 min_free: int = MIN_FREE_BYTES):
+    def __init__(
+        self, path: str | Path, settings: dict, *, identity: Sequence[str] | None = None, min_free: int = MIN_FREE_BYTES
+    ):
         self.path = Path(path)
         self.settings = settings
         self.identity = identity
@@ -582,7 +603,7 @@ class RunDir:
         self._logs: dict[str, RowLog] = {}
         self._done: dict[str, dict] = {}
 
-    def open(self) -> "RunDir":
+    def open(self) -> RunDir:
         check_output(self.path, "dir", min_free=self.min_free)
         self._lock.acquire()
         try:
@@ -593,7 +614,8 @@ class RunDir:
                     raise SettingsMismatchError(
                         f"{self.path} already holds files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                         f"but no {SETTINGS_NAME}, so they are not a resumable run's; they are left untouched: "
-                        f"use another --out")
+                        f"use another --out"
+                    )
             self.settings = record.claim(self.settings, what=str(self.path))
         except BaseException:
             self._lock.release()
@@ -606,7 +628,7 @@ class RunDir:
         self._logs.clear()
         self._lock.release()
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self.open()
 
     def __exit__(self, *exc) -> None:

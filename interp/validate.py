@@ -55,16 +55,19 @@ def device_map(value: Any) -> Any:
         return value
     text = str(value)
     kind, _, index = text.partition(":")
-    if isinstance(value, bool) or not (isinstance(value, int) or (kind in ("cpu", "cuda", "mps", "xpu")
-                                                                  and (not index or index.isdigit()))):
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (kind in ("cpu", "cuda", "mps", "xpu") and (not index or index.isdigit()))
+    ):
         raise InputError(f"unknown device_map {value!r}; use auto, cpu, cuda, cuda:N or a dict of module -> device")
     if isinstance(value, int) or kind == "cuda":
         import torch
 
         wanted = int(index or 0) if kind == "cuda" else int(value)
         if not torch.cuda.is_available():
-            raise InputError(f"device_map {value!r} needs a CUDA GPU and torch sees none here "
-                             f"(torch {torch.__version__}); leave it out to run on the CPU")
+            raise InputError(
+                f"device_map {value!r} needs a CUDA GPU and torch sees none here "
+                f"(torch {torch.__version__}); leave it out to run on the CPU"
+            )
         if wanted >= torch.cuda.device_count():
             raise InputError(f"device_map {value!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return value
@@ -110,8 +113,11 @@ def scale(value: Any) -> Any:
     kind = getattr(getattr(value, "dtype", None), "kind", None)  # NumPy arrays
     if (isinstance(kind, str) and kind in "iuf") or _is_number_tensor(value):
         return value
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    ):
         return value
     raise InputError(f"scale must be a number (e.g. 1e-9 or 0), a tensor of numbers or a callable(ctx), got {value!r}")
 
@@ -131,20 +137,25 @@ def prepared(value: Any) -> Any:
     if isinstance(value, Prepared):
         return value
     if isinstance(value, dict):
-        raise InputError("vlm.run takes a Prepared, not a dict: use vlm.prepare(image, question), "
-                         "or vlm.from_inputs(inputs) for processor outputs you already have")
+        raise InputError(
+            "vlm.run takes a Prepared, not a dict: use vlm.prepare(image, question), "
+            "or vlm.from_inputs(inputs) for processor outputs you already have"
+        )
     if isinstance(value, (list, tuple)):
-        raise InputError(f"vlm.run takes one Prepared, got a {type(value).__name__} of {len(value)}: "
-                         "run them one at a time (for p in prepared: vlm.run(p, ...)) or use an analysis "
-                         "that takes many samples (interp.analysis)")
+        raise InputError(
+            f"vlm.run takes one Prepared, got a {type(value).__name__} of {len(value)}: "
+            "run them one at a time (for p in prepared: vlm.run(p, ...)) or use an analysis "
+            "that takes many samples (interp.analysis)"
+        )
     raise InputError(f"vlm.run takes a Prepared from vlm.prepare(image, question), got {type(value).__name__}")
 
 
 def image_reference(image: Any) -> Any:
     """Refuse URLs before they are mistaken for paths (interp never downloads)."""
     if isinstance(image, str) and image.strip().lower().startswith(URL_SCHEMES):
-        raise InputError(f"image URLs are not fetched ({image[:60]}): download the file and pass its path, "
-                         "or pass a PIL image")
+        raise InputError(
+            f"image URLs are not fetched ({image[:60]}): download the file and pass its path, or pass a PIL image"
+        )
     return image
 
 
@@ -168,10 +179,20 @@ def ndif_api_key() -> str:
     except Exception:  # noqa: BLE001 - no nnsight config is the same as no key
         key = None
     if not key:
-        raise InterpError("remote runs need an NDIF API key: set NDIF_API_KEY (see https://nnsight.net) "
-                          "and use a model NDIF hosts")
+        raise InterpError(
+            "remote runs need an NDIF API key: set NDIF_API_KEY (see https://nnsight.net) and use a model NDIF hosts"
+        )
     return key
 
 
-__all__ = ["image_reference", "layer_index", "layer_list", "max_new_tokens", "ndif_api_key", "positive_int",
-           "prepared", "question", "scale"]
+__all__ = [
+    "image_reference",
+    "layer_index",
+    "layer_list",
+    "max_new_tokens",
+    "ndif_api_key",
+    "positive_int",
+    "prepared",
+    "question",
+    "scale",
+]

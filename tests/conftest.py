@@ -44,7 +44,6 @@ def tiny_vlm(model_type: str, attn: str = "eager"):
 
 
 def sample_for(vlm, image=None, question: str = "What colour is the square?"):
-    adapter = vlm.adapter
     size = TEST_IMAGE_SIZE
     return vlm.prepare(image if image is not None else make_image(*size), question)
 
@@ -117,6 +116,9 @@ def assert_reports_close(a: dict, b: dict, atol: float = 0.0) -> None:
 
     x, y = report_numbers(a), report_numbers(b)
     assert x.keys() == y.keys(), sorted(set(x) ^ set(y))[:5]
-    bad = [(key, x[key], y[key]) for key in x
-           if not (math.isnan(x[key]) and math.isnan(y[key])) and not abs(x[key] - y[key]) <= atol]
+    bad = [
+        (key, x[key], y[key])
+        for key in x
+        if not (math.isnan(x[key]) and math.isnan(y[key])) and not abs(x[key] - y[key]) <= atol
+    ]
     assert not bad, bad[:5]

@@ -28,7 +28,6 @@ from interp.analysis.sweep import VARIANTS, masking_sweep
 from interp.analysis.teacher import teacher_force
 from interp.data.synthetic import SyntheticVQA
 from interp.errors import InterpError
-from interp.interventions import ContrastiveMask
 from interp.interventions.contrastive import bottom_fraction, contrast
 
 from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
@@ -36,8 +35,17 @@ from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 def _items(vlm, n=2):
     size = TEST_IMAGE_SIZE
-    return [Item(id=str(i), image=make_image(*size, seed=i), question="What colour is the square?", answers=("red",),
-                 kind="attribute", boxes=((0, 0, size[1] // 2, size[0] // 2),)) for i in range(n)]
+    return [
+        Item(
+            id=str(i),
+            image=make_image(*size, seed=i),
+            question="What colour is the square?",
+            answers=("red",),
+            kind="attribute",
+            boxes=((0, 0, size[1] // 2, size[0] // 2),),
+        )
+        for i in range(n)
+    ]
 
 
 def _hf_logprobs(vlm, tf):
@@ -69,8 +77,9 @@ def test_teacher_forcing_matches_generation_and_plain_forward():
     assert other_match is False
 
 
-@pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"),
-                                             ("qwen2_vl", "sdpa")])
+@pytest.mark.parametrize(
+    "model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"), ("qwen2_vl", "sdpa")]
+)
 def test_fast_sweep_equals_naive_rerun(model_type, attn):
     vlm = tiny_vlm(model_type, attn)
     items = _items(vlm, 2)
@@ -97,6 +106,7 @@ def test_sweep_matches_plain_pytorch_hooks():
     tf = teacher_force(vlm, prepared, item.answers[0])
     positions = prepared.image_positions
     for layer in range(vlm.n_layers):
+
         def scale(module, args, kwargs):
             hidden = args[0].clone() if args else kwargs["hidden_states"].clone()
             hidden[:, positions] *= 1e-9
@@ -178,8 +188,16 @@ def _effects(drops: dict[int, float], n_layers: int = 12, n_items: int = 60) -> 
         rows.append({"item": str(item), "kind": "", "variant": "baseline", "layer": -1, "correct": 1.0, "logprob": 0.0})
         for layer in range(n_layers):
             wrong = rng.uniform() < drops.get(layer, 0.0)
-            rows.append({"item": str(item), "kind": "", "variant": "single", "layer": layer,
-                         "correct": 0.0 if wrong else 1.0, "logprob": 0.0})
+            rows.append(
+                {
+                    "item": str(item),
+                    "kind": "",
+                    "variant": "single",
+                    "layer": layer,
+                    "correct": 0.0 if wrong else 1.0,
+                    "logprob": 0.0,
+                }
+            )
     return layer_effects(pd.DataFrame(rows), n_boot=400)
 
 
@@ -199,8 +217,17 @@ def _sweep_by_hand(n_items: int, wrong: dict[int, int], n_layers: int = 12) -> p
     rows = []
     for item in range(n_items):
         rows.append({"item": str(item), "kind": "", "variant": "baseline", "layer": -1, "correct": 1.0, "logprob": 0.0})
-        rows += [{"item": str(item), "kind": "", "variant": "single", "layer": layer,
-                  "correct": 0.0 if item < wrong.get(layer, 0) else 1.0, "logprob": 0.0} for layer in range(n_layers)]
+        rows += [
+            {
+                "item": str(item),
+                "kind": "",
+                "variant": "single",
+                "layer": layer,
+                "correct": 0.0 if item < wrong.get(layer, 0) else 1.0,
+                "logprob": 0.0,
+            }
+            for layer in range(n_layers)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -249,8 +276,9 @@ def test_the_committed_run_keeps_its_findings():
 
     figures = Path(__file__).parents[1] / "figures"
     report = json.loads((figures / "report.json").read_text())
-    effects = layer_effects(pd.read_csv(figures / "masking_sweep.csv"), n_boot=report["config"]["n_boot"],
-                            seed=report["seed"])
+    effects = layer_effects(
+        pd.read_csv(figures / "masking_sweep.csv"), n_boot=report["config"]["n_boot"], seed=report["seed"]
+    )
     assert set(report["masking"]["findings"]) == set(effects.variant)
     for variant, expected in report["masking"]["findings"].items():
         finding = detect_fusion(effects, variant=variant, baseline=report["baseline_accuracy"]["mean"]).to_dict()
@@ -278,7 +306,8 @@ def test_attention_maps_and_masses_by_hand():
     assert mass.relevant_area.iloc[0] == pytest.approx(grid.relevant.astype(bool).mean())
     noise = persistent_noise(maps, k=2, persist=0.5)
     assert not noise.empty and not any(
-        bool(grid[(grid.row == r) & (grid.col == c)].relevant.iloc[0]) for r, c in zip(noise.row, noise.col))
+        bool(grid[(grid.row == r) & (grid.col == c)].relevant.iloc[0]) for r, c in zip(noise.row, noise.col)
+    )
     distances = layer_distances(maps, reference_layer=1)
     assert distances[distances.layer == 1].jsd.abs().max() < 1e-7
 
@@ -317,8 +346,9 @@ def test_analyses_under_remote_local_equal_local():
     maps_remote = attention_maps(vlm, items, remote="local", progress=False)
     assert np.allclose(maps_local.attention, maps_remote.attention, atol=1e-6)
     a = contrastive_eval(vlm, items, review_layer=vlm.n_layers - 1, mode="naive", crop=False, progress=False)
-    b = contrastive_eval(vlm, items, review_layer=vlm.n_layers - 1, mode="naive", crop=False, remote="local",
-                         progress=False)
+    b = contrastive_eval(
+        vlm, items, review_layer=vlm.n_layers - 1, mode="naive", crop=False, remote="local", progress=False
+    )
     assert np.allclose(a.logprob, b.logprob, atol=1e-5) and (a.pre_layer == b.pre_layer).all()
 
 
@@ -342,8 +372,16 @@ def test_items_from_an_evaluation_task_use_its_prompt_and_metric():
     assert items[0].score(task.docs[0].targets[0]) == 1.0 and items[0].score("zzz") == 0.0
 
 
-FIGURES = ("masking_curve", "attention_heatmaps", "relevant_vs_noise", "layer_distance", "early_output",
-           "contrastive_example", "accuracy_vs_rho", "pre_layer_histogram")
+FIGURES = (
+    "masking_curve",
+    "attention_heatmaps",
+    "relevant_vs_noise",
+    "layer_distance",
+    "early_output",
+    "contrastive_example",
+    "accuracy_vs_rho",
+    "pre_layer_histogram",
+)
 
 
 def test_reproduce_writes_every_figure_and_the_report(tmp_path):
@@ -351,8 +389,23 @@ def test_reproduce_writes_every_figure_and_the_report(tmp_path):
 
     from interp.cli import main
 
-    code = main(["reproduce", "--model", "tiny:llava", "--out", str(tmp_path), "--limit", "3", "--n-boot", "100",
-                 "--patching", "2", "--lens", "3"])
+    code = main(
+        [
+            "reproduce",
+            "--model",
+            "tiny:llava",
+            "--out",
+            str(tmp_path),
+            "--limit",
+            "3",
+            "--n-boot",
+            "100",
+            "--patching",
+            "2",
+            "--lens",
+            "3",
+        ]
+    )
     assert code == 0
     for name in FIGURES:
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -386,8 +439,12 @@ def test_paired_sign_flip_is_mcnemar_on_binary_outcomes_and_exact_on_means():
     a = np.array([0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
     b = np.array([0.5, 0.5, 1.0, 0.0, 1.0, 1.0])
     test = paired_sign_flip(a, b)
-    sums = [abs(x * 0.5 + y * 0.5 + z * 1.0 + w * -0.5) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1) for w in (-1, 1)]
-    assert test["exact"] and test["p_value"] == pytest.approx(np.mean([t >= 1.5 for t in sums])) == pytest.approx(8 / 16)
+    sums = [
+        abs(x * 0.5 + y * 0.5 + z * 1.0 + w * -0.5) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1) for w in (-1, 1)
+    ]
+    assert test["exact"] and test["p_value"] == pytest.approx(np.mean([t >= 1.5 for t in sums])) == pytest.approx(
+        8 / 16
+    )
     assert (test["b_only"], test["a_only"]) == (3, 1)
     # McNemar's threshold would have called the 0.5s right: a different (and tie-dependent) answer
     assert mcnemar_exact(a, b)["p_value"] != test["p_value"]
@@ -395,5 +452,5 @@ def test_paired_sign_flip_is_mcnemar_on_binary_outcomes_and_exact_on_means():
     a, b = np.zeros(30), np.full(30, 0.5)
     b[:5] = 0.0
     mc = paired_sign_flip(a, b, n_resamples=40_000, seed=1)
-    assert not mc["exact"] and mc["p_value"] == pytest.approx(2 * 0.5 ** 25, abs=1e-3)
+    assert not mc["exact"] and mc["p_value"] == pytest.approx(2 * 0.5**25, abs=1e-3)
     assert paired_sign_flip(a, a)["p_value"] == 1.0

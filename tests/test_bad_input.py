@@ -42,6 +42,7 @@ def one_line(text: str) -> str:
 
 # -- the command line ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flag", ["--patching", "--lens"])
 def test_reproduce_sections_take_zero_but_not_negative_counts(capsys, tmp_path, flag):
     code, err = cli(capsys, "reproduce", "--out", str(tmp_path / "o"), flag, "-1")
@@ -102,8 +103,9 @@ def test_remote_checks_the_key_before_loading(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(CONFIG.API, "APIKEY", None)
     start = time.perf_counter()
     # a model that does not exist: had it loaded first, the error would be about the model
-    code, err = cli(capsys, "reproduce", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "o"),
-                    "--remote")
+    code, err = cli(
+        capsys, "reproduce", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "o"), "--remote"
+    )
     assert code == 2 and "NDIF API key" in one_line(err)
     assert time.perf_counter() - start < 5
     monkeypatch.setenv("NDIF_API_KEY", "k")
@@ -111,6 +113,7 @@ def test_remote_checks_the_key_before_loading(capsys, monkeypatch, tmp_path):
 
 
 # -- checks for the engine (interp.validate; called from vlm.run / resolve_layers) ------
+
 
 def test_max_new_tokens_check():
     assert validate.max_new_tokens(3) == 3
@@ -160,9 +163,13 @@ def test_scale_must_be_a_number():
 
 # -- model-loading flags ------------------------------------------------------------
 
+
 def test_model_args_parse_and_merge():
     assert parse_model_args("pretrained=a/b,dtype=bfloat16,device_map=auto") == {
-        "pretrained": "a/b", "dtype": "bfloat16", "device_map": "auto"}
+        "pretrained": "a/b",
+        "dtype": "bfloat16",
+        "device_map": "auto",
+    }
     assert parse_model_args("torch_dtype=float16") == {"dtype": "float16"}
     with pytest.raises(InterpError, match="not key=value"):
         parse_model_args("pretrained")
@@ -170,8 +177,9 @@ def test_model_args_parse_and_merge():
         parse_model_args("conv_template=vicuna_v1")
     from argparse import Namespace
 
-    args = Namespace(model=None, model_args="pretrained=x/y,dtype=float16", dtype=None, device_map="auto",
-                     attn_implementation=None)
+    args = Namespace(
+        model=None, model_args="pretrained=x/y,dtype=float16", dtype=None, device_map="auto", attn_implementation=None
+    )
     assert model_and_kwargs(args) == ("x/y", {"dtype": "float16", "device_map": "auto"})
     args.dtype = "bfloat16"
     with pytest.raises(InterpError, match="disagree"):
@@ -184,14 +192,26 @@ def test_loading_flags_reach_the_model(capsys):
     """--dtype and --attn-implementation are applied: the loaded weights and attention say so."""
     report = interp.cli.quickstart("tiny:llava", None, None, None, 2, dtype="bfloat16")
     assert report["n_layers"] >= 1
-    code = main(["quickstart", "--model", "tiny:llava", "--dtype", "bfloat16", "--attn-implementation", "eager",
-                 "--max-new-tokens", "2"])
+    code = main(
+        [
+            "quickstart",
+            "--model",
+            "tiny:llava",
+            "--dtype",
+            "bfloat16",
+            "--attn-implementation",
+            "eager",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "requires torchvision" not in captured.err
     for command in ("evaluate", "quickstart", "reproduce", "explore"):
-        help_text = subprocess.run([sys.executable, "-m", "interp", command, "--help"], capture_output=True,
-                                   text=True, cwd=ROOT, check=True).stdout
+        help_text = subprocess.run(
+            [sys.executable, "-m", "interp", command, "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout
         for flag in ("--dtype", "--device-map", "--attn-implementation", "--model_args"):
             assert flag in help_text, (command, flag)
 
@@ -212,18 +232,26 @@ def test_hooks_reads_the_config_only(tmp_path, capsys):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = ("import sys, time; t = time.perf_counter(); from interp.cli import build_parser; build_parser(); "
-            "print(time.perf_counter() - t, 'torch' in sys.modules)")
-    seconds, torch_loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                                           check=True).stdout.split()
+    code = (
+        "import sys, time; t = time.perf_counter(); from interp.cli import build_parser; build_parser(); "
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
+    seconds, torch_loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
     assert torch_loaded == "False"
     assert float(seconds) < 3.0  # 0.24 s measured (8-12 s before the imports were lazy)
 
 
 def test_load_prints_no_torchvision_note():
     """The note transformers logs about its PIL fallback is not printed on load; the filter is narrow."""
-    result = subprocess.run([sys.executable, "-c", "import interp; interp.load('organism')"], capture_output=True,
-                            text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import interp; interp.load('organism')"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     assert "torchvision" not in result.stderr + result.stdout
     from interp.models.processors import quiet_torchvision_fallback
 
@@ -244,8 +272,23 @@ def test_load_prints_no_torchvision_note():
 
 def test_evaluate_output_path_directory(tmp_path, capsys):
     """lmms-eval's --output_path DIR writes DIR/<task>.jsonl."""
-    code = main(["evaluate", "--model_args", "pretrained=tiny:llava", "--tasks", "synthetic", "--limit", "2",
-                 "--output_path", str(tmp_path) + "/", "--batch_size", "1", "--no-progress", "--json"])
+    code = main(
+        [
+            "evaluate",
+            "--model_args",
+            "pretrained=tiny:llava",
+            "--tasks",
+            "synthetic",
+            "--limit",
+            "2",
+            "--output_path",
+            str(tmp_path) + "/",
+            "--batch_size",
+            "1",
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "synthetic.jsonl").is_file()
     summary = json.loads(capsys.readouterr().out)
@@ -278,8 +321,11 @@ def test_a_file_as_the_output_directory_is_refused_before_loading(capsys, monkey
     out = a_file / "run" if under else a_file
     code, err = cli(capsys, *argv, str(out))
     assert code == 2
-    assert one_line(err) == (f"error: cannot write {out}: {a_file} is a file, not a directory" if under
-                             else f"error: cannot write into {a_file}: it is a file, not a directory")
+    assert one_line(err) == (
+        f"error: cannot write {out}: {a_file} is a file, not a directory"
+        if under
+        else f"error: cannot write into {a_file}: it is a file, not a directory"
+    )
     assert a_file.read_text() == "keep me"
 
 

@@ -45,10 +45,13 @@ def _within(diff: float, scale: float, tol: float | None = None) -> bool:
     """The test's float32 tolerance (module docstring); ``tol`` overrides it (0: the same bits)."""
     return diff <= (ATOL * max(1.0, scale) if tol is None else tol)
 
+
 #: questions of different lengths (so the batch is padded) and answers of different lengths
-QUESTIONS = [("What colour is the square?", "red"),
-             ("Is there a small red circle in the top left corner of this picture, next to the square?", "yes it is"),
-             ("Colour?", "blue green")]
+QUESTIONS = [
+    ("What colour is the square?", "red"),
+    ("Is there a small red circle in the top left corner of this picture, next to the square?", "yes it is"),
+    ("Colour?", "blue green"),
+]
 #: image sizes (height, width): families with dynamic resolution (Qwen2-VL) get different grids
 SIZES = [(48, 64), (64, 40), (32, 96)]
 
@@ -57,9 +60,17 @@ NOT_BATCHING = sorted(a.model_types[0] for a in all_adapters() if not a.batched_
 
 
 def _items(sizes=SIZES):
-    return [Item(id=str(i), image=make_image(*size, seed=i), question=q, answers=(a,), kind="attribute",
-                 boxes=((0, 0, size[1] // 2, size[0] // 2),))
-            for i, ((q, a), size) in enumerate(zip(QUESTIONS, sizes))]
+    return [
+        Item(
+            id=str(i),
+            image=make_image(*size, seed=i),
+            question=q,
+            answers=(a,),
+            kind="attribute",
+            boxes=((0, 0, size[1] // 2, size[0] // 2),),
+        )
+        for i, ((q, a), size) in enumerate(zip(QUESTIONS, sizes))
+    ]
 
 
 def _check_close(a, b, where: str, tol: float | None = None) -> None:
@@ -94,8 +105,10 @@ def _mask_as_alone(batched_mask, alone_mask, seq_len: int):
     if alone_mask is None:
         assert batched_mask.dtype == torch.bool and batched_mask.shape[-2:] == (seq_len, seq_len)
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=batched_mask.device).tril()
-        assert torch.equal(batched_mask.reshape(-1, seq_len, seq_len), causal.expand(batched_mask.shape[0] *
-                                                                                     batched_mask.shape[1], -1, -1))
+        assert torch.equal(
+            batched_mask.reshape(-1, seq_len, seq_len),
+            causal.expand(batched_mask.shape[0] * batched_mask.shape[1], -1, -1),
+        )
         return
     _check_close(batched_mask, alone_mask, "attention_mask", tol=0.0)
 
@@ -114,8 +127,9 @@ def assert_pass_equal(batched, alone, tol: float | None = None) -> None:
         _check_close(bc.kv, ac.kv, "kv", tol)
     if ac.layer_inputs is not None:
         seq_len = ac.prepared.seq_len
-        for index, ((b_args, b_kwargs), (a_args, a_kwargs)) in enumerate(zip(bc.layer_inputs, ac.layer_inputs,
-                                                                          strict=True)):
+        for index, ((b_args, b_kwargs), (a_args, a_kwargs)) in enumerate(
+            zip(bc.layer_inputs, ac.layer_inputs, strict=True)
+        ):
             _mask_as_alone(b_kwargs["attention_mask"], a_kwargs["attention_mask"], seq_len)
             # the pass alone keeps the forward's cache object (restarts drop it); a cut pass holds none
             caches = ("cache", "past_key_values")
@@ -127,8 +141,9 @@ def assert_pass_equal(batched, alone, tol: float | None = None) -> None:
 
 def _check_rows(got: list[dict], want: list[dict]) -> None:
     """Sweep rows: the same conditions and greedy correctness, log-probabilities within tolerance."""
-    assert [(r["variant"], r["layer"], r["correct"]) for r in got] == \
-           [(r["variant"], r["layer"], r["correct"]) for r in want]
+    assert [(r["variant"], r["layer"], r["correct"]) for r in got] == [
+        (r["variant"], r["layer"], r["correct"]) for r in want
+    ]
     for x, y in zip(got, want):
         assert _within(abs(x["logprob"] - y["logprob"]), abs(y["logprob"])), (x, y)
 
@@ -147,15 +162,16 @@ def _check_family(vlm, items, *, restartable: bool, tol: float | None = None) ->
     return batched, alone
 
 
-@pytest.mark.parametrize("model_type,attn", [(m, "sdpa") for m in BATCHING] + [("llava", "eager"),
-                                                                             ("qwen2_vl", "eager")])
+@pytest.mark.parametrize(
+    "model_type,attn", [(m, "sdpa") for m in BATCHING] + [("llava", "eager"), ("qwen2_vl", "eager")]
+)
 def test_batched_clean_pass_equals_one_sample_at_a_time(model_type, attn):
     from interp.engine.prefix import supports_prefix_reuse
 
     vlm = tiny_vlm(model_type, attn)
     assert batch_reason(vlm) is None
     items = _items()
-    for restartable in ([True, False] if supports_prefix_reuse(vlm) is None else [False]):
+    for restartable in [True, False] if supports_prefix_reuse(vlm) is None else [False]:
         _check_family(vlm, items, restartable=restartable)
 
 
@@ -167,17 +183,53 @@ def test_the_sweep_restarted_from_a_cut_pass_equals_the_sweep_from_the_pass_alon
     variants = ("single", "window", "cumulative", "knockout_last", "knockout_question")
     for rows in (True, False):
         for b, a in zip(batched, alone):
-            got = sweep_rows(vlm, b, variants, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher",
-                             fast=True, rows=rows)
-            want = sweep_rows(vlm, a, variants, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher",
-                              fast=True, rows=rows)
+            got = sweep_rows(
+                vlm,
+                b,
+                variants,
+                list(range(vlm.n_layers)),
+                window=2,
+                scale=1e-9,
+                scoring="teacher",
+                fast=True,
+                rows=rows,
+            )
+            want = sweep_rows(
+                vlm,
+                a,
+                variants,
+                list(range(vlm.n_layers)),
+                window=2,
+                scale=1e-9,
+                scoring="teacher",
+                fast=True,
+                rows=rows,
+            )
             _check_rows(got, want)
     if model_type == "llava":  # generation scoring decodes from the cut pass's keys and values
         for b, a in zip(batched, alone):
-            got = sweep_rows(vlm, b, ("single", "knockout_last"), list(range(vlm.n_layers)), window=2, scale=1e-9,
-                             scoring="generate", fast=True, max_new_tokens=4)
-            want = sweep_rows(vlm, a, ("single", "knockout_last"), list(range(vlm.n_layers)), window=2, scale=1e-9,
-                              scoring="generate", fast=True, max_new_tokens=4)
+            got = sweep_rows(
+                vlm,
+                b,
+                ("single", "knockout_last"),
+                list(range(vlm.n_layers)),
+                window=2,
+                scale=1e-9,
+                scoring="generate",
+                fast=True,
+                max_new_tokens=4,
+            )
+            want = sweep_rows(
+                vlm,
+                a,
+                ("single", "knockout_last"),
+                list(range(vlm.n_layers)),
+                window=2,
+                scale=1e-9,
+                scoring="generate",
+                fast=True,
+                max_new_tokens=4,
+            )
             assert [r["prediction"] for r in got] == [r["prediction"] for r in want]
             _check_rows(got, want)
 
@@ -202,10 +254,12 @@ def test_the_organism_batched_equals_one_sample_at_a_time():
     batched, alone = _check_family(vlm, items, restartable=True)
     layers = [0, vlm.n_layers // 2, vlm.n_layers - 1]
     for b, a in zip(batched, alone):
-        got = sweep_rows(vlm, b, ("single", "knockout_last"), layers, window=3, scale=1e-9, scoring="teacher",
-                         fast=True)
-        want = sweep_rows(vlm, a, ("single", "knockout_last"), layers, window=3, scale=1e-9, scoring="teacher",
-                          fast=True)
+        got = sweep_rows(
+            vlm, b, ("single", "knockout_last"), layers, window=3, scale=1e-9, scoring="teacher", fast=True
+        )
+        want = sweep_rows(
+            vlm, a, ("single", "knockout_last"), layers, window=3, scale=1e-9, scoring="teacher", fast=True
+        )
         _check_rows(got, want)
 
 
@@ -241,8 +295,9 @@ def test_batch_size_resolution():
             resolve_batch_size(vlm, bad)
     # not part of what a resumed run must keep
     items = _items()
-    assert run_settings(vlm, "d", items, ReproduceConfig(batch_size=1)) == \
-        run_settings(vlm, "d", items, ReproduceConfig(batch_size=5))
+    assert run_settings(vlm, "d", items, ReproduceConfig(batch_size=1)) == run_settings(
+        vlm, "d", items, ReproduceConfig(batch_size=5)
+    )
 
 
 # -- interp reproduce ------------------------------------------------------------------------------
@@ -258,8 +313,11 @@ def _reproduce(out, *extra) -> dict:
 
 
 def _passes(out) -> list[dict]:
-    return [json.loads(line) for path in sorted((out / "rows").glob("passes.*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for path in sorted((out / "rows").glob("passes.*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,13 @@ def _positive(value) -> bool:
 def test_quick_run_reports_every_ratio(tmp_path):
     # its own process: the benchmark fixes torch's thread count and glibc's mmap threshold
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert json.loads(done.stdout) == result  # stdout is exactly the one JSON object
@@ -77,8 +82,11 @@ def test_quick_run_reports_every_ratio(tmp_path):
         assert abs(memory["calibration"]["measured_mb"] - 64.0) < 4.0, memory["calibration"]
         assert len(attention["times_s"][variant]) == result["settings"]["reps"]
     assert attention["config"]["seq_len"] > attention["config"]["n_image_tokens"] > 0
-    assert set(result["meets_targets"]) == {"record_attention_peak_mem_ratio", "record_attention_time_ratio",
-                                            "nnsight_overhead"}
+    assert set(result["meets_targets"]) == {
+        "record_attention_peak_mem_ratio",
+        "record_attention_time_ratio",
+        "nnsight_overhead",
+    }
 
 
 def test_benchmarked_attention_equals_eager_output_attentions():
@@ -127,6 +135,7 @@ def test_counted_sweep_layer_work_is_what_the_sweep_runs():
         def record(module, args, kwargs, output):
             hidden = args[0] if args else kwargs["hidden_states"]
             calls.setdefault(index, []).append(tuple(hidden.shape[:2]))
+
         return record
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -179,8 +188,13 @@ def test_batching_benchmark_counts_one_forward_per_batch():
     from .conftest import make_image
 
     vlm = tiny_vlm("llava", "sdpa")
-    questions = ["What colour is it?", "Is there a small red circle in the top left corner of the picture?",
-                 "Colour?", "Which shape is the largest one here?", "Is it blue?"]
+    questions = [
+        "What colour is it?",
+        "Is there a small red circle in the top left corner of the picture?",
+        "Colour?",
+        "Which shape is the largest one here?",
+        "Is it blue?",
+    ]
     items = [Item(id=str(i), image=make_image(seed=i), question=q, answers=("red",)) for i, q in enumerate(questions)]
     result = measure_batching(vlm, items, batch=2, reps=1)
     details = result["details"]

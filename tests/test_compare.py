@@ -17,17 +17,35 @@ FROZEN_RUN = ROOT / "docs" / "organism-runs" / "2026-11-21c" / "frozen-reproduce
 
 def _report(path: Path, *, model: str, n_layers: int, fusion: list[int], baseline: float) -> Path:
     """A minimal reproduce report with a masking curve that is 0 on ``fusion`` layers."""
-    per_layer = [{"variant": "single", "layer": l, "n": 20, "mean": 0.0 if l in fusion else baseline,
-                  "low": 0.0, "high": 1.0, "diff": -baseline if l in fusion else 0.0, "diff_low": -1.0,
-                  "diff_high": 0.0, "p_value": 0.001 if l in fusion else 1.0} for l in range(n_layers)]
+    per_layer = [
+        {
+            "variant": "single",
+            "layer": l,
+            "n": 20,
+            "mean": 0.0 if l in fusion else baseline,
+            "low": 0.0,
+            "high": 1.0,
+            "diff": -baseline if l in fusion else 0.0,
+            "diff_low": -1.0,
+            "diff_high": 0.0,
+            "p_value": 0.001 if l in fusion else 1.0,
+        }
+        for l in range(n_layers)
+    ]
     report = {
-        "model": model, "dataset": "synthetic:test", "n_samples": 20, "n_layers": n_layers,
+        "model": model,
+        "dataset": "synthetic:test",
+        "n_samples": 20,
+        "n_layers": n_layers,
         "baseline_accuracy": {"mean": baseline, "low": baseline - 0.1, "high": baseline + 0.1},
-        "masking": {"per_layer": per_layer, "findings": {"single": {
-            "fusion_layers": fusion, "review_layer": None, "statement": "x"}}},
+        "masking": {
+            "per_layer": per_layer,
+            "findings": {"single": {"fusion_layers": fusion, "review_layer": None, "statement": "x"}},
+        },
         "review_layer": {"layer": n_layers - 1, "source": "fallback"},
-        "early_output": {"per_layer": [{"layer": l, "mean": l / n_layers, "low": 0, "high": 1, "n": 20}
-                                       for l in range(n_layers)]},
+        "early_output": {
+            "per_layer": [{"layer": l, "mean": l / n_layers, "low": 0, "high": 1, "n": 20} for l in range(n_layers)]
+        },
     }
     path.mkdir(parents=True)
     (path / "report.json").write_text(json.dumps(report))

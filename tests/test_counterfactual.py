@@ -82,7 +82,7 @@ def test_counterfactuals_are_deterministic_and_the_seed_matters(data):
 
 def test_changed_mask_is_exact_on_any_grid(data):
     pair = counterfactual(data[0], "colour")
-    (x0, y0, x1, y1), = pair.changed_boxes
+    ((x0, y0, x1, y1),) = pair.changed_boxes
     for rows, cols in ((6, 6), (4, 3), (7, 5)):
         mask = pair.changed_mask(rows, cols)
         for r in range(rows):
@@ -111,7 +111,10 @@ def test_impossible_changes_and_bad_arguments_are_one_clear_line(data):
 def test_pairs_take_turns_and_come_from_suitable_kinds(data):
     pairs = counterfactual_pairs(data, 9)
     assert [p.change for p in pairs] == ["colour", "shape", "distractor"] * 3
-    assert all(p.original.kind == ("attribute" if p.change == "colour" else "identity") for p in pairs
-               if p.change != "distractor")
+    assert all(
+        p.original.kind == ("attribute" if p.change == "colour" else "identity")
+        for p in pairs
+        if p.change != "distractor"
+    )
     assert all(p.answer_changed != (p.change == "distractor") for p in pairs)
     assert len({p.id for p in pairs}) == len(pairs)

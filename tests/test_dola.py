@@ -61,8 +61,21 @@ def _eos_ids(vlm):
 
 
 @torch.no_grad()
-def reference_dola(vlm, prepared, *, layers, select="logits", relative_top=0.1, penalty=1.2, max_new_tokens=3,
-                   do_sample=False, temperature=None, seed=0, scale_image_at=None, penalize_prompt=True):
+def reference_dola(
+    vlm,
+    prepared,
+    *,
+    layers,
+    select="logits",
+    relative_top=0.1,
+    penalty=1.2,
+    max_new_tokens=3,
+    do_sample=False,
+    temperature=None,
+    seed=0,
+    scale_image_at=None,
+    penalize_prompt=True,
+):
     """Tokens and premature layers of DoLa by full re-forwards (``layers=None``: no DoLa)."""
     model = vlm.model
     head = model.get_output_embeddings()
@@ -92,8 +105,14 @@ def reference_dola(vlm, prepared, *, layers, select="logits", relative_top=0.1, 
     tokens, chosen_layers = [], []
     try:
         for _ in range(max_new_tokens):
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, use_cache=False,
-                        output_hidden_states=True, output_attentions=(select == "attention"))
+            out = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                **inputs,
+                use_cache=False,
+                output_hidden_states=True,
+                output_attentions=(select == "attention"),
+            )
             final = out.logits[:, -1].float()
             if layers is None:
                 scores, layer = final, None
@@ -112,8 +131,10 @@ def reference_dola(vlm, prepared, *, layers, select="logits", relative_top=0.1, 
                     layer = layers[int(np.argmax(js))]
                 else:
                     last = out.attentions[-1][0, :, -1, image].mean(0).float().numpy()
-                    js = [_np_squared_jsd(last, out.attentions[l][0, :, -1, image].mean(0).float().numpy())
-                          for l in layers]
+                    js = [
+                        _np_squared_jsd(last, out.attentions[l][0, :, -1, image].mean(0).float().numpy())
+                        for l in layers
+                    ]
                     layer = layers[int(np.argmax(js))]
                 log_p = F.log_softmax(final, -1)
                 log_q = F.log_softmax(early[layer], -1)
@@ -183,8 +204,7 @@ def test_authors_penalty_on_generated_tokens_only(organism, organism_questions):
     candidates = list(range(2, organism.n_layers // 2, 2))
     for prepared in organism_questions[:1]:
         ours = dola_generate(organism, prepared, select="logits", max_new_tokens=3, penalize_prompt=False)
-        tokens, layers = reference_dola(organism, prepared, layers=candidates, max_new_tokens=3,
-                                        penalize_prompt=False)
+        tokens, layers = reference_dola(organism, prepared, layers=candidates, max_new_tokens=3, penalize_prompt=False)
         assert (ours.token_ids.tolist(), ours.premature_layers) == (tokens, layers)
 
 
@@ -200,10 +220,21 @@ def test_intervention_applies_in_the_prefill_of_the_same_run(organism, organism_
     layer = 3
     changed = 0
     for prepared in organism_questions[:2]:
-        ours = dola_generate(organism, prepared, select="attention", max_new_tokens=3,
-                             interventions=[ScaleImageTokens([layer], scale=0.0)])
-        tokens, layers = reference_dola(organism_eager, prepared, layers=list(range(2, organism.n_layers // 2, 2)),
-                                        select="attention", max_new_tokens=3, scale_image_at=(layer, 0.0))
+        ours = dola_generate(
+            organism,
+            prepared,
+            select="attention",
+            max_new_tokens=3,
+            interventions=[ScaleImageTokens([layer], scale=0.0)],
+        )
+        tokens, layers = reference_dola(
+            organism_eager,
+            prepared,
+            layers=list(range(2, organism.n_layers // 2, 2)),
+            select="attention",
+            max_new_tokens=3,
+            scale_image_at=(layer, 0.0),
+        )
         assert (ours.token_ids.tolist(), ours.premature_layers) == (tokens, layers)
         clean = dola_generate(organism, prepared, select="attention", max_new_tokens=3)
         changed += clean.premature_layers != ours.premature_layers or clean.text != ours.text
@@ -241,10 +272,28 @@ def test_sampling_equals_reference_with_the_same_seed(model_type):
     layers = list(range(vlm.n_layers))
     draws = set()
     for seed in (0, 1, 2):
-        ours = dola_generate(vlm, prepared, layers=layers, select="attention", max_new_tokens=4, do_sample=True,
-                             temperature=3.0, seed=seed, relative_top=1e-4)
-        tokens, chosen = reference_dola(vlm, prepared, layers=layers, select="attention", max_new_tokens=4,
-                                        do_sample=True, temperature=3.0, seed=seed, relative_top=1e-4)
+        ours = dola_generate(
+            vlm,
+            prepared,
+            layers=layers,
+            select="attention",
+            max_new_tokens=4,
+            do_sample=True,
+            temperature=3.0,
+            seed=seed,
+            relative_top=1e-4,
+        )
+        tokens, chosen = reference_dola(
+            vlm,
+            prepared,
+            layers=layers,
+            select="attention",
+            max_new_tokens=4,
+            do_sample=True,
+            temperature=3.0,
+            seed=seed,
+            relative_top=1e-4,
+        )
         assert (ours.token_ids.tolist(), ours.premature_layers) == (tokens, chosen)
         draws.add(tuple(tokens))
     assert len(draws) > 1  # the seeds really change the draws

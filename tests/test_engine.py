@@ -47,8 +47,14 @@ class ScaleText(Intervention):
 
 def _item(seed=0):
     height, width = TEST_IMAGE_SIZE
-    return Item(id=str(seed), image=make_image(height, width, seed=seed), question="What colour is the square?",
-                answers=("red",), kind="attribute", boxes=((0, 0, width // 2, height // 2),))
+    return Item(
+        id=str(seed),
+        image=make_image(height, width, seed=seed),
+        question="What colour is the square?",
+        answers=("red",),
+        kind="attribute",
+        boxes=((0, 0, width // 2, height // 2),),
+    )
 
 
 def _hooked_logits(vlm, tf, layer, site, factor):
@@ -64,19 +70,25 @@ def _hooked_logits(vlm, tf, layer, site, factor):
         return new
 
     if site == "resid_pre":
+
         def hook(module, args, kwargs):
             if args:
                 return (edit(args[0]),) + tuple(args[1:]), kwargs
             return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
         handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     else:
-        module = {"attn_out": getattr(block, vlm.adapter.attn_name), "mlp_out": getattr(block, vlm.adapter.mlp_name),
-                  "resid_post": block}[site]
+        module = {
+            "attn_out": getattr(block, vlm.adapter.attn_name),
+            "mlp_out": getattr(block, vlm.adapter.mlp_name),
+            "resid_post": block,
+        }[site]
 
         def hook(module, args, output):
             if isinstance(output, tuple):
                 return (edit(output[0]),) + tuple(output[1:])
             return edit(output)
+
         handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
@@ -151,23 +163,38 @@ def test_reproduce_runs_one_clean_pass_per_sample_and_equals_the_analyses_one_by
     # the same analyses, each run on its own (its own passes), through the same report code
     sweep = masking_sweep(vlm, items, variants=config.variants, window=config.window, progress=False)
     effects = layer_effects(sweep, n_boot=config.n_boot, seed=config.seed)
-    baseline = bootstrap_mean_ci(sweep[sweep.variant == "baseline"].correct.values, n_boot=config.n_boot,
-                                 seed=config.seed)
+    baseline = bootstrap_mean_ci(
+        sweep[sweep.variant == "baseline"].correct.values, n_boot=config.n_boot, seed=config.seed
+    )
     findings = {v: detect_fusion(effects, variant=v, baseline=baseline[0]) for v in config.variants}
     review, source = choose_review_layer(effects, findings["single"], vlm.n_layers)
     maps = attention_maps(vlm, items, progress=False)
     lens = early_output(vlm, items, progress=False)
-    contrastive = contrastive_eval(vlm, items, review_layer=review, fusion_layers=findings["single"].fusion_layers,
-                                   rhos=config.rhos, primary=config.primary, progress=False)
+    contrastive = contrastive_eval(
+        vlm,
+        items,
+        review_layer=review,
+        fusion_layers=findings["single"].fusion_layers,
+        rhos=config.rhos,
+        primary=config.primary,
+        progress=False,
+    )
     (tmp_path / "separate").mkdir()
-    separate = write_report(vlm, Tables(items, sweep, maps, lens, contrastive, effects, baseline, findings, review,
-                                        source), config, tmp_path / "separate")
+    separate = write_report(
+        vlm,
+        Tables(items, sweep, maps, lens, contrastive, effects, baseline, findings, review, source),
+        config,
+        tmp_path / "separate",
+    )
     assert len(report_numbers(report)) > 300
     assert_reports_close(report, separate, atol=1e-5)
     assert report["masking"]["findings"] == separate["masking"]["findings"]
     assert json.loads((tmp_path / "pipeline" / "report.json").read_text())["counts"] == counts
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pipeline" / "masking_sweep.csv"),
-                                  pd.read_csv(tmp_path / "separate" / "masking_sweep.csv"), atol=1e-5)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "pipeline" / "masking_sweep.csv"),
+        pd.read_csv(tmp_path / "separate" / "masking_sweep.csv"),
+        atol=1e-5,
+    )
 
 
 def test_reproduce_reruns_a_released_prefix_and_counts_it(tmp_path):
@@ -176,7 +203,8 @@ def test_reproduce_reruns_a_released_prefix_and_counts_it(tmp_path):
     vlm = tiny_vlm("llava", "sdpa")
     items = [_item(seed) for seed in range(2)]
     kept = reproduce(vlm, items, tmp_path / "kept", config=ReproduceConfig(n_boot=100, progress=False))
-    tight = reproduce(vlm, items, tmp_path / "tight",
-                      config=ReproduceConfig(n_boot=100, progress=False, keep_prefix_mb=0))
+    tight = reproduce(
+        vlm, items, tmp_path / "tight", config=ReproduceConfig(n_boot=100, progress=False, keep_prefix_mb=0)
+    )
     assert kept["counts"]["clean_forward"] == 2 and tight["counts"]["clean_forward"] == 4
     assert_reports_close(kept, tight, atol=1e-6)

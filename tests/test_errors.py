@@ -44,10 +44,7 @@ def test_image_token_count_mismatch_in_prompt():
     assert "rejected the inputs" in _one_line(error) or "mismatch" in _one_line(error)
 
 
-REQUIRES_EXTRA = [
-    t for t in tiny_model_types()
-    if set(adapter_for(t).required_inputs) - {"input_ids", "pixel_values"}
-]
+REQUIRES_EXTRA = [t for t in tiny_model_types() if set(adapter_for(t).required_inputs) - {"input_ids", "pixel_values"}]
 
 
 @pytest.mark.parametrize("model_type", REQUIRES_EXTRA)
@@ -81,8 +78,9 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
 
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=10).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=10
+    ).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError) as error:
         interp.load(str(tmp_path))
     assert "unsupported model_type 'llama'" in _one_line(error)

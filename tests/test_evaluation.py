@@ -188,8 +188,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(vlm, reference, tmp_pa
         "evaluate(vlm, 'synthetic', out=sys.argv[1], limit=8, batch_size=2, max_new_tokens=3, progress=False)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, cwd=Path(__file__).parents[1],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)],
+        env=env,
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     try:
         while process.poll() is None and time.monotonic() < deadline:
@@ -323,8 +328,25 @@ def test_cli_evaluate_shards_and_merge(vlm, reference, tmp_path, monkeypatch, ca
     monkeypatch.setattr(interp, "load", lambda name, **kwargs: vlm)
     outs = [tmp_path / f"cli.{i}.jsonl" for i in (1, 2)]
     for i, out in enumerate(outs, start=1):
-        argv = ["evaluate", "--model", "tiny:llava", "--task", "synthetic", "--limit", "8", "--max-new-tokens", "3",
-                "--batch-size", "2", "--out", str(out), "--shard", f"{i}/2", "--no-progress", "--json"]
+        argv = [
+            "evaluate",
+            "--model",
+            "tiny:llava",
+            "--task",
+            "synthetic",
+            "--limit",
+            "8",
+            "--max-new-tokens",
+            "3",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--shard",
+            f"{i}/2",
+            "--no-progress",
+            "--json",
+        ]
         assert main(argv) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["task"] == "synthetic" and report["summary"]["n"] == 4 and report["shard"] == f"{i}/2"
@@ -357,8 +379,20 @@ def cli_error(main, argv, capsys) -> str:
     return error.strip()
 
 
-EVALUATE = ["evaluate", "--model", "tiny:llava", "--task", "synthetic", "--limit", "8", "--max-new-tokens", "3",
-            "--batch-size", "2", "--no-progress"]
+EVALUATE = [
+    "evaluate",
+    "--model",
+    "tiny:llava",
+    "--task",
+    "synthetic",
+    "--limit",
+    "8",
+    "--max-new-tokens",
+    "3",
+    "--batch-size",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -379,8 +413,10 @@ def test_resume_refuses_a_foreign_jsonl_untouched(vlm, reference, tmp_path, caps
     for path in (foreign, one_json):
         before = path.read_bytes()
         error = cli_error(main, [*EVALUATE, "--out", str(path)], capsys)
-        assert error == (f"error: cannot resume {path}: {path.name}.meta.json is missing, so it is not known to be a "
-                         f"results file of this run; it is left untouched: use another --out")
+        assert error == (
+            f"error: cannot resume {path}: {path.name}.meta.json is missing, so it is not known to be a "
+            f"results file of this run; it is left untouched: use another --out"
+        )
         with pytest.raises(ResumeError, match="is left untouched"):
             evaluate(vlm, "synthetic", out=path, batch_size=2, **RUN)
         assert path.read_bytes() == before and not meta_path(path).exists()
@@ -409,8 +445,9 @@ def test_merge_refuses_an_existing_out_unless_forced(shard_files, reference, tmp
     out.write_bytes(out.read_bytes()[: len(out.read_bytes()) // 2].rsplit(b"\n", 1)[0] + b"\n")  # an older, shorter run
     before = snapshot(out, meta_path(out))
     error = cli_error(main, ["merge", "--out", str(out), *map(str, shard_files)], capsys)
-    assert error == (f"error: {out} already exists; merge leaves it untouched: give another --out, or --force to "
-                     f"replace it")
+    assert error == (
+        f"error: {out} already exists; merge leaves it untouched: give another --out, or --force to replace it"
+    )
     with pytest.raises(ShardError, match="already exists"):
         merge_shards(shard_files, out)
     assert snapshot(out, meta_path(out)) == before
@@ -543,12 +580,15 @@ def test_read_only_and_full_disk_through_evaluate(tmp_path):
     ro, small = tmp_path / "ro", tmp_path / "small"
     result = in_mount_namespace(FULL_DISK_EVALUATE, {str(ro): "ro,size=64k", str(small): "size=2m"}, ro, small)
     code, error = result["read_only"]
-    assert code == 2 and error == (f"error: cannot write {ro / 'run.jsonl'}: the file system is read-only; choose an "
-                                   f"--out on a writable disk\n")
+    assert code == 2 and error == (
+        f"error: cannot write {ro / 'run.jsonl'}: the file system is read-only; choose an --out on a writable disk\n"
+    )
     out = small / "run.jsonl"
     code, error = result["mid_run"]
-    assert code == 2 and error == (f"error: cannot write {out}: no space left on the device (disk full or quota "
-                                   f"reached); free some space and run the same command again\n")
+    assert code == 2 and error == (
+        f"error: cannot write {out}: no space left on the device (disk full or quota "
+        f"reached); free some space and run the same command again\n"
+    )
     assert 4 <= result["rows_kept"] < 20  # the rows written before the disk filled are kept
     code, error = result["at_start"]
     assert code == 2 and error.startswith(f"error: cannot write {out}: ") and error.count("\n") == 1
@@ -570,14 +610,33 @@ def test_resume_refuses_another_decoding_untouched(vlm, reference, tmp_path):
         evaluate(vlm, "synthetic", out=out, batch_size=2, temperature=0.2, seed=0, **RUN)
     assert out.read_bytes() == before
     sampled = tmp_path / "sampled.jsonl"
-    evaluate(vlm, "synthetic", out=sampled, batch_size=2, temperature=0.2, seed=0, limit=4, max_new_tokens=3,
-             progress=False)
+    evaluate(
+        vlm, "synthetic", out=sampled, batch_size=2, temperature=0.2, seed=0, limit=4, max_new_tokens=3, progress=False
+    )
     with pytest.raises(ResumeError, match=r"different decoding .*'seed': 0.* there, .*'seed': 1"):
-        evaluate(vlm, "synthetic", out=sampled, batch_size=2, temperature=0.2, seed=1, limit=4, max_new_tokens=3,
-                 progress=False)
+        evaluate(
+            vlm,
+            "synthetic",
+            out=sampled,
+            batch_size=2,
+            temperature=0.2,
+            seed=1,
+            limit=4,
+            max_new_tokens=3,
+            progress=False,
+        )
     with pytest.raises(ResumeError, match=r"different batch_size \(2 there, 4 now\)"):
-        evaluate(vlm, "synthetic", out=sampled, batch_size=4, temperature=0.2, seed=0, limit=4, max_new_tokens=3,
-                 progress=False)
+        evaluate(
+            vlm,
+            "synthetic",
+            out=sampled,
+            batch_size=4,
+            temperature=0.2,
+            seed=0,
+            limit=4,
+            max_new_tokens=3,
+            progress=False,
+        )
     # a greedy file continues with another batch size, and one from before the meta named
     # its decoding counts as greedy
     meta = json.loads(meta_path(out).read_text())

@@ -20,16 +20,24 @@ from .conftest import make_image, tiny_vlm
 
 def write_run(directory, with_patching: bool = True):
     """A run directory as `interp reproduce` writes it (only the fields the page reads)."""
-    rows = [{"variant": v, "layer": layer, "n": 8, "mean": m, "low": m - 0.1, "high": min(1.0, m + 0.1)}
-            for v, base in (("single", 0.3), ("knockout_last", 0.8)) for layer, m in enumerate([base, base + 0.2, 0.9])]
-    report = {"model": "tiny:llava", "dataset": "synthetic:test", "n_samples": 8,
-              "baseline_accuracy": {"mean": 0.875, "low": 0.625, "high": 1.0},
-              "masking": {"per_layer": rows, "findings": {"single": {"fusion_layers": [0, 1]}}}}
+    rows = [
+        {"variant": v, "layer": layer, "n": 8, "mean": m, "low": m - 0.1, "high": min(1.0, m + 0.1)}
+        for v, base in (("single", 0.3), ("knockout_last", 0.8))
+        for layer, m in enumerate([base, base + 0.2, 0.9])
+    ]
+    report = {
+        "model": "tiny:llava",
+        "dataset": "synthetic:test",
+        "n_samples": 8,
+        "baseline_accuracy": {"mean": 0.875, "low": 0.625, "high": 1.0},
+        "masking": {"per_layer": rows, "findings": {"single": {"fusion_layers": [0, 1]}}},
+    }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report))
     if with_patching:
-        pd.DataFrame([{"layer": layer, "position": p, "effect": 0.1 * layer - 0.05 * p}
-                      for layer in range(3) for p in range(4)]).to_csv(directory / "patching.csv", index=False)
+        pd.DataFrame(
+            [{"layer": layer, "position": p, "effect": 0.1 * layer - 0.05 * p} for layer in range(3) for p in range(4)]
+        ).to_csv(directory / "patching.csv", index=False)
     return rows
 
 
@@ -71,7 +79,8 @@ def test_read_run(tmp_path):
     rows = write_run(tmp_path / "run")
     run = read_run(tmp_path / "run")
     assert run.masking[["variant", "layer", "mean"]].to_dict("records") == [
-        {k: r[k] for k in ("variant", "layer", "mean")} for r in rows]
+        {k: r[k] for k in ("variant", "layer", "mean")} for r in rows
+    ]
     assert run.baseline["mean"] == 0.875 and run.patching.shape == (12, 3)
     with pytest.raises(Exception, match="no report.json"):
         read_run(tmp_path / "nowhere")
@@ -93,16 +102,33 @@ def test_cli_explore(tmp_path):
     from interp.cli import main
 
     write_run(tmp_path / "run", with_patching=False)
-    assert main(["explore", "--model", "tiny:llava", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "page"),
-                 "--limit", "1"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                "--model",
+                "tiny:llava",
+                "--run",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "page"),
+                "--limit",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert 'id="masking"' in (tmp_path / "page" / "index.html").read_text()
-    assert main(["explore", "--model", "tiny:llava", "--run", str(tmp_path / "missing"),
-                 "--out", str(tmp_path / "page2")]) == 2
+    assert (
+        main(["explore", "--model", "tiny:llava", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "page2")])
+        == 2
+    )
 
 
 def _chromium() -> str | None:
-    return next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                 if (path := shutil.which(name))), None)
+    return next(
+        (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
+    )
 
 
 def test_page_in_headless_chromium(vlm, samples, tmp_path):

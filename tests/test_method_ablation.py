@@ -33,9 +33,21 @@ def _rows(values: dict) -> pd.DataFrame:
     for (decoding, mask, dola), per_seed in values.items():
         for seed, scores in enumerate(per_seed):
             for item, score in enumerate(scores):
-                out.append({"item": str(item), "kind": "", "decoding": decoding,
-                            "seed": None if decoding == "greedy" else seed, "mask": mask, "dola": dola,
-                            "text": "", "premature_layers": [], "lmms": score, "wcd": score, "seconds": 0.0})
+                out.append(
+                    {
+                        "item": str(item),
+                        "kind": "",
+                        "decoding": decoding,
+                        "seed": None if decoding == "greedy" else seed,
+                        "mask": mask,
+                        "dola": dola,
+                        "text": "",
+                        "premature_layers": [],
+                        "lmms": score,
+                        "wcd": score,
+                        "seconds": 0.0,
+                    }
+                )
     return pd.DataFrame(out)
 
 
@@ -44,8 +56,12 @@ def test_table_by_hand():
     masked = [1, 0, 0, 0, 1, 0, 0, 1]
     s0 = [1, 1, 1, 0, 1, 0, 1, 1]
     s1 = [1, 1, 0, 0, 1, 1, 1, 1]
-    values = {("greedy", "none", "none"): [greedy], ("greedy", "authors", "none"): [masked],
-              ("sample", "none", "none"): [s0, s1], ("sample", "authors", "none"): [masked, masked]}
+    values = {
+        ("greedy", "none", "none"): [greedy],
+        ("greedy", "authors", "none"): [masked],
+        ("sample", "none", "none"): [s0, s1],
+        ("sample", "authors", "none"): [masked, masked],
+    }
     table = ablation_table(_rows(values), n_boot=500)
     lm = table[table.metric == "lmms"].set_index(["decoding", "mask", "dola"])
     assert lm.loc[("greedy", "none", "none"), "accuracy"] == pytest.approx(np.mean(greedy))
@@ -53,7 +69,10 @@ def test_table_by_hand():
     assert row.diff_no_mask == pytest.approx(np.mean(masked) - np.mean(greedy))
     expected = mcnemar_exact(greedy, masked)
     assert (row.p_no_mask, row.gained_no_mask, row.lost_no_mask) == (
-        expected["p_value"], expected["b_only"], expected["a_only"])
+        expected["p_value"],
+        expected["b_only"],
+        expected["a_only"],
+    )
     assert row.diff_no_mask_low <= row.diff_no_mask <= row.diff_no_mask_high
     sample = lm.loc[("sample", "none", "none")]
     per_item = (np.array(s0) + np.array(s1)) / 2
@@ -73,8 +92,9 @@ def test_table_by_hand():
     assert np.isnan(lm.loc[("greedy", "none", "none"), "diff_greedy"])
     long = gains(table)
     assert set(long.reference) == {"greedy", "no_mask"} and len(long) == 2 * 4  # 4 differences per metric
-    paragraph = render_paragraph(table, {"temperature": 0.2, "seeds": 2, "ratio": 0.2, "review_layer": 3,
-                                         "static_layer": 1}, 8)
+    paragraph = render_paragraph(
+        table, {"temperature": 0.2, "seeds": 2, "ratio": 0.2, "review_layer": 3, "static_layer": 1}, 8
+    )
     assert "authors' mask" in paragraph and "small sample" in paragraph
 
 
@@ -85,13 +105,16 @@ def tiny():
 
 def _items(vlm):
     size = TEST_IMAGE_SIZE
-    return [(make_image(*size, seed=i), q, a) for i, (q, a) in
-            enumerate([("What colour is the square?", "red"), ("How many circles?", "2")])]
+    return [
+        (make_image(*size, seed=i), q, a)
+        for i, (q, a) in enumerate([("What colour is the square?", "red"), ("How many circles?", "2")])
+    ]
 
 
 def test_run_equals_direct_calls_and_resumes(tiny, tmp_path):
-    config = AblationConfig(seeds=2, review_layer=2, dola_layers=[0, 1, 2], max_new_tokens=3, progress=False,
-                            temperature=1.5)
+    config = AblationConfig(
+        seeds=2, review_layer=2, dola_layers=[0, 1, 2], max_new_tokens=3, progress=False, temperature=1.5
+    )
     settings = config.resolved(tiny)
     out = tmp_path / "rows.jsonl"
     rows = run_method_ablation(tiny, _items(tiny), config=config, out=out)
@@ -101,12 +124,19 @@ def test_run_equals_direct_calls_and_resumes(tiny, tmp_path):
         prepared = tiny.prepare(_items(tiny)[1][0], _items(tiny)[1][1])
         layers = {"none": None, "logits": [0, 1, 2], "attention": [0, 1, 2], "static": [settings["static_layer"]]}
         sample = row.decoding == "sample"
-        direct = dola_generate(tiny, prepared, layers=layers[row.dola],
-                               select="attention" if row.dola == "attention" else "logits",
-                               repetition_penalty=1.0 if row.dola == "none" else 1.2, penalize_prompt=False,
-                               max_new_tokens=3, do_sample=sample, temperature=1.5 if sample else None,
-                               seed=None if not sample else int(row.seed),
-                               interventions=[ReviewLayerMask(2)] if row["mask"] == "authors" else [])
+        direct = dola_generate(
+            tiny,
+            prepared,
+            layers=layers[row.dola],
+            select="attention" if row.dola == "attention" else "logits",
+            repetition_penalty=1.0 if row.dola == "none" else 1.2,
+            penalize_prompt=False,
+            max_new_tokens=3,
+            do_sample=sample,
+            temperature=1.5 if sample else None,
+            seed=None if not sample else int(row.seed),
+            interventions=[ReviewLayerMask(2)] if row["mask"] == "authors" else [],
+        )
         assert (direct.text, direct.premature_layers) == (row.text, row.premature_layers)
     # resume: keep the header and the first 10 rows, cut the 11th mid-line
     lines = out.read_text().splitlines()
@@ -132,7 +162,9 @@ def test_prefill_cache_equals_a_full_prefill(tiny):
             full = dola_generate(tiny, prepared, max_new_tokens=3, interventions=masks, **kwargs)
             reused = dola_generate(tiny, prepared, max_new_tokens=3, prefill=cache, **kwargs)
             assert (reused.token_ids.tolist(), reused.premature_layers) == (
-                full.token_ids.tolist(), full.premature_layers)
+                full.token_ids.tolist(),
+                full.premature_layers,
+            )
 
 
 def test_plot_has_one_panel_per_metric():
@@ -158,13 +190,41 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 
 def test_cli_evaluate_seeds(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
-    assert main(["evaluate", "--model", "tiny:llava", "--task", "synthetic", "--limit", "3", "--max-new-tokens", "2",
-                 "--temperature", "5.0", "--seeds", "2", "--out", str(out), "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                "tiny:llava",
+                "--task",
+                "synthetic",
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "5.0",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [run["seed"] for run in report["runs"]] == [0, 1]
     assert (tmp_path / "s.seed0.jsonl").exists() and (tmp_path / "s.seed1.jsonl").exists()
     accuracies = [run["summary"]["accuracy"] for run in report["runs"]]
     assert report["across_seeds"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
-    replies = [[json.loads(line)["filtered_resps"][0] for line in (tmp_path / f"s.seed{k}.jsonl").read_text().splitlines()
-                if line.startswith("{\"doc_id")] for k in (0, 1)]
+    replies = [
+        [
+            json.loads(line)["filtered_resps"][0]
+            for line in (tmp_path / f"s.seed{k}.jsonl").read_text().splitlines()
+            if line.startswith('{"doc_id')
+        ]
+        for k in (0, 1)
+    ]
     assert replies[0] != replies[1]  # the two seeds really sample differently at T=5

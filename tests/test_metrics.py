@@ -23,33 +23,64 @@ from interp.data.metrics import (
 # -- EvalAI normalisation ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    # articles go, wherever they are
-    ("The dog", "dog"), ("a cat", "cat"), ("an apple on the table", "apple on table"),
-    # number words zero..ten (and "none") become digits, others stay
-    ("Two", "2"), ("none", "0"), ("ten", "10"), ("eleven", "eleven"), ("two dogs", "2 dogs"),
-    # contractions without apostrophe are restored; capitalised table keys never match
-    ("dont", "don't"), ("isnt", "isn't"), ("Im", "im"), ("somebody'd", "somebodyd"),
-    # a period goes unless a digit follows it
-    ("2.5", "2.5"), ("5.", "5"), ("a.m.", "am"), (".5 liters", ".5 liters"), ("yes.", "yes"),
-    # commas and question marks are deleted by the tokenising step
-    ("1,000", "1000"), ("red, white", "red white"), ("what?", "what"),
-    # "'s" is split off by the tokenising step
-    ("it's", "it 's"), ("man's hat", "man 's hat"),
-    # punctuation inside a word becomes a space, next to a space it disappears
-    ("black-and-white", "black and white"), ("black - white", "black white"), ("(yes)", "yes"),
-    ("yes!", "yes"), ("t-shirt", "t shirt"), ("  Surf\tboard\n", "surf board"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # articles go, wherever they are
+        ("The dog", "dog"),
+        ("a cat", "cat"),
+        ("an apple on the table", "apple on table"),
+        # number words zero..ten (and "none") become digits, others stay
+        ("Two", "2"),
+        ("none", "0"),
+        ("ten", "10"),
+        ("eleven", "eleven"),
+        ("two dogs", "2 dogs"),
+        # contractions without apostrophe are restored; capitalised table keys never match
+        ("dont", "don't"),
+        ("isnt", "isn't"),
+        ("Im", "im"),
+        ("somebody'd", "somebodyd"),
+        # a period goes unless a digit follows it
+        ("2.5", "2.5"),
+        ("5.", "5"),
+        ("a.m.", "am"),
+        (".5 liters", ".5 liters"),
+        ("yes.", "yes"),
+        # commas and question marks are deleted by the tokenising step
+        ("1,000", "1000"),
+        ("red, white", "red white"),
+        ("what?", "what"),
+        # "'s" is split off by the tokenising step
+        ("it's", "it 's"),
+        ("man's hat", "man 's hat"),
+        # punctuation inside a word becomes a space, next to a space it disappears
+        ("black-and-white", "black and white"),
+        ("black - white", "black white"),
+        ("(yes)", "yes"),
+        ("yes!", "yes"),
+        ("t-shirt", "t shirt"),
+        ("  Surf\tboard\n", "surf board"),
+    ],
+)
 def test_evalai_normalisation(text, expected):
     assert normalize_vqa_answer(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    # the VQAv2 path has no tokenising step: commas and "'s" are left to the punctuation rules
-    ("it's", "it's"), ("red,blue", "red blue"), ("red, blue", "red blue"),
-    # a comma between digits makes every punctuation mark vanish instead of becoming a space
-    ("1,000", "1000"), ("1,000 (approx)", "1000 approx"), ("what?", "what"), ("Two.", "2"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the VQAv2 path has no tokenising step: commas and "'s" are left to the punctuation rules
+        ("it's", "it's"),
+        ("red,blue", "red blue"),
+        ("red, blue", "red blue"),
+        # a comma between digits makes every punctuation mark vanish instead of becoming a space
+        ("1,000", "1000"),
+        ("1,000 (approx)", "1000 approx"),
+        ("what?", "what"),
+        ("Two.", "2"),
+    ],
+)
 def test_vqav2_normalisation(text, expected):
     assert normalize_vqa_answer(text, tokenize=False) == expected
 
@@ -96,8 +127,9 @@ def test_exact_match():
     assert exact_match("2", "two") == 0.0  # no number words
 
 
-@pytest.mark.parametrize("a, b, distance", [("kitten", "sitting", 3), ("", "abc", 3), ("abc", "abc", 0),
-                                            ("flaw", "lawn", 2), ("abc", "", 3)])
+@pytest.mark.parametrize(
+    "a, b, distance", [("kitten", "sitting", 3), ("", "abc", 3), ("abc", "abc", 0), ("flaw", "lawn", 2), ("abc", "", 3)]
+)
 def test_levenshtein(a, b, distance):
     assert levenshtein(a, b) == distance == levenshtein(b, a)
 
@@ -118,11 +150,19 @@ def test_anls():
 # -- POPE --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply, parsed", [
-    ("Yes, there is a dog.", "yes"), ("No, there is not.", "no"), ("There is not a dog", "no"),
-    ("No.", "no"), ("yes", "yes"), ("NO", "yes"), ("Not at all", "yes"),  # case-sensitive, as POPE's script
-    ("I see a dog. No cat", "yes"),  # only the first sentence counts
-])
+@pytest.mark.parametrize(
+    "reply, parsed",
+    [
+        ("Yes, there is a dog.", "yes"),
+        ("No, there is not.", "no"),
+        ("There is not a dog", "no"),
+        ("No.", "no"),
+        ("yes", "yes"),
+        ("NO", "yes"),
+        ("Not at all", "yes"),  # case-sensitive, as POPE's script
+        ("I see a dog. No cat", "yes"),  # only the first sentence counts
+    ],
+)
 def test_pope_parse(reply, parsed):
     assert pope_parse(reply) == parsed
 
@@ -150,18 +190,31 @@ def test_pope_aggregate_hand_counts():
 # -- MME ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reply, label", [
-    ("Yes", "yes"), ("No.", "no"), ("y", "yes"), ("n", "no"), ("x", "other"), ("Yes, there is", "yes"),
-    ("Not sure", "no"), ("I think yes", "other"), ("nope", "no"), ("", "other"),
-])
+@pytest.mark.parametrize(
+    "reply, label",
+    [
+        ("Yes", "yes"),
+        ("No.", "no"),
+        ("y", "yes"),
+        ("n", "no"),
+        ("x", "other"),
+        ("Yes, there is", "yes"),
+        ("Not sure", "no"),
+        ("I think yes", "other"),
+        ("nope", "no"),
+        ("", "other"),
+    ],
+)
 def test_mme_parse(reply, label):
     assert mme_parse(reply) == label
 
 
 def test_mme_acc_plus_and_totals():
     def rows(category, image, replies_truths):
-        return [{**mme_score(reply, truth), "category": category, "image_id": f"{category}/{image}"}
-                for reply, truth in replies_truths]
+        return [
+            {**mme_score(reply, truth), "category": category, "image_id": f"{category}/{image}"}
+            for reply, truth in replies_truths
+        ]
 
     data = (
         rows("existence", "a.jpg", [("Yes", "Yes"), ("No", "No")])  # both right: 100 + 100
@@ -192,7 +245,12 @@ def test_synthetic_score_is_the_organism_metric():
     assert synthetic_score("two", "2") == 1.0
     assert synthetic_score("red circle", "red") == 1.0  # first word
     assert synthetic_score("the circle is red", "red") == 0.0
-    rows = [{"correct": 1.0, "kind": "counting"}, {"correct": 0.0, "kind": "counting"},
-            {"correct": 1.0, "kind": "spatial"}]
-    assert synthetic_aggregate(rows) == {"accuracy": pytest.approx(2 / 3),
-                                         "per_kind": {"counting": 0.5, "spatial": 1.0}}
+    rows = [
+        {"correct": 1.0, "kind": "counting"},
+        {"correct": 0.0, "kind": "counting"},
+        {"correct": 1.0, "kind": "spatial"},
+    ]
+    assert synthetic_aggregate(rows) == {
+        "accuracy": pytest.approx(2 / 3),
+        "per_kind": {"counting": 0.5, "spatial": 1.0},
+    }

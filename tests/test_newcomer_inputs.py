@@ -28,11 +28,14 @@ def _no_loading(monkeypatch):
     monkeypatch.setattr(interp, "load", refuse)
 
 
-@pytest.mark.parametrize("flags,says", [
-    (["--dtype", "tensor"], "non-floating dtype 'tensor'"),
-    (["--dtype", "int8"], "non-floating dtype 'int8'"),
-    (["--device-map", "gpu"], "unknown device_map 'gpu'"),
-])
+@pytest.mark.parametrize(
+    "flags,says",
+    [
+        (["--dtype", "tensor"], "non-floating dtype 'tensor'"),
+        (["--dtype", "int8"], "non-floating dtype 'int8'"),
+        (["--device-map", "gpu"], "unknown device_map 'gpu'"),
+    ],
+)
 def test_loading_flags_are_one_line(capsys, flags, says):
     code, err = cli(capsys, "quickstart", "--model", "tiny:llava", *flags)
     assert code == 2 and says in one_line(err)
@@ -61,12 +64,15 @@ def test_hub_id_in_offline_mode_says_so(monkeypatch, capsys):
     assert code == 2 and "offline mode" in one_line(err)
 
 
-@pytest.mark.parametrize("argv", [
-    ["reproduce", "--n-boot", "0"],
-    ["ablate-method", "--n-boot", "0"],
-    ["patch", "--n-boot", "-1"],
-    ["reproduce", "--window", "0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reproduce", "--n-boot", "0"],
+        ["ablate-method", "--n-boot", "0"],
+        ["patch", "--n-boot", "-1"],
+        ["reproduce", "--window", "0"],
+    ],
+)
 def test_counts_are_checked_by_the_parser(capsys, monkeypatch, tmp_path, argv):
     _no_loading(monkeypatch)
     code, err = cli(capsys, *argv, "--out", str(tmp_path / "out"))

@@ -54,7 +54,9 @@ def test_notebook_executes(path, monkeypatch):
     for cell in notebook.cells:  # judge what this run shows, not the committed outputs
         if cell.cell_type == "code":
             cell.outputs = []
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert outputs, "the notebook produced no output"

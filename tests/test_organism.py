@@ -42,8 +42,9 @@ def test_weights_id_names_the_shipped_weights(organism):
 def test_answers_fixed_test_samples(organism):
     data = SyntheticVQA("test", seed=0)
     samples = [data[i] for i in range(40)]
-    answers = generate_answers(organism.model, organism.processor, [s.image for s in samples],
-                               [s.question for s in samples])
+    answers = generate_answers(
+        organism.model, organism.processor, [s.image for s in samples], [s.question for s in samples]
+    )
     correct = [is_correct(a, s.answer) for a, s in zip(answers, samples)]
     assert sum(correct) >= 34, list(zip(answers, [s.answer for s in samples]))
     # every question kind is answered well above chance (chance: 1/6, 1/4, 1/2, 1/3, 1/2)

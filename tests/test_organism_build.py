@@ -26,7 +26,7 @@ def test_the_language_model_is_the_pretrained_smollm2(assembled):
     ids = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=10, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_processor_expands_the_image_to_the_patch_grid(assembled):
@@ -112,8 +112,14 @@ def test_answer_batch_takes_consecutive_indices_with_a_focus_share():
     assert [s.id for s in answer_batch(train, None, 0, config)] == [s.id for s in train[:16]]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"centre_marker": False, "focus_fraction": 0.0, "polish_steps": 0, "seed": 3},
-                                       {"focus_kinds": ("existence",)}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"centre_marker": False, "focus_fraction": 0.0, "polish_steps": 0, "seed": 3},
+        {"focus_kinds": ("existence",)},
+    ],
+)
 def test_the_cards_train_command_gives_back_the_trained_config(overrides):
     """The model card's command, parsed by the real CLI, asks for the config that trained the weights."""
     import shlex
@@ -141,12 +147,24 @@ def test_the_recipe_runs_every_stage_and_writes_its_weights(tmp_path, assembled)
 
     from interp.models.organism.train import train
 
-    config = TrainConfig(tower_steps=2, tower_batch=4, words_steps=1, align_steps=1, adapt_steps=1, polish_steps=1,
-                         batch=2, warmup=1, eval_every=100, eval_samples=2, bf16=False)
+    config = TrainConfig(
+        tower_steps=2,
+        tower_batch=4,
+        words_steps=1,
+        align_steps=1,
+        adapt_steps=1,
+        polish_steps=1,
+        batch=2,
+        warmup=1,
+        eval_every=100,
+        eval_samples=2,
+        bf16=False,
+    )
     summary = train(config, tmp_path)
     assert summary["device_name"] == "cpu"
     assert [e["stage"] for e in summary["log"] if e["stage"] >= 1] == [1, 2, 3]
     frozen, adapted = (load_file(str(tmp_path / f"{v}.safetensors")) for v in ("organism-frozen", "organism"))
+
     def lm_attention(state):
         return [k for k in state if k.startswith("model.language_model.") and ".self_attn." in k]
 

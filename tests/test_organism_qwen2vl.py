@@ -62,12 +62,17 @@ def test_text_only_logits_equal_smollm2s(assembled, smollm2):
     text = model.config.text_config
     assert sum(text.rope_parameters["mrope_section"]) == text.hidden_size // text.num_attention_heads // 2
     assert text.rope_parameters["rope_theta"] == smollm2.config.rope_parameters["rope_theta"]
-    biases = [m.bias for layer in model.model.language_model.layers
-              for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)]
+    biases = [
+        m.bias
+        for layer in model.model.language_model.layers
+        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+    ]
     assert biases and all(not b.any() for b in biases)
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
-    prompts = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-               "The quick brown fox jumps over the lazy dog, and then it runs into the forest."]
+    prompts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The quick brown fox jumps over the lazy dog, and then it runs into the forest.",
+    ]
     for prompt in prompts:
         ids = processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -86,7 +91,11 @@ def test_processor_has_dynamic_resolution(assembled):
         sample = SyntheticVQA("val", seed=0, image_size=size)[0]
         inputs, _ = collate(processor, [sample])
         t, h, w = inputs["image_grid_thw"][0].tolist()
-        assert (t, h * processor.image_processor.patch_size, w * processor.image_processor.patch_size) == (1, size, size)
+        assert (t, h * processor.image_processor.patch_size, w * processor.image_processor.patch_size) == (
+            1,
+            size,
+            size,
+        )
         n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
         assert n_image == (size // side) ** 2 == h * w // MERGE**2
         assert int(inputs["mm_token_type_ids"].sum()) == n_image
@@ -137,8 +146,9 @@ def test_token_positions_are_the_tokens_centres_as_fractions():
     from interp.models.organism.train_qwen2vl import token_positions
 
     where = token_positions(2, 3)  # row-major: (0,0) (0,1) (0,2) (1,0) ...
-    assert torch.allclose(where, torch.tensor([[0.25, 1 / 6], [0.25, 0.5], [0.25, 5 / 6],
-                                               [0.75, 1 / 6], [0.75, 0.5], [0.75, 5 / 6]]))
+    assert torch.allclose(
+        where, torch.tensor([[0.25, 1 / 6], [0.25, 0.5], [0.25, 5 / 6], [0.75, 1 / 6], [0.75, 0.5], [0.75, 5 / 6]])
+    )
     samples = [SyntheticVQA("val", seed=0, image_size=96)[0], SyntheticVQA("val", seed=0, image_size=128)[1]]
     target = token_targets(samples, [(6, 6), (8, 8)])["position"]
     assert target.shape == (36 + 64, 2)
@@ -150,7 +160,10 @@ def test_position_words_are_the_spatial_words_differences(assembled):
 
     model, processor = assembled
     embed = model.model.language_model.embed_tokens.weight
-    ids = {w: processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ("below", "above", "right", "left")}
+    ids = {
+        w: processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        for w in ("below", "above", "right", "left")
+    }
     assert all(len(i) == 1 for i in ids.values())  # each one token of SmolLM2's vocabulary
     words = position_words(model, processor.tokenizer)
     assert torch.equal(words[0], embed[ids["below"][0]] - embed[ids["above"][0]])
@@ -163,8 +176,9 @@ def test_stage0_learns_positions_only_when_asked(tmp_path):
     from interp.models.organism import train_qwen2vl as recipe
 
     def run(name, **extra):
-        config = QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=0,
-                                 lora_rank=2, **extra)
+        config = QwenTrainConfig(
+            tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=0, lora_rank=2, **extra
+        )
         return recipe.train_qwen2vl(config, tmp_path / name)["log"]
 
     plain, placed = run("plain"), run("placed", position_weight=4.0, position_words=True)
@@ -180,8 +194,10 @@ def test_stage0_learns_positions_only_when_asked(tmp_path):
 
     kinds = {k: 0.5 for k in ("attribute", "counting", "existence", "identity", "spatial")}
     result = {"n": 10, "accuracy": 0.5, "per_kind": kinds, "blind_accuracy": 0.3, "blind_per_kind": kinds}
-    cards = {name: write_qwen_card(tmp_path / name, result, tmp_path / f"card-{name}").read_text()
-             for name in ("plain", "placed")}
+    cards = {
+        name: write_qwen_card(tmp_path / name, result, tmp_path / f"card-{name}").read_text()
+        for name in ("plain", "placed")
+    }
     assert "--position-weight 4.0 --position-words" in cards["placed"] and "--position" not in cards["plain"]
     assert "(row, column) head" in cards["placed"] and "(row, column)" not in cards["plain"]
     assert f"off by {errors[-1]:.2f} tokens per axis" in cards["placed"]
@@ -200,8 +216,12 @@ def test_the_card_says_how_many_threads_the_answer_stages_ran_on():
     stages are not counted); a log from before the count was logged reads as those runs ran."""
     from interp.models.organism.card_qwen2vl import cpu_threads
 
-    log = [{"stage": 0}, {"stage": 0.5}] + [{"stage": 2}] * 3 + [{"stage": 2, "threads": 2}] * 2 + [
-        {"stage": 3, "threads": 1}]
+    log = (
+        [{"stage": 0}, {"stage": 0.5}]
+        + [{"stage": 2}] * 3
+        + [{"stage": 2, "threads": 2}] * 2
+        + [{"stage": 3, "threads": 1}]
+    )
     assert cpu_threads(log) == "1 step on 1 thread, 2 steps on 2 threads, 3 steps before it was logged"
     assert cpu_threads(log[:5]) is None
 
@@ -303,10 +323,12 @@ def test_the_cards_train_command_gives_back_the_trained_config():
     from interp.cli import build_parser, organism_train_config
     from interp.models.organism.card_qwen2vl import train_command
 
-    for config in (QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
-                   QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4),
-                   QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96, lora_alpha=111.0),
-                   QwenTrainConfig(attention="full", tower_steps=2000, position_weight=4.0)):
+    for config in (
+        QwenTrainConfig(seed=2, adapt_steps=123, lora_rank=8),
+        QwenTrainConfig(focus_kinds=("existence", "spatial"), focus_fraction=0.4),
+        QwenTrainConfig(position_weight=4.0, position_words=True, lora_rank=96, lora_alpha=111.0),
+        QwenTrainConfig(attention="full", tower_steps=2000, position_weight=4.0),
+    ):
         words = shlex.split(train_command(asdict(config)))
         assert words[:5] == ["interp", "organism", "train", "--arch", "qwen2_vl"]
         assert organism_train_config(build_parser().parse_args(words[1:])) == config
@@ -330,9 +352,19 @@ def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypat
     from interp.models.organism import train_qwen2vl as recipe
 
     def config(folder):
-        return QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=4,
-                               batch=2, warmup=1, eval_every=2, eval_samples=2, lora_rank=4,
-                               checkpoint_dir=str(tmp_path / folder))
+        return QwenTrainConfig(
+            tower_steps=2,
+            tower_batch=2,
+            tower_sizes=(96,),
+            words_steps=2,
+            adapt_steps=4,
+            batch=2,
+            warmup=1,
+            eval_every=2,
+            eval_samples=2,
+            lora_rank=4,
+            checkpoint_dir=str(tmp_path / folder),
+        )
 
     recipe.train_qwen2vl(config("a"), tmp_path / "a")
     evaluations = {"n": 0}
@@ -351,17 +383,22 @@ def test_a_resumed_training_run_equals_the_uninterrupted_one(tmp_path, monkeypat
     state = tmp_path / "b" / "stage2-resume.pt"
     assert torch.load(state, weights_only=False)["step"] == 2
     with pytest.raises(InterpError, match="other settings: adapt_steps"):
-        recipe.train_qwen2vl(QwenTrainConfig(**{**asdict(config("c")), "adapt_steps": 6,
-                                                "tower": QwenTowerSpec()}), tmp_path / "c", resume_from=state)
+        recipe.train_qwen2vl(
+            QwenTrainConfig(**{**asdict(config("c")), "adapt_steps": 6, "tower": QwenTowerSpec()}),
+            tmp_path / "c",
+            resume_from=state,
+        )
     # a state from before the position options existed (its identity lacks them) resumes as theirs off
     old = torch.load(state, weights_only=False)
     for key in ("position_weight", "position_words"):
         del old["identity"][key]
     torch.save(old, tmp_path / "b" / "old-resume.pt")
     with pytest.raises(InterpError, match="position_weight"):
-        recipe.train_qwen2vl(QwenTrainConfig(**{**asdict(config("d")), "position_weight": 1.0,
-                                                "tower": QwenTowerSpec()}), tmp_path / "d",
-                             resume_from=tmp_path / "b" / "old-resume.pt")
+        recipe.train_qwen2vl(
+            QwenTrainConfig(**{**asdict(config("d")), "position_weight": 1.0, "tower": QwenTowerSpec()}),
+            tmp_path / "d",
+            resume_from=tmp_path / "b" / "old-resume.pt",
+        )
     summary = recipe.train_qwen2vl(config("c"), tmp_path / "c", resume_from=tmp_path / "b" / "old-resume.pt")
     straight = load_file(str(tmp_path / "a" / "organism-qwen2vl.safetensors"))
     resumed = load_file(str(tmp_path / "c" / "organism-qwen2vl.safetensors"))
@@ -383,8 +420,12 @@ def test_train_rejects_llava_only_flags_for_qwen():
     assert main(["organism", "train", "--arch", "qwen2_vl", "--lora-alpha", "0", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--arch", "qwen2_vl", "--position-weight", "-1", "--out", "/nonexistent"]) == 2
     assert main(["organism", "train", "--full-attention", "--out", "/nonexistent"]) == 2
-    assert main(["organism", "train", "--arch", "qwen2_vl", "--full-attention", "--lora-rank", "8",
-                 "--out", "/nonexistent"]) == 2
+    assert (
+        main(
+            ["organism", "train", "--arch", "qwen2_vl", "--full-attention", "--lora-rank", "8", "--out", "/nonexistent"]
+        )
+        == 2
+    )
 
 
 def _publish(target: str, delay: float) -> str:
@@ -434,8 +475,9 @@ def test_answers_fixed_test_samples(organism):
     question alone gives (a blank image)."""
     data = SyntheticVQA("test", seed=0)
     samples = [data[i] for i in range(60)]
-    answers = generate_answers(organism.model, organism.processor, [s.image for s in samples],
-                               [s.question for s in samples])
+    answers = generate_answers(
+        organism.model, organism.processor, [s.image for s in samples], [s.question for s in samples]
+    )
     blank = [Image.new("RGB", s.image.size, (255, 255, 255)) for s in samples]
     blind = generate_answers(organism.model, organism.processor, blank, [s.question for s in samples])
     right = {kind: [0, 0, 0] for kind in {s.kind for s in samples}}  # seen, right, right blind
@@ -542,8 +584,21 @@ def test_card_writes_into_a_user_directory_never_the_package(tmp_path, monkeypat
     before = {p.name: p.stat().st_mtime for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
     results = json.loads((shipped / "test_results.json").read_text())
     out = tmp_path / "card"
-    assert main(["organism", "card", "--arch", "qwen2_vl", "--results", str(shipped / "test_results.json"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "organism",
+                "card",
+                "--arch",
+                "qwen2_vl",
+                "--results",
+                str(shipped / "test_results.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "MODEL_CARD.md").read_text()
     assert f"**{results['accuracy']:.3f}**" in text and (out / "loss_curve.png").stat().st_size > 0
     assert text == (shipped / "MODEL_CARD.md").read_text()  # the shipped card is this command's output
@@ -570,9 +625,20 @@ def test_a_stage2_state_resumes_with_a_polish_stage_and_the_polish_stage_resumes
     from interp.models.organism import train_qwen2vl as recipe
 
     def config(folder, polish):
-        return QwenTrainConfig(tower_steps=2, tower_batch=2, tower_sizes=(96,), words_steps=2, adapt_steps=2,
-                               polish_steps=polish, batch=2, warmup=1, eval_every=2, eval_samples=2, attention="full",
-                               checkpoint_dir=str(tmp_path / folder))
+        return QwenTrainConfig(
+            tower_steps=2,
+            tower_batch=2,
+            tower_sizes=(96,),
+            words_steps=2,
+            adapt_steps=2,
+            polish_steps=polish,
+            batch=2,
+            warmup=1,
+            eval_every=2,
+            eval_samples=2,
+            attention="full",
+            checkpoint_dir=str(tmp_path / folder),
+        )
 
     real = recipe.quick_accuracy
     evaluations = {"n": 0, "kill": 0}
@@ -601,8 +667,14 @@ def test_a_stage2_state_resumes_with_a_polish_stage_and_the_polish_stage_resumes
     resumed = load_file(str(tmp_path / "a" / "organism-qwen2vl.safetensors"))
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert [(e["stage"], e["step"]) for e in summary["log"] if e["stage"] >= 2] == \
-        [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3)]
+    assert [(e["stage"], e["step"]) for e in summary["log"] if e["stage"] >= 2] == [
+        (2, 0),
+        (2, 1),
+        (3, 0),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+    ]
 
 
 def test_eval_takes_another_weights_file_of_the_recipe(tmp_path, capsys):

@@ -39,8 +39,13 @@ from interp.outputs import (
 )
 
 ROOT = Path(__file__).parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 # -- helpers shared with test_evaluation ------------------------------------------------------------
@@ -68,8 +73,15 @@ def one_line(error: BaseException) -> str:
 
 
 def start_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 120) -> str:
@@ -96,8 +108,15 @@ def in_mount_namespace(script: str, mounts: dict[str, str], *args: str, timeout:
         pytest.skip("needs util-linux unshare to mount a small or read-only tmpfs")
     flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
     setup = " && ".join(f"mkdir -p {d} && mount -t tmpfs -o {o} tmpfs {d}" for d, o in mounts.items())
-    command = [unshare, *flags, "sh", "-c", f'{setup} && exec {shlex.quote(sys.executable)} -c "$0" "$@"',
-               textwrap.dedent(script), *map(str, args)]
+    command = [
+        unshare,
+        *flags,
+        "sh",
+        "-c",
+        f'{setup} && exec {shlex.quote(sys.executable)} -c "$0" "$@"',
+        textwrap.dedent(script),
+        *map(str, args),
+    ]
     result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0 and result.stderr.startswith(("mount", "unshare", "mkdir")):
         pytest.skip(f"cannot mount a tmpfs in a private namespace here: {result.stderr.strip()[:200]}")
@@ -125,7 +144,10 @@ def test_check_output_gives_one_line_per_bad_location(tmp_path):
             check_output(path, kind)
         assert message in one_line(error.value)
     assert snapshot(tmp_path) == before  # nothing written, nothing left behind
-    assert check_output(existing, "file") == existing and check_output(tmp_path / "a" / "b.jsonl") == tmp_path / "a" / "b.jsonl"
+    assert (
+        check_output(existing, "file") == existing
+        and check_output(tmp_path / "a" / "b.jsonl") == tmp_path / "a" / "b.jsonl"
+    )
     assert (tmp_path / "a").is_dir() and not list((tmp_path / "a").iterdir())  # the parent made, no probe left
     assert snapshot(existing) == {str(existing): b'{"doc_id": 1}\n'}
 
@@ -175,8 +197,10 @@ print(json.dumps(out))
 def test_read_only_and_full_disk_give_one_line_and_keep_the_data(tmp_path):
     ro, small = tmp_path / "ro", tmp_path / "small"
     out = in_mount_namespace(READ_ONLY_AND_FULL, {str(ro): "ro,size=64k", str(small): "size=256k"}, ro, small)
-    assert out["read_only_file"] == f"OutputError: cannot write {ro / 'x.jsonl'}: the file system is read-only; " \
-                                   f"choose an --out on a writable disk"
+    assert (
+        out["read_only_file"] == f"OutputError: cannot write {ro / 'x.jsonl'}: the file system is read-only; "
+        f"choose an --out on a writable disk"
+    )
     assert out["read_only_dir"].startswith(f"OutputError: cannot create {ro / 'run'}: the file system is read-only")
     assert out["filler_errno"] == 28  # a real ENOSPC
     for key in ("full_start", "full_run_dir", "full_append", "full_write_atomic", "full_atomic_dir"):
@@ -308,10 +332,9 @@ def test_two_processes_building_one_cache_dir_both_succeed(tmp_path):
     saved = json.loads((target / "config.json").read_text())
     assert loaded.config.model_type == "llava" and loaded.n_layers == saved["text_config"]["num_hidden_layers"]
 
-    with pytest.raises(RuntimeError, match="build failed"):
-        with atomic_dir(cache / "broken") as partial:
-            (partial / "half").write_bytes(b"x")
-            raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError, match="build failed"), atomic_dir(cache / "broken") as partial:
+        (partial / "half").write_bytes(b"x")
+        raise RuntimeError("build failed")
     assert sorted(p.name for p in cache.iterdir()) == ["tiny-llava"]  # a failed build leaves nothing
 
 
@@ -326,8 +349,9 @@ def test_settings_record_is_written_once_and_checked(tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(SettingsMismatchError) as error:
         record.claim({"model": "m", "limit": 2})
-    assert f"{tmp_path} holds a run with other settings: limit (6 there, 2 now); it is left untouched" in \
-        one_line(error.value)
+    assert f"{tmp_path} holds a run with other settings: limit (6 there, 2 now); it is left untouched" in one_line(
+        error.value
+    )
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(SettingsMismatchError, match="not a settings record"):
         SettingsRecord(tmp_path / "other.json").claim({})
@@ -378,8 +402,10 @@ def test_run_dir_resumes_units_and_refuses_other_runs(tmp_path):
     sweep.write_bytes(sweep.read_bytes() + b'{"key": "q3", "rows": [{"lay')  # killed while writing q3
     with RunDir(run_path, {**SETTINGS, "seed": 1}, identity=("model", "limit")) as run:  # seed is informative
         assert run.settings["seed"] == 0
-        assert run.done("sweep") == {"q1": [{"layer": 0, "correct": 1.0}, {"layer": 1, "correct": 0.0}],
-                                     "q2": [{"layer": 0, "correct": 0.0}]}
+        assert run.done("sweep") == {
+            "q1": [{"layer": 0, "correct": 1.0}, {"layer": 1, "correct": 0.0}],
+            "q2": [{"layer": 0, "correct": 0.0}],
+        }
         run.append("sweep", "q3", [{"layer": 0, "correct": 1.0}])
         assert [r["correct"] for r in run.rows("sweep", order=["q3", "q1"])] == [1.0, 1.0, 0.0]
         assert type(run.done("sweep")["q2"][0]["correct"]) is float

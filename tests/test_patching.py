@@ -58,8 +58,11 @@ def _reference_patch(vlm, base, source, layer, site, base_rows, source_rows):
     def record_post(mod, args, kwargs, output):
         recorded["value"] = _hidden_of(site, args, kwargs, output).detach().clone()
 
-    handle = (module.register_forward_pre_hook(record_pre, with_kwargs=True) if site == "resid_pre"
-              else module.register_forward_hook(record_post, with_kwargs=True))
+    handle = (
+        module.register_forward_pre_hook(record_pre, with_kwargs=True)
+        if site == "resid_pre"
+        else module.register_forward_hook(record_post, with_kwargs=True)
+    )
     try:
         _logits(vlm, source)
     finally:
@@ -83,8 +86,11 @@ def _reference_patch(vlm, base, source, layer, site, base_rows, source_rows):
             return (replace(output[0]),) + tuple(output[1:])
         return replace(output)
 
-    handle = (module.register_forward_pre_hook(patch_pre, with_kwargs=True) if site == "resid_pre"
-              else module.register_forward_hook(patch_post, with_kwargs=True))
+    handle = (
+        module.register_forward_pre_hook(patch_pre, with_kwargs=True)
+        if site == "resid_pre"
+        else module.register_forward_hook(patch_post, with_kwargs=True)
+    )
     try:
         return _logits(vlm, base)
     finally:
@@ -155,11 +161,15 @@ def test_per_head_patch_equals_a_hand_written_hook_on_both_executors(model_type)
     n_heads = vlm.adapter.text_config(vlm.config).num_attention_heads
     cases = [([0], "last"), ([n_heads - 1], "question"), (list(range(n_heads)), "last")]
     for heads, selector in cases:
-        rows_b, rows_s = ((base.question_positions, source.question_positions) if selector == "question" else
-                          (torch.tensor([base.seq_len - 1]), torch.tensor([source.seq_len - 1])))
+        rows_b, rows_s = (
+            (base.question_positions, source.question_positions)
+            if selector == "question"
+            else (torch.tensor([base.seq_len - 1]), torch.tensor([source.seq_len - 1]))
+        )
         reference = _reference_head_patch(vlm, base, source, layer, heads, rows_b, rows_s)
-        run = run_patched(vlm, base, source, PatchActivations(f"blocks.{layer}.attn.hook_z", heads=heads,
-                                                              positions=selector))
+        run = run_patched(
+            vlm, base, source, PatchActivations(f"blocks.{layer}.attn.hook_z", heads=heads, positions=selector)
+        )
         assert (run.logits - reference).abs().max() < 1e-5
         assert (reference - _logits(vlm, base)).abs().max() > 1e-6  # the patch changes something
     # all heads at the last position = the attention output there (up to o_proj's bias, patched alike)
@@ -168,14 +178,24 @@ def test_per_head_patch_equals_a_hand_written_hook_on_both_executors(model_type)
     assert (whole.logits - every.logits).abs().max() < 1e-5
     from interp.analysis.patching import _fast_pair
 
-    conditions = {(site, layer, "g", -1, -1, head): selector for site in SITES + ("z",)
-                  for head in ([0, n_heads - 1] if site == "z" else [-1]) for selector in ("last", "question")}
+    conditions = {
+        (site, layer, "g", -1, -1, head): selector
+        for site in SITES + ("z",)
+        for head in ([0, n_heads - 1] if site == "z" else [-1])
+        for selector in ("last", "question")
+    }
     conditions = {k[:2] + (selector,) + k[3:]: selector for k in conditions for selector in ("last", "question")}
     clean, corrupt, fast = _fast_pair(vlm, base, source, conditions, batch=4)
-    runs = patch_session(vlm, base, source, [[PatchActivations(layers=k[1], site=k[0], positions=sel,
-                                                               heads=None if k[5] < 0 else [k[5]])]
-                                             for k, sel in conditions.items()]).runs
-    for (key, run) in zip(conditions, runs):
+    runs = patch_session(
+        vlm,
+        base,
+        source,
+        [
+            [PatchActivations(layers=k[1], site=k[0], positions=sel, heads=None if k[5] < 0 else [k[5]])]
+            for k, sel in conditions.items()
+        ],
+    ).runs
+    for key, run in zip(conditions, runs):
         assert (fast[key] - run.logits[0].float()).abs().max() < 1e-5, key
 
 
@@ -187,8 +207,9 @@ def test_patch_under_remote_local_equals_the_reference():
         run = run_patched(vlm, base, source, PatchActivations(layers=1, site=site, positions="image"), remote="local")
         reference = _reference_patch(vlm, base, source, 1, site, image, source.image_positions)
         assert (run.logits - reference).abs().max() < 1e-5
-    run = run_patched(vlm, base, source, PatchActivations("blocks.1.attn.hook_z", heads=[1], positions="image"),
-                      remote="local")
+    run = run_patched(
+        vlm, base, source, PatchActivations("blocks.1.attn.hook_z", heads=[1], positions="image"), remote="local"
+    )
     reference = _reference_head_patch(vlm, base, source, 1, [1], image, source.image_positions)
     assert (run.logits - reference).abs().max() < 1e-5
 
@@ -205,8 +226,9 @@ def test_patching_all_image_tokens_at_layer_0_reproduces_the_source(model_type):
     assert (nothing.logits - base_logits).abs().max() < 1e-5
     # the last position's output of the last layer carries the whole prediction, even across questions
     other_base, other_source = _pair(vlm, "What is it?", "Which colour is the big square here?")
-    last = run_patched(vlm, other_base, other_source,
-                       PatchActivations(f"blocks.{vlm.n_layers - 1}.hook_resid_post", positions="last"))
+    last = run_patched(
+        vlm, other_base, other_source, PatchActivations(f"blocks.{vlm.n_layers - 1}.hook_resid_post", positions="last")
+    )
     assert (last.logits - _logits(vlm, other_source)).abs().max() < 1e-5
 
 
@@ -214,8 +236,14 @@ def test_patch_composes_with_other_interventions_in_order():
     vlm = tiny_vlm("llava")
     base, source = _pair(vlm)
     # patching every image token at layer 1, then scaling them at the same site: the scale sees the patch
-    run = run_patched(vlm, base, source, PatchActivations(layers=1, positions="image"), ScaleImageTokens(1, 0.5),
-                      RecordResidual("blocks.1.hook_resid_post"))
+    run = run_patched(
+        vlm,
+        base,
+        source,
+        PatchActivations(layers=1, positions="image"),
+        ScaleImageTokens(1, 0.5),
+        RecordResidual("blocks.1.hook_resid_post"),
+    )
     assert run.names() == ["blocks.1.hook_resid_post"]  # the base run's own recordings, not the source's
 
     def hook(mod, args, kwargs):
@@ -275,20 +303,32 @@ def test_fast_sweep_equals_the_session_sweep_and_the_exact_limits():
 
 
 def test_a_resumed_sweep_runs_only_the_missing_pairs_and_equals_one_run(tmp_path):
+    import json
+
     vlm = tiny_vlm("llava")
     pairs = counterfactual_pairs(SyntheticVQA("test", seed=0), 3)
-    path = tmp_path / "partial.csv"
+    path = tmp_path / "partial.jsonl"
     kwargs = dict(positions=["changed", "last"], layers=[0, 2], progress=False)
     first = patching_sweep(vlm, pairs[:2], resume=path, **kwargs)
     assert set(first.pair) == {p.id for p in pairs[:2]}
-    import pandas as pd
-
+    # a kill in the middle of the second pair's record: its line is cut short
+    data = path.read_bytes()
+    second = data.index(b"\n") + 1
+    path.write_bytes(data[: second + (len(data) - second) // 2])
+    vlm.counts.clear()
     again = patching_sweep(vlm, pairs, resume=path, **kwargs)
+    assert vlm.counts["clean_forward"] == 2 * 2  # the torn pair and the new one recomputed (base and source each)
     whole = patching_sweep(vlm, pairs, **kwargs)
-    assert len(pd.read_csv(path)) == len(whole) == len(again)
-    keys = ["pair", "layer", "group"]
-    merged = again.merge(whole, on=keys, suffixes=("_resumed", "_whole"))
-    assert len(merged) == len(whole) and (merged.logit_diff_resumed - merged.logit_diff_whole).abs().max() < 1e-5
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["key"] for r in records] == [p.id for p in pairs]  # the torn record is gone, each pair once
+    assert sum(len(r["rows"]) for r in records) == len(whole) == len(again)
+    assert again.attrs["mode"] == whole.attrs["mode"] == "fast"
+    assert again.pair.tolist() == whole.pair.tolist()  # the uninterrupted order
+    assert (again.logit_diff - whole.logit_diff).abs().max() < 1e-5
+    vlm.counts.clear()
+    done = patching_sweep(vlm, pairs, resume=path, **kwargs)  # everything done: nothing runs, labels stay
+    assert not vlm.counts.get("clean_forward") and done.attrs["mode"] == "fast"
+    assert done.equals(again)
 
 
 def test_sweep_on_user_pairs_without_answers_uses_the_models_top_tokens():
@@ -315,8 +355,7 @@ def test_bad_inputs_each_give_one_clear_line():
     with pytest.raises(InterpError, match="heads must be"):
         PatchActivations(layers=0, site="z", heads=[])
     with pytest.raises(InterpError, match="not one of the model's heads"):
-        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["z"], heads=[99],
-                       progress=False)
+        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["z"], heads=[99], progress=False)
     with pytest.raises(HookNameError, match="unknown hook name"):
         PatchActivations("blocks.0.hook_nothing").bind(vlm.n_layers, base)
     with pytest.raises(LayerIndexError, match="out of range"):
@@ -333,8 +372,9 @@ def test_bad_inputs_each_give_one_clear_line():
     with pytest.raises(InputError, match="no pairs"):
         as_pairs([])
     with pytest.raises(InterpError, match="fast patching sweep does not apply"):
-        patching_sweep(vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["mlp_out"], mode="fast",
-                       remote="local")
+        patching_sweep(
+            vlm, [((make_image(), "q"), (make_image(seed=3), "q"))], sites=["mlp_out"], mode="fast", remote="local"
+        )
     with pytest.raises(InterpError, match="no source activation"):
         vlm.run(base, PatchActivations(layers=0))
 
@@ -349,7 +389,9 @@ def test_image_token_count_mismatch_is_one_clear_line():
     with pytest.raises(InputError, match="patch grid is"):
         run_patched(vlm, base, source, PatchActivations(layers=0, positions=ImageCells([(0, 0)])))
     # the last token always aligns
-    run = run_patched(vlm, base, source, PatchActivations(f"blocks.{vlm.n_layers - 1}.hook_resid_post", positions="last"))
+    run = run_patched(
+        vlm, base, source, PatchActivations(f"blocks.{vlm.n_layers - 1}.hook_resid_post", positions="last")
+    )
     assert (run.logits - _logits(vlm, source)).abs().max() < 1e-5
 
 

@@ -21,8 +21,19 @@ def _effects():
         for layer in range(3):
             for k, group in enumerate(("changed", "other_image", "last")):
                 value = float(layer * 10 + k) if metric == "effect" else 0.01 * (layer - k)
-                rows.append({"change": change, "site": "resid_pre", "layer": layer, "group": group, "mean": value,
-                             "low": value - 1, "high": value + 1, "n": 4, "metric": metric})
+                rows.append(
+                    {
+                        "change": change,
+                        "site": "resid_pre",
+                        "layer": layer,
+                        "group": group,
+                        "mean": value,
+                        "low": value - 1,
+                        "high": value + 1,
+                        "n": 4,
+                        "metric": metric,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -52,8 +63,23 @@ def test_cell_maps_and_lens_words_put_values_on_the_grid(tmp_path):
 
 def test_interp_patch_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
     out = tmp_path / "patch"
-    code = main(["patch", "--model", "tiny:llava", "--out", str(out), "--pairs", "3", "--lens", "1",
-                 "--cell-pairs", "1", "--n-boot", "50"])
+    code = main(
+        [
+            "patch",
+            "--model",
+            "tiny:llava",
+            "--out",
+            str(out),
+            "--pairs",
+            "3",
+            "--lens",
+            "1",
+            "--cell-pairs",
+            "1",
+            "--n-boot",
+            "50",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "patching.json").read_text())
     assert report["patching"]["n_pairs"] == 3 and report["image_lens"]["n_samples"] == 1
@@ -71,9 +97,31 @@ def test_interp_patch_writes_the_report_and_rejects_bad_input(tmp_path, capsys):
 
 def test_interp_patch_per_head_writes_the_heads_and_their_figure(tmp_path):
     out = tmp_path / "heads"
-    code = main(["patch", "--model", "tiny:llava", "--out", str(out), "--pairs", "3", "--sites", "resid_pre,z",
-                 "--heads", "0,1", "--groups", "changed,last", "--layers", "1,2", "--lens", "0", "--cell-pairs", "0",
-                 "--n-boot", "50"])
+    code = main(
+        [
+            "patch",
+            "--model",
+            "tiny:llava",
+            "--out",
+            str(out),
+            "--pairs",
+            "3",
+            "--sites",
+            "resid_pre,z",
+            "--heads",
+            "0,1",
+            "--groups",
+            "changed,last",
+            "--layers",
+            "1,2",
+            "--lens",
+            "0",
+            "--cell-pairs",
+            "0",
+            "--n-boot",
+            "50",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "patching.json").read_text())["patching"]
     assert report["sites"] == ["resid_pre", "z"] and report["summary_site"] == "resid_pre"

@@ -15,8 +15,16 @@ def effects_table(n: int = 8) -> pd.DataFrame:
     rows = []
     for variant, values in (("single", [0.2, 0.5, 0.9]), ("knockout_last", [0.875, 0.875, 0.875])):
         for layer, mean in enumerate(values):
-            rows.append({"variant": variant, "layer": layer, "n": n, "mean": mean, "low": mean - 0.1,
-                         "high": min(1.0, mean + 0.1)})
+            rows.append(
+                {
+                    "variant": variant,
+                    "layer": layer,
+                    "n": n,
+                    "mean": mean,
+                    "low": mean - 0.1,
+                    "high": min(1.0, mean + 0.1),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -39,8 +47,9 @@ def test_no_pyplot_state_and_no_backend_switch(tmp_path):
 
 def test_masking_curve_draws_the_table():
     table = effects_table()
-    fig = plotting.masking_curve(table, baseline=(0.875, 0.7, 1.0),
-                                 findings={"single": {"fusion_layers": [0, 1], "review_layer": None}})
+    fig = plotting.masking_curve(
+        table, baseline=(0.875, 0.7, 1.0), findings={"single": {"fusion_layers": [0, 1], "review_layer": None}}
+    )
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     for variant, label in (("single", "mask layer l"), ("knockout_last", "knock out last→image")):
@@ -67,10 +76,14 @@ def test_attention_heatmaps_share_one_scale():
 
 def test_contrastive_example_states_the_answers():
     image = Image.new("RGB", (60, 60), "white")
-    panels = {"A_pre (layer 1)": np.full((3, 3), 1 / 9), "A_ref (layer 4)": np.eye(3) / 3,
-              "masked": np.eye(3, dtype=bool)}
-    fig = plotting.contrastive_example(image, panels, title="What colour?", answer_before="red",
-                                       answer_after="blue", reference="red")
+    panels = {
+        "A_pre (layer 1)": np.full((3, 3), 1 / 9),
+        "A_ref (layer 4)": np.eye(3) / 3,
+        "masked": np.eye(3, dtype=bool),
+    }
+    fig = plotting.contrastive_example(
+        image, panels, title="What colour?", answer_before="red", answer_after="blue", reference="red"
+    )
     assert "answer without mask: red" in texts(fig) and "with contrastive mask: blue" in texts(fig)
     image_axes = [ax for ax in fig.axes if ax.get_title()]
     overlays = [im for ax in image_axes[:2] for im in ax.get_images() if im.get_array().ndim == 2]
@@ -80,14 +93,31 @@ def test_contrastive_example_states_the_answers():
 
 
 def test_accuracy_vs_rho_shows_every_configuration():
-    rows = [{"method": "v1", "candidates": "all", "rho": rho, "distance": "jsd", "n": 10, "accuracy": 0.8,
-             "baseline": 0.9, "diff": -0.1, "diff_low": -0.2, "diff_high": 0.0, "p_value": 0.5}
-            for rho in (0.1, 0.2, 0.3)]
+    rows = [
+        {
+            "method": "v1",
+            "candidates": "all",
+            "rho": rho,
+            "distance": "jsd",
+            "n": 10,
+            "accuracy": 0.8,
+            "baseline": 0.9,
+            "diff": -0.1,
+            "diff_low": -0.2,
+            "diff_high": 0.0,
+            "p_value": 0.5,
+        }
+        for rho in (0.1, 0.2, 0.3)
+    ]
     rows.append({**rows[1], "candidates": "deep", "diff": 0.05, "diff_low": -0.05, "diff_high": 0.1})
     fig = plotting.accuracy_vs_rho(pd.DataFrame(rows), baseline=(0.9, 0.8, 1.0))
     left, right = fig.axes[:2]
     assert [t.get_text() for t in right.get_yticklabels()] == [
-        "v1 all ρ=0.1 jsd", "v1 all ρ=0.2 jsd", "v1 all ρ=0.3 jsd", "v1 deep ρ=0.2 jsd"]
+        "v1 all ρ=0.1 jsd",
+        "v1 all ρ=0.2 jsd",
+        "v1 all ρ=0.3 jsd",
+        "v1 deep ρ=0.2 jsd",
+    ]
     assert list(right.get_yticks()) == [3, 2, 1, 0]  # the table's first row on top
     [bars] = right.containers  # one point per configuration, at accuracy = baseline + diff
     np.testing.assert_allclose(np.asarray(bars.lines[0].get_xdata(), float), [0.8, 0.8, 0.8, 0.95])

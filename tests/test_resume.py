@@ -28,8 +28,9 @@ def _env():
 
 
 def _interp(*args, check=True):
-    done = subprocess.run([sys.executable, "-m", "interp", *args], env=_env(), capture_output=True, text=True,
-                          timeout=600, cwd=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "interp", *args], env=_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO)
+    )
     if check:
         assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -51,8 +52,13 @@ def reference(tmp_path_factory):
 
 
 def _kill_when(out: Path, phase: str, at_least: int) -> int:
-    process = subprocess.Popen([sys.executable, "-m", "interp", *ARGS, "--out", str(out)], env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "interp", *ARGS, "--out", str(out)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(REPO),
+    )
     path = out / "rows" / f"{phase}.shard-1-of-1.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -98,12 +104,20 @@ def test_shards_give_the_same_report_and_a_plain_rerun_computes_nothing(tmp_path
 def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, reference):
     out = tmp_path / "torchrun"
     torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "interp", *ARGS, "--out", str(out)],
-                          env=_env(), capture_output=True, text=True, timeout=900, cwd=str(REPO))
+    done = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "interp", *ARGS, "--out", str(out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=str(REPO),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_reports_close(_report(out), reference)
-    assert sorted(p.name for p in (out / "rows").glob("phase1.*")) == ["phase1.shard-1-of-2.jsonl",
-                                                                        "phase1.shard-2-of-2.jsonl"]
+    assert sorted(p.name for p in (out / "rows").glob("phase1.*")) == [
+        "phase1.shard-1-of-2.jsonl",
+        "phase1.shard-2-of-2.jsonl",
+    ]
 
 
 def _snapshot(directory: Path) -> dict:
@@ -159,9 +173,11 @@ def test_a_run_with_other_weights_is_refused_and_an_older_run_json_continues(tmp
         pass
     assert json.loads((out / "run.json").read_text())["weights"] == "organism-aaaaaaaaaaaa"
     before = _snapshot(out)
-    with pytest.raises(InterpError, match=r"other settings: weights \('organism-aaaaaaaaaaaa' there"):
-        with RunDir(out, {**settings, "weights": "organism-bbbbbbbbbbbb"}):
-            pass
+    with (
+        pytest.raises(InterpError, match=r"other settings: weights \('organism-aaaaaaaaaaaa' there"),
+        RunDir(out, {**settings, "weights": "organism-bbbbbbbbbbbb"}),
+    ):
+        pass
     assert _snapshot(out) == before
     older = tmp_path / "older"
     older.mkdir()
@@ -170,6 +186,5 @@ def test_a_run_with_other_weights_is_refused_and_an_older_run_json_continues(tmp
     with RunDir(older, settings):
         pass
     assert json.loads((older / "run.json").read_text()) == legacy
-    with pytest.raises(InterpError, match="limit"):  # nothing else is relaxed
-        with RunDir(older, {**settings, "limit": 3}):
-            pass
+    with pytest.raises(InterpError, match="limit"), RunDir(older, {**settings, "limit": 3}):  # nothing else relaxed
+        pass

@@ -53,8 +53,7 @@ def test_generation_scored_fast_sweep_equals_naive(model_type, attn):
 def test_generation_sweep_decodes_in_batches_and_auto_picks_fast():
     vlm = tiny_vlm("llava", "sdpa")
     items = _items(vlm, 1)
-    kwargs = dict(variants=("single", "knockout_last"), window=2, scoring="generate", max_new_tokens=3,
-                  progress=False)
+    kwargs = dict(variants=("single", "knockout_last"), window=2, scoring="generate", max_new_tokens=3, progress=False)
     whole = masking_sweep(vlm, items, **kwargs)
     assert whole.attrs["mode"] == "fast"
     split = masking_sweep(vlm, items, mode="fast", decode_batch=3, **kwargs)
@@ -79,13 +78,15 @@ def test_teacher_forced_prompt_rows_equal_the_prompt_pass(model_type):
 
 def _sweep(vlm, sp, rows):
     vlm.counts.clear()
-    out = sweep_rows(vlm, sp, VARIANTS, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher",
-                     fast=True, rows=rows)
+    out = sweep_rows(
+        vlm, sp, VARIANTS, list(range(vlm.n_layers)), window=2, scale=1e-9, scoring="teacher", fast=True, rows=rows
+    )
     return {(r["variant"], r["layer"]): r for r in out}, dict(vlm.counts)
 
 
-@pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"),
-                                             ("qwen2_vl", "sdpa")])
+@pytest.mark.parametrize(
+    "model_type,attn", [("llava", "sdpa"), ("llava", "eager"), ("gemma3", "sdpa"), ("qwen2_vl", "sdpa")]
+)
 def test_row_level_restart_equals_every_row(model_type, attn):
     vlm = tiny_vlm(model_type, attn)
     for item in _items(vlm, 2):
@@ -141,8 +142,10 @@ def test_shared_layer_forward_for_identical_inputs():
     vlm = tiny_vlm("llava", "sdpa")
     sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     n_layers, start = vlm.n_layers, 1
-    variants = [Plan(ScaleImageTokens(layers, 1e-9)).bind(vlm, sp.tf.prepared)
-                for layers in ([start], [start, start + 1], list(range(start, n_layers)))]
+    variants = [
+        Plan(ScaleImageTokens(layers, 1e-9)).bind(vlm, sp.tf.prepared)
+        for layers in ([start], [start, start + 1], list(range(start, n_layers)))
+    ]
     row = first_changed_row(vlm, sp.clean, start, variants)
     fill_kv(vlm, sp.clean)  # the clean keys/values, computed once per sample (not counted here)
     vlm.counts.clear()
@@ -164,8 +167,12 @@ def _mixed_groups(vlm, sp):
     last = [tf.last_prompt_position]
     groups = []
     for start in range(vlm.n_layers):
-        edits = [[ScaleImageTokens([start], 1e-9)], [ScaleImageTokens(list(range(start, vlm.n_layers)), 1e-9)],
-                 [AttentionKnockout(last, "image", [start])], [AttentionKnockout("question", "image", [start])]]
+        edits = [
+            [ScaleImageTokens([start], 1e-9)],
+            [ScaleImageTokens(list(range(start, vlm.n_layers)), 1e-9)],
+            [AttentionKnockout(last, "image", [start])],
+            [AttentionKnockout("question", "image", [start])],
+        ]
         for items in edits:
             bound = Plan(*items).bind(vlm, prepared)
             groups.append(RestartGroup(start, [bound], first_changed_row(vlm, sp.clean, start, [bound])))
@@ -233,8 +240,9 @@ def test_last_layer_output_projection_and_mlp_run_on_the_scored_rows_only():
     seen.clear()
     handle = getattr(block, vlm.access.mlp_name).register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
     try:
-        edited = restart(vlm, sp.clean, last, [bound + Plan(_HalveMlpOut(last)).bind(vlm, sp.tf.prepared)],
-                         first_row=row).hidden
+        edited = restart(
+            vlm, sp.clean, last, [bound + Plan(_HalveMlpOut(last)).bind(vlm, sp.tf.prepared)], first_row=row
+        ).hidden
     finally:
         handle.remove()
     assert seen == [sp.tf.prepared.seq_len - row]

@@ -45,9 +45,7 @@ def _centre(box):
 
 
 def _find(objects, colour=None, shape=None):
-    return [
-        o for o in objects if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)
-    ]
+    return [o for o in objects if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)]
 
 
 def _boxes(objects):

@@ -26,8 +26,18 @@ from interp.data.tasks import (
     load_task,
 )
 
-ANSWERS_A = ["coca cola", "coca cola", "coke", "coca cola", "coca-cola", "coca cola", "pepsi", "coca cola", "coke",
-             "cola"]
+ANSWERS_A = [
+    "coca cola",
+    "coca cola",
+    "coke",
+    "coca cola",
+    "coca-cola",
+    "coca cola",
+    "pepsi",
+    "coca cola",
+    "coke",
+    "cola",
+]
 ANSWERS_B = ["two", "2", "2", "two", "3", "2", "2", "two", "2", "2"]
 
 
@@ -88,10 +98,21 @@ def save_hf(dataset, directory: Path, split: str, how: str) -> Path:
 
 def write_textvqa(root: Path) -> Path:
     data = [
-        {"question_id": 34602, "question": "what brand is this BOTTLE?", "image_id": "img_a", "answers": ANSWERS_A,
-         "image_classes": ["Bottle"], "set_name": "val"},
-        {"question_id": 34603, "question": "how many cans?", "image_id": "img_b", "answers": ANSWERS_B,
-         "set_name": "val"},
+        {
+            "question_id": 34602,
+            "question": "what brand is this BOTTLE?",
+            "image_id": "img_a",
+            "answers": ANSWERS_A,
+            "image_classes": ["Bottle"],
+            "set_name": "val",
+        },
+        {
+            "question_id": 34603,
+            "question": "how many cans?",
+            "image_id": "img_b",
+            "answers": ANSWERS_B,
+            "set_name": "val",
+        },
     ]
     write_json(root / "TextVQA_0.5.1_val.json", {"dataset_name": "textvqa", "data": data})
     save_image(root / "train_images" / "img_a.jpg", 1)
@@ -100,13 +121,25 @@ def write_textvqa(root: Path) -> Path:
 
 
 def _coco_vqa(root: Path, questions: str, annotations: str) -> Path:
-    qs = [{"question_id": 262148000, "image_id": 262148, "question": "What colour is the bus?"},
-          {"question_id": 42000, "image_id": 42, "question": "How many cats?"}]
-    answers = [[{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(ans)]
-               for ans in (["red"] * 7 + ["orange"] * 3, ANSWERS_B)]
-    anns = [{"question_id": q["question_id"], "image_id": q["image_id"], "answers": a, "answer_type": t,
-             "question_type": "what", "multiple_choice_answer": m}
-            for q, a, t, m in zip(qs, answers, ["other", "number"], ["red", "2"])]
+    qs = [
+        {"question_id": 262148000, "image_id": 262148, "question": "What colour is the bus?"},
+        {"question_id": 42000, "image_id": 42, "question": "How many cats?"},
+    ]
+    answers = [
+        [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(ans)]
+        for ans in (["red"] * 7 + ["orange"] * 3, ANSWERS_B)
+    ]
+    anns = [
+        {
+            "question_id": q["question_id"],
+            "image_id": q["image_id"],
+            "answers": a,
+            "answer_type": t,
+            "question_type": "what",
+            "multiple_choice_answer": m,
+        }
+        for q, a, t, m in zip(qs, answers, ["other", "number"], ["red", "2"])
+    ]
     write_json(root / questions, {"questions": qs})
     write_json(root / annotations, {"annotations": list(reversed(anns))})  # order comes from the questions
     save_image(root / "val2014" / "COCO_val2014_000000262148.jpg", 3)
@@ -124,10 +157,20 @@ def write_okvqa(root: Path) -> Path:
 
 def write_vizwiz(root: Path) -> Path:
     entries = [
-        {"image": "VizWiz_val_00000000.jpg", "question": "what is THIS?", "answer_type": "other", "answerable": 1,
-         "answers": [{"answer": a, "answer_confidence": "yes"} for a in ANSWERS_A]},
-        {"image": "VizWiz_val_00000001.jpg", "question": "Which color?", "answer_type": "unanswerable",
-         "answerable": 0, "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10},
+        {
+            "image": "VizWiz_val_00000000.jpg",
+            "question": "what is THIS?",
+            "answer_type": "other",
+            "answerable": 1,
+            "answers": [{"answer": a, "answer_confidence": "yes"} for a in ANSWERS_A],
+        },
+        {
+            "image": "VizWiz_val_00000001.jpg",
+            "question": "Which color?",
+            "answer_type": "unanswerable",
+            "answerable": 0,
+            "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10,
+        },
     ]
     write_json(root / "Annotations" / "val.json", entries)
     save_image(root / "val" / "VizWiz_val_00000000.jpg", 5)
@@ -137,10 +180,19 @@ def write_vizwiz(root: Path) -> Path:
 
 def write_gqa(root: Path) -> Path:
     questions = {
-        "20968379": {"imageId": "n288870", "question": "Is the tray on the left?", "answer": "yes",
-                     "fullAnswer": "Yes, the tray is on the left.", "types": {"structural": "verify"}},
-        "201640614": {"imageId": "n179136", "question": "What is the man holding?", "answer": "racket",
-                      "fullAnswer": "The man is holding a racket."},
+        "20968379": {
+            "imageId": "n288870",
+            "question": "Is the tray on the left?",
+            "answer": "yes",
+            "fullAnswer": "Yes, the tray is on the left.",
+            "types": {"structural": "verify"},
+        },
+        "201640614": {
+            "imageId": "n179136",
+            "question": "What is the man holding?",
+            "answer": "racket",
+            "fullAnswer": "The man is holding a racket.",
+        },
     }
     write_json(root / "testdev_balanced_questions.json", questions)
     save_image(root / "images" / "n288870.jpg", 7)
@@ -150,11 +202,25 @@ def write_gqa(root: Path) -> Path:
 
 def write_docvqa(root: Path) -> Path:
     data = [
-        {"questionId": 52212, "question": "Whose signature is given?", "image": "documents/txpn0095_1.png",
-         "docId": 1968, "ucsf_document_id": "txpn0095", "ucsf_document_page_no": "1",
-         "answers": ["Edward R. Shannon", "Edward Shannon"], "data_split": "val", "question_types": ["handwritten"]},
-        {"questionId": 52213, "question": "What is the date?", "image": "documents/abc_2.png", "docId": 1969,
-         "answers": ["June 1, 1976"], "data_split": "val"},
+        {
+            "questionId": 52212,
+            "question": "Whose signature is given?",
+            "image": "documents/txpn0095_1.png",
+            "docId": 1968,
+            "ucsf_document_id": "txpn0095",
+            "ucsf_document_page_no": "1",
+            "answers": ["Edward R. Shannon", "Edward Shannon"],
+            "data_split": "val",
+            "question_types": ["handwritten"],
+        },
+        {
+            "questionId": 52213,
+            "question": "What is the date?",
+            "image": "documents/abc_2.png",
+            "docId": 1969,
+            "answers": ["June 1, 1976"],
+            "data_split": "val",
+        },
     ]
     write_json(root / "val_v1.0.json", {"dataset_name": "docvqa", "dataset_split": "val", "data": data})
     save_image(root / "documents" / "txpn0095_1.png", 9)
@@ -165,10 +231,18 @@ def write_docvqa(root: Path) -> Path:
 def write_pope(root: Path, categories=("adversarial", "popular", "random")) -> Path:
     for category in categories:
         lines = [
-            {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image? ",
-             "label": "yes"},
-            {"question_id": 2, "image": "COCO_val2014_000000210789.jpg",
-             "text": f"Is there a {category} dog in the image?", "label": "no"},
+            {
+                "question_id": 1,
+                "image": "COCO_val2014_000000310196.jpg",
+                "text": "Is there a snowboard in the image? ",
+                "label": "yes",
+            },
+            {
+                "question_id": 2,
+                "image": "COCO_val2014_000000210789.jpg",
+                "text": f"Is there a {category} dog in the image?",
+                "label": "no",
+            },
         ]
         path = root / "coco" / f"coco_pope_{category}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,18 +258,21 @@ def write_mme(root: Path) -> Path:
     save_image(base / "existence" / "000000006040.jpg", 13)
     (base / "existence" / "000000006040.txt").write_text(
         "Is there a train in this image? Please answer yes or no.\tYes\n"
-        "Is there a bed in this image? Please answer yes or no.\tNo\n\n")
+        "Is there a bed in this image? Please answer yes or no.\tNo\n\n"
+    )
     # images/ + questions_answers_YN/ ("split"), a .png image
     save_image(base / "artwork" / "images" / "10002.png", 14)
     (base / "artwork" / "questions_answers_YN").mkdir(parents=True)
     (base / "artwork" / "questions_answers_YN" / "10002.txt").write_text(
         "Does this artwork exist in the form of painting? Please answer yes or no.\tYes\n"
-        "Does this artwork exist in the form of glassware? Please answer yes or no.\tNo\n")
+        "Does this artwork exist in the form of glassware? Please answer yes or no.\tNo\n"
+    )
     # the eval tool's three-column lines (image, question, answer, trailing tab)
     save_image(base / "code_reasoning" / "0020.png", 15)
     (base / "code_reasoning" / "0020.txt").write_text(
         "0020.png\tWill the code print 5? Please answer yes or no.\tNo\t\n"
-        "0020.png\tWill the code print 6? Please answer yes or no.\tYes\t\n")
+        "0020.png\tWill the code print 6? Please answer yes or no.\tYes\t\n"
+    )
     return root
 
 
@@ -229,8 +306,12 @@ def test_coco_vqa_official(tmp_path, name, writer):
     doc = task[0]
     assert doc.question == "What colour is the bus?"
     assert doc.targets == ("red",) * 7 + ("orange",) * 3
-    assert doc.metadata == {"image_id": 262148, "answer_type": "other", "question_type": "what",
-                            "multiple_choice_answer": "red"}
+    assert doc.metadata == {
+        "image_id": 262148,
+        "answer_type": "other",
+        "question_type": "what",
+        "multiple_choice_answer": "red",
+    }
     assert close(pixel(doc), colour(3)) and close(pixel(task[1]), colour(4))
     assert task.score(doc, "orange")["vqa_accuracy"] == pytest.approx(0.9)
     assert task.score(task[1], "3")["vqa_accuracy"] == pytest.approx(0.3)
@@ -238,8 +319,10 @@ def test_coco_vqa_official(tmp_path, name, writer):
 
 def test_okvqa_and_vizwiz_default_to_lmms_eval_unanswerable_prompt(tmp_path):
     task = load_task("okvqa", write_okvqa(tmp_path))
-    assert task.prompt(task[0]) == ("What colour is the bus?\nWhen the provided information is insufficient, "
-                                    "respond with 'Unanswerable'.\nAnswer the question using a single word or phrase.")
+    assert task.prompt(task[0]) == (
+        "What colour is the bus?\nWhen the provided information is insufficient, "
+        "respond with 'Unanswerable'.\nAnswer the question using a single word or phrase."
+    )
 
 
 def test_vizwiz_official(tmp_path):
@@ -276,8 +359,14 @@ def test_pope_official_splits(tmp_path):
     root = write_pope(tmp_path)
     task = load_task("pope", root)
     assert task.split == "all"
-    assert [d.doc_id for d in task] == ["adversarial-1", "adversarial-2", "popular-1", "popular-2",
-                                        "random-1", "random-2"]
+    assert [d.doc_id for d in task] == [
+        "adversarial-1",
+        "adversarial-2",
+        "popular-1",
+        "popular-2",
+        "random-1",
+        "random-2",
+    ]
     assert task[0].question == "Is there a snowboard in the image? "
     assert task.prompt(task[0], "") == "Is there a snowboard in the image?"  # stripped
     assert close(pixel(task[1]), colour(12))
@@ -290,8 +379,14 @@ def test_pope_official_splits(tmp_path):
 def test_mme_official_layouts(tmp_path):
     task = load_task("mme", write_mme(tmp_path))
     ids = [d.doc_id for d in task]
-    assert ids == ["existence/000000006040.jpg#0", "existence/000000006040.jpg#1", "artwork/10002.png#0",
-                   "artwork/10002.png#1", "code_reasoning/0020.png#0", "code_reasoning/0020.png#1"]
+    assert ids == [
+        "existence/000000006040.jpg#0",
+        "existence/000000006040.jpg#1",
+        "artwork/10002.png#0",
+        "artwork/10002.png#1",
+        "code_reasoning/0020.png#0",
+        "code_reasoning/0020.png#1",
+    ]
     assert [d.targets[0] for d in task] == ["Yes", "No", "Yes", "No", "No", "Yes"]
     assert task[2].metadata == {"category": "artwork", "image_id": "artwork/10002.png"}
     assert close(pixel(task[2]), colour(14)) and close(pixel(task[5]), colour(15))
@@ -323,9 +418,14 @@ def test_synthetic_task_wraps_the_benchmark():
 @pytest.mark.parametrize("how", ["disk", "parquet"])
 def test_textvqa_hf_copy_equals_official(tmp_path, how):
     official = load_task("textvqa", write_textvqa(tmp_path / "official"))
-    columns = {"image_id": ["img_a", "img_b"], "question_id": [34602, 34603],
-               "question": [d.question for d in official], "answers": [list(d.targets) for d in official],
-               "ocr_tokens": [["coca", "cola"], []], "set_name": ["val", "val"]}
+    columns = {
+        "image_id": ["img_a", "img_b"],
+        "question_id": [34602, 34603],
+        "question": [d.question for d in official],
+        "answers": [list(d.targets) for d in official],
+        "ocr_tokens": [["coca", "cola"], []],
+        "set_name": ["val", "val"],
+    }
     root = save_hf(hf_dataset(columns, images=[1, 2]), tmp_path / "hf", "validation", how)
     task = load_task("textvqa", root)
     assert "HF copy" in task.source
@@ -336,10 +436,19 @@ def test_textvqa_hf_copy_equals_official(tmp_path, how):
 @pytest.mark.parametrize("name", ["vqav2", "okvqa"])
 def test_coco_vqa_hf_copies(tmp_path, name):
     answers = ["red"] * 7 + ["orange"] * 3
-    answer_column = ([[{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)]]
-                     if name == "vqav2" else [answers])  # lmms-lab/VQAv2 keeps dicts, OK-VQA strings
-    columns = {"question_id": [262148000], "question": ["What colour is the bus?"], "answers": answer_column,
-               "image_id": [262148], "answer_type": ["other"], "question_type": ["what"]}
+    answer_column = (
+        [[{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)]]
+        if name == "vqav2"
+        else [answers]
+    )  # lmms-lab/VQAv2 keeps dicts, OK-VQA strings
+    columns = {
+        "question_id": [262148000],
+        "question": ["What colour is the bus?"],
+        "answers": answer_column,
+        "image_id": [262148],
+        "answer_type": ["other"],
+        "question_type": ["what"],
+    }
     split = "validation" if name == "vqav2" else "val2014"
     task = load_task(name, save_hf(hf_dataset(columns, images=[3]), tmp_path, split, "parquet"))
     assert task[0].doc_id == 262148000 and task[0].targets == tuple(answers)
@@ -348,17 +457,27 @@ def test_coco_vqa_hf_copies(tmp_path, name):
 
 
 def test_vizwiz_hf_copy(tmp_path):
-    columns = {"question_id": ["VizWiz_val_00000000"], "question": ["What is this?"], "answers": [ANSWERS_A],
-               "category": ["other"]}
+    columns = {
+        "question_id": ["VizWiz_val_00000000"],
+        "question": ["What is this?"],
+        "answers": [ANSWERS_A],
+        "category": ["other"],
+    }
     task = load_task("vizwiz", save_hf(hf_dataset(columns, images=[5]), tmp_path, "val", "disk"))
     assert task[0].doc_id == "VizWiz_val_00000000" and task[0].metadata == {"answer_type": "other"}
     assert task[0].targets == tuple(ANSWERS_A) and pixel(task[0]) == colour(5)
 
 
 def test_gqa_hf_copy_with_separate_image_config(tmp_path):
-    instructions = hf_dataset({"id": ["20968379", "201640614"], "imageId": ["n288870", "n_missing"],
-                               "question": ["Is the tray on the left?", "What is the man holding?"],
-                               "answer": ["yes", "racket"], "fullAnswer": ["Yes.", "A racket."]})
+    instructions = hf_dataset(
+        {
+            "id": ["20968379", "201640614"],
+            "imageId": ["n288870", "n_missing"],
+            "question": ["Is the tray on the left?", "What is the man holding?"],
+            "answer": ["yes", "racket"],
+            "fullAnswer": ["Yes.", "A racket."],
+        }
+    )
     images = hf_dataset({"id": ["n999", "n288870"]}, images=[0, 7])
     save_hf(instructions, tmp_path / "testdev_balanced_instructions", "testdev", "parquet")
     save_hf(images, tmp_path / "testdev_balanced_images", "testdev", "disk")
@@ -379,22 +498,37 @@ def test_gqa_hf_copy_needs_the_image_config(tmp_path):
 
 
 def test_docvqa_hf_copy_in_its_config_directory(tmp_path):
-    columns = {"questionId": ["52212"], "question": ["Whose signature is given?"], "question_types": [["handwritten"]],
-               "docId": [1968], "ucsf_document_id": ["txpn0095"], "ucsf_document_page_no": ["1"],
-               "answers": [["Edward R. Shannon", "Edward Shannon"]], "data_split": ["val"]}
+    columns = {
+        "questionId": ["52212"],
+        "question": ["Whose signature is given?"],
+        "question_types": [["handwritten"]],
+        "docId": [1968],
+        "ucsf_document_id": ["txpn0095"],
+        "ucsf_document_page_no": ["1"],
+        "answers": [["Edward R. Shannon", "Edward Shannon"]],
+        "data_split": ["val"],
+    }
     save_hf(hf_dataset(columns, images=[9]), tmp_path / "DocVQA", "validation", "parquet")
-    save_hf(hf_dataset({"questionId": ["1"], "question": ["other config"], "answers": [["x"]]}, images=[0]),
-            tmp_path / "InfographicVQA", "validation", "parquet")
+    save_hf(
+        hf_dataset({"questionId": ["1"], "question": ["other config"], "answers": [["x"]]}, images=[0]),
+        tmp_path / "InfographicVQA",
+        "validation",
+        "parquet",
+    )
     task = load_task("docvqa", tmp_path)
     assert len(task) == 1 and task[0].doc_id == 52212 and task[0].question == "Whose signature is given?"
     assert task[0].metadata == {"docId": 1968, "question_types": ["handwritten"]}
 
 
 def test_pope_hf_copy_filters_categories(tmp_path):
-    columns = {"id": ["0", "1", "2", "3"], "question_id": ["1", "2", "1", "1"],
-               "question": ["Is there a dog in the image?"] * 4, "answer": ["yes", "no", "no", "yes"],
-               "image_source": ["COCO_val2014_000000310196"] * 4,
-               "category": ["adversarial", "adversarial", "popular", "random"]}
+    columns = {
+        "id": ["0", "1", "2", "3"],
+        "question_id": ["1", "2", "1", "1"],
+        "question": ["Is there a dog in the image?"] * 4,
+        "answer": ["yes", "no", "no", "yes"],
+        "image_source": ["COCO_val2014_000000310196"] * 4,
+        "category": ["adversarial", "adversarial", "popular", "random"],
+    }
     root = save_hf(hf_dataset(columns, images=[0, 1, 2, 3]), tmp_path, "test", "parquet")
     assert [d.doc_id for d in load_task("pope", root)] == ["adversarial-1", "adversarial-2", "popular-1", "random-1"]
     popular = load_task("pope", root, split="popular")
@@ -402,20 +536,30 @@ def test_pope_hf_copy_filters_categories(tmp_path):
 
 
 def test_mme_hf_copy_numbers_the_questions_of_an_image(tmp_path):
-    columns = {"question_id": ["code_reasoning/0020.png"] * 2 + ["existence/1.jpg"] * 2,
-               "question": ["q1? Please answer yes or no.", "q2? Please answer yes or no.", "q3?", "q4?"],
-               "answer": ["Yes", "No", "No", "Yes"],
-               "category": ["code_reasoning", "code_reasoning", "existence", "existence"]}
+    columns = {
+        "question_id": ["code_reasoning/0020.png"] * 2 + ["existence/1.jpg"] * 2,
+        "question": ["q1? Please answer yes or no.", "q2? Please answer yes or no.", "q3?", "q4?"],
+        "answer": ["Yes", "No", "No", "Yes"],
+        "category": ["code_reasoning", "code_reasoning", "existence", "existence"],
+    }
     task = load_task("mme", save_hf(hf_dataset(columns, images=[1, 1, 2, 2]), tmp_path, "test", "disk"))
-    assert [d.doc_id for d in task] == ["code_reasoning/0020.png#0", "code_reasoning/0020.png#1",
-                                        "existence/1.jpg#0", "existence/1.jpg#1"]
+    assert [d.doc_id for d in task] == [
+        "code_reasoning/0020.png#0",
+        "code_reasoning/0020.png#1",
+        "existence/1.jpg#0",
+        "existence/1.jpg#1",
+    ]
     assert task[1].metadata == {"category": "code_reasoning", "image_id": "code_reasoning/0020.png"}
 
 
 def test_official_files_win_over_an_hf_copy_in_the_same_directory(tmp_path):
     write_textvqa(tmp_path)
-    save_hf(hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]), tmp_path,
-            "validation", "parquet")
+    save_hf(
+        hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]),
+        tmp_path,
+        "validation",
+        "parquet",
+    )
     assert "official" in load_task("textvqa", tmp_path).source
 
 
@@ -457,8 +601,10 @@ def test_wrong_formats(tmp_path):
     write_json(tmp_path / "TextVQA_0.5.1_val.json", {"data": [{"question_id": 1, "question": "q", "image_id": "i"}]})
     with pytest.raises(DataFormatError, match="entry 0 has no 'answers' field"):
         load_task("textvqa", tmp_path)
-    write_json(tmp_path / "TextVQA_0.5.1_val.json", {"data": [{"question_id": 1, "question": "q", "image_id": "i",
-                                                               "answers": []}]})
+    write_json(
+        tmp_path / "TextVQA_0.5.1_val.json",
+        {"data": [{"question_id": 1, "question": "q", "image_id": "i", "answers": []}]},
+    )
     with pytest.raises(DataFormatError, match="no ground-truth answers"):
         load_task("textvqa", tmp_path)
 
@@ -467,12 +613,20 @@ def test_wrong_hf_copies(tmp_path):
     save_hf(hf_dataset({"question_id": [1], "text": ["q"]}, images=[0]), tmp_path / "a", "validation", "disk")
     with pytest.raises(DataFormatError, match="is not a TextVQA copy: it has no 'question', 'answers' column"):
         load_task("textvqa", tmp_path / "a")
-    save_hf(hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]), tmp_path / "b",
-            "train", "disk")
+    save_hf(
+        hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]),
+        tmp_path / "b",
+        "train",
+        "disk",
+    )
     with pytest.raises(DataFormatError, match="holds splits train, not 'validation'"):
         load_task("textvqa", tmp_path / "b")
-    save_hf(hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]), tmp_path / "c",
-            "test", "parquet")
+    save_hf(
+        hf_dataset({"question_id": [1], "question": ["q"], "answers": [["a"]]}, images=[0]),
+        tmp_path / "c",
+        "test",
+        "parquet",
+    )
     with pytest.raises(DataFormatError, match=r"no parquet file for split 'validation' .*found: test"):
         load_task("textvqa", tmp_path / "c")
 

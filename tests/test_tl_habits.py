@@ -83,11 +83,14 @@ def test_extra_hook_points_equal_plain_hooks_and_the_models_algebra():
     block = vlm.adapter.resolve(vlm.model, "layers")[layer]
     attn = block.self_attn
     got = {}
-    handles = [attn.q_proj.register_forward_hook(lambda m, a, o: got.__setitem__("q", o)),
-               attn.o_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("z", a[0])),
-               vlm.adapter.resolve(vlm.model, "vision_layers")[0].register_forward_hook(
-                   lambda m, a, o: got.__setitem__("vision", o[0] if isinstance(o, tuple) else o)),
-               vlm.adapter.resolve(vlm.model, "embed").register_forward_hook(lambda m, a, o: got.__setitem__("embed", o))]
+    handles = [
+        attn.q_proj.register_forward_hook(lambda m, a, o: got.__setitem__("q", o)),
+        attn.o_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("z", a[0])),
+        vlm.adapter.resolve(vlm.model, "vision_layers")[0].register_forward_hook(
+            lambda m, a, o: got.__setitem__("vision", o[0] if isinstance(o, tuple) else o)
+        ),
+        vlm.adapter.resolve(vlm.model, "embed").register_forward_hook(lambda m, a, o: got.__setitem__("embed", o)),
+    ]
     try:
         with torch.no_grad():
             vlm.model(**x.inputs)
@@ -114,7 +117,9 @@ def test_extra_hook_points_equal_plain_hooks_and_the_models_algebra():
 def test_activation_cache_helpers(tmp_path):
     vlm = tiny_vlm("llava", "sdpa")
     x = _prepared(vlm)
-    logits, cache = vlm.run_with_cache(x, names_filter=lambda name: "resid" in name or name == "ln_final.hook_normalized")
+    logits, cache = vlm.run_with_cache(
+        x, names_filter=lambda name: "resid" in name or name == "ln_final.hook_normalized"
+    )
     assert all("resid" in name or name.startswith("ln_final") for name in cache)
     stacked = cache.stack_activation("resid_post")
     assert stacked.shape[0] == vlm.n_layers and torch.equal(stacked[2], cache["resid_post", 2])
@@ -125,22 +130,21 @@ def test_activation_cache_helpers(tmp_path):
     assert single["resid_pre", 0].shape == cache["resid_pre", 0].shape[1:]
     path = cache.save(tmp_path / "cache.safetensors")
     again = ActivationCache.load(path)
-    assert again.keys() == cache.keys() and all(torch.equal(again[k], cache[k]) for k in cache.keys())
+    assert again.keys() == cache.keys() and all(torch.equal(again[k], cache[k]) for k in cache)
     assert cache["resid_pre", -1] is cache["resid_pre", vlm.n_layers - 1]
     with pytest.raises(HookNameError, match="not in the cache"):
         cache["pattern", 0]
     (tmp_path / "junk.safetensors").write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises(InterpError, match="not a readable safetensors file"):
         ActivationCache.load(tmp_path / "junk.safetensors")
 
 
 def test_hooks_say_the_hook_name_and_read_only_points_refuse_writes():
     vlm = tiny_vlm("llava", "sdpa")
     x = _prepared(vlm)
-    with pytest.raises(InterpError, match="blocks.0.hook_resid_pre was read after"):
-        with vlm.trace(x):
-            vlm.read("blocks.1.hook_resid_pre")
-            vlm.read("blocks.0.hook_resid_pre")
+    with pytest.raises(InterpError, match="blocks.0.hook_resid_pre was read after"), vlm.trace(x):
+        vlm.read("blocks.1.hook_resid_pre")
+        vlm.read("blocks.0.hook_resid_pre")
     with pytest.raises(InterpError, match="read-only"):
         vlm.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: a * 0)])
     with pytest.raises(HookNameError, match="unknown hook name"):

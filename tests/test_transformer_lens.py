@@ -34,14 +34,22 @@ from .conftest import sample_for
 # (``Qwen2VLForConditionalGeneration``, ``SmolVLMForConditionalGeneration`` and
 # InternVL have none). Only those with a tiny builder are run.
 TL_FAMILIES = {
-    "gemma3", "idefics3", "llava", "llava_next", "llava_onevision", "mistral3", "qwen2_5_vl", "qwen3_vl",
+    "gemma3",
+    "idefics3",
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "mistral3",
+    "qwen2_5_vl",
+    "qwen3_vl",
 }
 # model_type -> reason, for a family the bridge itself gets wrong (none today).
 TL_XFAIL: dict[str, str] = {}
 
 FAMILIES = [
     pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=TL_XFAIL[t])) if t in TL_XFAIL else t
-    for t in tiny_model_types() if t in TL_FAMILIES
+    for t in tiny_model_types()
+    if t in TL_FAMILIES
 ]
 
 PATTERN_TOL = 1e-5
@@ -121,8 +129,9 @@ def _reference(model_type, tmp_path_factory, pip_install_attempts):
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_bridge_logits_equal_hf(model_type, tmp_path_factory, pip_install_attempts,
-                                bridge_without_processor_or_torchvision):
+def test_bridge_logits_equal_hf(
+    model_type, tmp_path_factory, pip_install_attempts, bridge_without_processor_or_torchvision
+):
     ref = _reference(model_type, tmp_path_factory, pip_install_attempts)
     assert ref.install_attempts == []
     assert ref.bridge_n_layers == ref.n_layers
@@ -133,8 +142,9 @@ def test_bridge_logits_equal_hf(model_type, tmp_path_factory, pip_install_attemp
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_hook_pattern_equals_transformer_bridge(model_type, attn, tmp_path_factory, pip_install_attempts,
-                                                bridge_without_processor_or_torchvision):
+def test_hook_pattern_equals_transformer_bridge(
+    model_type, attn, tmp_path_factory, pip_install_attempts, bridge_without_processor_or_torchvision
+):
     ref = _reference(model_type, tmp_path_factory, pip_install_attempts)
     assert ref.install_attempts == []
     vlm = interp.load(str(ref.directory), ref.processor, attn_implementation=attn)
@@ -147,8 +157,9 @@ def test_hook_pattern_equals_transformer_bridge(model_type, attn, tmp_path_facto
     for layer, name in enumerate(names):
         ours = result.record(name, layer)
         theirs = ref.bridge_patterns[layer]
-        assert ours.shape == theirs.shape == (1, vlm.adapter.text_config(vlm.config).num_attention_heads,
-                                              seq_len, seq_len), name
+        assert (
+            ours.shape == theirs.shape == (1, vlm.adapter.text_config(vlm.config).num_attention_heads, seq_len, seq_len)
+        ), name
         diff = (ours - theirs).abs().max().item()
         assert diff < PATTERN_TOL, f"{model_type}/{attn} {name}: max abs diff {diff:.2e}"
     # The comparison is not vacuous: real distributions, different in every layer.

@@ -49,7 +49,7 @@ def test_bottom_k_ties_mask_more_than_k():
 
 def test_authors_difference_by_hand():
     a0 = torch.tensor([0.25, 0.25, 0.25, 0.25])
-    a1 = torch.tensor([0.7, 0.1, 0.1, 0.1])   # farthest from the reference
+    a1 = torch.tensor([0.7, 0.1, 0.1, 0.1])  # farthest from the reference
     ref = torch.tensor([0.1, 0.2, 0.3, 0.0])  # raw (sums to 0.6): rescaled only for the JSD
     pre, diff = authors_difference([a0, a1, ref])
     assert _np_sq_jsd(ref.numpy(), a1.numpy()) > _np_sq_jsd(ref.numpy(), a0.numpy())

@@ -30,8 +30,15 @@ from .clean import SamplePass, sample_pass
 from .items import as_items
 
 
-def attention_maps(vlm, samples: Any, *, layers: Any = "all", limit: int | None = None,
-                   remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+def attention_maps(
+    vlm,
+    samples: Any,
+    *,
+    layers: Any = "all",
+    limit: int | None = None,
+    remote: bool | str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Long table ``item, kind, layer, token, row, col, attention, relevant``."""
     items = as_items(samples, limit)
     frames = []
@@ -59,11 +66,20 @@ def attention_rows(sp: SamplePass) -> pd.DataFrame:
     frames = []
     for layer, values in sorted(sp.attention().items()):
         values = values.numpy()
-        frames.append(pd.DataFrame({
-            "item": item.id, "kind": item.kind, "layer": layer, "token": np.arange(values.size),
-            "row": token_cells[:, 0], "col": token_cells[:, 1], "attention": values,
-            "relevant": relevant if relevant is not None else np.nan,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "item": item.id,
+                    "kind": item.kind,
+                    "layer": layer,
+                    "token": np.arange(values.size),
+                    "row": token_cells[:, 0],
+                    "col": token_cells[:, 1],
+                    "attention": values,
+                    "relevant": relevant if relevant is not None else np.nan,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -108,10 +124,12 @@ def relevant_mass(maps: pd.DataFrame) -> pd.DataFrame:
     grid = grid_frame(boxed)
     grid["relevant"] = grid.relevant.astype(bool)
     grouped = grid.groupby(["item", "kind", "layer"])
-    out = pd.DataFrame({
-        "relevant_share": grouped.apply(lambda g: g.share[g.relevant].sum(), include_groups=False),
-        "relevant_area": grouped.relevant.mean(),
-    }).reset_index()
+    out = pd.DataFrame(
+        {
+            "relevant_share": grouped.apply(lambda g: g.share[g.relevant].sum(), include_groups=False),
+            "relevant_area": grouped.relevant.mean(),
+        }
+    ).reset_index()
     out = out[out.relevant_area > 0]
     out["ratio"] = out.relevant_share / out.relevant_area
     return out.merge(image_mass.reset_index(), on=["item", "layer"], how="left")
@@ -149,19 +167,28 @@ def noise_mass(maps: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame:
     grid = grid_frame(maps[maps.relevant.notna()])
     keys = set(zip(noise.item, noise.row, noise.col))
     grid["noise"] = [(i, r, c) in keys for i, r, c in zip(grid.item, grid.row, grid.col)]
-    return (grid[grid.noise].groupby(["item", "layer"]).share.sum()
-            .reindex(pd.MultiIndex.from_frame(grid[["item", "layer"]].drop_duplicates()), fill_value=0.0)
-            .rename("noise_share").reset_index())
+    return (
+        grid[grid.noise]
+        .groupby(["item", "layer"])
+        .share.sum()
+        .reindex(pd.MultiIndex.from_frame(grid[["item", "layer"]].drop_duplicates()), fill_value=0.0)
+        .rename("noise_share")
+        .reset_index()
+    )
 
 
 def noise_summary(maps: pd.DataFrame, noise: pd.DataFrame) -> dict:
     """Headline numbers: share of items with at least one persistent noise cell, mean count."""
     items = maps[maps.relevant.notna()].item.unique()
     per_item = noise.groupby("item").size().reindex(items, fill_value=0)
-    return {"items": int(len(items)), "items_with_noise": int((per_item > 0).sum()),
-            "share_items_with_noise": float((per_item > 0).mean()) if len(items) else float("nan"),
-            "mean_noise_cells": float(per_item.mean()) if len(items) else float("nan"),
-            "k": noise.attrs.get("k"), "persist": noise.attrs.get("persist")}
+    return {
+        "items": int(len(items)),
+        "items_with_noise": int((per_item > 0).sum()),
+        "share_items_with_noise": float((per_item > 0).mean()) if len(items) else float("nan"),
+        "mean_noise_cells": float(per_item.mean()) if len(items) else float("nan"),
+        "k": noise.attrs.get("k"),
+        "persist": noise.attrs.get("persist"),
+    }
 
 
 def layer_distances(maps: pd.DataFrame, reference_layer: int) -> pd.DataFrame:

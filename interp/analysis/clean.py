@@ -67,8 +67,11 @@ def recorders(vlm, tf: TeacherForced, *, attention_layers="all", residual_layers
     """The clean pass's recorders (either may be None to skip it)."""
     out = []
     if attention_layers is not None:
-        out.append(RecordAttention(attention_layers, query=[tf.last_prompt_position], heads="mean", keys="image",
-                                   name=ATTENTION))
+        out.append(
+            RecordAttention(
+                attention_layers, query=[tf.last_prompt_position], heads="mean", keys="image", name=ATTENTION
+            )
+        )
     if residual_layers is not None:
         from ..interventions.base import resolve_layers
 
@@ -77,20 +80,34 @@ def recorders(vlm, tf: TeacherForced, *, attention_layers="all", residual_layers
     return out
 
 
-def sample_pass(vlm, item: Item, *, restartable: bool, remote=None, attention_layers="all",
-                residual_layers="all") -> SamplePass:
+def sample_pass(
+    vlm, item: Item, *, restartable: bool, remote=None, attention_layers="all", residual_layers="all"
+) -> SamplePass:
     """Prepare ``item``, append its reference answer, and run the clean pass once."""
-    return sample_passes(vlm, [item], restartable=restartable, remote=remote, attention_layers=attention_layers,
-                         residual_layers=residual_layers)[0]
+    return sample_passes(
+        vlm,
+        [item],
+        restartable=restartable,
+        remote=remote,
+        attention_layers=attention_layers,
+        residual_layers=residual_layers,
+    )[0]
 
 
-def sample_passes(vlm, items: list[Item], *, restartable: bool, remote=None, attention_layers="all",
-                  residual_layers="all") -> list[SamplePass]:
+def sample_passes(
+    vlm, items: list[Item], *, restartable: bool, remote=None, attention_layers="all", residual_layers="all"
+) -> list[SamplePass]:
     """:func:`sample_pass` for each of ``items``, their clean passes run as one padded forward
     where the family batches (see the module docstring), else one at a time."""
     prepared = [vlm.prepare(item.image, item.question) for item in items]
     tfs = [teacher_force(vlm, p, item.answers[0]) for p, item in zip(prepared, items)]
-    cleans = capture_batch(vlm, [tf.prepared for tf in tfs], [tf.positions for tf in tfs],
-                           [recorders(vlm, tf, attention_layers=attention_layers, residual_layers=residual_layers)
-                            for tf in tfs], restartable=restartable, remote=remote, keep_kv=restartable)
+    cleans = capture_batch(
+        vlm,
+        [tf.prepared for tf in tfs],
+        [tf.positions for tf in tfs],
+        [recorders(vlm, tf, attention_layers=attention_layers, residual_layers=residual_layers) for tf in tfs],
+        restartable=restartable,
+        remote=remote,
+        keep_kv=restartable,
+    )
     return [SamplePass(item, p, tf, clean) for item, p, tf, clean in zip(items, prepared, tfs, cleans)]

@@ -36,8 +36,13 @@ class Comparison:
     summary: pd.DataFrame
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"summary": self.summary, "masking": self.masking, "relevant_share": self.relevant_share,
-                "early_output": self.early_output, "contrastive": self.contrastive}
+        return {
+            "summary": self.summary,
+            "masking": self.masking,
+            "relevant_share": self.relevant_share,
+            "early_output": self.early_output,
+            "contrastive": self.contrastive,
+        }
 
 
 def read_report(run_dir: str | Path) -> dict:
@@ -67,8 +72,9 @@ def _labels(reports: list[dict], labels: list[str] | None) -> list[str]:
 
 def _per_layer(label: str, report: dict, rows: list[dict], **extra) -> list[dict]:
     n_layers = int(report["n_layers"])
-    return [{"run": label, "model": report["model"], **extra, **row, "rel_depth": row["layer"] / n_layers}
-            for row in rows]
+    return [
+        {"run": label, "model": report["model"], **extra, **row, "rel_depth": row["layer"] / n_layers} for row in rows
+    ]
 
 
 def _layer_span(layers: list[int], n_layers: int) -> str:
@@ -81,9 +87,13 @@ def _best_contrastive(rows: list[dict]) -> dict:
     if not rows:
         return {}
     best = max(rows, key=lambda r: (r["diff"], -r.get("p_value", 1.0)))
-    return {"contrastive_best": f"{best['method']} rho={best['rho']} ({best['candidates']}, {best['distance']})",
-            "contrastive_diff": best["diff"], "contrastive_diff_low": best["diff_low"],
-            "contrastive_diff_high": best["diff_high"], "contrastive_p": best.get("p_value")}
+    return {
+        "contrastive_best": f"{best['method']} rho={best['rho']} ({best['candidates']}, {best['distance']})",
+        "contrastive_diff": best["diff"],
+        "contrastive_diff_low": best["diff_low"],
+        "contrastive_diff_high": best["diff_high"],
+        "contrastive_p": best.get("p_value"),
+    }
 
 
 def _ablation(report: dict) -> dict:
@@ -115,20 +125,35 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, variant: str = "s
         finding = report["masking"].get("findings", {}).get(variant, {})
         fusion = list(finding.get("fusion_layers", []))
         review = report.get("review_layer") or {}
-        summary.append({
-            "run": label, "model": report["model"], "dir": str(run_dir), "dataset": report.get("dataset"),
-            "n_samples": report.get("n_samples"), "n_layers": n_layers,
-            "baseline": base["mean"], "baseline_low": base["low"], "baseline_high": base["high"],
-            "fusion_layers": fusion, "fusion_span": _layer_span(fusion, n_layers),
-            "review_layer": finding.get("review_layer"),
-            "review_layer_used": review.get("layer"), "review_source": review.get("source"),
-            "review_rel_depth": None if review.get("layer") is None else review["layer"] / n_layers,
-            "relevant_area": attention.get("relevant_area"),
-            **_best_contrastive(rows), **_ablation(report),
-        })
-    return Comparison(masking=pd.DataFrame(masking), relevant_share=pd.DataFrame(share),
-                      early_output=pd.DataFrame(early), contrastive=pd.DataFrame(contrastive),
-                      summary=pd.DataFrame(summary))
+        summary.append(
+            {
+                "run": label,
+                "model": report["model"],
+                "dir": str(run_dir),
+                "dataset": report.get("dataset"),
+                "n_samples": report.get("n_samples"),
+                "n_layers": n_layers,
+                "baseline": base["mean"],
+                "baseline_low": base["low"],
+                "baseline_high": base["high"],
+                "fusion_layers": fusion,
+                "fusion_span": _layer_span(fusion, n_layers),
+                "review_layer": finding.get("review_layer"),
+                "review_layer_used": review.get("layer"),
+                "review_source": review.get("source"),
+                "review_rel_depth": None if review.get("layer") is None else review["layer"] / n_layers,
+                "relevant_area": attention.get("relevant_area"),
+                **_best_contrastive(rows),
+                **_ablation(report),
+            }
+        )
+    return Comparison(
+        masking=pd.DataFrame(masking),
+        relevant_share=pd.DataFrame(share),
+        early_output=pd.DataFrame(early),
+        contrastive=pd.DataFrame(contrastive),
+        summary=pd.DataFrame(summary),
+    )
 
 
 def _fmt(value) -> str:
@@ -143,8 +168,7 @@ def compare_markdown(comparison: Comparison, *, variant: str = "single") -> str:
     """The side-by-side table (runs as columns) as markdown."""
     s = comparison.summary
     runs = list(s.run)
-    lines = [f"# Comparison of {len(runs)} runs", "", "| | " + " | ".join(runs) + " |",
-             "|---|" + "---|" * len(runs)]
+    lines = [f"# Comparison of {len(runs)} runs", "", "| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
 
     def row(name: str, values) -> None:
         lines.append(f"| {name} | " + " | ".join(values) + " |")
@@ -152,18 +176,27 @@ def compare_markdown(comparison: Comparison, *, variant: str = "single") -> str:
     row("model", [str(m) for m in s.model])
     row("dataset, n", [f"{d}, {n}" for d, n in zip(s.dataset, s.n_samples)])
     row("layers", [str(n) for n in s.n_layers])
-    row("baseline accuracy (95% CI)", [f"{b:.3f} ({lo:.3f}-{hi:.3f})"
-                                       for b, lo, hi in zip(s.baseline, s.baseline_low, s.baseline_high)])
+    row(
+        "baseline accuracy (95% CI)",
+        [f"{b:.3f} ({lo:.3f}-{hi:.3f})" for b, lo, hi in zip(s.baseline, s.baseline_low, s.baseline_high)],
+    )
     row(f"fusion layers ({variant} masking; relative depth)", list(s.fusion_span))
     row("review layer (detected)", [_fmt(v) for v in s.review_layer])
-    row("review layer used (source)", [f"{_fmt(v)} ({src})" if src else _fmt(v)
-                                       for v, src in zip(s.review_layer_used, s.review_source)])
+    row(
+        "review layer used (source)",
+        [f"{_fmt(v)} ({src})" if src else _fmt(v) for v, src in zip(s.review_layer_used, s.review_source)],
+    )
     if "contrastive_best" in s:
         row("best contrastive setting", [_fmt(v) for v in s.contrastive_best])
-        row("its accuracy change (95% CI, p)", [
-            "-" if pd.isna(d) else f"{d:+.3f} ({lo:+.3f} to {hi:+.3f}, p={_fmt(p)})"
-            for d, lo, hi, p in zip(s.contrastive_diff, s.contrastive_diff_low, s.contrastive_diff_high,
-                                    s.contrastive_p)])
+        row(
+            "its accuracy change (95% CI, p)",
+            [
+                "-" if pd.isna(d) else f"{d:+.3f} ({lo:+.3f} to {hi:+.3f}, p={_fmt(p)})"
+                for d, lo, hi, p in zip(
+                    s.contrastive_diff, s.contrastive_diff_low, s.contrastive_diff_high, s.contrastive_p
+                )
+            ],
+        )
     for column in [c for c in s.columns if c.startswith("ablation_")]:
         row(column.removeprefix("ablation_").replace("_", " "), [_fmt(v) for v in s[column]])
     small = [r for r, n in zip(runs, s.n_samples) if n is not None and n < 100]

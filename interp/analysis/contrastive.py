@@ -43,7 +43,6 @@ from .stats import mcnemar_exact, paired_bootstrap_diff
 from .teacher import teacher_force
 
 
-
 def candidate_sets(n_layers: int, reference_layer: int, fusion_layers: list[int] | None = None) -> dict[str, list[int]]:
     """The paper's candidate sets for the pre layer: all layers before the reference, the
     shallow half, the deep half, and the detected fusion layers (when any)."""
@@ -71,11 +70,22 @@ def configurations(sets: dict[str, list[int]], rhos, distances, primary: tuple[s
     return out
 
 
-def contrastive_eval(vlm, samples: Any, *, review_layer: int, fusion_layers: list[int] | None = None,
-                     rhos=(0.1, 0.2, 0.3, 0.5), distances=DISTANCES,
-                     primary: tuple[str, float, str] = ("all", 0.2, "jsd"), crop: bool = True,
-                     crop_fraction: float = 0.2, mode: str = "auto", limit: int | None = None,
-                     remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+def contrastive_eval(
+    vlm,
+    samples: Any,
+    *,
+    review_layer: int,
+    fusion_layers: list[int] | None = None,
+    rhos=(0.1, 0.2, 0.3, 0.5),
+    distances=DISTANCES,
+    primary: tuple[str, float, str] = ("all", 0.2, "jsd"),
+    crop: bool = True,
+    crop_fraction: float = 0.2,
+    mode: str = "auto",
+    limit: int | None = None,
+    remote: bool | str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Rows ``item, kind, method, candidates, rho, distance, pre_layer, correct, logprob``
     (``method`` is ``baseline``, ``v1`` or ``v2``)."""
     setup = ContrastiveSetup.build(vlm, review_layer, fusion_layers, rhos, distances, primary, mode, remote)
@@ -95,7 +105,7 @@ class ContrastiveSetup:
         self.configs, self.primary, self.fast = configs, primary, fast
 
     @classmethod
-    def build(cls, vlm, review_layer, fusion_layers, rhos, distances, primary, mode, remote) -> "ContrastiveSetup":
+    def build(cls, vlm, review_layer, fusion_layers, rhos, distances, primary, mode, remote) -> ContrastiveSetup:
         n_layers = vlm.n_layers
         if mode not in MODES:
             raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
@@ -120,26 +130,54 @@ class ContrastiveSetup:
 
 def contrastive_frame(rows: list[dict], vlm, setup: ContrastiveSetup) -> pd.DataFrame:
     out = pd.DataFrame(rows)
-    out.attrs.update({"review_layer": setup.review_layer, "reference_layer": setup.reference,
-                      "mode": "fast" if setup.fast else "naive", "candidate_sets": setup.sets,
-                      "primary": list(setup.primary), "model": vlm.name})
+    out.attrs.update(
+        {
+            "review_layer": setup.review_layer,
+            "reference_layer": setup.reference,
+            "mode": "fast" if setup.fast else "naive",
+            "candidate_sets": setup.sets,
+            "primary": list(setup.primary),
+            "model": vlm.name,
+        }
+    )
     return out
 
 
-def contrastive_rows(vlm, sp: SamplePass, setup: ContrastiveSetup, *, crop: bool = True, crop_fraction: float = 0.2,
-                     remote=None) -> list[dict]:
+def contrastive_rows(
+    vlm, sp: SamplePass, setup: ContrastiveSetup, *, crop: bool = True, crop_fraction: float = 0.2, remote=None
+) -> list[dict]:
     """One sample's rows from its clean pass (baseline, every v1 configuration, v2)."""
     item, tf = sp.item, sp.tf
     base = {"item": item.id, "kind": item.kind}
     logprob, match = tf.score(sp.clean.logits)
-    rows = [{**base, "method": "baseline", "candidates": "", "rho": 0.0, "distance": "", "pre_layer": -1,
-             "correct": float(match), "logprob": logprob}]
+    rows = [
+        {
+            **base,
+            "method": "baseline",
+            "candidates": "",
+            "rho": 0.0,
+            "distance": "",
+            "pre_layer": -1,
+            "correct": float(match),
+            "logprob": logprob,
+        }
+    ]
     masks = [setup.mask(name, rho, distance, sp.last) for name, rho, distance in setup.configs]
     results = _v1_fast(vlm, sp, masks, setup.review_layer) if setup.fast else _v1_naive(vlm, sp, masks, remote)
     for (name, rho, distance), (pre, logits) in zip(setup.configs, results):
         logprob, match = tf.score(logits)
-        rows.append({**base, "method": "v1", "candidates": name, "rho": rho, "distance": distance,
-                     "pre_layer": pre, "correct": float(match), "logprob": logprob})
+        rows.append(
+            {
+                **base,
+                "method": "v1",
+                "candidates": name,
+                "rho": rho,
+                "distance": distance,
+                "pre_layer": pre,
+                "correct": float(match),
+                "logprob": logprob,
+            }
+        )
     if crop:
         name, rho, distance = setup.primary
         attention = sp.attention()
@@ -148,8 +186,18 @@ def contrastive_rows(vlm, sp: SamplePass, setup: ContrastiveSetup, *, crop: bool
         two = teacher_force(vlm, vlm.prepare([item.image, cropped], item.question), item.answers[0])
         run = vlm.run(two.prepared, logit_positions=two.positions.tolist(), remote=remote, count_as="crop_forward")
         logprob, match = two.score(run.logits[0])
-        rows.append({**base, "method": "v2", "candidates": name, "rho": crop_fraction, "distance": distance,
-                     "pre_layer": pre, "correct": float(match), "logprob": logprob})
+        rows.append(
+            {
+                **base,
+                "method": "v2",
+                "candidates": name,
+                "rho": crop_fraction,
+                "distance": distance,
+                "pre_layer": pre,
+                "correct": float(match),
+                "logprob": logprob,
+            }
+        )
     return rows
 
 
@@ -185,7 +233,12 @@ def crop_region(image, prepared, c: torch.Tensor, fraction: float = 0.2) -> Imag
     c0 = max(0, min(q for _, q in cells) - 1)
     c1 = min(cols, max(q for _, q in cells) + 2)
     width, height = image.size
-    box = (int(c0 * width / cols), int(r0 * height / rows), int(round(c1 * width / cols)), int(round(r1 * height / rows)))
+    box = (
+        int(c0 * width / cols),
+        int(r0 * height / rows),
+        int(round(c1 * width / cols)),
+        int(round(r1 * height / rows)),
+    )
     return image.crop(box).resize(image.size, Image.BICUBIC)
 
 
@@ -195,13 +248,27 @@ def compare_to_baseline(rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0
     base = rows[rows.method == "baseline"].set_index("item").correct
     out = []
     for (method, name, rho, distance), group in rows[rows.method != "baseline"].groupby(
-            ["method", "candidates", "rho", "distance"], sort=False):
+        ["method", "candidates", "rho", "distance"], sort=False
+    ):
         group = group.set_index("item").correct
         paired = base.loc[group.index]
         diff, low, high = paired_bootstrap_diff(paired.values, group.values, n_boot=n_boot, seed=seed)
         test = mcnemar_exact(paired.values, group.values)
-        out.append({"method": method, "candidates": name, "rho": rho, "distance": distance, "n": int(group.size),
-                    "accuracy": float(group.mean()), "baseline": float(paired.mean()), "diff": diff,
-                    "diff_low": low, "diff_high": high, "p_value": test["p_value"],
-                    "gained": test["b_only"], "lost": test["a_only"]})
+        out.append(
+            {
+                "method": method,
+                "candidates": name,
+                "rho": rho,
+                "distance": distance,
+                "n": int(group.size),
+                "accuracy": float(group.mean()),
+                "baseline": float(paired.mean()),
+                "diff": diff,
+                "diff_low": low,
+                "diff_high": high,
+                "p_value": test["p_value"],
+                "gained": test["b_only"],
+                "lost": test["a_only"],
+            }
+        )
     return pd.DataFrame(out)

@@ -60,9 +60,18 @@ def _word_ids(tokenizer, words) -> list[int]:
     return [tokenizer(" " + word, add_special_tokens=False)["input_ids"][0] for word in words]
 
 
-def image_token_lens(vlm, samples: Any, *, layers: Any = "all", site: str = "resid_pre", k: int = 5,
-                     limit: int | None = None, min_fraction: float = 0.1, remote: bool | str | None = None,
-                     progress: bool = True) -> pd.DataFrame:
+def image_token_lens(
+    vlm,
+    samples: Any,
+    *,
+    layers: Any = "all",
+    site: str = "resid_pre",
+    k: int = 5,
+    limit: int | None = None,
+    min_fraction: float = 0.1,
+    remote: bool | str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """One row per (item, layer, cell): ``row``, ``col``, ``top`` (the top-k tokens, decoded),
     ``top1``; with synthetic samples also the cell's ``colour`` and ``shape`` (ground truth
     from ``patch_labels(rows, cols, min_fraction=...)``) and the scores in :data:`METRICS`."""
@@ -114,11 +123,16 @@ def image_token_lens(vlm, samples: Any, *, layers: Any = "all", site: str = "res
                         shape = SHAPE_CLASSES[int(truth[1][r, c])]
                         entry.update({"colour": colour, "shape": shape, "object": colour != "background"})
                         if colour != "background":
-                            entry.update({
-                                "colour_topk": colour in words, "colour_top1": words[0] == colour,
-                                "colour_class": COLOURS[int(colour_pick[li, j])] == colour,
-                                "shape_topk": shape in words, "shape_top1": words[0] == shape,
-                                "shape_class": SHAPES[int(shape_pick[li, j])] == shape})
+                            entry.update(
+                                {
+                                    "colour_topk": colour in words,
+                                    "colour_top1": words[0] == colour,
+                                    "colour_class": COLOURS[int(colour_pick[li, j])] == colour,
+                                    "shape_topk": shape in words,
+                                    "shape_top1": words[0] == shape,
+                                    "shape_class": SHAPES[int(shape_pick[li, j])] == shape,
+                                }
+                            )
                     rows.append(entry)
     frame = pd.DataFrame(rows)
     frame.attrs.update({"model": vlm.name, "site": site, "k": k, "n_layers": vlm.n_layers})
@@ -152,9 +166,20 @@ def lens_word_grid(frame: pd.DataFrame, item: str, layer: int, column: str = "to
     return grid
 
 
-def lens_section(vlm, samples: Any, out_dir=None, *, n: int = 60, layers: Any = "all", figure_layers=None, k: int = 5,
-                 n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
-                 progress: bool = True) -> tuple[dict, list[str]]:
+def lens_section(
+    vlm,
+    samples: Any,
+    out_dir=None,
+    *,
+    n: int = 60,
+    layers: Any = "all",
+    figure_layers=None,
+    k: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    remote: bool | str | None = None,
+    progress: bool = True,
+) -> tuple[dict, list[str]]:
     """The image-token lens for a report: ``(dict for report.json, markdown lines)``;
     writes ``image_lens.csv`` (without the top-k lists), ``image_lens_accuracy`` and
     ``image_lens_words`` into ``out_dir`` when given."""
@@ -178,9 +203,13 @@ def lens_section(vlm, samples: Any, out_dir=None, *, n: int = 60, layers: Any = 
         if accuracy is not None:
             from ..data.synthetic import COLOURS, SHAPES
 
-            figures.lens_accuracy_curve(accuracy, metrics=["colour_class", "shape_class", "colour_topk", "shape_topk"],
-                                        chance={"colour_class": 1 / len(COLOURS), "shape_class": 1 / len(SHAPES)},
-                                        out_dir=out, title=f"{vlm.name}: image-token lens (n={frame.item.nunique()})")
+            figures.lens_accuracy_curve(
+                accuracy,
+                metrics=["colour_class", "shape_class", "colour_topk", "shape_topk"],
+                chance={"colour_class": 1 / len(COLOURS), "shape_class": 1 / len(SHAPES)},
+                out_dir=out,
+                title=f"{vlm.name}: image-token lens (n={frame.item.nunique()})",
+            )
         entries = _entries(data, n)
         item, sample = entries[0]
         grids = {layer: lens_word_grid(frame, item.id, layer) for layer in figure_layers}
@@ -189,20 +218,29 @@ def lens_section(vlm, samples: Any, out_dir=None, *, n: int = 60, layers: Any = 
             cells = frame[(frame.item == item.id) & (frame.layer == figure_layers[0])]
             truth = np.full(grids[figure_layers[0]].shape, "", dtype=object)
             truth[cells.row.values, cells.col.values] = np.where(cells.object, cells.colour, "")
-        figures.lens_words(load_image(item.image), grids, truth=truth, question=f"{item.question} ({item.answers[0]})",
-                           out_dir=out)
-    report = {"n_samples": int(frame.item.nunique()), "k": k, "site": frame.attrs["site"],
-              "accuracy": json.loads(accuracy.to_json(orient="records")) if accuracy is not None else None,
-              "figure_layers": [int(l) for l in figure_layers]}
+        figures.lens_words(
+            load_image(item.image), grids, truth=truth, question=f"{item.question} ({item.answers[0]})", out_dir=out
+        )
+    report = {
+        "n_samples": int(frame.item.nunique()),
+        "k": k,
+        "site": frame.attrs["site"],
+        "accuracy": json.loads(accuracy.to_json(orient="records")) if accuracy is not None else None,
+        "figure_layers": [int(l) for l in figure_layers],
+    }
     return report, lens_markdown(report)
 
 
 def lens_markdown(report: dict) -> list[str]:
-    lines = ["## Image-token lens", "",
-             f"Each image token's residual at the input of each layer through the final norm and unembedding, "
-             f"{report['n_samples']} samples; scored on object cells against the cell's colour and shape words "
-             f"(class = the right word is the largest among the colour / shape words; top-{report['k']} = among the "
-             f"{report['k']} largest tokens of the whole vocabulary). Accuracy with 95% bootstrap CIs over samples.", ""]
+    lines = [
+        "## Image-token lens",
+        "",
+        f"Each image token's residual at the input of each layer through the final norm and unembedding, "
+        f"{report['n_samples']} samples; scored on object cells against the cell's colour and shape words "
+        f"(class = the right word is the largest among the colour / shape words; top-{report['k']} = among the "
+        f"{report['k']} largest tokens of the whole vocabulary). Accuracy with 95% bootstrap CIs over samples.",
+        "",
+    ]
     if not report["accuracy"]:
         return lines + ["No ground truth (not synthetic samples): the lens was not scored.", ""]
     table = pd.DataFrame(report["accuracy"])
@@ -210,6 +248,12 @@ def lens_markdown(report: dict) -> list[str]:
     lines += ["| layer | " + " | ".join(m.replace("_", " ") for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
     for layer, part in table.groupby("layer"):
         values = part.set_index("metric")
-        lines.append(f"| {layer} | " + " | ".join(
-            f"{values.loc[m, 'mean']:.2f} [{values.loc[m, 'low']:.2f}, {values.loc[m, 'high']:.2f}]" for m in metrics) + " |")
+        lines.append(
+            f"| {layer} | "
+            + " | ".join(
+                f"{values.loc[m, 'mean']:.2f} [{values.loc[m, 'low']:.2f}, {values.loc[m, 'high']:.2f}]"
+                for m in metrics
+            )
+            + " |"
+        )
     return lines + ["", "Figures: image_lens_accuracy, image_lens_words (PNG and PDF).", ""]

@@ -9,7 +9,8 @@ tuples into :class:`Item` objects, so every analysis has one input type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -77,8 +78,10 @@ def as_items(source: Any, limit: int | None = None) -> list[Item]:
         elif hasattr(entry, "question") and hasattr(entry, "targets"):
             items.append(_from_doc(entry))
         else:
-            raise InputError(f"cannot analyse {type(entry).__name__!r}: give synthetic samples, task docs, Items "
-                             "or (image, question, answer) tuples")
+            raise InputError(
+                f"cannot analyse {type(entry).__name__!r}: give synthetic samples, task docs, Items "
+                "or (image, question, answer) tuples"
+            )
     if not items:
         raise InputError("no samples to analyse")
     return items
@@ -92,8 +95,14 @@ def _take(source: Iterable, limit: int | None):
 
 
 def _from_sample(sample) -> Item:
-    return Item(id=sample.id, image=sample.image, question=sample.question, answers=(sample.answer,),
-                kind=sample.kind, boxes=tuple(tuple(b) for b in sample.boxes))
+    return Item(
+        id=sample.id,
+        image=sample.image,
+        question=sample.question,
+        answers=(sample.answer,),
+        kind=sample.kind,
+        boxes=tuple(tuple(b) for b in sample.boxes),
+    )
 
 
 #: per-sample score fields of the evaluation tasks, in order of preference
@@ -114,16 +123,29 @@ def _from_task_doc(task, doc) -> Item:
         return float(next(fields[k] for k in _SCORE_FIELDS if k in fields))
 
     meta = dict(doc.metadata)
-    return Item(id=str(doc.doc_id), image=doc.load_image(), question=task.prompt(doc), answers=ordered,
-                kind=str(meta.get("kind", meta.get("category", ""))),
-                boxes=tuple(tuple(b) for b in meta.get("boxes", ())), scorer=scorer)
+    return Item(
+        id=str(doc.doc_id),
+        image=doc.load_image(),
+        question=task.prompt(doc),
+        answers=ordered,
+        kind=str(meta.get("kind", meta.get("category", ""))),
+        boxes=tuple(tuple(b) for b in meta.get("boxes", ())),
+        scorer=scorer,
+    )
 
 
 def _from_doc(doc) -> Item:
-    image = doc.load_image() if hasattr(doc, "load_image") else getattr(doc, "image")
+    image = doc.load_image() if hasattr(doc, "load_image") else doc.image
     targets = tuple(doc.targets) if not isinstance(doc.targets, str) else (doc.targets,)
     meta = getattr(doc, "meta", None) or getattr(doc, "metadata", None) or {}
     boxes = tuple(tuple(b) for b in meta.get("boxes", ()))
     scorer = getattr(doc, "scorer", None)
-    return Item(id=str(doc.doc_id), image=image, question=doc.question, answers=targets,
-                kind=str(meta.get("kind", "")), boxes=boxes, scorer=scorer)
+    return Item(
+        id=str(doc.doc_id),
+        image=image,
+        question=doc.question,
+        answers=targets,
+        kind=str(meta.get("kind", "")),
+        boxes=boxes,
+        scorer=scorer,
+    )

@@ -19,8 +19,15 @@ from .clean import SamplePass, sample_pass
 from .items import as_items
 
 
-def early_output(vlm, samples: Any, *, layers: Any = "all", limit: int | None = None,
-                 remote: bool | str | None = None, progress: bool = True) -> pd.DataFrame:
+def early_output(
+    vlm,
+    samples: Any,
+    *,
+    layers: Any = "all",
+    limit: int | None = None,
+    remote: bool | str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """One row per (item, layer): ``correct`` (greedy match through the final norm and
     unembedding) and ``logprob`` of the reference answer read at that layer."""
     items = as_items(samples, limit)
@@ -44,6 +51,7 @@ def lens_rows(vlm, sp: SamplePass) -> list[dict]:
     rows = []
     for layer, layer_logits in zip(layers, logits):
         logprob, match = sp.tf.score(layer_logits)
-        rows.append({"item": sp.item.id, "kind": sp.item.kind, "layer": layer, "correct": float(match),
-                     "logprob": logprob})
+        rows.append(
+            {"item": sp.item.id, "kind": sp.item.kind, "layer": layer, "correct": float(match), "logprob": logprob}
+        )
     return rows

@@ -52,8 +52,12 @@ from .stats import bootstrap_mean_ci, paired_bootstrap_diff, paired_sign_flip
 DOLA_VARIANTS = ("none", "logits", "attention", "static")
 MASKS = ("none", "authors")
 METRICS = ("lmms", "wcd")
-DOLA_LABELS = {"none": "no DoLa", "logits": "DoLa (logits JSD)", "attention": "DoLa (attention JSD, authors')",
-               "static": "DoLa (static layer)"}
+DOLA_LABELS = {
+    "none": "no DoLa",
+    "logits": "DoLa (logits JSD)",
+    "attention": "DoLa (attention JSD, authors')",
+    "static": "DoLa (static layer)",
+}
 MASK_LABELS = {"none": "no mask", "authors": "authors' mask"}
 
 
@@ -98,32 +102,54 @@ class AblationConfig:
         if bad:
             raise InterpError(f"unknown ablation cells {bad}; masks: {MASKS}, DoLa: {DOLA_VARIANTS}")
         out = {k: v for k, v in asdict(self).items() if k not in ("progress", "remote")}
-        out.update(review_layer=review, static_layer=static, candidates=candidates,
-                   masks=list(self.masks), dola=list(self.dola))
+        out.update(
+            review_layer=review,
+            static_layer=static,
+            candidates=candidates,
+            masks=list(self.masks),
+            dola=list(self.dola),
+        )
         return out
 
 
 def cells(settings: dict) -> list[dict]:
     """Every ``(decoding, seed, mask, dola)`` cell of the factorial."""
     runs = [("greedy", None)] + [("sample", s) for s in range(settings["seeds"])]
-    return [{"decoding": d, "seed": s, "mask": m, "dola": v}
-            for d, s in runs for m in settings["masks"] for v in settings["dola"]]
+    return [
+        {"decoding": d, "seed": s, "mask": m, "dola": v}
+        for d, s in runs
+        for m in settings["masks"]
+        for v in settings["dola"]
+    ]
 
 
 def _answer(vlm, prepared, cell: dict, settings: dict, remote, prefill=None):
     from ..decoding import dola_generate
 
-    layers = {"none": None, "logits": settings["dola_layers"], "attention": settings["dola_layers"],
-              "static": [settings["static_layer"]]}[cell["dola"]]
+    layers = {
+        "none": None,
+        "logits": settings["dola_layers"],
+        "attention": settings["dola_layers"],
+        "static": [settings["static_layer"]],
+    }[cell["dola"]]
     interventions = mask_for(cell, settings)
     sample = cell["decoding"] == "sample"
     return dola_generate(
-        vlm, prepared, layers=layers, select="attention" if cell["dola"] == "attention" else "logits",
+        vlm,
+        prepared,
+        layers=layers,
+        select="attention" if cell["dola"] == "attention" else "logits",
         relative_top=settings["relative_top"],
         repetition_penalty=settings["repetition_penalty"] if layers is not None else 1.0,
-        penalize_prompt=settings["penalize_prompt"], max_new_tokens=settings["max_new_tokens"],
-        do_sample=sample, temperature=settings["temperature"] if sample else None, seed=cell["seed"],
-        interventions=interventions if prefill is None else [], remote=remote, prefill=prefill)
+        penalize_prompt=settings["penalize_prompt"],
+        max_new_tokens=settings["max_new_tokens"],
+        do_sample=sample,
+        temperature=settings["temperature"] if sample else None,
+        seed=cell["seed"],
+        interventions=interventions if prefill is None else [],
+        remote=remote,
+        prefill=prefill,
+    )
 
 
 def mask_for(cell: dict, settings: dict) -> list:
@@ -176,12 +202,14 @@ def _read_log(path: Path, settings: dict, items: set) -> list[dict]:
     return rows
 
 
-def run_method_ablation(vlm, samples: Any, *, config: AblationConfig = AblationConfig(), limit: int | None = None,
-                        out: str | Path | None = None) -> pd.DataFrame:
+def run_method_ablation(
+    vlm, samples: Any, *, config: AblationConfig | None = None, limit: int | None = None, out: str | Path | None = None
+) -> pd.DataFrame:
     """One row per question x cell: ``item, kind, decoding, seed, mask, dola, text,
     premature_layers, lmms, wcd, seconds`` (scores in 0-1; ``wcd`` NaN where the authors'
     metric skips the question). With ``out`` (a JSONL path) rows are appended as they come
     and a rerun continues."""
+    config = config or AblationConfig()
     from tqdm.auto import tqdm
 
     from ..data.metrics import wcd_score
@@ -204,8 +232,13 @@ def run_method_ablation(vlm, samples: Any, *, config: AblationConfig = AblationC
     try:
         # decoding runs outermost (greedy, then seed 0, 1, ...): a run stopped early still
         # holds complete runs, which summarise as fewer seeds
-        with tqdm(total=len(items) * len(grid), initial=len(done), desc="method ablation", unit="answer",
-                  disable=not config.progress) as bar:
+        with tqdm(
+            total=len(items) * len(grid),
+            initial=len(done),
+            desc="method ablation",
+            unit="answer",
+            disable=not config.progress,
+        ) as bar:
             for run in _runs(grid):
                 for item in items:
                     caches: dict = {}  # the prompt's cache per mask, shared by this run's cells
@@ -221,10 +254,16 @@ def run_method_ablation(vlm, samples: Any, *, config: AblationConfig = AblationC
                             caches[cell["mask"]] = prefill_cache(vlm, prepared, mask_for(cell, settings))
                         result = _answer(vlm, prepared, cell, settings, config.remote, caches.get(cell["mask"]))
                         wcd = wcd_score(settings["wcd_task"], result.text, list(item.answers))
-                        row = {"item": str(item.id), "kind": item.kind, **cell, "text": result.text,
-                               "premature_layers": result.premature_layers, "lmms": item.score(result.text),
-                               "wcd": None if wcd is None else wcd / 100.0,
-                               "seconds": round(time.perf_counter() - began, 4)}
+                        row = {
+                            "item": str(item.id),
+                            "kind": item.kind,
+                            **cell,
+                            "text": result.text,
+                            "premature_layers": result.premature_layers,
+                            "lmms": item.score(result.text),
+                            "wcd": None if wcd is None else wcd / 100.0,
+                            "seconds": round(time.perf_counter() - began, 4),
+                        }
                         done[key] = row
                         if handle is not None:
                             handle.write(json.dumps(row) + "\n")
@@ -260,8 +299,11 @@ def read_ablation_rows(path: str | Path, *, limit: int | None = None) -> tuple[p
     if limit is not None:
         items = items[:limit]
     frame = frame[frame["item"].isin(items)]
-    complete = [seed for seed, part in frame[frame.decoding == "sample"].groupby("seed")
-                if len(part.drop_duplicates(["item", "mask", "dola"])) == per_run * len(items)]
+    complete = [
+        seed
+        for seed, part in frame[frame.decoding == "sample"].groupby("seed")
+        if len(part.drop_duplicates(["item", "mask", "dola"])) == per_run * len(items)
+    ]
     seeds = 0
     while seeds in complete:
         seeds += 1
@@ -303,28 +345,52 @@ def ablation_table(rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> 
                 for dola in dolas:
                     values = _per_item(rows, metric, decoding, mask, dola).dropna()
                     mean, low, high = bootstrap_mean_ci(values.values, n_boot=n_boot, seed=seed)
-                    entry = {"metric": metric, "decoding": decoding, "mask": mask, "dola": dola,
-                             "accuracy": mean, "ci_low": low, "ci_high": high, "n": int(values.size)}
+                    entry = {
+                        "metric": metric,
+                        "decoding": decoding,
+                        "mask": mask,
+                        "dola": dola,
+                        "accuracy": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n": int(values.size),
+                    }
                     if decoding == "sample":
                         per_seed = _seed_accuracies(rows, metric, mask, dola)
-                        entry.update(seed_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
-                                     seed_min=min(per_seed), seed_max=max(per_seed), n_seeds=len(per_seed))
-                    references = {"greedy": ("greedy", mask, dola), "no_mask": (decoding, "none", dola),
-                                  "no_dola": (decoding, mask, "none")}
+                        entry.update(
+                            seed_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
+                            seed_min=min(per_seed),
+                            seed_max=max(per_seed),
+                            n_seeds=len(per_seed),
+                        )
+                    references = {
+                        "greedy": ("greedy", mask, dola),
+                        "no_mask": (decoding, "none", dola),
+                        "no_dola": (decoding, mask, "none"),
+                    }
                     for name, (rd, rm, rv) in references.items():
-                        keys = [f"diff_{name}", f"diff_{name}_low", f"diff_{name}_high", f"p_{name}",
-                                f"gained_{name}", f"lost_{name}"]
+                        keys = [
+                            f"diff_{name}",
+                            f"diff_{name}_low",
+                            f"diff_{name}_high",
+                            f"p_{name}",
+                            f"gained_{name}",
+                            f"lost_{name}",
+                        ]
                         if (rd, rm, rv) == (decoding, mask, dola) or not (
-                                (rows.decoding == rd) & (rows["mask"] == rm) & (rows.dola == rv)).any():
+                            (rows.decoding == rd) & (rows["mask"] == rm) & (rows.dola == rv)
+                        ).any():
                             entry.update({k: float("nan") for k in keys})
                             continue
                         ref = _per_item(rows, metric, rd, rm, rv)
                         both = pd.concat([ref, _per_item(rows, metric, decoding, mask, dola)], axis=1).dropna()
-                        diff, dlow, dhigh = paired_bootstrap_diff(both.iloc[:, 0].values, both.iloc[:, 1].values,
-                                                                  n_boot=n_boot, seed=seed)
+                        diff, dlow, dhigh = paired_bootstrap_diff(
+                            both.iloc[:, 0].values, both.iloc[:, 1].values, n_boot=n_boot, seed=seed
+                        )
                         test = paired_sign_flip(both.iloc[:, 0].values, both.iloc[:, 1].values, seed=seed)
-                        entry.update(dict(zip(keys, [diff, dlow, dhigh, test["p_value"], test["b_only"],
-                                                     test["a_only"]])))
+                        entry.update(
+                            dict(zip(keys, [diff, dlow, dhigh, test["p_value"], test["b_only"], test["a_only"]]))
+                        )
                     out.append(entry)
     return pd.DataFrame(out)
 
@@ -337,10 +403,20 @@ def gains(table: pd.DataFrame) -> pd.DataFrame:
         for reference in ("greedy", "no_mask", "no_dola"):
             if pd.isna(row[f"diff_{reference}"]):
                 continue
-            out.append({"metric": row.metric, "cell": cell_label(row), "reference": reference,
-                        "decoding": row.decoding, "mask": row["mask"], "dola": row.dola,
-                        "diff": row[f"diff_{reference}"], "low": row[f"diff_{reference}_low"],
-                        "high": row[f"diff_{reference}_high"], "p": row[f"p_{reference}"]})
+            out.append(
+                {
+                    "metric": row.metric,
+                    "cell": cell_label(row),
+                    "reference": reference,
+                    "decoding": row.decoding,
+                    "mask": row["mask"],
+                    "dola": row.dola,
+                    "diff": row[f"diff_{reference}"],
+                    "low": row[f"diff_{reference}_low"],
+                    "high": row[f"diff_{reference}_high"],
+                    "p": row[f"p_{reference}"],
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -362,11 +438,19 @@ def _effect_summary(table: pd.DataFrame, metric: str, reference: str, select) ->
         return {}
     biggest = part.loc[part[f"diff_{reference}"].abs().idxmax()]
     significant = part[(part[f"diff_{reference}_low"] > 0) | (part[f"diff_{reference}_high"] < 0)]
-    return {"min": float(part[f"diff_{reference}"].min()), "max": float(part[f"diff_{reference}"].max()),
-            "largest": {"cell": cell_label(biggest), "diff": float(biggest[f"diff_{reference}"]),
-                        "low": float(biggest[f"diff_{reference}_low"]),
-                        "high": float(biggest[f"diff_{reference}_high"]), "p": float(biggest[f"p_{reference}"])},
-            "n_cells": int(len(part)), "n_significant": int(len(significant))}
+    return {
+        "min": float(part[f"diff_{reference}"].min()),
+        "max": float(part[f"diff_{reference}"].max()),
+        "largest": {
+            "cell": cell_label(biggest),
+            "diff": float(biggest[f"diff_{reference}"]),
+            "low": float(biggest[f"diff_{reference}_low"]),
+            "high": float(biggest[f"diff_{reference}_high"]),
+            "p": float(biggest[f"p_{reference}"]),
+        },
+        "n_cells": int(len(part)),
+        "n_significant": int(len(significant)),
+    }
 
 
 def component_effects(table: pd.DataFrame) -> dict:
@@ -378,8 +462,10 @@ def component_effects(table: pd.DataFrame) -> dict:
         out[metric] = {
             "sampling": _effect_summary(table, metric, "greedy", lambda t: t.decoding == "sample"),
             "mask": _effect_summary(table, metric, "no_mask", lambda t: t["mask"] == "authors"),
-            **{f"dola_{v}": _effect_summary(table, metric, "no_dola", lambda t, v=v: t.dola == v)
-               for v in DOLA_VARIANTS[1:]},
+            **{
+                f"dola_{v}": _effect_summary(table, metric, "no_dola", lambda t, v=v: t.dola == v)
+                for v in DOLA_VARIANTS[1:]
+            },
         }
     return out
 
@@ -387,70 +473,95 @@ def component_effects(table: pd.DataFrame) -> dict:
 def render_paragraph(table: pd.DataFrame, settings: dict, n_items: int) -> str:
     """The report.md paragraph: which component moves accuracy and by how much."""
     effects = component_effects(table)
-    names = {"sampling": f"sampling (T={settings['temperature']}, {settings['seeds']} seeds) instead of greedy",
-             "mask": f"the authors' mask (ratio {settings['ratio']} at layer {settings['review_layer']})",
-             "dola_logits": "DoLa by logits JSD", "dola_attention": "DoLa by attention JSD (the authors')",
-             "dola_static": f"DoLa with the static layer {settings['static_layer']}"}
+    names = {
+        "sampling": f"sampling (T={settings['temperature']}, {settings['seeds']} seeds) instead of greedy",
+        "mask": f"the authors' mask (ratio {settings['ratio']} at layer {settings['review_layer']})",
+        "dola_logits": "DoLa by logits JSD",
+        "dola_attention": "DoLa by attention JSD (the authors')",
+        "dola_static": f"DoLa with the static layer {settings['static_layer']}",
+    }
     parts = [f"{n_items} questions (a small sample: one question is {1 / n_items:.3f} of accuracy). "]
     for metric, per in effects.items():
-        base = table[(table.metric == metric) & (table.decoding == "greedy") & (table["mask"] == "none")
-                     & (table.dola == "none")]
+        base = table[
+            (table.metric == metric) & (table.decoding == "greedy") & (table["mask"] == "none") & (table.dola == "none")
+        ]
         label = "the items' own metric" if metric == "lmms" else "the authors' lenient metric"
         if not base.empty:
             b = base.iloc[0]
-            parts.append(f"Under {label}, greedy decoding without mask or DoLa scores {b.accuracy:.3f} "
-                         f"[{b.ci_low:.3f}, {b.ci_high:.3f}]; ")
+            parts.append(
+                f"Under {label}, greedy decoding without mask or DoLa scores {b.accuracy:.3f} "
+                f"[{b.ci_low:.3f}, {b.ci_high:.3f}]; "
+            )
         ranked = sorted(((k, v) for k, v in per.items() if v), key=lambda kv: -abs(kv[1]["largest"]["diff"]))
         clauses = []
         for key, summary in ranked:
             largest = summary["largest"]
-            clauses.append(f"{names[key]} changes it by {_fmt(summary['min'])} to {_fmt(summary['max'])} "
-                           f"(largest {_fmt(largest['diff'])} [{_fmt(largest['low'])}, {_fmt(largest['high'])}], "
-                           f"paired p = {largest['p']:.2g}; {summary['n_significant']} of {summary['n_cells']} "
-                           f"CIs exclude 0)")
+            clauses.append(
+                f"{names[key]} changes it by {_fmt(summary['min'])} to {_fmt(summary['max'])} "
+                f"(largest {_fmt(largest['diff'])} [{_fmt(largest['low'])}, {_fmt(largest['high'])}], "
+                f"paired p = {largest['p']:.2g}; {summary['n_significant']} of {summary['n_cells']} "
+                f"CIs exclude 0)"
+            )
         parts.append(("; ".join(clauses) if clauses else "no other cell was run") + ". ")
         if ranked:
             top_key, top = ranked[0]
             moved = top["n_significant"] > 0
-            parts.append(f"The component that moves {label} most is {names[top_key]}"
-                         + ("." if moved else ", and no paired CI of it excludes 0: nothing here is distinguishable "
-                                              "from no effect at this sample size.") + " ")
+            parts.append(
+                f"The component that moves {label} most is {names[top_key]}"
+                + (
+                    "."
+                    if moved
+                    else ", and no paired CI of it excludes 0: nothing here is distinguishable "
+                    "from no effect at this sample size."
+                )
+                + " "
+            )
     return "".join(parts).strip()
 
 
 def ablation_report(rows: pd.DataFrame, table: pd.DataFrame, settings: dict) -> dict:
     """The ``method_ablation`` entry of report.json: settings, cell table, component effects, paragraph."""
     n_items = int(rows["item"].nunique())
-    return {"settings": settings, "n_items": n_items,
-            "cells": json.loads(table.to_json(orient="records")),
-            "components": component_effects(table),
-            "paragraph": render_paragraph(table, settings, n_items),
-            "seconds_per_answer": float(rows["seconds"].mean()) if "seconds" in rows else None}
+    return {
+        "settings": settings,
+        "n_items": n_items,
+        "cells": json.loads(table.to_json(orient="records")),
+        "components": component_effects(table),
+        "paragraph": render_paragraph(table, settings, n_items),
+        "seconds_per_answer": float(rows["seconds"].mean()) if "seconds" in rows else None,
+    }
 
 
 def render_table_markdown(table: pd.DataFrame, metric: str) -> str:
     """One metric's cells as a markdown table (accuracy with CI, differences with CI and p)."""
     part = table[table.metric == metric]
-    lines = ["| decoding | mask | DoLa | accuracy [95% CI] | seed sd | vs greedy | vs no mask | vs no DoLa |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| decoding | mask | DoLa | accuracy [95% CI] | seed sd | vs greedy | vs no mask | vs no DoLa |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def diff(row, ref):
         if pd.isna(row[f"diff_{ref}"]):
             return "—"
-        return (f"{_fmt(row[f'diff_{ref}'])} [{_fmt(row[f'diff_{ref}_low'])}, {_fmt(row[f'diff_{ref}_high'])}] "
-                f"p={row[f'p_{ref}']:.2g}")
+        return (
+            f"{_fmt(row[f'diff_{ref}'])} [{_fmt(row[f'diff_{ref}_low'])}, {_fmt(row[f'diff_{ref}_high'])}] "
+            f"p={row[f'p_{ref}']:.2g}"
+        )
 
     for _, row in part.iterrows():
         sd = row.get("seed_sd")
-        lines.append(f"| {row.decoding} | {MASK_LABELS[row['mask']]} | {DOLA_LABELS[row.dola]} | "
-                     f"{row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}] | "
-                     f"{'—' if sd is None or pd.isna(sd) else f'{sd:.3f}'} | {diff(row, 'greedy')} | "
-                     f"{diff(row, 'no_mask')} | {diff(row, 'no_dola')} |")
+        lines.append(
+            f"| {row.decoding} | {MASK_LABELS[row['mask']]} | {DOLA_LABELS[row.dola]} | "
+            f"{row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}] | "
+            f"{'—' if sd is None or pd.isna(sd) else f'{sd:.3f}'} | {diff(row, 'greedy')} | "
+            f"{diff(row, 'no_mask')} | {diff(row, 'no_dola')} |"
+        )
     return "\n".join(lines)
 
 
-def write_outputs(rows: pd.DataFrame, settings: dict, out_dir: str | Path, *, n_boot: int = 2000,
-                  seed: int = 0) -> dict:
+def write_outputs(
+    rows: pd.DataFrame, settings: dict, out_dir: str | Path, *, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Write ``method_ablation.csv`` (the table), ``method_ablation.json`` (the report dict),
     ``method_ablation.md`` and the gains figure (PNG, PDF) into ``out_dir``; returns the dict."""
     from ..plotting.method_ablation import plot_gains
@@ -463,8 +574,12 @@ def write_outputs(rows: pd.DataFrame, settings: dict, out_dir: str | Path, *, n_
     (out / "method_ablation.json").write_text(json.dumps(report, indent=1))
     md = ["# Method ablation", "", report["paragraph"], ""]
     for metric in table.metric.unique():
-        md += [f"## {'items’ own metric (lmms)' if metric == 'lmms' else 'the authors’ lenient metric (wcd)'}", "",
-               render_table_markdown(table, metric), ""]
+        md += [
+            f"## {'items’ own metric (lmms)' if metric == 'lmms' else 'the authors’ lenient metric (wcd)'}",
+            "",
+            render_table_markdown(table, metric),
+            "",
+        ]
     (out / "method_ablation.md").write_text("\n".join(md))
     figure = plot_gains(gains(table))
     for suffix in ("png", "pdf"):

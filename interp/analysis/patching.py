@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import nnsight
 import numpy as np
@@ -37,7 +38,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError, InterpError
-from ..hooks import parse_hook_name
 from ..interventions.base import StepContext, resolve_layers
 from ..interventions.patch import PATCH_SITES, ImageCells, PatchActivations, RecordSource
 from ..engine.plan import Plan, RunResult, build_schedule, execute_step
@@ -48,8 +48,13 @@ GROUPS = ("changed", "other_image", "question", "other_text", "last")
 METRIC = "logit(source answer) - logit(base answer), first answer token, last prompt position"
 #: the groups the report section patches by default (``other_text`` costs a fifth more and is optional)
 REPORT_GROUPS = ("changed", "other_image", "question", "last")
-GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
-                "other_text": "other text tokens", "last": "last token"}
+GROUP_LABELS = {
+    "changed": "changed cells",
+    "other_image": "other image cells",
+    "question": "question tokens",
+    "other_text": "other text tokens",
+    "last": "last token",
+}
 
 
 # -- running a source and patched base runs in one session ------------------------------
@@ -82,8 +87,16 @@ def _with_source(items, source) -> list:
     return out
 
 
-def patch_session(vlm, base, source, conditions: Sequence[Sequence], *, remote: bool | str | None = None,
-                  logit_positions=None, source_interventions: Sequence = ()) -> PatchedRuns:
+def patch_session(
+    vlm,
+    base,
+    source,
+    conditions: Sequence[Sequence],
+    *,
+    remote: bool | str | None = None,
+    logit_positions=None,
+    source_interventions: Sequence = (),
+) -> PatchedRuns:
     """Run ``source`` once, then ``base`` once per condition (a list of interventions, any
     mix of :class:`PatchActivations` and others), all in one nnsight session.
 
@@ -122,17 +135,33 @@ def patch_session(vlm, base, source, conditions: Sequence[Sequence], *, remote: 
                 outputs.append((run_records, pick(model.output.logits)))
     source_records = {k: v.detach().cpu() for k, v in records.items()}
     source_run = RunResult(source, source_records, logits=source_logits.detach().cpu())
-    runs = [RunResult(base, {k: v.detach().cpu() for k, v in rec.items() if k not in records},
-                      logits=logits.detach().cpu()) for rec, logits in outputs]
+    runs = [
+        RunResult(base, {k: v.detach().cpu() for k, v in rec.items() if k not in records}, logits=logits.detach().cpu())
+        for rec, logits in outputs
+    ]
     return PatchedRuns(source_run, runs)
 
 
-def run_patched(vlm, base, source, *interventions, remote: bool | str | None = None, logit_positions=None,
-                source_interventions: Sequence = ()) -> RunResult:
+def run_patched(
+    vlm,
+    base,
+    source,
+    *interventions,
+    remote: bool | str | None = None,
+    logit_positions=None,
+    source_interventions: Sequence = (),
+) -> RunResult:
     """Run ``base`` with ``interventions`` (patches read from ``source``), after a source
     run recording what the patches need, in one nnsight session. Returns the base run."""
-    return patch_session(vlm, base, source, [list(interventions)], remote=remote, logit_positions=logit_positions,
-                         source_interventions=source_interventions).runs[0]
+    return patch_session(
+        vlm,
+        base,
+        source,
+        [list(interventions)],
+        remote=remote,
+        logit_positions=logit_positions,
+        source_interventions=source_interventions,
+    ).runs[0]
 
 
 # -- pairs -------------------------------------------------------------------------------
@@ -184,13 +213,23 @@ def as_pairs(pairs: Any) -> list[PatchPair]:
         if isinstance(entry, PatchPair):
             out.append(entry)
         elif isinstance(entry, Counterfactual):
-            out.append(PatchPair(entry.id, _side(entry.changed), _side(entry.original), entry.change,
-                                 tuple(tuple(b) for b in entry.changed_boxes), entry.description))
+            out.append(
+                PatchPair(
+                    entry.id,
+                    _side(entry.changed),
+                    _side(entry.original),
+                    entry.change,
+                    tuple(tuple(b) for b in entry.changed_boxes),
+                    entry.description,
+                )
+            )
         elif isinstance(entry, (tuple, list)) and len(entry) == 2:
             out.append(PatchPair(str(k), _side(entry[0]), _side(entry[1])))
         else:
-            raise InputError(f"cannot patch with {type(entry).__name__}: give Counterfactuals, PatchPairs or "
-                             "(base, source) tuples of (image, question[, answer])")
+            raise InputError(
+                f"cannot patch with {type(entry).__name__}: give Counterfactuals, PatchPairs or "
+                "(base, source) tuples of (image, question[, answer])"
+            )
     if not out:
         raise InputError("no pairs to patch: give at least one (base, source) pair")
     return out
@@ -252,10 +291,22 @@ def _first_token(vlm, prepared, answer: str) -> int:
     return int(answer_token_ids(tokenizer, prepared.prompt, answer)[0])
 
 
-def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: Any = GROUPS, layers: Any = "all",
-                   cell_layers: Any = (), cell_pairs: int | None = None, mode: str = "auto", batch: int = 16,
-                   remote: bool | str | None = None, progress: bool = True, resume: str | Path | None = None,
-                   heads: Any = "all") -> pd.DataFrame:
+def patching_sweep(
+    vlm,
+    pairs: Any,
+    *,
+    sites: Any = ("resid_pre",),
+    positions: Any = GROUPS,
+    layers: Any = "all",
+    cell_layers: Any = (),
+    cell_pairs: int | None = None,
+    mode: str = "auto",
+    batch: int = 16,
+    remote: bool | str | None = None,
+    progress: bool = True,
+    resume: str | Path | None = None,
+    heads: Any = "all",
+) -> pd.DataFrame:
     """Patch each pair's source activations into its base at every (site, layer, position
     group), and per image cell at ``cell_layers``; one row per (pair, site, layer, group
     [, cell][, head]) with ``logit_diff`` (patched), ``effect`` (normalised) and
@@ -263,8 +314,9 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     and whether the model's top token is each answer's (``clean_correct`` / ``corrupt_correct``).
 
     Per-cell rows are computed for the first ``cell_pairs`` pairs only (all when None):
-    they cost a restart per cell. ``resume``: a CSV file each finished pair's rows are
-    appended to; pairs already in it are not run again (long sweeps survive interruption).
+    they cost a restart per cell. ``resume``: a JSON Lines file (:class:`interp.outputs.RowLog`)
+    that gets one fsynced record per finished pair; pairs already in it are not run again,
+    and a record cut by a crash is dropped and its pair recomputed.
 
     Site ``z`` (``blocks.{l}.attn.hook_z``) patches one attention head at a time: a row
     per head in ``heads`` (``"all"`` or a list); the ``head`` column is -1 for the other
@@ -275,88 +327,144 @@ def patching_sweep(vlm, pairs: Any, *, sites: Any = ("resid_pre",), positions: A
     session per pair: the reference, and the ``remote=`` path) or ``"auto"`` (fast where
     the family allows prefix reuse).
     """
-    from ..engine.prefix import supports_prefix_reuse
+    from ..outputs import RowLog
 
     pair_list = as_pairs(pairs)
     site_list = _sites(sites)
-    layer_list = resolve_layers(layers, vlm.n_layers)
-    head_list = _head_list(vlm, heads) if "z" in site_list else []
-    cell_list = [] if cell_layers is None or (not isinstance(cell_layers, (str, int)) and len(cell_layers) == 0) else \
-        resolve_layers(cell_layers, vlm.n_layers)
+    fast = _fast_patching(vlm, mode, remote)
+    plan = _ConditionPlan(
+        site_list,
+        resolve_layers(layers, vlm.n_layers),
+        _head_list(vlm, heads) if "z" in site_list else [],
+        _cell_layers(vlm, cell_layers),
+        cell_pairs,
+        positions,
+    )
+    log = RowLog(resume) if resume is not None else None
+    done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
+    rows: list[dict] = []
+    try:
+        for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
+            if pair.id in done:
+                rows.extend(done[pair.id])
+                continue
+            pair_rows = _patch_pair(vlm, pair, plan.conditions(vlm, pair, index), fast=fast, batch=batch, remote=remote)
+            if log is not None:
+                log.append({"key": pair.id, "rows": pair_rows})
+            rows.extend(pair_rows)
+    finally:
+        if log is not None:
+            log.close()
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(
+        {
+            "model": vlm.name,
+            "n_layers": vlm.n_layers,
+            "sites": site_list,
+            "mode": "fast" if fast else "naive",
+            "metric": METRIC,
+        }
+    )
+    return frame
+
+
+def _fast_patching(vlm, mode: str, remote) -> bool:
+    """Whether the sweep restarts from captured prefixes (one line when ``mode='fast'`` cannot)."""
+    from ..engine.prefix import supports_prefix_reuse
+
     if mode not in ("auto", "fast", "naive"):
         raise InterpError(f"mode must be auto, fast or naive, got {mode!r}")
     reason = supports_prefix_reuse(vlm) or ("remote execution" if remote not in (None, False) else None)
-    if mode == "fast":
-        if reason:
-            raise InterpError(f"the fast patching sweep does not apply here ({reason}); use mode='naive'")
-    rows: list[dict] = []
-    done: set = set()
-    previous = None
-    if resume is not None and Path(resume).exists() and Path(resume).stat().st_size:
-        previous = pd.read_csv(resume)
-        if "head" not in previous.columns:  # written before per-head patching: whole activations
-            previous.insert(previous.columns.get_loc("site") + 1, "head", -1)
-        done = set(previous.pair.astype(str))
-    use_fast, slow = {}, {}
-    for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
-        if pair.id in done:
-            continue
-        first_row = len(rows)
+    if mode == "fast" and reason:
+        raise InterpError(f"the fast patching sweep does not apply here ({reason}); use mode='naive'")
+    return mode != "naive" and reason is None
+
+
+def _cell_layers(vlm, cell_layers: Any) -> list[int]:
+    if cell_layers is None or (not isinstance(cell_layers, (str, int)) and len(cell_layers) == 0):
+        return []
+    return resolve_layers(cell_layers, vlm.n_layers)
+
+
+@dataclass
+class _ConditionPlan:
+    """Which (site, layer, group, row, col, head) conditions a pair gets."""
+
+    sites: list
+    layers: list
+    heads: list
+    cell_layers: list
+    cell_pairs: int | None
+    positions: Any
+
+    def conditions(self, vlm, pair: PatchPair, index: int) -> tuple[Any, Any, dict]:
+        """``(base, source, {condition: selector})`` of the ``index``-th pair."""
         base = vlm.prepare(pair.base.image, pair.base.question)
         source = vlm.prepare(pair.source.image, pair.source.question)
-        groups = _groups(pair, base, source, positions)
+        groups = _groups(pair, base, source, self.positions)
         grid = base.grid
-        cells = {(r, c): ImageCells([(r, c)]) for r in range(grid.rows) for c in range(grid.cols)
-                 if int(grid.positions[r, c]) >= 0}
-        conditions = {}  # (site, layer, group, row, col, head) -> selector
-        for site in site_list:
-            for head in head_list if site == "z" else [-1]:
-                for layer in layer_list:
+        cells = {
+            (r, c): ImageCells([(r, c)])
+            for r in range(grid.rows)
+            for c in range(grid.cols)
+            if int(grid.positions[r, c]) >= 0
+        }
+        with_cells = self.cell_pairs is None or index < self.cell_pairs
+        out = {}
+        for site in self.sites:
+            for head in self.heads if site == "z" else [-1]:
+                for layer in self.layers:
                     for group, selector in groups.items():
-                        conditions[(site, layer, group, -1, -1, head)] = selector
-                for layer in cell_list if cell_pairs is None or index < cell_pairs else ():
+                        out[(site, layer, group, -1, -1, head)] = selector
+                for layer in self.cell_layers if with_cells else ():
                     for (r, c), selector in cells.items():
-                        conditions[(site, layer, "cell", r, c, head)] = selector
-        use_fast = {site: mode != "naive" and reason is None for site in site_list}
-        logits: dict = {}
-        clean = corrupt = None
-        if any(use_fast.values()):
-            fast = {k: v for k, v in conditions.items() if use_fast[k[0]]}
-            clean, corrupt, out = _fast_pair(vlm, base, source, fast, batch)
-            logits.update(out)
-        slow = {k: v for k, v in conditions.items() if not use_fast[k[0]]}
-        if slow:
-            clean, corrupt, out = _session_pair(vlm, base, source, slow, remote)
-            logits.update(out)
-        a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else int(clean.argmax())
-        a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else int(corrupt.argmax())
+                        out[(site, layer, "cell", r, c, head)] = selector
+        return base, source, out
 
-        def ld(row):
-            return float(row[a_source] - row[a_base])
 
-        clean_ld, corrupt_ld = ld(clean), ld(corrupt)
-        denominator = clean_ld - corrupt_ld
-        common = {"pair": pair.id, "change": pair.change, "clean_logit_diff": clean_ld, "corrupt_logit_diff": corrupt_ld,
-                  "clean_correct": int(clean.argmax()) == a_source, "corrupt_correct": int(corrupt.argmax()) == a_base,
-                  "same_first_token": a_source == a_base}
-        for (site, layer, group, r, c, head), row in logits.items():
-            value = ld(row)
-            effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
-            rows.append({**common, "site": site, "head": head, "layer": layer, "group": group, "row": r, "col": c,
-                         "logit_diff": value, "effect": effect,
-                         "answer_logit_change": float(row[a_source] - corrupt[a_source])})
-        if resume is not None:
-            path = Path(resume)
-            pd.DataFrame(rows[first_row:]).to_csv(path, mode="a", header=not path.exists() or not path.stat().st_size,
-                                                 index=False)
-    frame = pd.DataFrame(rows)
-    if previous is not None:
-        keep = previous[previous.pair.astype(str).isin({p.id for p in pair_list})]
-        frame = pd.concat([keep, frame], ignore_index=True) if len(frame) else keep.reset_index(drop=True)
-    frame.attrs.update({"model": vlm.name, "n_layers": vlm.n_layers, "sites": site_list,
-                        "mode": "fast" if any(use_fast.values()) and not slow else ("naive" if not any(use_fast.values()) else "mixed"),
-                        "metric": METRIC})
-    return frame
+def _patch_pair(vlm, pair: PatchPair, planned: tuple, *, fast: bool, batch: int, remote) -> list[dict]:
+    """One pair's rows: every condition patched, scored by the answers' logit difference."""
+    base, source, conditions = planned
+    if fast:
+        clean, corrupt, logits = _fast_pair(vlm, base, source, conditions, batch)
+    else:
+        clean, corrupt, logits = _session_pair(vlm, base, source, conditions, remote)
+    a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else int(clean.argmax())
+    a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else int(corrupt.argmax())
+
+    def ld(row) -> float:
+        return float(row[a_source] - row[a_base])
+
+    clean_ld, corrupt_ld = ld(clean), ld(corrupt)
+    denominator = clean_ld - corrupt_ld
+    common = {
+        "pair": pair.id,
+        "change": pair.change,
+        "clean_logit_diff": clean_ld,
+        "corrupt_logit_diff": corrupt_ld,
+        "clean_correct": int(clean.argmax()) == a_source,
+        "corrupt_correct": int(corrupt.argmax()) == a_base,
+        "same_first_token": a_source == a_base,
+    }
+    rows = []
+    for (site, layer, group, r, c, head), row in logits.items():
+        value = ld(row)
+        effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
+        rows.append(
+            {
+                **common,
+                "site": site,
+                "head": head,
+                "layer": layer,
+                "group": group,
+                "row": r,
+                "col": c,
+                "logit_diff": value,
+                "effect": effect,
+                "answer_logit_change": float(row[a_source] - corrupt[a_source]),
+            }
+        )
+    return rows
 
 
 def _head_list(vlm, heads) -> list[int]:
@@ -396,16 +504,18 @@ def _fast_pair(vlm, base, source, conditions: dict, batch: int):
         for i in range(0, len(members), batch):
             chunk = members[i : i + batch]
             variants = [[patch] for _, patch in chunk]
-            hidden_out, _ = continue_from(vlm, cor, layer, variants,
-                                          first_row=first_changed_row(vlm, cor, layer, variants))
+            hidden_out, _ = continue_from(
+                vlm, cor, layer, variants, first_row=first_changed_row(vlm, cor, layer, variants)
+            )
             for (key, _), row in zip(chunk, unembed(vlm, hidden_out)):
                 out[key] = row[0].float().cpu()
     return src.logits[0].cpu(), cor.logits[0].cpu(), out
 
 
 def _patch_for(vlm, key, selector, source, values, base) -> PatchActivations:
-    return PatchActivations(layers=key[1], site=key[0], positions=selector, source=source, source_values=values,
-                            heads=_heads(key)).bind(vlm.n_layers, base)
+    return PatchActivations(
+        layers=key[1], site=key[0], positions=selector, source=source, source_values=values, heads=_heads(key)
+    ).bind(vlm.n_layers, base)
 
 
 def _heads(key) -> list[int] | None:
@@ -416,10 +526,13 @@ def _heads(key) -> list[int] | None:
 def _session_pair(vlm, base, source, conditions: dict, remote):
     """One nnsight session per pair: the source, the unpatched base and every condition."""
     keys = list(conditions)
-    runs = patch_session(vlm, base, source,
-                         [[]] + [[PatchActivations(layers=k[1], site=k[0], positions=conditions[k], heads=_heads(k))]
-                                 for k in keys],
-                         remote=remote)
+    runs = patch_session(
+        vlm,
+        base,
+        source,
+        [[]] + [[PatchActivations(layers=k[1], site=k[0], positions=conditions[k], heads=_heads(k))] for k in keys],
+        remote=remote,
+    )
     corrupt = runs.runs[0].logits[0].float()
     out = {key: run.logits[0].float() for key, run in zip(keys, runs.runs[1:])}
     return runs.source.logits[0].float(), corrupt, out
@@ -440,15 +553,20 @@ def patching_effects(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) 
         part = groups[groups.same_first_token == same].dropna(subset=[metric])
         if part.empty:
             continue
-        by = ("change", "site", "head", "layer", "group") if "head" in part.columns else ("change", "site", "layer", "group")
+        by = (
+            ("change", "site", "head", "layer", "group")
+            if "head" in part.columns
+            else ("change", "site", "layer", "group")
+        )
         ci = per_layer_ci(part, metric, by=by, n_boot=n_boot, seed=seed)
         ci["metric"] = metric
         parts.append(ci)
     return pd.concat(parts, ignore_index=True)
 
 
-def cell_effect_grid(frame: pd.DataFrame, pair: str, layer: int, *, site: str = "resid_pre",
-                     value: str = "effect") -> np.ndarray:
+def cell_effect_grid(
+    frame: pd.DataFrame, pair: str, layer: int, *, site: str = "resid_pre", value: str = "effect"
+) -> np.ndarray:
     """One pair's per-cell ``value`` at ``layer`` on its image grid (NaN where not patched)."""
     cells = frame[(frame.pair == pair) & (frame.layer == layer) & (frame.site == site) & (frame.group == "cell")]
     if cells.empty:
@@ -473,11 +591,17 @@ def handover(effects: pd.DataFrame, *, site: str = "resid_pre", threshold: float
         until = None if until is None or pd.isna(until) else int(until)
         later = sorted(l for l in part.layer.unique() if until is not None and l > until)
         nxt = int(later[0]) if later else None
-        after = {} if nxt is None else {g: float(v) for g, v in part[part.layer == nxt].set_index("group")["mean"].items()}
+        after = (
+            {} if nxt is None else {g: float(v) for g, v in part[part.layer == nxt].set_index("group")["mean"].items()}
+        )
         last_from = last[last["mean"] >= threshold].layer.min() if not last.empty else None
-        out[change] = {"cells_until": until, "next_layer": nxt, "after": after,
-                       "last_from": None if last_from is None or pd.isna(last_from) else int(last_from),
-                       "threshold": threshold}
+        out[change] = {
+            "cells_until": until,
+            "next_layer": nxt,
+            "after": after,
+            "last_from": None if last_from is None or pd.isna(last_from) else int(last_from),
+            "threshold": threshold,
+        }
     return out
 
 
@@ -498,13 +622,27 @@ def default_cell_layers(n_layers: int, count: int = 4) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, count)})
 
 
-def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
-                     changes: Sequence[str] = ("colour", "shape", "distractor"), cell_layers: Any = None,
-                     cell_pairs: int | None = 2, positions: Sequence[str] = REPORT_GROUPS, layers: Any = "all",
-                     mode: str = "auto", n_boot: int = 2000, seed: int = 0, remote: bool | str | None = None,
-                     progress: bool = True, sweep: pd.DataFrame | None = None,
-                     resume: str | Path | None = None, sites: Sequence[str] = ("resid_pre",),
-                     heads: Any = "all") -> tuple[dict, list[str]]:
+def patching_section(
+    vlm,
+    samples: Any,
+    out_dir=None,
+    *,
+    n_pairs: int = 60,
+    changes: Sequence[str] = ("colour", "shape", "distractor"),
+    cell_layers: Any = None,
+    cell_pairs: int | None = 2,
+    positions: Sequence[str] = REPORT_GROUPS,
+    layers: Any = "all",
+    mode: str = "auto",
+    n_boot: int = 2000,
+    seed: int = 0,
+    remote: bool | str | None = None,
+    progress: bool = True,
+    sweep: pd.DataFrame | None = None,
+    resume: str | Path | None = None,
+    sites: Sequence[str] = ("resid_pre",),
+    heads: Any = "all",
+) -> tuple[dict, list[str]]:
     """Counterfactual patching for a report: ``(dict for report.json, markdown lines)``.
 
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
@@ -528,9 +666,20 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
         pairs = as_pairs(samples)[:n_pairs]
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
     if sweep is None:
-        sweep = patching_sweep(vlm, pairs, positions=positions, layers=layers, cell_layers=cell_layers,
-                               cell_pairs=cell_pairs, mode=mode, remote=remote, progress=progress, resume=resume,
-                               sites=sites, heads=heads)
+        sweep = patching_sweep(
+            vlm,
+            pairs,
+            positions=positions,
+            layers=layers,
+            cell_layers=cell_layers,
+            cell_pairs=cell_pairs,
+            mode=mode,
+            remote=remote,
+            progress=progress,
+            resume=resume,
+            sites=sites,
+            heads=heads,
+        )
     else:
         cell_layers = sorted(int(l) for l in sweep[sweep.group == "cell"].layer.unique()) or cell_layers
         sweep.attrs.setdefault("metric", METRIC)
@@ -545,23 +694,40 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
     layer0 = effects[(effects.layer == 0) & (effects.group == "changed")]
     control = effects[effects.metric == "answer_logit_change"]
     answer_moves = sweep[(~sweep.same_first_token) & (sweep.group != "cell")]
-    reference_move = float((answer_moves.clean_logit_diff - answer_moves.corrupt_logit_diff).abs().groupby(
-        answer_moves.pair).first().mean()) if not answer_moves.empty else float("nan")
+    reference_move = (
+        float(
+            (answer_moves.clean_logit_diff - answer_moves.corrupt_logit_diff)
+            .abs()
+            .groupby(answer_moves.pair)
+            .first()
+            .mean()
+        )
+        if not answer_moves.empty
+        else float("nan")
+    )
     example = None
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         sweep.to_csv(out / "patching_sweep.csv", index=False)
         if main:
-            figures.patching_heatmap(effects, site=main, out_dir=out,
-                                     title=f"{vlm.name}: source activations patched in at one layer")
+            figures.patching_heatmap(
+                effects, site=main, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer"
+            )
         for change in dict.fromkeys(effects.change):
             figures.patching_curves(effects, change=change, site=main, out_dir=out, name=f"patching_curves_{change}")
         for change in dict.fromkeys(head_effects.change):
             figures.patching_head_heatmap(head_effects, change=change, out_dir=out, name=f"patching_heads_{change}")
         mapped = set(sweep[sweep.group == "cell"].pair)
-        candidates = [p for p in pairs if p.id in mapped and p.changed_boxes and p.change not in ("distractor",)
-                      and bool(per_pair.loc[p.id, "clean_correct"]) and bool(per_pair.loc[p.id, "corrupt_correct"])]
+        candidates = [
+            p
+            for p in pairs
+            if p.id in mapped
+            and p.changed_boxes
+            and p.change not in ("distractor",)
+            and bool(per_pair.loc[p.id, "clean_correct"])
+            and bool(per_pair.loc[p.id, "corrupt_correct"])
+        ]
         pick = candidates[0] if candidates else next((p for p in pairs if p.id in mapped and p.changed_boxes), None)
         if pick is not None and cell_layers and main:
             grids = {layer: cell_effect_grid(sweep, pick.id, layer, site=main) for layer in cell_layers}
@@ -570,18 +736,32 @@ def patching_section(vlm, samples: Any, out_dir=None, *, n_pairs: int = 60,
 
             image = load_image(pick.base.image)
             changed = boxes_mask(pick.changed_boxes, image.size, *shape, min_fraction=1e-6).numpy()
-            figures.patching_cell_maps(image, grids, changed=changed, out_dir=out,
-                                       question=f"{pick.source.question} {pick.source.answer} -> {pick.base.answer} "
-                                                f"({pick.description}); effect of patching one cell")
+            figures.patching_cell_maps(
+                image,
+                grids,
+                changed=changed,
+                out_dir=out,
+                question=f"{pick.source.question} {pick.source.answer} -> {pick.base.answer} "
+                f"({pick.description}); effect of patching one cell",
+            )
             example = {"pair": pick.id, "description": pick.description, "cell_layers": cell_layers}
     report = {
-        "n_pairs": len(pairs), "changes": {c: int(n) for c, n in per_pair.change.value_counts().items()},
-        "mode": sweep.attrs.get("mode"), "metric": sweep.attrs.get("metric"),
-        "sites": site_list, "summary_site": main,
-        "both_answers_top_token": both_right, "effects": _records(effects), "handover": found,
-        "head_effects": _records(head_effects), "top_heads": top_heads(head_effects),
-        "layer0_changed_effect": _records(layer0), "control_answer_logit_change": _records(control),
-        "mean_abs_clean_minus_corrupt_logit_diff": reference_move, "cell_layers": cell_layers, "example": example,
+        "n_pairs": len(pairs),
+        "changes": {c: int(n) for c, n in per_pair.change.value_counts().items()},
+        "mode": sweep.attrs.get("mode"),
+        "metric": sweep.attrs.get("metric"),
+        "sites": site_list,
+        "summary_site": main,
+        "both_answers_top_token": both_right,
+        "effects": _records(effects),
+        "handover": found,
+        "head_effects": _records(head_effects),
+        "top_heads": top_heads(head_effects),
+        "layer0_changed_effect": _records(layer0),
+        "control_answer_logit_change": _records(control),
+        "mean_abs_clean_minus_corrupt_logit_diff": reference_move,
+        "cell_layers": cell_layers,
+        "example": example,
     }
     return report, patching_markdown(report)
 
@@ -593,57 +773,92 @@ def top_heads(head_effects: pd.DataFrame, *, group: str = "last", count: int = 5
     out = []
     for change, part in rows.groupby("change"):
         for _, entry in part.sort_values("mean", ascending=False).head(count).iterrows():
-            out.append({"change": change, "group": group, "layer": int(entry.layer), "head": int(entry["head"]),
-                        "mean": float(entry["mean"]), "low": float(entry.low), "high": float(entry.high),
-                        "n": int(entry.n)})
+            out.append(
+                {
+                    "change": change,
+                    "group": group,
+                    "layer": int(entry.layer),
+                    "head": int(entry["head"]),
+                    "mean": float(entry["mean"]),
+                    "low": float(entry.low),
+                    "high": float(entry.high),
+                    "n": int(entry.n),
+                }
+            )
     return out
 
 
 def patching_markdown(report: dict) -> list[str]:
     """The report section's markdown lines."""
-    lines = ["## Counterfactual activation patching", "",
-             f"{report['n_pairs']} pairs (" + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
-             + "); the source (original scene) is patched into the base (changed scene) at one layer "
-             f"({report.get('summary_site') or ('z, one head at a time' if report.get('sites') == ['z'] else 'resid_pre')}), "
-             f"one position group at a time; metric: {report['metric']}; "
-             "effect = (patched - base) / "
-             "(source - base). Top token equals the expected answer in both runs for "
-             f"{report['both_answers_top_token']:.0%} of the pairs.", ""]
+    lines = [
+        "## Counterfactual activation patching",
+        "",
+        f"{report['n_pairs']} pairs ("
+        + ", ".join(f"{c}: {n}" for c, n in report["changes"].items())
+        + "); the source (original scene) is patched into the base (changed scene) at one layer "
+        f"({report.get('summary_site') or ('z, one head at a time' if report.get('sites') == ['z'] else 'resid_pre')}), "
+        f"one position group at a time; metric: {report['metric']}; "
+        "effect = (patched - base) / "
+        "(source - base). Top token equals the expected answer in both runs for "
+        f"{report['both_answers_top_token']:.0%} of the pairs.",
+        "",
+    ]
     for entry in report["layer0_changed_effect"]:
         if entry["metric"] != "effect":
             continue
-        lines.append(f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs).")
+        lines.append(
+            f"- **{entry['change']}**, changed cells at layer 0: effect {_ci(entry)} (95% bootstrap CI over pairs)."
+        )
     for change, found in report["handover"].items():
         cells, nxt = found["cells_until"], found.get("next_layer")
-        text = (f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
-                f"difference up to layer {cells if cells is not None else '- (never)'}")
+        text = (
+            f"- **{change}**: patching the changed cells restores >= {found['threshold']:.0%} of the logit "
+            f"difference up to layer {cells if cells is not None else '- (never)'}"
+        )
         if nxt is not None:
-            text += f"; at layer {nxt}: " + ", ".join(f"{GROUP_LABELS.get(g, g)} {v:.2f}" for g, v in found["after"].items())
+            text += f"; at layer {nxt}: " + ", ".join(
+                f"{GROUP_LABELS.get(g, g)} {v:.2f}" for g, v in found["after"].items()
+            )
         last = found["last_from"]
         text += f"; the last token alone restores >= {found['threshold']:.0%} " + (
-            f"from layer {last}." if last is not None else "at no layer.")
+            f"from layer {last}." if last is not None else "at no layer."
+        )
         lines.append(text)
     control = report["control_answer_logit_change"]
     if control:
         worst = max(control, key=lambda e: abs(e["mean"]))
-        lines.append(f"- **control** (a distractor changed, answer unchanged): the answer token's logit moves by at most "
-                     f"{worst['mean']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}] on average (layer {worst['layer']}, "
-                     f"{worst['group']}), against a mean |source - base| logit difference of "
-                     f"{report['mean_abs_clean_minus_corrupt_logit_diff']:.2f} in the answer-changing pairs.")
+        lines.append(
+            f"- **control** (a distractor changed, answer unchanged): the answer token's logit moves by at most "
+            f"{worst['mean']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}] on average (layer {worst['layer']}, "
+            f"{worst['group']}), against a mean |source - base| logit difference of "
+            f"{report['mean_abs_clean_minus_corrupt_logit_diff']:.2f} in the answer-changing pairs."
+        )
     table = pd.DataFrame(report["effects"])
     if not table.empty:
-        lines += ["", "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
-                  "|---|---|" + "---|" * len(_table_layers(report))]
+        lines += [
+            "",
+            "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
+            "|---|---|" + "---|" * len(_table_layers(report)),
+        ]
         for (change, group), part in table.groupby(["change", "group"], sort=False):
             values = part.set_index("layer")
-            lines.append(f"| {change} | {group} | " + " | ".join(
-                f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report)) + " |")
+            lines.append(
+                f"| {change} | {group} | "
+                + " | ".join(f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report))
+                + " |"
+            )
     heads = report.get("top_heads") or []
     if heads:
-        lines += ["", "### Single attention heads (blocks.{l}.attn.hook_z at the last token)", "",
-                  "Each head's output (before the output projection) at the last position patched alone from the "
-                  "source; the heads that restore most of the logit difference (95% bootstrap CI over pairs):", "",
-                  "| change | layer | head | effect |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "### Single attention heads (blocks.{l}.attn.hook_z at the last token)",
+            "",
+            "Each head's output (before the output projection) at the last position patched alone from the "
+            "source; the heads that restore most of the logit difference (95% bootstrap CI over pairs):",
+            "",
+            "| change | layer | head | effect |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {h['change']} | {h['layer']} | {h['head']} | {_ci(h)} |" for h in heads]
         lines += ["", "Figures: patching_heads_<change> (layer x head).", ""]
     if report.get("summary_site"):

@@ -133,8 +133,10 @@ def choose_review_layer(effects: pd.DataFrame, finding, n_layers: int) -> tuple[
         return n_layers - 1, "fallback: no review layer detected and no deeper-half layer measured; the last layer"
     row = rows.sort_values(["diff", "layer"]).iloc[0]
     significant = int(row.layer) in finding.significant_layers
-    return int(row.layer), ("fallback: no review layer detected; the deeper-half layer with the largest masking drop "
-                            f"({'significant' if significant else 'not significant'} family-wise)")
+    return int(row.layer), (
+        "fallback: no review layer detected; the deeper-half layer with the largest masking drop "
+        f"({'significant' if significant else 'not significant'} family-wise)"
+    )
 
 
 def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dict:
@@ -145,15 +147,34 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
 
     # batch_size: the rows are the same at any batch size (within float tolerance; tests/test_batching.py),
     # so a run may be continued with another one
-    report_only = ("progress", "keep_prefix_mb", "remote", "n_boot", "seed", "heatmap_layers", "patching_pairs",
-                   "lens_samples", "ablation_seeds", "batch_size", "restart_batch", "decode_batch")
+    report_only = (
+        "progress",
+        "keep_prefix_mb",
+        "remote",
+        "n_boot",
+        "seed",
+        "heatmap_layers",
+        "patching_pairs",
+        "lens_samples",
+        "ablation_seeds",
+        "batch_size",
+        "restart_batch",
+        "decode_batch",
+    )
     fields = {k: v for k, v in asdict(config).items() if k not in report_only}
     ids = [item.id for item in items]
     weights_id = vlm.weights_id
     weights = {"weights": weights_id} if weights_id else {}  # e.g. a retrained organism: not the same run
-    return {"kind": "interp-reproduce", "model": vlm.name, **weights, "n_layers": vlm.n_layers, "dataset": dataset,
-            "n_samples": len(items), "items_sha1": hashlib.sha1(json.dumps(ids).encode()).hexdigest(),
-            **json.loads(json.dumps(fields))}
+    return {
+        "kind": "interp-reproduce",
+        "model": vlm.name,
+        **weights,
+        "n_layers": vlm.n_layers,
+        "dataset": dataset,
+        "n_samples": len(items),
+        "items_sha1": hashlib.sha1(json.dumps(ids).encode()).hexdigest(),
+        **json.loads(json.dumps(fields)),
+    }
 
 
 class _World:
@@ -184,8 +205,15 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shard: tuple[int, int] | None = None,
-                 world: _World | None = None) -> Tables | None:
+def run_analyses(
+    vlm,
+    items: list,
+    config: ReproduceConfig,
+    run: RunDir,
+    *,
+    shard: tuple[int, int] | None = None,
+    world: _World | None = None,
+) -> Tables | None:
     """Phase 1 (clean pass, sweep, attention, lens) and phase 2 (contrastive) for this shard's
     samples not yet in ``run``; the tables of every sample once all shards are done (else None)."""
     variants = check_options(config.variants, config.scoring, config.mode, config.window)
@@ -202,8 +230,12 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     done = run.done("phase1")
     todo = [item for item in mine if item.id not in done]
     batch = resolve_batch_size(vlm, config.batch_size, remote)
-    bar = tqdm(total=len(todo), desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
-               unit="sample", disable=not config.progress)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"clean pass, sweep ({'fast' if fast_sweep else 'naive'}), attention, lens",
+        unit="sample",
+        disable=not config.progress,
+    )
     for chunk in _chunks(todo, batch):
         t = time.time()
         with _fits(chunk, batch):
@@ -212,9 +244,19 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
         for item, sp in zip(chunk, passes):
             t = time.time()
             with _fits([item], batch, "a smaller --restart-batch or --decode-batch (the masking sweep)"):
-                sweep = sweep_rows(vlm, sp, variants, layers, window=config.window, scale=config.scale,
-                                   scoring=config.scoring, fast=fast_sweep, remote=remote, batch=config.restart_batch,
-                                   decode_batch=check_decode_batch(config.decode_batch))
+                sweep = sweep_rows(
+                    vlm,
+                    sp,
+                    variants,
+                    layers,
+                    window=config.window,
+                    scale=config.scale,
+                    scoring=config.scoring,
+                    fast=fast_sweep,
+                    remote=remote,
+                    batch=config.restart_batch,
+                    decode_batch=check_decode_batch(config.decode_batch),
+                )
             timings["masking_sweep"] += time.time() - t
             t = time.time()
             maps = _plain(attention_rows(sp).to_dict("records"))
@@ -240,31 +282,45 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     if any(item.id not in done for item in items):
         run.add_passes(_delta(vlm.counts, before), dict(timings), batch_size=batch)
         return None
-    sweep_table = sweep_frame(_gather(done, items, "sweep"), vlm, scoring=config.scoring, fast=fast_sweep,
-                              scale=config.scale, window=config.window)
+    sweep_table = sweep_frame(
+        _gather(done, items, "sweep"),
+        vlm,
+        scoring=config.scoring,
+        fast=fast_sweep,
+        scale=config.scale,
+        window=config.window,
+    )
     effects = layer_effects(sweep_table, n_boot=config.n_boot, seed=config.seed)
     base_values = sweep_table[sweep_table.variant == "baseline"].correct.values
     baseline = bootstrap_mean_ci(base_values, n_boot=config.n_boot, seed=config.seed)
     findings = {v: detect_fusion(effects, variant=v, baseline=baseline[0]) for v in variants}
-    review, review_source = choose_review_layer(effects, findings.get("single", next(iter(findings.values()))),
-                                                vlm.n_layers)
+    review, review_source = choose_review_layer(
+        effects, findings.get("single", next(iter(findings.values()))), vlm.n_layers
+    )
 
     fusion_layers = findings["single"].fusion_layers if "single" in findings else []
-    setup = ContrastiveSetup.build(vlm, review, fusion_layers, config.rhos, ("jsd", "hellinger"), config.primary,
-                                   config.mode, remote)
+    setup = ContrastiveSetup.build(
+        vlm, review, fusion_layers, config.rhos, ("jsd", "hellinger"), config.primary, config.mode, remote
+    )
     finished = run.done("phase2")
     todo = [item for item in mine if item.id not in finished]
     bar = tqdm(total=len(todo), desc="contrastive attention", unit="sample", disable=not config.progress)
     for chunk in _chunks(todo, batch):
         t = time.time()
         held_passes = {item.id: kept.pop(item.id, None) for item in chunk}
-        rerun = [item for item in chunk if held_passes[item.id] is None
-                 or (setup.fast and not held_passes[item.id].clean.restartable)]
+        rerun = [
+            item
+            for item in chunk
+            if held_passes[item.id] is None or (setup.fast and not held_passes[item.id].clean.restartable)
+        ]
         if rerun:
             with _fits(rerun, batch):
-                held_passes.update(zip([item.id for item in rerun],
-                                       sample_passes(vlm, rerun, restartable=setup.fast, remote=remote,
-                                                     residual_layers=None)))
+                held_passes.update(
+                    zip(
+                        [item.id for item in rerun],
+                        sample_passes(vlm, rerun, restartable=setup.fast, remote=remote, residual_layers=None),
+                    )
+                )
         timings["contrastive"] += time.time() - t
         for item in chunk:
             t = time.time()
@@ -285,7 +341,9 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
         return None
     stale = sorted({record["review_layer"] for record in finished.values()} - {review})
     if stale:
-        raise RunDirError(f"{run.out} has contrastive rows for review layer(s) {stale}, not {review}; use another --out")
+        raise RunDirError(
+            f"{run.out} has contrastive rows for review layer(s) {stale}, not {review}; use another --out"
+        )
     passes = run.passes()
     counts = dict(passes["counts"])
     counts["clean_forwards_per_sample"] = counts.get("clean_forward", 0) / max(1, len(items))
@@ -295,9 +353,20 @@ def run_analyses(vlm, items: list, config: ReproduceConfig, run: RunDir, *, shar
     counts["batch_sizes"] = passes["batch_sizes"]
     maps = pd.DataFrame(_gather(done, items, "maps"))
     maps["attention"] = maps["attention"].astype("float32")
-    return Tables(items, sweep_table, attention_table([maps], vlm), lens_frame(_gather(done, items, "lens"), vlm),
-                  contrastive_frame(_gather(finished, items, "rows"), vlm, setup), effects, baseline, findings, review,
-                  review_source, passes["timings"], counts)
+    return Tables(
+        items,
+        sweep_table,
+        attention_table([maps], vlm),
+        lens_frame(_gather(done, items, "lens"), vlm),
+        contrastive_frame(_gather(finished, items, "rows"), vlm, setup),
+        effects,
+        baseline,
+        findings,
+        review,
+        review_source,
+        passes["timings"],
+        counts,
+    )
 
 
 def _chunks(items: list, size: int):
@@ -314,12 +383,18 @@ def _fits(items: list, batch: int, step: str = ""):
     except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
         if "out of memory" not in str(error).lower():
             raise
-        which = f"sample {items[0].id!r}" if len(items) == 1 else f"the batch of samples {', '.join(repr(i.id) for i in items)}"
+        which = (
+            f"sample {items[0].id!r}"
+            if len(items) == 1
+            else f"the batch of samples {', '.join(repr(i.id) for i in items)}"
+        )
         smaller = f"a smaller --batch-size (this run: {batch}), " if batch > 1 else ""
         smaller = f"{step}, " + smaller if step else smaller
-        raise InterpError(f"{which} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
-                          f"samples are saved: rerun with {smaller}a smaller --keep-prefix-mb, a shorter prompt, or "
-                          "more devices (--device-map auto)") from None
+        raise InterpError(
+            f"{which} does not fit in memory ({str(error).splitlines()[0][:120]}); finished "
+            f"samples are saved: rerun with {smaller}a smaller --keep-prefix-mb, a shorter prompt, or "
+            "more devices (--device-map auto)"
+        ) from None
 
 
 def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
@@ -334,8 +409,9 @@ def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path
     if config.patching_pairs and synthetic:
         from .patching import patching_section
 
-        extras["patching"] = patching_section(vlm, samples, out, n_pairs=config.patching_pairs,
-                                              resume=out / "rows" / "patching.csv", **common)
+        extras["patching"] = patching_section(
+            vlm, samples, out, n_pairs=config.patching_pairs, resume=out / "rows" / "patching.jsonl", **common
+        )
     if config.lens_samples and synthetic:
         from .image_lens import lens_section
 
@@ -343,14 +419,32 @@ def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path
     if config.ablation_seeds is not None:
         from .method_ablation import AblationConfig, run_method_ablation, write_outputs
 
-        ablation = AblationConfig(seeds=config.ablation_seeds, n_boot=config.n_boot, seed=config.seed,
-                                  progress=config.progress, remote=config.remote)
+        ablation = AblationConfig(
+            seeds=config.ablation_seeds,
+            n_boot=config.n_boot,
+            seed=config.seed,
+            progress=config.progress,
+            remote=config.remote,
+        )
         rows = run_method_ablation(vlm, items, config=ablation, out=out / "rows" / "method_ablation.jsonl")
-        report = write_outputs(rows, {**ablation.resolved(vlm), "model": vlm.name, "dataset": dataset}, out,
-                               n_boot=config.n_boot, seed=config.seed)
-        extras["method_ablation"] = (report, ["## The authors' method, component by component", "",
-                                              report["paragraph"], "", "Table and figure: method_ablation.md / .png.",
-                                              ""])
+        report = write_outputs(
+            rows,
+            {**ablation.resolved(vlm), "model": vlm.name, "dataset": dataset},
+            out,
+            n_boot=config.n_boot,
+            seed=config.seed,
+        )
+        extras["method_ablation"] = (
+            report,
+            [
+                "## The authors' method, component by component",
+                "",
+                report["paragraph"],
+                "",
+                "Table and figure: method_ablation.md / .png.",
+                "",
+            ],
+        )
     return extras
 
 
@@ -384,8 +478,16 @@ def _plain(rows: list[dict]) -> list[dict]:
     return [{key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()} for row in rows]
 
 
-def reproduce(vlm, samples: Any, out_dir: str | Path, *, dataset: str = "", limit: int | None = None,
-              config: ReproduceConfig | None = None, shard: tuple[int, int] | None = None) -> dict | None:
+def reproduce(
+    vlm,
+    samples: Any,
+    out_dir: str | Path,
+    *,
+    dataset: str = "",
+    limit: int | None = None,
+    config: ReproduceConfig | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict | None:
     """Run every analysis on ``samples`` and write figures, ``report.json`` and ``report.md``
     into ``out_dir``, appending each sample's rows as it goes (rerun the same call to
     resume). ``shard=(i, n)`` runs the i-th of n shards; under ``torchrun`` each rank runs

@@ -25,7 +25,6 @@ sharded runs (the merge) computes only what is missing and writes the report.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -62,15 +61,17 @@ class RunDir:
         self._lock: OutputLock | None = None
         self._logs: dict[str, RowLog] = {}
 
-    def open(self) -> "RunDir":
+    def open(self) -> RunDir:
         check_output(self.out, "dir", lock=False)
         record = SettingsRecord(self.out / SETTINGS)
         if record.read() is None:
             others = sorted(p.name for p in self.out.iterdir() if not p.name.startswith(_LEFTOVERS))
             if others:
-                raise RunDirError(f"{self.out} already holds files ({', '.join(others[:3])}"
-                                  f"{', ...' if len(others) > 3 else ''}) of no resumable reproduce run; they are left "
-                                  "untouched: use another --out")
+                raise RunDirError(
+                    f"{self.out} already holds files ({', '.join(others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}) of no resumable reproduce run; they are left "
+                    "untouched: use another --out"
+                )
         elif record.read().get("kind") != "interp-reproduce":
             raise RunDirError(f"{self.out} holds something else than an interp reproduce run; use another --out")
         self.rows.mkdir(exist_ok=True)
@@ -106,7 +107,7 @@ class RunDir:
             self._lock.release()
             self._lock = None
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self.open()
 
     def __exit__(self, *exc) -> None:

@@ -50,7 +50,9 @@ def bootstrap_mean_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: 
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired_bootstrap_diff(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_diff(
+    a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean(b - a), low, high)`` over paired per-sample values (same items, same order)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -98,7 +100,7 @@ def paired_sign_flip(a, b, *, n_resamples: int = 200_000, seed: int = 0) -> dict
         return {**out, "p_value": 1.0, "exact": True}
     observed = abs(d.sum()) - 1e-9  # ties with the observed |sum| count as at least as extreme
     if d.size <= 20:
-        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        signs = 1 - 2 * ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1)
         sums = np.abs(signs @ d)
         return {**out, "p_value": float((sums >= observed).mean()), "exact": True}
     rng = np.random.default_rng(seed)
@@ -109,8 +111,9 @@ def paired_sign_flip(a, b, *, n_resamples: int = 200_000, seed: int = 0) -> dict
     return {**out, "p_value": float((1 + hits) / (1 + n_resamples)), "exact": False}
 
 
-def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int = 2000, level: float = 0.95,
-                  seed: int = 0) -> pd.DataFrame:
+def layer_effects(
+    sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Per (variant, layer): mean ``metric`` with a bootstrap CI, and the paired difference
     to the unmasked baseline with its CI (at ``level``) and a family-wise CI (Bonferroni over
     the layers of the variant), plus McNemar's p-value for binary metrics.
@@ -129,13 +132,32 @@ def layer_effects(sweep: pd.DataFrame, *, metric: str = "correct", n_boot: int =
             cell = cell.set_index("item")[metric]
             paired = base.loc[cell.index]
             mean, low, high = bootstrap_mean_ci(cell.values, n_boot=n_boot, level=level, seed=seed)
-            diff, d_low, d_high = paired_bootstrap_diff(paired.values, cell.values, n_boot=n_boot, level=level, seed=seed)
-            _, fw_low, fw_high = paired_bootstrap_diff(paired.values, cell.values, n_boot=n_boot, level=fw_level, seed=seed)
-            row = {"variant": variant, "layer": int(layer), "n": int(cell.size), "mean": mean, "low": low, "high": high,
-                   "diff": diff, "diff_low": d_low, "diff_high": d_high, "fw_low": fw_low, "fw_high": fw_high}
+            diff, d_low, d_high = paired_bootstrap_diff(
+                paired.values, cell.values, n_boot=n_boot, level=level, seed=seed
+            )
+            _, fw_low, fw_high = paired_bootstrap_diff(
+                paired.values, cell.values, n_boot=n_boot, level=fw_level, seed=seed
+            )
+            row = {
+                "variant": variant,
+                "layer": int(layer),
+                "n": int(cell.size),
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "diff": diff,
+                "diff_low": d_low,
+                "diff_high": d_high,
+                "fw_low": fw_low,
+                "fw_high": fw_high,
+            }
             if metric == "correct":
                 row["p_value"] = mcnemar_exact(paired.values, cell.values)["p_value"]
-            row.update(fw_alpha=(1 - level) / max(1, n_layers), min_p_value=min_p_value(cell.size), small_sample=bool(cell.size < SMALL_SAMPLE))
+            row.update(
+                fw_alpha=(1 - level) / max(1, n_layers),
+                min_p_value=min_p_value(cell.size),
+                small_sample=bool(cell.size < SMALL_SAMPLE),
+            )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -156,10 +178,18 @@ class FusionFinding:
     small_sample: bool = False  # n < SMALL_SAMPLE: the bootstrap CIs are rough
 
     def to_dict(self) -> dict:
-        return {"variant": self.variant, "baseline": self.baseline, "fusion_layers": self.fusion_layers,
-                "review_layer": self.review_layer, "significant_layers": self.significant_layers,
-                "statement": self.statement, "n": self.n, "too_small": self.too_small, "min_n": self.min_n,
-                "small_sample": self.small_sample}
+        return {
+            "variant": self.variant,
+            "baseline": self.baseline,
+            "fusion_layers": self.fusion_layers,
+            "review_layer": self.review_layer,
+            "significant_layers": self.significant_layers,
+            "statement": self.statement,
+            "n": self.n,
+            "too_small": self.too_small,
+            "min_n": self.min_n,
+            "small_sample": self.small_sample,
+        }
 
 
 def _blocks(layers: list[int]) -> list[list[int]]:
@@ -172,8 +202,15 @@ def _blocks(layers: list[int]) -> list[list[int]]:
     return blocks
 
 
-def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: float | None = None,
-                  min_drop: float = 0.05, min_gap: int = 2, review_from: float = 0.5) -> FusionFinding:
+def detect_fusion(
+    effects: pd.DataFrame,
+    *,
+    variant: str = "single",
+    baseline: float | None = None,
+    min_drop: float = 0.05,
+    min_gap: int = 2,
+    review_from: float = 0.5,
+) -> FusionFinding:
     """Fusion layers: masking there lowers accuracy significantly — the family-wise
     (Bonferroni over layers) paired-bootstrap CI of the drop lies below zero and the drop is
     at least ``min_drop``. The *fusion layers* are the first contiguous block of such layers
@@ -200,23 +237,27 @@ def detect_fusion(effects: pd.DataFrame, *, variant: str = "single", baseline: f
     if "p_value" in rows:
         significant &= rows["p_value"] <= alpha
     base = float(baseline) if baseline is not None else float((rows["mean"] - rows["diff"]).iloc[0])
-    finding = FusionFinding(variant=variant, baseline=base, n=n, min_n=min_paired_n(alpha),
-                            small_sample=n is not None and n < SMALL_SAMPLE)
+    finding = FusionFinding(
+        variant=variant, baseline=base, n=n, min_n=min_paired_n(alpha), small_sample=n is not None and n < SMALL_SAMPLE
+    )
     if n is not None and min_p_value(n) > alpha:
         finding.too_small = True
         finding.statement = (
             f"n too small: with n = {n} items the exact paired test can reach at best p = {min_p_value(n):.3g}, above "
             f"the family-wise alpha {alpha:.3g} ({rows.layer.nunique()} layers); it needs at least {finding.min_n} "
             f"items, so no layer is called significant for the {variant} edit and no fusion or review layer is "
-            f"detected.")
+            f"detected."
+        )
         return finding
     sig_layers = [int(x) for x in rows[significant].layer]
     finding.significant_layers = sig_layers
     blocks = _blocks(sig_layers)
     if not blocks:
-        finding.statement = (f"No layer where the {variant} edit lowers accuracy significantly "
-                             f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected."
-                             + _small_note(finding))
+        finding.statement = (
+            f"No layer where the {variant} edit lowers accuracy significantly "
+            f"(family-wise 95% CI, drop >= {min_drop:.2f}): no fusion layer and no review layer detected."
+            + _small_note(finding)
+        )
         return finding
     fusion = list(blocks[0])
     rest = blocks[1:]
@@ -247,14 +288,29 @@ def _span(layers: list[int]) -> str:
     return ", ".join(f"{b[0]}-{b[-1]}" if len(b) > 1 else str(b[0]) for b in _blocks(layers))
 
 
-def per_layer_ci(frame: pd.DataFrame, value: str, *, by: tuple[str, ...] = ("layer",), n_boot: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def per_layer_ci(
+    frame: pd.DataFrame,
+    value: str,
+    *,
+    by: tuple[str, ...] = ("layer",),
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Mean of ``value`` per group with a bootstrap CI over the rows (items) of the group:
     columns ``*by, mean, low, high, n, small_sample`` (``n`` < :data:`SMALL_SAMPLE`)."""
     rows = []
     for key, group in frame.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         mean, low, high = bootstrap_mean_ci(group[value].values, n_boot=n_boot, level=level, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": mean, "low": low, "high": high, "n": int(len(group)),
-                     "small_sample": bool(len(group) < SMALL_SAMPLE)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n": int(len(group)),
+                "small_sample": bool(len(group) < SMALL_SAMPLE),
+            }
+        )
     return pd.DataFrame(rows)

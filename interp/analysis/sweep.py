@@ -44,7 +44,8 @@ baseline as ``variant="baseline"``, ``layer=-1``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import pandas as pd
 import torch
@@ -52,21 +53,29 @@ from tqdm.auto import tqdm
 
 from ..engine.decode import greedy_continue
 from ..engine.memory import resolve_decode_batch
-from ..engine.prefix import (RestartGroup, fill_kv, first_changed_row, restart, restart_many,
-                             supports_prefix_reuse, unembed)
+from ..engine.prefix import (
+    RestartGroup,
+    fill_kv,
+    first_changed_row,
+    restart,
+    restart_many,
+    supports_prefix_reuse,
+    unembed,
+)
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
 from ..interventions.base import resolve_layers
 from ..options import PAPER_MASK_SCALE
 from .clean import SamplePass, sample_pass
-from .items import Item, as_items
+from .items import as_items
 from .teacher import TeacherForced
 
 from ..options import MODES, SCORINGS, SWEEP_VARIANTS as VARIANTS
 
 
-def condition(variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3,
-              scale: float = PAPER_MASK_SCALE) -> list:
+def condition(
+    variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3, scale: float = PAPER_MASK_SCALE
+) -> list:
     """The interventions of one sweep condition (unbound)."""
     span = list(range(layer, min(layer + window, n_layers)))
     if variant == "single":
@@ -123,11 +132,24 @@ def use_fast(vlm, mode: str, scoring: str, remote) -> bool:
     return mode == "fast" or (mode == "auto" and reason is None)
 
 
-def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), layers: Any = "all",
-                  window: int = 3, scale: float = PAPER_MASK_SCALE, scoring: str = "teacher", mode: str = "auto",
-                  limit: int | None = None, max_new_tokens: int = 8, batch: int = 8,
-                  remote: bool | str | None = None, progress: bool = True, rows: bool = True,
-                  decode_batch: int | str | None = "auto") -> pd.DataFrame:
+def masking_sweep(
+    vlm,
+    samples: Any,
+    *,
+    variants: Iterable[str] = ("single",),
+    layers: Any = "all",
+    window: int = 3,
+    scale: float = PAPER_MASK_SCALE,
+    scoring: str = "teacher",
+    mode: str = "auto",
+    limit: int | None = None,
+    max_new_tokens: int = 8,
+    batch: int = 8,
+    remote: bool | str | None = None,
+    progress: bool = True,
+    rows: bool = True,
+    decode_batch: int | str | None = "auto",
+) -> pd.DataFrame:
     """Run the sweep; returns one row per (item, variant, layer) with ``correct`` (0/1 or the
     VQA score), ``logprob`` of the reference answer, and ``prediction`` when generating.
 
@@ -144,26 +166,62 @@ def masking_sweep(vlm, samples: Any, *, variants: Iterable[str] = ("single",), l
     layer_list = resolve_layers(layers, vlm.n_layers)
     fast = use_fast(vlm, mode, scoring, remote)
     out: list[dict] = []
-    bar = tqdm(items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample",
-               disable=not progress)
+    bar = tqdm(
+        items, desc=f"masking sweep ({'fast' if fast else 'naive'}, {scoring})", unit="sample", disable=not progress
+    )
     for item in bar:
         sp = sample_pass(vlm, item, restartable=fast, remote=remote, attention_layers=None, residual_layers=None)
-        out.extend(sweep_rows(vlm, sp, variants, layer_list, window=window, scale=scale, scoring=scoring,
-                               fast=fast, max_new_tokens=max_new_tokens, batch=batch, remote=remote, rows=rows,
-                               decode_batch=decode_batch))
+        out.extend(
+            sweep_rows(
+                vlm,
+                sp,
+                variants,
+                layer_list,
+                window=window,
+                scale=scale,
+                scoring=scoring,
+                fast=fast,
+                max_new_tokens=max_new_tokens,
+                batch=batch,
+                remote=remote,
+                rows=rows,
+                decode_batch=decode_batch,
+            )
+        )
     return sweep_frame(out, vlm, scoring=scoring, fast=fast, scale=scale, window=window)
 
 
 def sweep_frame(rows: list[dict], vlm, *, scoring: str, fast: bool, scale: float, window: int) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    frame.attrs.update({"scoring": scoring, "mode": "fast" if fast else "naive", "scale": scale,
-                        "window": window, "n_layers": vlm.n_layers, "model": vlm.name})
+    frame.attrs.update(
+        {
+            "scoring": scoring,
+            "mode": "fast" if fast else "naive",
+            "scale": scale,
+            "window": window,
+            "n_layers": vlm.n_layers,
+            "model": vlm.name,
+        }
+    )
     return frame
 
 
-def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale: float, scoring: str, fast: bool,
-               max_new_tokens: int = 8, batch: int = 8, remote=None, rows: bool = True,
-               decode_batch: int | str | None = "auto") -> list[dict]:
+def sweep_rows(
+    vlm,
+    sp: SamplePass,
+    variants,
+    layer_list,
+    *,
+    window: int,
+    scale: float,
+    scoring: str,
+    fast: bool,
+    max_new_tokens: int = 8,
+    batch: int = 8,
+    remote=None,
+    rows: bool = True,
+    decode_batch: int | str | None = "auto",
+) -> list[dict]:
     """One sample's sweep rows, from its clean pass (the baseline is the clean pass itself).
 
     Fast mode only: ``rows`` restarts each condition on the rows it can change (see
@@ -173,17 +231,40 @@ def sweep_rows(vlm, sp: SamplePass, variants, layer_list, *, window: int, scale:
     all of the sample's)."""
     conditions = [(v, l) for l in layer_list for v in variants]
     if fast:
-        results = _fast(vlm, sp, conditions, window, scale, batch, scoring=scoring, max_new_tokens=max_new_tokens,
-                        rows=rows, decode_batch=decode_batch)
+        results = _fast(
+            vlm,
+            sp,
+            conditions,
+            window,
+            scale,
+            batch,
+            scoring=scoring,
+            max_new_tokens=max_new_tokens,
+            rows=rows,
+            decode_batch=decode_batch,
+        )
     else:
         results = _naive(vlm, sp, conditions, window, scale, scoring, max_new_tokens, remote)
     item = sp.item
-    return [{"item": item.id, "kind": item.kind, "variant": variant, "layer": layer, **result}
-            for (variant, layer), result in results.items()]
+    return [
+        {"item": item.id, "kind": item.kind, "variant": variant, "layer": layer, **result}
+        for (variant, layer), result in results.items()
+    ]
 
 
-def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str = "teacher",
-          max_new_tokens: int = 8, rows: bool = True, decode_batch: int | str | None = "auto") -> dict:
+def _fast(
+    vlm,
+    sp: SamplePass,
+    conditions,
+    window,
+    scale,
+    batch,
+    *,
+    scoring: str = "teacher",
+    max_new_tokens: int = 8,
+    rows: bool = True,
+    decode_batch: int | str | None = "auto",
+) -> dict:
     """Restart every condition from the clean pass: layer by layer, the conditions that have
     started and change the same rows run in batches of ``batch`` (``rows=False``: each restart
     layer's conditions alone, on every row); unembedding once per sample. With generation
@@ -202,8 +283,15 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
             decode_batch = None  # every condition fits: one batch, as without a cap
     decoder = _Decoder(vlm, sp, max_new_tokens, decode_batch) if generate else None
     keys, finals = [], []
-    for piece in _restarts(vlm, clean, groups, batch, kv_rows=tf.prompt_len if generate else None,
-                           rows=rows, decode_batch=decode_batch if generate else None):
+    for piece in _restarts(
+        vlm,
+        clean,
+        groups,
+        batch,
+        kv_rows=tf.prompt_len if generate else None,
+        rows=rows,
+        decode_batch=decode_batch if generate else None,
+    ):
         for chunk, result in piece:
             keys.extend(chunk)
             finals.append(result.hidden)
@@ -212,8 +300,11 @@ def _fast(vlm, sp: SamplePass, conditions, window, scale, batch, *, scoring: str
         if decoder is not None:  # with decode_batch, each restart slice decodes before the next starts
             decoder.end_slice()
     if decoder is not None:  # the baseline last, so that the decoder's batches are the restart slices
-        decoder.add([("baseline", -1)], [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len])
-                                        for k, v in fill_kv(vlm, clean)], clean.logits[:1])
+        decoder.add(
+            [("baseline", -1)],
+            [(k[:, :, : tf.prompt_len], v[:, :, : tf.prompt_len]) for k, v in fill_kv(vlm, clean)],
+            clean.logits[:1],
+        )
     scored = {("baseline", -1): clean.logits}
     if finals:
         scored.update(zip(keys, unembed(vlm, torch.cat(finals))))  # once per sample
@@ -235,15 +326,26 @@ def _restarts(vlm, clean, groups: dict, batch: int, *, kv_rows, rows: bool, deco
     layer's conditions alone in batches (a slice each)."""
     if rows:
         for piece in _slices(list(groups.items()), decode_batch):
-            results = restart_many(vlm, clean, [RestartGroup(start, [bound for _, bound in members], row)
-                                                for (start, row), members in piece], batch=batch, kv_rows=kv_rows)
+            results = restart_many(
+                vlm,
+                clean,
+                [RestartGroup(start, [bound for _, bound in members], row) for (start, row), members in piece],
+                batch=batch,
+                kv_rows=kv_rows,
+            )
             yield [([key for key, _ in members], result) for (_, members), result in zip(piece, results)]
         return
     for (start, row), members in groups.items():
         for i in range(0, len(members), batch):
             chunk = members[i : i + batch]
-            yield [([key for key, _ in chunk], restart(vlm, clean, start, [bound for _, bound in chunk], first_row=row,
-                                                       kv_rows=kv_rows, share=False))]
+            yield [
+                (
+                    [key for key, _ in chunk],
+                    restart(
+                        vlm, clean, start, [bound for _, bound in chunk], first_row=row, kv_rows=kv_rows, share=False
+                    ),
+                )
+            ]
 
 
 def _slices(groups: list, size: int | None) -> list[list]:
@@ -293,12 +395,14 @@ class _Decoder:
         if scored is not None and self.size is None:
             logits = torch.stack([scored[key][0] for key in keys])
         else:  # the baseline's are logits already; a restart's first scored position is its hidden state
-            logits = torch.cat([first if key[0] == ("baseline", -1) else unembed(vlm, first)
-                                for key, _, first in pending])
+            logits = torch.cat(
+                [first if key[0] == ("baseline", -1) else unembed(vlm, first) for key, _, first in pending]
+            )
         layer_kv = []
         for i in range(vlm.n_layers):  # each layer's parts dropped once joined: one copy held, not two
-            layer_kv.append((torch.cat([kv[i][0] for _, kv, _ in pending]),
-                             torch.cat([kv[i][1] for _, kv, _ in pending])))
+            layer_kv.append(
+                (torch.cat([kv[i][0] for _, kv, _ in pending]), torch.cat([kv[i][1] for _, kv, _ in pending]))
+            )
             for _, kv, _ in pending:
                 kv[i] = None
         del pending

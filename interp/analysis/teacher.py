@@ -89,7 +89,7 @@ def answer_token_ids(tokenizer, prompt: str, answer: str) -> list[int]:
     full = tokenizer(prompt + sep + answer, add_special_tokens=False)["input_ids"]
     head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if full[: len(head)] == head and len(full) > len(head):
-        return full[len(head):]
+        return full[len(head) :]
     return tokenizer(sep + answer, add_special_tokens=False)["input_ids"]
 
 

@@ -75,7 +75,7 @@ import re
 import statistics
 import string
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "MME_CATEGORIES",
@@ -140,8 +140,29 @@ NUMBER_WORDS: Mapping[str, str] = {
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
 ARTICLES = frozenset({"a", "an", "the"})
-PUNCTUATION: tuple[str, ...] = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\",
-                                "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCTUATION: tuple[str, ...] = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 # A period not followed by a digit. (The original pattern, ``(?!<=\d)(\.)(?!\d)``, meant
 # a look-behind too but wrote a look-ahead that is always true at a period.)
 _PERIOD = re.compile(r"\.(?!\d)")
@@ -153,10 +174,7 @@ def _process_punctuation(text: str) -> str:
     strip_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
     out = text
     for mark in PUNCTUATION:
-        if strip_all or mark + " " in text or " " + mark in text:
-            out = out.replace(mark, "")
-        else:
-            out = out.replace(mark, " ")
+        out = out.replace(mark, "" if strip_all or mark + " " in text or " " + mark in text else " ")
     return _PERIOD.sub("", out, count=_PERIOD_SUB_COUNT)
 
 
@@ -303,14 +321,24 @@ def pope_aggregate(rows: Sequence[Mapping]) -> dict:
 # -- MME -------------------------------------------------------------------------------------
 
 MME_CATEGORIES: Mapping[str, tuple[str, ...]] = {
-    "perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene",
-                   "landmark", "artwork", "OCR"),
+    "perception": (
+        "existence",
+        "count",
+        "position",
+        "color",
+        "posters",
+        "celebrity",
+        "scene",
+        "landmark",
+        "artwork",
+        "OCR",
+    ),
     "cognition": ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"),
 }
 
 
 def mme_parse(response: str) -> str:
-    """"yes", "no" or "other" (lmms-eval's reading, after Otter)."""
+    """ "yes", "no" or "other" (lmms-eval's reading, after Otter)."""
     text = str(response).lower().strip().replace(".", "")
     if text in ("yes", "no"):
         return text
@@ -457,8 +485,11 @@ def wcd_aggregate(task: str, rows: Sequence[Mapping]) -> dict:
     evaluation rows (their ``filtered_resps[0]`` and ``target``)."""
     scores = [wcd_score(task, row["filtered_resps"][0], row["target"]) for row in rows]
     kept = [s for s in scores if s is not None]
-    return {"wcd_score": sum(kept) / len(kept) if kept else float("nan"), "wcd_n": len(kept),
-            "wcd_skipped": len(scores) - len(kept)}
+    return {
+        "wcd_score": sum(kept) / len(kept) if kept else float("nan"),
+        "wcd_n": len(kept),
+        "wcd_skipped": len(scores) - len(kept),
+    }
 
 
 # -- helpers ----------------------------------------------------------------------------------

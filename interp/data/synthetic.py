@@ -486,12 +486,7 @@ class SyntheticVQA:
         for axis in axes:
             a = 0 if axis == "x" else 1
             # ordered pairs (p, q) with p strictly left of / above q by at least the threshold
-            pairs = [
-                (p, q)
-                for p in range(n)
-                for q in range(n)
-                if centres[q][a] - centres[p][a] >= threshold
-            ]
+            pairs = [(p, q) for p in range(n) for q in range(n) if centres[q][a] - centres[p][a] >= threshold]
             if pairs:
                 break
         else:  # pragma: no cover - two non-overlapping boxes always differ enough on one axis
@@ -644,7 +639,7 @@ def boxes_mask(boxes, image_size: tuple[int, int], rows: int, cols: int, *, min_
     width, height = image_size
     union = np.zeros((height, width), dtype=np.float64)
     for x0, y0, x1, y1 in boxes:
-        union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1.0
+        union[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)] = 1.0
     return torch.from_numpy(_cell_coverage(union, rows, cols) >= min_fraction - 1e-9)
 
 
@@ -700,9 +695,13 @@ def answer_of(question: str, objects: list[dict], image_size: int) -> tuple[str,
     """``(answer, relevant object indices)`` of a benchmark question about ``objects``, or
     None when the scene leaves it without one answer (the asked shape/colour absent or
     repeated, a spatial relation closer than the benchmark's threshold)."""
+
     def find(colour=None, shape=None):
-        return [k for k, o in enumerate(objects)
-                if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)]
+        return [
+            k
+            for k, o in enumerate(objects)
+            if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)
+        ]
 
     if m := _QUESTION_PATTERNS["attribute"].match(question):
         hits = find(shape=m.group(1))
@@ -773,7 +772,7 @@ class Counterfactual:
         width, height = self.original.image.size
         union = np.zeros((height, width), dtype=np.float64)
         for x0, y0, x1, y1 in self.changed_boxes:
-            union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1.0
+            union[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)] = 1.0
         coverage = _cell_coverage(union, rows, cols)
         return torch.from_numpy(coverage > min_fraction + 1e-9)
 
@@ -803,7 +802,9 @@ def counterfactual(sample: Sample, change: str = "colour", *, seed: int = 0) -> 
         raise InterpError(f"unknown change {change!r}; use one of {', '.join(CHANGES)}")
     state = sample.render_state
     if state is None:
-        raise InterpError(f"sample {sample.id} carries no render state: counterfactuals need samples drawn by SyntheticVQA")
+        raise InterpError(
+            f"sample {sample.id} carries no render state: counterfactuals need samples drawn by SyntheticVQA"
+        )
     size = int(state["image_size"])
     found = answer_of(sample.question, sample.objects, size)
     if found is None:  # pragma: no cover - generated samples always have one answer
@@ -813,7 +814,11 @@ def counterfactual(sample: Sample, change: str = "colour", *, seed: int = 0) -> 
     rng = np.random.default_rng([entropy, _CHANGE_CODE[change], int(seed)])
     objects = [dict(o) for o in sample.objects]
     # the control's new colour/shape is neither the answer nor a word of the question
-    avoid = {normalize_answer(sample.answer), *normalize_answer(sample.question).split()} if change == "distractor" else set()
+    avoid = (
+        {normalize_answer(sample.answer), *normalize_answer(sample.question).split()}
+        if change == "distractor"
+        else set()
+    )
     candidates = _change_candidates(change, objects, relevant, size, rng, avoid)
     chosen = None
     for target, new_objects, description in candidates:
@@ -836,13 +841,25 @@ def counterfactual(sample: Sample, change: str = "colour", *, seed: int = 0) -> 
         if change == "position":
             boxes.append(new_objects[target]["box"])
         image = _render_scene(_rng_from(state), new_objects, size, bool(state["clutter"]))
-        changed = Sample(id=f"{sample.id}-{change}", image=image, question=sample.question, answer=answer,
-                         kind=sample.kind, boxes=[new_objects[k]["box"] for k in new_relevant], objects=new_objects,
-                         render_state=state)
+        changed = Sample(
+            id=f"{sample.id}-{change}",
+            image=image,
+            question=sample.question,
+            answer=answer,
+            kind=sample.kind,
+            boxes=[new_objects[k]["box"] for k in new_relevant],
+            objects=new_objects,
+            render_state=state,
+        )
         return Counterfactual(sample, changed, change, target, description, boxes)
-    raise InterpError(f"sample {sample.id} ({sample.kind}: {sample.question!r}) admits no {change!r} change "
-                      + ("that keeps the answer" if change == "distractor" else "that keeps the question answerable"
-                         + ("" if change == "position" else " and changes the answer")))
+    raise InterpError(
+        f"sample {sample.id} ({sample.kind}: {sample.question!r}) admits no {change!r} change "
+        + (
+            "that keeps the answer"
+            if change == "distractor"
+            else "that keeps the question answerable" + ("" if change == "position" else " and changes the answer")
+        )
+    )
 
 
 def _rng_from(state: dict) -> np.random.Generator:
@@ -878,7 +895,11 @@ def _change_candidates(change, objects, relevant, size, rng, avoid=frozenset()):
     if change == "remove":
         for target in targets:
             old = objects[target]
-            yield target, [dict(o) for k, o in enumerate(objects) if k != target], f"{old['colour']} {old['shape']} removed"
+            yield (
+                target,
+                [dict(o) for k, o in enumerate(objects) if k != target],
+                f"{old['colour']} {old['shape']} removed",
+            )
     if change == "position":
         scale = size / 96.0
         gap, border = max(1, round(_GAP * scale)), max(1, round(_BORDER * scale))
@@ -889,8 +910,12 @@ def _change_candidates(change, objects, relevant, size, rng, avoid=frozenset()):
             others = np.array([o["box"] for k, o in enumerate(objects) if k != target], dtype=np.int64).reshape(-1, 4)
             cand = rng.integers(border, size - border - side + 1, size=(256, 2))
             nx, ny = cand[:, :1], cand[:, 1:]
-            apart = ((nx + side + gap <= others[:, 0]) | (others[:, 2] + gap <= nx)
-                     | (ny + side + gap <= others[:, 1]) | (others[:, 3] + gap <= ny)).all(axis=1)
+            apart = (
+                (nx + side + gap <= others[:, 0])
+                | (others[:, 2] + gap <= nx)
+                | (ny + side + gap <= others[:, 1])
+                | (others[:, 3] + gap <= ny)
+            ).all(axis=1)
             # far enough from where it was that the move is visible: no overlap with the old box
             moved = (nx[:, 0] + side <= x0) | (x1 <= nx[:, 0]) | (ny[:, 0] + side <= y0) | (y1 <= ny[:, 0])
             for j in np.flatnonzero(apart & moved):
@@ -902,20 +927,31 @@ def _change_candidates(change, objects, relevant, size, rng, avoid=frozenset()):
 
 #: question kinds each change is drawn from by :func:`counterfactual_pairs`
 CHANGE_KINDS: dict[str, tuple[str, ...]] = {
-    "colour": ("attribute",), "shape": ("identity",), "distractor": ("attribute", "identity"),
-    "position": ("spatial",), "remove": ("existence", "counting"),
+    "colour": ("attribute",),
+    "shape": ("identity",),
+    "distractor": ("attribute", "identity"),
+    "position": ("spatial",),
+    "remove": ("existence", "counting"),
 }
 
 
-def counterfactual_pairs(dataset: "SyntheticVQA", n: int = 60, changes: Sequence[str] = ("colour", "shape", "distractor"),
-                         *, start: int = 0, seed: int = 0) -> list[Counterfactual]:
+def counterfactual_pairs(
+    dataset: SyntheticVQA,
+    n: int = 60,
+    changes: Sequence[str] = ("colour", "shape", "distractor"),
+    *,
+    start: int = 0,
+    seed: int = 0,
+) -> list[Counterfactual]:
     """``n`` counterfactuals, the changes taking turns; each from the next sample (from
     index ``start``) of a kind in :data:`CHANGE_KINDS` that admits it. Deterministic."""
     if isinstance(changes, str):
         changes = (changes,)
     unknown = [c for c in changes if c not in CHANGES]
     if not changes or unknown:
-        raise InterpError(f"unknown change(s) {unknown or list(changes)!r}; use a non-empty subset of {', '.join(CHANGES)}")
+        raise InterpError(
+            f"unknown change(s) {unknown or list(changes)!r}; use a non-empty subset of {', '.join(CHANGES)}"
+        )
     if n < 1:
         raise InterpError(f"n={n}: ask for at least one counterfactual pair")
     cursor = {change: start for change in changes}

@@ -60,7 +60,8 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import nnsight
 import torch
@@ -108,12 +109,18 @@ def candidate_layers(n_layers: int, layers: str | Sequence[int], *, tied: bool) 
     if bad:
         raise LayerIndexError(
             f"DoLa candidate layers {bad} out of range: hidden-state indices 0..{n_layers - 1} "
-            f"(0 = the embedding output) for a model with {n_layers} layers")
+            f"(0 = the embedding output) for a model with {n_layers} layers"
+        )
     return out
 
 
-def relative_top_filter(final_logits: torch.Tensor, premature_logits: torch.Tensor, relative_top: float = 0.1,
-                        *, min_tokens_to_keep: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def relative_top_filter(
+    final_logits: torch.Tensor,
+    premature_logits: torch.Tensor,
+    relative_top: float = 0.1,
+    *,
+    min_tokens_to_keep: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(final, premature)`` log-probabilities with the implausible tokens filtered.
 
     A token is implausible when its final log-probability is below
@@ -128,7 +135,9 @@ def relative_top_filter(final_logits: torch.Tensor, premature_logits: torch.Tens
     return final.masked_fill(drop, float("-inf")), premature.masked_fill(drop, -1e-3)
 
 
-def dola_contrast(final_logits: torch.Tensor, premature_logits: torch.Tensor, relative_top: float = 0.1) -> torch.Tensor:
+def dola_contrast(
+    final_logits: torch.Tensor, premature_logits: torch.Tensor, relative_top: float = 0.1
+) -> torch.Tensor:
     """DoLa's next-token scores: filtered final minus filtered premature log-probabilities."""
     final, premature = relative_top_filter(final_logits, premature_logits, relative_top)
     return final - premature
@@ -180,8 +189,14 @@ def apply_repetition_penalty(scores: torch.Tensor, previous_ids: torch.Tensor, p
     return scores.scatter(1, ids, seen)
 
 
-def sample_next(scores: torch.Tensor, *, do_sample: bool, temperature: float | None = None,
-                top_k: int | None = DEFAULT_TOP_K, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    scores: torch.Tensor,
+    *,
+    do_sample: bool,
+    temperature: float | None = None,
+    top_k: int | None = DEFAULT_TOP_K,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The next token ``(batch,)``: argmax, or a draw after temperature and top-k (transformers' order)."""
     if not do_sample:
         return scores.argmax(dim=-1)
@@ -258,12 +273,13 @@ class _DolaProbe(Intervention):
         self.attention_layers = list(attention_layers)
         self.layers = sorted(set(hidden_layers) | set(attention_layers))
 
-    def bind(self, n_layers: int, prepared) -> "_DolaProbe":
+    def bind(self, n_layers: int, prepared) -> _DolaProbe:
         return self  # the layers were checked by candidate_layers
 
     def sites(self):
-        return ([(layer, "resid_pre") for layer in self.hidden_layers]
-                + [(layer, "attn_pattern") for layer in self.attention_layers])
+        return [(layer, "resid_pre") for layer in self.hidden_layers] + [
+            (layer, "attn_pattern") for layer in self.attention_layers
+        ]
 
     def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         ctx.records[("dola_hidden", layer, ctx.step)] = hidden[:, -1]
@@ -302,11 +318,24 @@ def _check_arguments(select, relative_top, penalty, max_new_tokens, do_sample, t
         raise InterpError(f"top_k must be a non-negative integer or None, got {top_k!r}")
 
 
-def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", select: str = "logits",
-                  relative_top: float = 0.1, repetition_penalty: float = 1.2, max_new_tokens: int = 16,
-                  do_sample: bool = False, temperature: float | None = None, top_k: int | None = DEFAULT_TOP_K,
-                  seed: int | None = None, penalize_prompt: bool = True, interventions: Any = (),
-                  remote: bool | str | None = None, prefill: Any = None) -> DolaResult:
+def dola_generate(
+    vlm,
+    prepared,
+    *,
+    layers: str | Sequence[int] | None = "low",
+    select: str = "logits",
+    relative_top: float = 0.1,
+    repetition_penalty: float = 1.2,
+    max_new_tokens: int = 16,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = DEFAULT_TOP_K,
+    seed: int | None = None,
+    penalize_prompt: bool = True,
+    interventions: Any = (),
+    remote: bool | str | None = None,
+    prefill: Any = None,
+) -> DolaResult:
     """Generate with DoLa (see the module docstring); ``layers=None`` decodes without DoLa
     (the final layer's logits through the same penalty and sampler).
 
@@ -389,15 +418,18 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
                 else:
                     weight = lm_head.weight
                     bias = getattr(lm_head, "bias", None)
-                    early = {l: F.linear(records[("dola_hidden", l, step)].to(weight.device), weight, bias)
-                             .to(final.device) for l in candidates}
+                    early = {
+                        l: F.linear(records[("dola_hidden", l, step)].to(weight.device), weight, bias).to(final.device)
+                        for l in candidates
+                    }
                     if len(candidates) == 1:
                         layer = candidates[0]
                     else:
                         if use_attention:
                             last = records[("dola_attention", n_layers - 1, step)]
-                            stacked = torch.stack([records[("dola_attention", l, step)].to(last.device)
-                                                   for l in candidates])
+                            stacked = torch.stack(
+                                [records[("dola_attention", l, step)].to(last.device) for l in candidates]
+                            )
                             per_layer = attention_jsd_scores(last, stacked)
                         else:
                             per_layer = logit_jsd_scores(final, torch.stack([early[l] for l in candidates]))
@@ -405,8 +437,9 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
                         layer = candidates[int(torch.argmax(per_layer))]
                     scores = dola_contrast(final, early[layer], relative_top)
                 scores = apply_repetition_penalty(scores, state["history"], repetition_penalty)
-                token = sample_next(scores, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                                    generator=state.get("generator"))
+                token = sample_next(
+                    scores, do_sample=do_sample, temperature=temperature, top_k=top_k, generator=state.get("generator")
+                )
                 state["history"] = torch.cat([state["history"], token[:, None].to(state["history"].device)], dim=1)
                 forced = torch.full(head_out.shape, float("-inf"), dtype=torch.float32, device=head_out.device)
                 forced[:, -1].scatter_(1, token[:, None].to(forced.device), 0.0)
@@ -415,10 +448,18 @@ def dola_generate(vlm, prepared, *, layers: str | Sequence[int] | None = "low", 
                 premature.append(layer)
                 scores_per_step.append(layer_scores)
     ids = torch.tensor(list(chosen), dtype=torch.long)
-    kept = {key: value.detach().cpu() for key, value in records.items() if key[0] not in ("dola_hidden", "dola_attention")}
-    return DolaResult(text=vlm.decode(ids[None])[0], token_ids=ids, premature_layers=list(premature),
-                      candidate_layers=list(candidates or []), select=select if candidates else None,
-                      layer_scores=list(scores_per_step), records=kept)
+    kept = {
+        key: value.detach().cpu() for key, value in records.items() if key[0] not in ("dola_hidden", "dola_attention")
+    }
+    return DolaResult(
+        text=vlm.decode(ids[None])[0],
+        token_ids=ids,
+        premature_layers=list(premature),
+        candidate_layers=list(candidates or []),
+        select=select if candidates else None,
+        layer_scores=list(scores_per_step),
+        records=kept,
+    )
 
 
 __all__ = [

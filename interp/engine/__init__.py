@@ -15,9 +15,31 @@ Interventions say what they do through their own interface
 
 from .batched import capture_batch
 from .plan import Plan, RunResult, build_schedule, execute_step
-from .prefix import (CleanPass, Restart, capture, continue_from, fill_kv, first_changed_row, restart,
-                     supports_prefix_reuse, unembed)
+from .prefix import (
+    CleanPass,
+    Restart,
+    capture,
+    continue_from,
+    fill_kv,
+    first_changed_row,
+    restart,
+    supports_prefix_reuse,
+    unembed,
+)
 
-__all__ = ["CleanPass", "Plan", "Restart", "RunResult", "build_schedule", "capture", "capture_batch", "continue_from",
-           "execute_step",
-           "fill_kv", "first_changed_row", "restart", "supports_prefix_reuse", "unembed"]
+__all__ = [
+    "CleanPass",
+    "Plan",
+    "Restart",
+    "RunResult",
+    "build_schedule",
+    "capture",
+    "capture_batch",
+    "continue_from",
+    "execute_step",
+    "fill_kv",
+    "first_changed_row",
+    "restart",
+    "supports_prefix_reuse",
+    "unembed",
+]

@@ -35,7 +35,8 @@ one at a time — the same results, no error.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import nnsight
 import torch
@@ -172,8 +173,10 @@ class _RowCutter:
             elif key == "cache_position" and isinstance(value, torch.Tensor):
                 out[key] = self.cut(value, None, (-1,), key)
             else:
-                raise InterpError(f"a batched clean pass cannot cut the decoder layers' keyword {key!r} into rows; "
-                                  "this family should not say batched_forward")
+                raise InterpError(
+                    f"a batched clean pass cannot cut the decoder layers' keyword {key!r} into rows; "
+                    "this family should not say batched_forward"
+                )
         return args, out
 
     def kv(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,12 +186,20 @@ class _RowCutter:
 
 def _is_tensorish(value) -> bool:
     return isinstance(value, torch.Tensor) or (
-        isinstance(value, (tuple, list)) and any(isinstance(item, torch.Tensor) for item in value))
+        isinstance(value, (tuple, list)) and any(isinstance(item, torch.Tensor) for item in value)
+    )
 
 
-def capture_batch(vlm, prepared: Sequence, positions: Sequence, recorders: Sequence[Sequence[Intervention]], *,
-                  restartable: bool = True, remote: bool | str | None = None,
-                  keep_kv: bool = False) -> list[CleanPass]:
+def capture_batch(
+    vlm,
+    prepared: Sequence,
+    positions: Sequence,
+    recorders: Sequence[Sequence[Intervention]],
+    *,
+    restartable: bool = True,
+    remote: bool | str | None = None,
+    keep_kv: bool = False,
+) -> list[CleanPass]:
     """:func:`~interp.engine.prefix.capture` for several samples in one padded forward (see the
     module docstring): ``prepared[i]`` (a batch of one), its ``positions[i]`` and its
     ``recorders[i]``; one :class:`CleanPass` per sample, padding removed, equal (within float
@@ -201,8 +212,10 @@ def capture_batch(vlm, prepared: Sequence, positions: Sequence, recorders: Seque
     inputs = stack_inputs(vlm, prepared) if n > 1 and batch_reason(vlm, remote) is None else None
     lengths = [p.seq_len for p in prepared]
     if inputs is None:
-        return [capture(vlm, p, pos, list(rec), restartable=restartable, remote=remote, keep_kv=keep_kv)
-                for p, pos, rec in zip(prepared, positions, recorders)]
+        return [
+            capture(vlm, p, pos, list(rec), restartable=restartable, remote=remote, keep_kv=keep_kv)
+            for p, pos, rec in zip(prepared, positions, recorders)
+        ]
     if restartable:
         reason = supports_prefix_reuse(vlm)
         if reason:
@@ -221,8 +234,10 @@ def capture_batch(vlm, prepared: Sequence, positions: Sequence, recorders: Seque
     with torch.no_grad(), model.trace(inputs, **trace_kwargs):
         saved = nnsight.save([])
         records = nnsight.save([{} for _ in range(n)])
-        contexts = [StepContext(0, 0, p.image_positions.to(device), p.question_positions.to(device), p.seq_len,
-                                records[row]) for row, p in enumerate(prepared)]
+        contexts = [
+            StepContext(0, 0, p.image_positions.to(device), p.question_positions.to(device), p.seq_len, records[row])
+            for row, p in enumerate(prepared)
+        ]
         for index in range(vlm.n_layers):
             if restartable:
                 saved.append(layers[index].inputs)
@@ -236,15 +251,30 @@ def capture_batch(vlm, prepared: Sequence, positions: Sequence, recorders: Seque
     out = []
     for row, p in enumerate(prepared):
         if not restartable:  # as a plain Plan run keeps them: on the CPU
-            out.append(CleanPass(p, positions[row].clone(), logits[row].detach().cpu().float(),
-                                 {key: value.detach().cpu() for key, value in records[row].items()}, specs[row]))
+            out.append(
+                CleanPass(
+                    p,
+                    positions[row].clone(),
+                    logits[row].detach().cpu().float(),
+                    {key: value.detach().cpu() for key, value in records[row].items()},
+                    specs[row],
+                )
+            )
             continue
         cutter = _RowCutter(n, max(lengths), row, lengths[row])
         layer_inputs = [cutter.layer_inputs(args, kwargs) for args, kwargs in saved]
         kv = [cutter.kv(layer.keys, layer.values) for layer in cache.layers] if cache is not None else None
-        out.append(CleanPass(p, positions[row].clone(), logits[row].detach().float(),
-                             {key: value.detach() for key, value in records[row].items()}, specs[row],
-                             layer_inputs, kv))
+        out.append(
+            CleanPass(
+                p,
+                positions[row].clone(),
+                logits[row].detach().float(),
+                {key: value.detach() for key, value in records[row].items()},
+                specs[row],
+                layer_inputs,
+                kv,
+            )
+        )
     return out
 
 

@@ -48,9 +48,15 @@ def first_tokens(vlm, prepared, logits: torch.Tensor, max_new_tokens: int) -> to
     config = _generation_config(model, max_new_tokens)
     ids = prepared.inputs["input_ids"].to(device).expand(logits.shape[0], -1)
     model._prepare_special_tokens(config, True, device=device)
-    processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=ids.shape[1],
-                                             encoder_input_ids=ids, prefix_allowed_tokens_fn=None,
-                                             logits_processor=LogitsProcessorList(), device=device, model_kwargs={})
+    processors = model._get_logits_processor(
+        generation_config=config,
+        input_ids_seq_length=ids.shape[1],
+        encoder_input_ids=ids,
+        prefix_allowed_tokens_fn=None,
+        logits_processor=LogitsProcessorList(),
+        device=device,
+        model_kwargs={},
+    )
     return processors(ids, logits.float()).argmax(dim=-1)
 
 
@@ -106,8 +112,14 @@ def greedy_continue(vlm, prepared, last_logits: torch.Tensor, kv: list, max_new_
             extra[key] = torch.cat([value, pad], dim=1).to(device).expand(n, -1)
     ids = torch.cat([prompt.expand(n, -1), first[:, None]], dim=1)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens - 1,
-                             do_sample=False, **{cache_keyword(vlm): cache}, **extra)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens - 1,
+            do_sample=False,
+            **{cache_keyword(vlm): cache},
+            **extra,
+        )
     steps = out.shape[1] - ids.shape[1]
     vlm.counts["decode_forward"] += steps
     vlm.counts["decode_token_rows"] += steps * n

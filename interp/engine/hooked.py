@@ -15,7 +15,8 @@ torch, ``remote=True`` too):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from ..errors import HookNameError, InterpError
 from ..hooks import READ_ONLY_SITES, natural_key, parse_hook_name
@@ -64,14 +65,17 @@ class HookFunction(Intervention):
         if result is None:
             return value
         if self._point.site in READ_ONLY_SITES:
-            raise InterpError(f"{self._point.name} is read-only: its hook may look but not return a replacement"
-                              + (" (use AttentionKnockout to change attention)" if self._point.site == "attn_pattern"
-                                 else ""))
+            raise InterpError(
+                f"{self._point.name} is read-only: its hook may look but not return a replacement"
+                + (" (use AttentionKnockout to change attention)" if self._point.site == "attn_pattern" else "")
+            )
         shape = getattr(result, "shape", None)
         if shape is None or tuple(shape) != tuple(value.shape):
             got = f"shape {tuple(shape)}" if shape is not None else type(result).__name__
-            raise InterpError(f"the hook at {self._point.name} returned {got}; a replacement must have the "
-                              f"activation's shape {tuple(value.shape)} (or return None to leave it)")
+            raise InterpError(
+                f"the hook at {self._point.name} returned {got}; a replacement must have the "
+                f"activation's shape {tuple(value.shape)} (or return None to leave it)"
+            )
         return result
 
     def at_site(self, layer, site, value, ctx: StepContext):
@@ -109,11 +113,10 @@ def run_with_cache(vlm, prepared, names_filter: Any = None, *, remote=None, remo
     names = select_names(vlm, names_filter)
     run = Plan(RecordResidual(names)).run(vlm, prepared, logit_positions=list(range(prepared.seq_len)), remote=remote)
     values = {}
-    for (label, layer, step), value in run.records.items():
+    for (label, _layer, step), value in run.records.items():
         if step == 0:
             values[label] = value
-    cache = ActivationCache({name: values[name] for name in sorted(values, key=natural_key)}, vlm.n_layers,
-                            model=vlm)
+    cache = ActivationCache({name: values[name] for name in sorted(values, key=natural_key)}, vlm.n_layers, model=vlm)
     logits = run.logits
     if remove_batch_dim:
         cache = cache.remove_batch_dim()

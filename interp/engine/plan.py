@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import nnsight
 import torch
@@ -66,8 +67,10 @@ class RunResult:
     def __repr__(self) -> str:
         shape = tuple(self.logits.shape) if self.logits is not None else None
         text = f", text={self.text!r}" if self.text is not None else ""
-        return (f"RunResult({len(self.records)} records of {self.names() or 'nothing'}, logits {shape}{text}; "
-                f"prompt of {self.prepared.seq_len} tokens)")
+        return (
+            f"RunResult({len(self.records)} records of {self.names() or 'nothing'}, logits {shape}{text}; "
+            f"prompt of {self.prepared.seq_len} tokens)"
+        )
 
     def names(self) -> list[str]:
         return sorted({key[0] for key in self.records})
@@ -86,8 +89,16 @@ class RunResult:
         """Recordings of ``name`` for all its layers, stacked on a new leading axis."""
         return torch.stack([self.record(name, layer, step) for layer in self.layers(name)])
 
-    def attention_grid(self, layer: int, name: str = "attention", image: int = 0, query: int = -1,
-                       step: int = 0, batch: int = 0, view: str | None = None) -> torch.Tensor:
+    def attention_grid(
+        self,
+        layer: int,
+        name: str = "attention",
+        image: int = 0,
+        query: int = -1,
+        step: int = 0,
+        batch: int = 0,
+        view: str | None = None,
+    ) -> torch.Tensor:
         """Head-mean attention of one query row to one image, on that image's patch grid.
 
         Cells no token covers are NaN. Needs a ``RecordAttention(heads="mean", keys="image")``.
@@ -123,7 +134,7 @@ class Plan:
     def __init__(self, *interventions: Intervention | Iterable[Intervention]):
         self.interventions = _flatten(interventions)
 
-    def __add__(self, other) -> "Plan":
+    def __add__(self, other) -> Plan:
         return Plan(self, other)
 
     def __iter__(self):
@@ -140,9 +151,18 @@ class Plan:
         vlm.check_sites(bound)
         return bound
 
-    def run(self, vlm, prepared, *, generate: bool = False, max_new_tokens: int = 16,
-            remote: bool | str | None = None, logit_positions=None, count_as: str | None = None,
-            **generate_kwargs) -> RunResult:
+    def run(
+        self,
+        vlm,
+        prepared,
+        *,
+        generate: bool = False,
+        max_new_tokens: int = 16,
+        remote: bool | str | None = None,
+        logit_positions=None,
+        count_as: str | None = None,
+        **generate_kwargs,
+    ) -> RunResult:
         """Run the plan on ``prepared`` in one trace (prefill) or one generation.
 
         Without generation, ``logits`` are the last position's ``(batch, vocab)``, or with
@@ -180,8 +200,14 @@ class Plan:
                 logits = model.output.logits[:, -1].save()
                 ids = tracer.result.save()
             new_ids = ids[:, seq_len:].detach().cpu()
-            return RunResult(prepared, _to_cpu(records), logits=logits.detach().cpu(),
-                             sequences=new_ids, text=vlm.decode(new_ids), step_logits=[logits.detach().cpu()])
+            return RunResult(
+                prepared,
+                _to_cpu(records),
+                logits=logits.detach().cpu(),
+                sequences=new_ids,
+                text=vlm.decode(new_ids),
+                step_logits=[logits.detach().cpu()],
+            )
 
         # Every step: the loop ends when generation does, so nothing may follow it in
         # the body; the token each step produced is read off nnsight's streamer, whose
@@ -201,8 +227,14 @@ class Plan:
                     step_logits.append(model.output.logits[:, -1])
         new_ids = torch.cat([torch.as_tensor(t).reshape(-1, 1) for t in streamed[1:]], dim=1).cpu()
         logits_list = [t.detach().cpu() for t in step_logits]
-        return RunResult(prepared, _to_cpu(records), logits=logits_list[0], sequences=new_ids,
-                         text=vlm.decode(new_ids), step_logits=logits_list)
+        return RunResult(
+            prepared,
+            _to_cpu(records),
+            logits=logits_list[0],
+            sequences=new_ids,
+            text=vlm.decode(new_ids),
+            step_logits=logits_list,
+        )
 
 
 def _to_cpu(records: dict) -> dict:

@@ -45,7 +45,8 @@ to the residual stream between layers outside the layer modules (the adapter's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import inspect
 
@@ -137,8 +138,16 @@ def _recorder_specs(bound: list[Intervention]) -> dict:
     return specs
 
 
-def capture(vlm, prepared, positions: torch.Tensor, recorders: Iterable[Intervention] = (), *,
-            restartable: bool = True, remote: bool | str | None = None, keep_kv: bool = False) -> CleanPass:
+def capture(
+    vlm,
+    prepared,
+    positions: torch.Tensor,
+    recorders: Iterable[Intervention] = (),
+    *,
+    restartable: bool = True,
+    remote: bool | str | None = None,
+    keep_kv: bool = False,
+) -> CleanPass:
     """Run ``prepared`` once, clean, with ``recorders``; keep what restarting needs.
 
     ``restartable=False`` (the naive and remote paths) runs the same pass as a plain
@@ -149,8 +158,9 @@ def capture(vlm, prepared, positions: torch.Tensor, recorders: Iterable[Interven
     plan = Plan(list(recorders))
     if not restartable:
         run = plan.run(vlm, prepared, logit_positions=positions.tolist(), remote=remote, count_as="clean_forward")
-        return CleanPass(prepared, positions.clone(), run.logits[0].float(), run.records,
-                         _recorder_specs(plan.bind(vlm, prepared)))
+        return CleanPass(
+            prepared, positions.clone(), run.logits[0].float(), run.records, _recorder_specs(plan.bind(vlm, prepared))
+        )
     reason = supports_prefix_reuse(vlm)
     if reason:
         raise InterpError(f"prefix reuse does not apply to {vlm.name}: {reason}")
@@ -168,8 +178,14 @@ def capture(vlm, prepared, positions: torch.Tensor, recorders: Iterable[Interven
     with torch.no_grad(), model.trace(dict(prepared.inputs), **trace_kwargs):
         saved = nnsight.save([])
         records = nnsight.save({})
-        ctx = StepContext(0, 0, prepared.image_positions.to(vlm.device), prepared.question_positions.to(vlm.device),
-                          prepared.seq_len, records)
+        ctx = StepContext(
+            0,
+            0,
+            prepared.image_positions.to(vlm.device),
+            prepared.question_positions.to(vlm.device),
+            prepared.seq_len,
+            records,
+        )
         for index in range(vlm.n_layers):
             saved.append(layers[index].inputs)
             if index in by_layer:
@@ -181,8 +197,9 @@ def capture(vlm, prepared, positions: torch.Tensor, recorders: Iterable[Interven
     kv = None
     if keep_kv:
         if len(cache.layers) != vlm.n_layers:
-            raise InterpError(f"the clean pass filled {len(cache.layers)} cache layers for "
-                              f"{vlm.n_layers} decoder layers")
+            raise InterpError(
+                f"the clean pass filled {len(cache.layers)} cache layers for {vlm.n_layers} decoder layers"
+            )
         kv = [(layer.keys, layer.values) for layer in cache.layers]
     return CleanPass(prepared, positions.clone(), logits.detach().float(), records, specs, list(saved), kv)
 
@@ -205,8 +222,15 @@ def unembed(vlm, hidden: torch.Tensor) -> torch.Tensor:
 
 #: layer keywords a row-suffix restart knows how to cut to the recomputed rows (anything else
 #: that is a tensor makes it fall back to every row)
-_ROW_KEYWORDS = {"attention_mask", "position_embeddings", "position_ids", "cache_position", "cache",
-                 "past_key_values", "use_cache"}
+_ROW_KEYWORDS = {
+    "attention_mask",
+    "position_embeddings",
+    "position_ids",
+    "cache_position",
+    "cache",
+    "past_key_values",
+    "use_cache",
+}
 
 
 def _layer_cache_keyword(layer) -> str:
@@ -215,7 +239,8 @@ def _layer_cache_keyword(layer) -> str:
 
 def _is_tensorish(value) -> bool:
     return isinstance(value, torch.Tensor) or (
-        isinstance(value, (tuple, list)) and any(isinstance(item, torch.Tensor) for item in value))
+        isinstance(value, (tuple, list)) and any(isinstance(item, torch.Tensor) for item in value)
+    )
 
 
 def _sees_forward(mask, row: int) -> int | None:
@@ -229,7 +254,7 @@ def _sees_forward(mask, row: int) -> int | None:
     return int(seeing[0]) if seeing.numel() else None
 
 
-def first_changed_row(vlm, clean: "CleanPass", start: int, variants: list[list[Intervention]]) -> int:
+def first_changed_row(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]]) -> int:
     """The first sequence row the ``variants`` (bound) can change when restarted at ``start``.
 
     Each intervention says it through its interface: ``first_row(layer, site)`` is the first
@@ -252,8 +277,10 @@ def first_changed_row(vlm, clean: "CleanPass", start: int, variants: list[list[I
         return 0
     for index in range(start, vlm.n_layers):
         args, kwargs = clean.layer_inputs[index]
-        if len(args) > 1 or any(key not in _ROW_KEYWORDS and key != "hidden_states" and _is_tensorish(value)
-                                for key, value in kwargs.items()):
+        if len(args) > 1 or any(
+            key not in _ROW_KEYWORDS and key != "hidden_states" and _is_tensorish(value)
+            for key, value in kwargs.items()
+        ):
             return 0
         mask = kwargs.get("attention_mask")
         full = (clean.prepared.seq_len,) * 2
@@ -264,7 +291,7 @@ def first_changed_row(vlm, clean: "CleanPass", start: int, variants: list[list[I
     return row
 
 
-def fill_kv(vlm, clean: "CleanPass") -> list:
+def fill_kv(vlm, clean: CleanPass) -> list:
     """The clean pass's keys and values at every layer (``clean.kv``), computed once if the
     capture did not keep them: each decoder layer run again on its captured input, filling a
     ``DynamicCache`` through the layer's own attention (counted as ``kv_forward``)."""
@@ -336,8 +363,10 @@ class _Variants:
 
     def __init__(self, clean: CleanPass, starts: list[int], variants: list[list[Intervention]], offsets: list[int]):
         prepared = clean.prepared
-        self.contexts = [StepContext(0, offset, prepared.image_positions, prepared.question_positions,
-                                     prepared.seq_len, {}) for offset in offsets]
+        self.contexts = [
+            StepContext(0, offset, prepared.image_positions, prepared.question_positions, prepared.seq_len, {})
+            for offset in offsets
+        ]
         self.offsets = offsets
         self.at: dict[tuple[int, str], list[tuple[int, Intervention]]] = {}
         for v, items in enumerate(variants):
@@ -357,8 +386,9 @@ class _Variants:
 
     def inside(self, layer: int, members: list[int]) -> set[int]:
         """Members with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
-        return {v for site in ("attn_pattern", "z", "attn_out", "mlp_out")
-                for _, v, _ in self._todo(layer, site, members)}
+        return {
+            v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for _, v, _ in self._todo(layer, site, members)
+        }
 
     def edits_rows(self, layer: int, members: list[int]) -> bool:
         """Whether any member edits or records a hidden state of ``layer`` beyond its input
@@ -384,8 +414,9 @@ class _Variants:
 
         def per_variant():
             if "tensor" not in built:
-                built["tensor"], built["blocked"] = _layer_mask(mask, rows, keys, offset, hidden.shape[0],
-                                                                hidden.device)
+                built["tensor"], built["blocked"] = _layer_mask(
+                    mask, rows, keys, offset, hidden.shape[0], hidden.device
+                )
             return built["tensor"], built["blocked"]
 
         window = torch.arange(offset, offset + rows)
@@ -401,6 +432,7 @@ class _Variants:
         handles = []
         attn = getattr(block, access.attn_name)
         if self._todo(layer, "z", members):
+
             def pre_hook(module, args):
                 heads = split_heads(args[0], access.head_dim)
                 return (merge_heads(self.edit_hidden(layer, "z", heads, members)),) + tuple(args[1:])
@@ -408,6 +440,7 @@ class _Variants:
             handles.append(getattr(attn, access.o_name).register_forward_pre_hook(pre_hook))
         for site, module in (("attn_out", attn), ("mlp_out", getattr(block, access.mlp_name))):
             if self._todo(layer, site, members):
+
                 def hook(module, args, output, site=site):
                     return replace_first(output, self.edit_hidden(layer, site, first(output), members))
 
@@ -481,8 +514,16 @@ class RestartGroup:
     first_row: int = 0
 
 
-def restart(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]], *, first_row: int = 0,
-            kv_rows: int | None = None, share: bool = True) -> Restart:
+def restart(
+    vlm,
+    clean: CleanPass,
+    start: int,
+    variants: list[list[Intervention]],
+    *,
+    first_row: int = 0,
+    kv_rows: int | None = None,
+    share: bool = True,
+) -> Restart:
     """Run layers ``start .. L-1`` for a batch of variants (each one batch row, sharing the
     captured prefix); see :func:`continue_from`.
 
@@ -495,8 +536,25 @@ def restart(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]
     return restart_many(vlm, clean, [group], batch=max(1, len(variants)), kv_rows=kv_rows, share=share)[0]
 
 
-def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: int = 8,
-                 kv_rows: int | None = None, share: bool = True) -> list[Restart]:
+def _flatten_groups(groups: list[RestartGroup], n_layers: int, first_scored: int) -> tuple[list, list, list, list]:
+    """Per variant of every group (checked): its start layer, first row, interventions and group index."""
+    starts, offsets, items, group_of = [], [], [], []
+    for g, group in enumerate(groups):
+        if not 0 <= group.start < n_layers:
+            raise InterpError(f"restart layer {group.start} is out of range 0..{n_layers - 1}")
+        if not 0 <= group.first_row <= first_scored:
+            raise InterpError(f"first_row {group.first_row} must lie in 0..{first_scored} (the first scored position)")
+        for variant in group.variants:
+            starts.append(group.start)
+            offsets.append(group.first_row)
+            items.append(variant)
+            group_of.append(g)
+    return starts, offsets, items, group_of
+
+
+def restart_many(
+    vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: int = 8, kv_rows: int | None = None, share: bool = True
+) -> list[Restart]:
     """Restart several groups of variants in one layer-major pass; one :class:`Restart` per group.
 
     Layer by layer from the lowest start, every variant whose group has started runs the layer,
@@ -516,15 +574,7 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
     layers = vlm.adapter.resolve(vlm.model, "layers")
     n_layers = len(layers)
     positions = clean.positions
-    starts, offsets, items, group_of = [], [], [], []
-    for g, group in enumerate(groups):
-        if not 0 <= group.start < n_layers:
-            raise InterpError(f"restart layer {group.start} is out of range 0..{n_layers - 1}")
-        if not 0 <= group.first_row <= int(positions.min()):
-            raise InterpError(f"first_row {group.first_row} must lie in 0..{int(positions.min())} "
-                              "(the first scored position)")
-        for variant in group.variants:
-            starts.append(group.start), offsets.append(group.first_row), items.append(variant), group_of.append(g)
+    starts, offsets, items, group_of = _flatten_groups(groups, n_layers, int(positions.min()))
     n = len(items)
     kv = fill_kv(vlm, clean) if any(offsets) or kv_rows else None
     plan = _Variants(clean, starts, items, offsets)
@@ -539,12 +589,11 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
             if entering:
                 hidden = clean.layer_input(index)
                 for v in entering:  # a copy: the clean pass's layer inputs are shared by every analysis
-                    state[v] = hidden[:, offsets[v]:].clone()
+                    state[v] = hidden[:, offsets[v] :].clone()
             active = [v for v in range(n) if starts[v] <= index]
             for row, members in _batches(active, offsets, group_of, batch):
                 hidden = state[members[0]] if len(members) == 1 else torch.cat([state[v] for v in members])
-                out = _run_layer(vlm, clean, plan, layers, index, hidden, members, row, kv, keys, kept, kv_rows,
-                                 share)
+                out = _run_layer(vlm, clean, plan, layers, index, hidden, members, row, kv, keys, kept, kv_rows, share)
                 for j, v in enumerate(members):
                     state[v] = out[j : j + 1]
     results = []
@@ -555,22 +604,27 @@ def restart_many(vlm, clean: CleanPass, groups: list[RestartGroup], *, batch: in
             final = torch.cat([state[v][:, local.to(state[v].device)] for v in members])
         else:
             final = first_input.new_zeros(0, len(positions), first_input.shape[-1])
-        group_kv = None
-        if kept is not None:
-            group_kv = []
-            for index in range(n_layers):
-                if index < group.start:
-                    k, v = kv[index]
-                    group_kv.append((k[:, :, :kv_rows].expand(len(members), -1, -1, -1),
-                                     v[:, :, :kv_rows].expand(len(members), -1, -1, -1)))
-                else:
-                    step = index - group.start
-                    group_kv.append((torch.cat([kept[m][step][0] for m in members]),
-                                     torch.cat([kept[m][step][1] for m in members])))
-                    for m in members:  # joined: the variant's own copy is no longer needed
-                        kept[m][step] = None
+        group_kv = None if kept is None else _group_kv(kv, kept, group.start, members, kv_rows, n_layers)
         results.append(Restart(final, [plan.contexts[v] for v in members], group_kv))
     return results
+
+
+def _group_kv(kv, kept: list, start: int, members: list[int], kv_rows: int, n_layers: int) -> list:
+    """A group's per-layer prompt keys/values: the clean ones below ``start`` (shared, not copied),
+    its variants' own from there (each variant's copy dropped once joined)."""
+    out = []
+    for index in range(n_layers):
+        if index < start:
+            k, v = kv[index]
+            out.append(
+                (k[:, :, :kv_rows].expand(len(members), -1, -1, -1), v[:, :, :kv_rows].expand(len(members), -1, -1, -1))
+            )
+            continue
+        step = index - start
+        out.append((torch.cat([kept[m][step][0] for m in members]), torch.cat([kept[m][step][1] for m in members])))
+        for m in members:
+            kept[m][step] = None
+    return out
 
 
 def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: int):
@@ -599,8 +653,21 @@ def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: 
             yield row, chunk
 
 
-def _run_layer(vlm, clean: CleanPass, plan: _Variants, layers, index: int, hidden: torch.Tensor,
-               members: list[int], row: int, kv, keys: int, kept, kv_rows, share: bool) -> torch.Tensor:
+def _run_layer(
+    vlm,
+    clean: CleanPass,
+    plan: _Variants,
+    layers,
+    index: int,
+    hidden: torch.Tensor,
+    members: list[int],
+    row: int,
+    kv,
+    keys: int,
+    kept,
+    kv_rows,
+    share: bool,
+) -> torch.Tensor:
     """Decoder layer ``index`` of ``layers`` for a batch of variants (batch row ``j``: variant
     ``members[j]``) recomputing the rows from ``row``: their input edits, the layer (once per
     distinct input, with the edits inside it), their output edits."""
@@ -647,8 +714,9 @@ def _run_layer(vlm, clean: CleanPass, plan: _Variants, layers, index: int, hidde
     return plan.edit_hidden(index, "resid_post", hidden, members)
 
 
-def continue_from(vlm, clean: CleanPass, start: int, variants: list[list[Intervention]], *,
-                  first_row: int | None = None):
+def continue_from(
+    vlm, clean: CleanPass, start: int, variants: list[list[Intervention]], *, first_row: int | None = None
+):
     """``(hidden, contexts)``: the variants' final hidden states ``[n_variants, n_positions, d]``
     at the clean pass's positions (before the final norm; see :func:`unembed`), and each
     variant's step context (its ``records``).

@@ -10,9 +10,15 @@ The names are imported on first use, so the command line's ``--help`` stays fast
 from importlib import import_module
 
 _LAZY = {
-    "TIMING_FIELDS": ".results", "ResultsFileError": ".results", "ResumeError": ".results", "read_results": ".results",
-    "evaluate": ".runner", "summarize": ".runner",
-    "ShardError": ".shards", "merge_shards": ".shards", "parse_shard": ".shards",
+    "TIMING_FIELDS": ".results",
+    "ResultsFileError": ".results",
+    "ResumeError": ".results",
+    "read_results": ".results",
+    "evaluate": ".runner",
+    "summarize": ".runner",
+    "ShardError": ".shards",
+    "merge_shards": ".shards",
+    "parse_shard": ".shards",
 }
 
 __all__ = sorted(_LAZY)

@@ -43,39 +43,73 @@ def add_commands(subparsers) -> None:
     from ..cli_args import add_model_args, positive_int
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="run a model on a VQA benchmark (resumable, shardable)",
+        "evaluate",
+        help="run a model on a VQA benchmark (resumable, shardable)",
         description="Answer and score every question of a benchmark; with --out, rows are appended "
-                    "as they come and rerunning the command resumes.")
+        "as they come and rerunning the command resumes.",
+    )
     add_model_args(evaluate, default=None)  # --model (or --model_args pretrained=...), --dtype, --device-map, ...
-    evaluate.add_argument("--task", "--tasks", dest="task", required=True, type=task_name,
-                          help="the benchmark, e.g. textvqa or synthetic (a wrong name lists them all)")
+    evaluate.add_argument(
+        "--task",
+        "--tasks",
+        dest="task",
+        required=True,
+        type=task_name,
+        help="the benchmark, e.g. textvqa or synthetic (a wrong name lists them all)",
+    )
     evaluate.add_argument("--data-dir", default=None, help="the benchmark's files (official or a local HF copy)")
     evaluate.add_argument("--split", default=None, help="default: the task's (e.g. validation)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N questions")
-    evaluate.add_argument("--out", "--output_path", dest="out", default=None,
-                          help="per-sample results JSONL (resumed if it exists); a directory: <task>.jsonl in it")
+    evaluate.add_argument(
+        "--out",
+        "--output_path",
+        dest="out",
+        default=None,
+        help="per-sample results JSONL (resumed if it exists); a directory: <task>.jsonl in it",
+    )
     evaluate.add_argument("--shard", default=None, help="i/n: run the i-th of n slices (1-based)")
-    evaluate.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
-                          help="questions per generate call (llava family)")
-    evaluate.add_argument("--prompt-suffix", default=None,
-                          help="text after the question, on a new line (default: the task's; '' for none)")
+    evaluate.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=positive_int,
+        default=None,
+        help="questions per generate call (llava family)",
+    )
+    evaluate.add_argument(
+        "--prompt-suffix",
+        default=None,
+        help="text after the question, on a new line (default: the task's; '' for none)",
+    )
     evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     evaluate.add_argument("--check-images", action="store_true", help="check every image exists before starting")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
-    evaluate.add_argument("--metric", default=None, choices=["lmms", "wcd", "both"],
-                          help="lmms: lmms-eval's metric; wcd: the authors' lenient get_score.py metric (0-100); "
-                               "default both for the tasks the authors score, else lmms")
-    evaluate.add_argument("--temperature", type=float, default=None,
-                          help="sample at this temperature instead of greedy decoding")
-    evaluate.add_argument("--seeds", type=int, default=None,
-                          help="with --temperature: K sampling runs (seeds 0..K-1, one results file each: "
-                               "OUT.seed<k>.jsonl); the summary gives each run and the mean and spread")
+    evaluate.add_argument(
+        "--metric",
+        default=None,
+        choices=["lmms", "wcd", "both"],
+        help="lmms: lmms-eval's metric; wcd: the authors' lenient get_score.py metric (0-100); "
+        "default both for the tasks the authors score, else lmms",
+    )
+    evaluate.add_argument(
+        "--temperature", type=float, default=None, help="sample at this temperature instead of greedy decoding"
+    )
+    evaluate.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="with --temperature: K sampling runs (seeds 0..K-1, one results file each: "
+        "OUT.seed<k>.jsonl); the summary gives each run and the mean and spread",
+    )
     evaluate.set_defaults(func=_evaluate)
 
-    merge = subparsers.add_parser("merge", help="merge the results files of a sharded evaluation",
-                                  description="Check that the files are shards 1..n of one run, complete and "
-                                              "disjoint, and write them as one file in the task's order.")
+    merge = subparsers.add_parser(
+        "merge",
+        help="merge the results files of a sharded evaluation",
+        description="Check that the files are shards 1..n of one run, complete and "
+        "disjoint, and write them as one file in the task's order.",
+    )
     merge.add_argument("--out", required=True, help="the merged JSONL")
     merge.add_argument("shards", nargs="+", help="the shards' JSONL files")
     merge.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
@@ -113,8 +147,10 @@ def _metric_choice(task_name: str, metric: str | None) -> tuple[bool, bool]:
     from ..errors import InterpError
 
     if metric in ("wcd", "both") and task_name not in WCD_TASKS:
-        raise InterpError(f"--metric {metric}: the authors' get_score.py has no metric for task {task_name!r} "
-                          f"(it scores {', '.join(WCD_TASKS)}); use --metric lmms")
+        raise InterpError(
+            f"--metric {metric}: the authors' get_score.py has no metric for task {task_name!r} "
+            f"(it scores {', '.join(WCD_TASKS)}); use --metric lmms"
+        )
     if metric is None:
         metric = "both" if task_name in WCD_TASKS else "lmms"
     return metric in ("lmms", "both"), metric in ("wcd", "both")
@@ -156,9 +192,12 @@ def _spread(summaries: list[dict]) -> dict:
             out[key] = _spread([s[key] for s in summaries])
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values = [float(s[key]) for s in summaries]
-            out[key] = {"mean": statistics.fmean(values),
-                        "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
-                        "min": min(values), "max": max(values)}
+            out[key] = {
+                "mean": statistics.fmean(values),
+                "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
+                "min": min(values),
+                "max": max(values),
+            }
     return out
 
 
@@ -184,20 +223,38 @@ def _evaluate(args) -> int:
     task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
     vlm = load(model, **load_kwargs)
     if args.batch_size not in (None, 1) and not can_batch(vlm):
-        print(f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time",
-              file=sys.stderr)
+        print(
+            f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time", file=sys.stderr
+        )
     per_run = []
     for seed in runs:
         out = _seed_out(args.out, seed, len(runs))
-        rows = evaluate(vlm, task, out=out, limit=args.limit, shard=args.shard, prompt_suffix=args.prompt_suffix,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        progress=not args.no_progress, temperature=args.temperature, seed=seed or 0)
+        rows = evaluate(
+            vlm,
+            task,
+            out=out,
+            limit=args.limit,
+            shard=args.shard,
+            prompt_suffix=args.prompt_suffix,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            temperature=args.temperature,
+            seed=seed or 0,
+        )
         summary = summarize(task, rows) if use_lmms else {"n": len(rows)}
         if use_wcd:
             summary.update(wcd_aggregate(task.name, rows.to_dict("records")))
         per_run.append({"seed": seed, "out": out, "summary": summary})
-    report = {"task": task.name, "split": task.split, "source": task.source, "model": vlm.name,
-              "shard": args.shard, "out": per_run[0]["out"], "summary": per_run[0]["summary"]}
+    report = {
+        "task": task.name,
+        "split": task.split,
+        "source": task.source,
+        "model": vlm.name,
+        "shard": args.shard,
+        "out": per_run[0]["out"],
+        "summary": per_run[0]["summary"],
+    }
     if args.temperature is not None:
         report["decoding"] = {"temperature": args.temperature, "seeds": len(runs)}
         report["runs"] = per_run
@@ -232,8 +289,14 @@ def _merge(args) -> int:
 
     rows = merge_shards(args.shards, args.out, force=args.force)
     meta = read_meta(Path(args.out))
-    report = {"task": meta["task"], "split": meta["split"], "model": meta["model"], "out": args.out,
-              "shards": len(args.shards), "summary": summarize(meta["task"], rows)}
+    report = {
+        "task": meta["task"],
+        "split": meta["split"],
+        "model": meta["model"],
+        "out": args.out,
+        "shards": len(args.shards),
+        "summary": summarize(meta["task"], rows),
+    }
     _print_summary(report, args.json)
     return 0
 

@@ -16,6 +16,7 @@ anywhere else is an error, never silently dropped. While a run writes ``<out>`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,8 @@ LEGACY_DEFAULTS = {"decoding": "greedy"}
 
 def _sampled(meta: dict) -> bool:
     return isinstance(meta.get("decoding"), dict)
+
+
 # Row fields that legitimately differ between two runs of the same settings.
 TIMING_FIELDS = ("seconds",)
 
@@ -125,8 +128,10 @@ def check_results_out(path: Path) -> Path:
     path = check_output(path, "file")
     sidecar = meta_path(path)
     if path.exists() and path.stat().st_size > 0 and not sidecar.exists():
-        raise ResumeError(f"cannot resume {path}: {sidecar.name} is missing, so it is not known to be a results file of "
-                          f"this run; it is left untouched: use another --out")
+        raise ResumeError(
+            f"cannot resume {path}: {sidecar.name} is missing, so it is not known to be a results file of "
+            f"this run; it is left untouched: use another --out"
+        )
     return path
 
 
@@ -161,7 +166,9 @@ class ResultsLog:
             try:
                 old = read_meta(self.path)
             except ResultsFileError as error:
-                raise ResumeError(f"cannot resume {self.path}: {error}; it is left untouched: use another --out") from None
+                raise ResumeError(
+                    f"cannot resume {self.path}: {error}; it is left untouched: use another --out"
+                ) from None
             differences = describe_differences(old, meta) if isinstance(old, dict) else ["settings (not a JSON object)"]
             if differences:
                 raise ResumeError(
@@ -169,8 +176,10 @@ class ResultsLog:
                     f"it is left untouched: use another --out, or delete it and {sidecar.name}"
                 )
         elif self.path.exists() and self.path.stat().st_size > 0:
-            raise ResumeError(f"cannot resume {self.path}: {sidecar.name} is missing, so it is not known to be a "
-                              f"results file of this run; it is left untouched: use another --out")
+            raise ResumeError(
+                f"cannot resume {self.path}: {sidecar.name} is missing, so it is not known to be a "
+                f"results file of this run; it is left untouched: use another --out"
+            )
         rows, cut = read_results(self.path) if self.path.exists() else ([], False)
         ids = [row["doc_id"] for row in rows]
         if len(set(map(json.dumps, ids))) != len(ids):
@@ -180,7 +189,7 @@ class ResultsLog:
         if not sidecar.exists():
             write_atomically(sidecar, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
         try:
-            self._handle = open(self.path, "a", encoding="utf-8")
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across appends, closed by close()
         except OSError as error:
             raise output_error(error, self.path) from None
         return rows
@@ -196,14 +205,13 @@ class ResultsLog:
 
     def close(self) -> None:
         if self._handle is not None:
-            try:
+            # a line that could not be flushed (disk full): the next resume drops it
+            with contextlib.suppress(OSError):
                 self._handle.close()
-            except OSError:  # a line that could not be flushed (disk full): the next resume drops it
-                pass
             self._handle = None
         self._lock.release()
 
-    def __enter__(self) -> "ResultsLog":
+    def __enter__(self) -> ResultsLog:
         return self
 
     def __exit__(self, *exc) -> None:

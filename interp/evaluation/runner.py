@@ -37,12 +37,13 @@ shard, prompt suffix and ``max_new_tokens`` must be those the file was written w
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import platform
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -75,10 +76,8 @@ def effective_batch_size(vlm, batch_size: int | None) -> int:
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for package in ("interp", "torch", "transformers", "nnsight", "datasets"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-            pass
     return out
 
 
@@ -96,8 +95,13 @@ def _as_task(task: Task | str) -> Task:
 def batch_inputs(processor, adapter, images: list, prompts: list[str], *, dtype=None, device=None) -> dict:
     """Left-padded processor outputs for several (image, prompt) pairs (one image each)."""
     texts = [build_prompt(processor, adapter, prompt, 1) for prompt in prompts]
-    encoded = processor(images=[load_image(image) for image in images], text=texts,
-                        return_tensors="pt", padding=True, padding_side="left")
+    encoded = processor(
+        images=[load_image(image) for image in images],
+        text=texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+    )
     inputs = {k: v for k, v in dict(encoded).items() if k != "labels"}
     if "pixel_values" in inputs and dtype is not None:
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -105,8 +109,9 @@ def batch_inputs(processor, adapter, images: list, prompts: list[str], *, dtype=
     return {k: v.to(device) if isinstance(v, torch.Tensor) and device is not None else v for k, v in inputs.items()}
 
 
-def _generate(model, inputs: dict, *, max_new_tokens: int, temperature: float | None = None,
-              seed: int | None = None) -> torch.Tensor:
+def _generate(
+    model, inputs: dict, *, max_new_tokens: int, temperature: float | None = None, seed: int | None = None
+) -> torch.Tensor:
     """The new token ids of one ``generate`` call: greedy, or sampled at ``temperature``
     after ``torch.manual_seed(seed)``."""
     sampling = {"do_sample": False}
@@ -114,7 +119,7 @@ def _generate(model, inputs: dict, *, max_new_tokens: int, temperature: float | 
         torch.manual_seed(0 if seed is None else seed)
         sampling = {"do_sample": True, "temperature": temperature}
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, **sampling)
-    return output[:, inputs["input_ids"].shape[1]:]
+    return output[:, inputs["input_ids"].shape[1] :]
 
 
 @torch.no_grad()
@@ -128,8 +133,15 @@ def greedy_replies(model, processor, adapter, images: list, prompts: list[str], 
 
 
 @torch.no_grad()
-def generate_replies(vlm, images: list, prompts: list[str], *, max_new_tokens: int,
-                     temperature: float | None = None, seed: int | None = None) -> list[str]:
+def generate_replies(
+    vlm,
+    images: list,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float | None = None,
+    seed: int | None = None,
+) -> list[str]:
     """Greedy replies (or, with ``temperature``, sampled ones after ``torch.manual_seed(seed)``),
     one per (image, prompt); one ``generate`` call for the lot."""
     if len(prompts) == 1:
@@ -224,9 +236,14 @@ def evaluate(
                     continue
                 prompts = [task.prompt(doc, suffix) for doc in chunk]
                 began = time.perf_counter()
-                replies = generate_replies(vlm, [doc.load_image() for doc in chunk], prompts,
-                                           max_new_tokens=max_new_tokens, temperature=temperature,
-                                           seed=None if temperature is None else seed * 1_000_003 + start)
+                replies = generate_replies(
+                    vlm,
+                    [doc.load_image() for doc in chunk],
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    seed=None if temperature is None else seed * 1_000_003 + start,
+                )
                 seconds = (time.perf_counter() - began) / len(chunk)
                 for doc, prompt, reply in zip(chunk, prompts, replies):
                     if doc.doc_id in done:  # written before an interruption mid-batch

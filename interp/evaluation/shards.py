@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -54,8 +54,10 @@ def parse_shard(shard) -> tuple[int, int] | None:
         except (TypeError, ValueError):
             raise ShardError(f"shard {shard!r} is not a pair (i, n)") from None
     if count < 1 or not 1 <= index <= count:
-        raise ShardError(f"shard {index}/{count} does not exist: shards are numbered from 1, use 1/{max(count, 1)} .. "
-                         f"{max(count, 1)}/{max(count, 1)}")
+        raise ShardError(
+            f"shard {index}/{count} does not exist: shards are numbered from 1, use 1/{max(count, 1)} .. "
+            f"{max(count, 1)}/{max(count, 1)}"
+        )
     return index, count
 
 
@@ -87,12 +89,14 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
     with OutputLock(out):
         existing = [p for p in (out, meta_path(out)) if os.path.lexists(p)]
         if existing and not force:
-            raise ShardError(f"{existing[0]} already exists; merge leaves it untouched: give another --out, or --force "
-                             f"to replace it")
+            raise ShardError(
+                f"{existing[0]} already exists; merge leaves it untouched: give another --out, or --force to replace it"
+            )
         return _merge(paths, out, force)
 
 
-def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
+def _read_shards(paths: list[Path]) -> tuple[dict[int, tuple[Path, dict, list[dict]]], int, dict]:
+    """``({index: (path, meta, rows)}, n, first meta)`` of shard files proven to be one run's."""
     shards: dict[int, tuple[Path, dict, list[dict]]] = {}
     count = None
     first_meta = None
@@ -116,34 +120,52 @@ def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
         shards[index] = (path, meta, rows)
     missing = [i for i in range(1, count + 1) if i not in shards]
     if missing:
-        raise ShardError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{count}' for i in missing)} "
-                         f"missing: merge needs all {count}")
+        raise ShardError(
+            f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{count}' for i in missing)} "
+            f"missing: merge needs all {count}"
+        )
+    return shards, count, first_meta
 
+
+def _shard_rows(path: Path, meta: dict, rows: list[dict], index: int, count: int) -> list[str]:
+    """The keys of one shard's rows, checked complete and its own (in file order)."""
+    if "doc_ids" not in meta:
+        raise ResultsFileError(f"{meta_path(path)} does not list the shard's documents")
+    wanted = {_key(d) for d in meta["doc_ids"]}
+    keys = [_key(row["doc_id"]) for row in rows]
+    present = set(keys)
+    if len(present) != len(keys):
+        raise ShardError(f"{path} holds a document twice")
+    extra = [k for k in keys if k not in wanted]
+    if extra:
+        raise ShardError(f"{path} holds document {extra[0]} that is not in its shard")
+    absent = [d for d in meta["doc_ids"] if _key(d) not in present]
+    if absent:
+        raise ShardError(
+            f"{path} (shard {index}/{count}) is incomplete: {len(absent)} of "
+            f"{len(meta['doc_ids'])} documents missing, e.g. {absent[0]!r}; resume it before merging"
+        )
+    return keys
+
+
+def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
+    shards, count, first_meta = _read_shards(paths)
     expected: dict[int, list] = {}
     by_key: dict[str, dict] = {}
     for index in range(1, count + 1):
         path, meta, rows = shards[index]
-        if "doc_ids" not in meta:
-            raise ResultsFileError(f"{meta_path(path)} does not list the shard's documents")
+        keys = _shard_rows(path, meta, rows, index, count)
         expected[index] = meta["doc_ids"]
-        wanted = {_key(d) for d in meta["doc_ids"]}
-        keys = [_key(row["doc_id"]) for row in rows]
-        present = set(keys)
-        if len(present) != len(keys):
-            raise ShardError(f"{path} holds a document twice")
-        extra = [k for k in keys if k not in wanted]
-        if extra:
-            raise ShardError(f"{path} holds document {extra[0]} that is not in its shard")
-        absent = [d for d in meta["doc_ids"] if _key(d) not in present]
-        if absent:
-            raise ShardError(f"{path} (shard {index}/{count}) is incomplete: {len(absent)} of "
-                             f"{len(meta['doc_ids'])} documents missing, e.g. {absent[0]!r}; resume it before merging")
         for key, row in zip(keys, rows):
             if key in by_key:
                 raise ShardError(f"document {key} appears in two shards")
             by_key[key] = row
-    order = [expected[i][j] for j in range(max(len(v) for v in expected.values()))
-             for i in range(1, count + 1) if j < len(expected[i])]
+    order = [
+        expected[i][j]
+        for j in range(max(len(v) for v in expected.values()))
+        for i in range(1, count + 1)
+        if j < len(expected[i])
+    ]
     total = first_meta.get("n_docs")
     if total is not None and total != len(order):
         raise ShardError(f"the shards cover {len(order)} documents but the run has {total}")
@@ -151,8 +173,9 @@ def _merge(paths: list[Path], out: Path, force: bool) -> pd.DataFrame:
     meta = {**first_meta, "shard": None, "doc_ids": order, "merged_from": [str(p) for p in paths]}
     # the sidecar first: a results file is never there without the settings that prove it a run's own
     write_atomically(meta_path(out), (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode(), overwrite=force)
-    write_atomically(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged).encode(),
-                     overwrite=force)
+    write_atomically(
+        out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged).encode(), overwrite=force
+    )
     return pd.DataFrame(merged)
 
 

@@ -95,8 +95,15 @@ class NoiseAblateImageTokens(ImageTokenEdit):
     standard deviation of the selected hidden states (3x as in causal tracing).
     """
 
-    def __init__(self, layers: Any, std: float | None = None, noise_scale: float = 3.0, seed: int = 0,
-                 tokens: Any = None, every_step: bool = False):
+    def __init__(
+        self,
+        layers: Any,
+        std: float | None = None,
+        noise_scale: float = 3.0,
+        seed: int = 0,
+        tokens: Any = None,
+        every_step: bool = False,
+    ):
         super().__init__(layers, tokens, every_step)
         self.std = std
         self.noise_scale = noise_scale

@@ -110,7 +110,7 @@ class Intervention:
     def sites(self) -> list[tuple[int | None, str]]:
         raise NotImplementedError
 
-    def bind(self, n_layers: int, prepared) -> "Intervention":
+    def bind(self, n_layers: int, prepared) -> Intervention:
         """A copy with layers checked and token selectors resolved for ``prepared``."""
         bound = copy.copy(self)
         bound.layers = resolve_layers(self.layers, n_layers)

@@ -62,8 +62,17 @@ class ContrastiveMask(Intervention):
     (default the last prompt token).
     """
 
-    def __init__(self, review_layer: int, *, reference_layer: int | None = None, candidates: Any = "all",
-                 rho: float = 0.2, distance: str = "jsd", scale: float = PAPER_MASK_SCALE, query: Any = "last"):
+    def __init__(
+        self,
+        review_layer: int,
+        *,
+        reference_layer: int | None = None,
+        candidates: Any = "all",
+        rho: float = 0.2,
+        distance: str = "jsd",
+        scale: float = PAPER_MASK_SCALE,
+        query: Any = "last",
+    ):
         if distance not in DISTANCES:
             raise InterpError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if not 0.0 <= rho <= 1.0:
@@ -77,7 +86,7 @@ class ContrastiveMask(Intervention):
         self.query = query
         self.layers = [review_layer]
 
-    def bind(self, n_layers: int, prepared) -> "ContrastiveMask":
+    def bind(self, n_layers: int, prepared) -> ContrastiveMask:
         bound = super().bind(n_layers, prepared)
         review = bound.layers[0]
         reference = review - 1 if self.reference_layer is None else resolve_layers(self.reference_layer, n_layers)[0]
@@ -89,13 +98,18 @@ class ContrastiveMask(Intervention):
             raise InterpError(f"no candidate pre-layer lies before the reference layer {reference}")
         bound._reference = reference
         bound._candidates = candidates
-        query = resolve_positions(self.query, image_positions=prepared.image_positions,
-                                  question_positions=prepared.question_positions, seq_len=prepared.seq_len,
-                                  what="query")
+        query = resolve_positions(
+            self.query,
+            image_positions=prepared.image_positions,
+            question_positions=prepared.question_positions,
+            seq_len=prepared.seq_len,
+            what="query",
+        )
         bound._query = prepared.seq_len - 1 if isinstance(query, str) else int(query.reshape(-1)[-1])
         watched = sorted(set(candidates) | {reference})
         bound._recorder = RecordAttention(watched, query=[bound._query], name="contrastive_attention").bind(
-            n_layers, prepared)
+            n_layers, prepared
+        )
         return bound
 
     def sites(self):

@@ -27,7 +27,8 @@ Patching acts at the prefill forward only (the positions are prompt positions).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import torch
 
@@ -63,7 +64,9 @@ class ImageCells:
         if isinstance(cells, torch.Tensor) or hasattr(cells, "shape"):
             mask = torch.as_tensor(cells).bool()
             if tuple(mask.shape) != tuple(shape):
-                raise InputError(f"a cell mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} grid")
+                raise InputError(
+                    f"a cell mask of shape {tuple(mask.shape)} does not fit the {shape[0]}x{shape[1]} grid"
+                )
             return mask
         mask = torch.zeros(shape, dtype=torch.bool)
         for row, col in cells:
@@ -82,9 +85,13 @@ class ImageCells:
 def _positions(selector, prepared, what: str) -> torch.Tensor:
     if isinstance(selector, ImageCells):
         return selector.positions(prepared)
-    positions = resolve_positions(selector, image_positions=prepared.image_positions.cpu(),
-                                  question_positions=prepared.question_positions.cpu(),
-                                  seq_len=prepared.seq_len, what=what)
+    positions = resolve_positions(
+        selector,
+        image_positions=prepared.image_positions.cpu(),
+        question_positions=prepared.question_positions.cpu(),
+        seq_len=prepared.seq_len,
+        what=what,
+    )
     if isinstance(positions, str):  # "last"
         return torch.tensor([prepared.seq_len - 1])
     return positions.cpu()
@@ -99,19 +106,27 @@ def aligned_positions(selector, base, source) -> tuple[torch.Tensor, torch.Tenso
     if isinstance(selector, ImageCells):
         b_view, s_view = selector.grid_view(base), selector.grid_view(source)
         if b_view.shape != s_view.shape:
-            raise InputError(f"the source's patch grid is {s_view.rows}x{s_view.cols} but the base's is "
-                             f"{b_view.rows}x{b_view.cols}: patching image cells needs equal grids")
+            raise InputError(
+                f"the source's patch grid is {s_view.rows}x{s_view.cols} but the base's is "
+                f"{b_view.rows}x{b_view.cols}: patching image cells needs equal grids"
+            )
     elif selector == "image" and source.n_image_tokens != base.n_image_tokens:
-        raise InputError(f"the source has {source.n_image_tokens} image tokens but the base has "
-                         f"{base.n_image_tokens}: patching image positions needs equal counts (same image size)")
+        raise InputError(
+            f"the source has {source.n_image_tokens} image tokens but the base has "
+            f"{base.n_image_tokens}: patching image positions needs equal counts (same image size)"
+        )
     elif selector == "question" and len(source.question_positions) != len(base.question_positions):
-        raise InputError(f"the source's question has {len(source.question_positions)} tokens but the base's has "
-                         f"{len(base.question_positions)}: patching question positions needs equal lengths")
+        raise InputError(
+            f"the source's question has {len(source.question_positions)} tokens but the base's has "
+            f"{len(base.question_positions)}: patching question positions needs equal lengths"
+        )
     elif not isinstance(selector, str) or selector in ("all", "text"):
         if source.seq_len != base.seq_len:
-            raise InputError(f"the source has {source.seq_len} tokens but the base has {base.seq_len}: "
-                             f"{selector if isinstance(selector, str) else 'explicit'} positions must align; "
-                             "use 'image', 'question', 'last' or ImageCells")
+            raise InputError(
+                f"the source has {source.seq_len} tokens but the base has {base.seq_len}: "
+                f"{selector if isinstance(selector, str) else 'explicit'} positions must align; "
+                "use 'image', 'question', 'last' or ImageCells"
+            )
         if selector == "text" and not torch.equal(source.image_positions.cpu(), base.image_positions.cpu()):
             raise InputError("the source's image tokens sit elsewhere than the base's: 'text' positions must align")
     source_pos = _positions(selector, source, "patch")
@@ -133,16 +148,27 @@ class PatchActivations(Intervention):
     attention heads to patch (an int or a list; None: every head).
     """
 
-    def __init__(self, hook_names: str | Iterable[str] | None = None, *, layers: Any = None, site: str = "resid_pre",
-                 positions: Any = "image", source=None, source_values: dict | None = None, name: str = "source",
-                 heads: Any = None):
+    def __init__(
+        self,
+        hook_names: str | Iterable[str] | None = None,
+        *,
+        layers: Any = None,
+        site: str = "resid_pre",
+        positions: Any = "image",
+        source=None,
+        source_values: dict | None = None,
+        name: str = "source",
+        heads: Any = None,
+    ):
         if hook_names is not None and layers is not None:
             raise InterpError("give hook_names or layers + site, not both")
         if hook_names is None and layers is None:
             raise InterpError("PatchActivations needs hook_names or layers (+ site)")
         if hook_names is None and site not in PATCH_SITES:
             raise InterpError(f"cannot patch site {site!r}; patchable sites: {', '.join(PATCH_SITES)}")
-        self.hook_names = None if hook_names is None else ([hook_names] if isinstance(hook_names, str) else list(hook_names))
+        self.hook_names = (
+            None if hook_names is None else ([hook_names] if isinstance(hook_names, str) else list(hook_names))
+        )
         if self.hook_names is not None and not self.hook_names:
             raise InterpError("PatchActivations needs at least one hook name")
         self.layers = layers if layers is not None else "all"
@@ -152,27 +178,30 @@ class PatchActivations(Intervention):
         self.source_values = source_values
         self.name = name
         self.heads = None if heads is None else ([heads] if isinstance(heads, int) else list(heads))
-        if self.heads is not None and (not self.heads or not all(isinstance(h, int) and not isinstance(h, bool)
-                                                                 for h in self.heads)):
+        if self.heads is not None and (
+            not self.heads or not all(isinstance(h, int) and not isinstance(h, bool) for h in self.heads)
+        ):
             raise InterpError(f"heads must be a head index or a non-empty list of them, got {heads!r}")
 
     # -- binding ---------------------------------------------------------------
 
-    def with_source(self, source) -> "PatchActivations":
+    def with_source(self, source) -> PatchActivations:
         """This patch, reading from ``source`` (a Prepared)."""
         new = PatchActivations.__new__(PatchActivations)
         new.__dict__.update(self.__dict__)
         new.source = source
         return new
 
-    def bind(self, n_layers: int, prepared) -> "PatchActivations":
+    def bind(self, n_layers: int, prepared) -> PatchActivations:
         bound = super().bind(n_layers, prepared)
         if self.hook_names is not None:
             points = [parse_hook_name(name, n_layers) for name in self.hook_names]
             for point in points:
                 if point.site not in PATCH_SITES:
-                    raise InterpError(f"cannot patch {point.name}: patchable sites are "
-                                      + ", ".join(f"blocks.{{l}}.hook_{s}" for s in PATCH_SITES))
+                    raise InterpError(
+                        f"cannot patch {point.name}: patchable sites are "
+                        + ", ".join(f"blocks.{{l}}.hook_{s}" for s in PATCH_SITES)
+                    )
             bound._sites = sorted({(point.layer, point.site) for point in points})
         else:
             bound._sites = [(layer, self.site) for layer in resolve_layers(self.layers, n_layers)]
@@ -184,8 +213,10 @@ class PatchActivations(Intervention):
                 raise InterpError(f"head {min(self.heads)} is out of range: heads count from 0")
         bound._base_positions, bound._source_positions = aligned_positions(self.positions, prepared, self.source)
         if self.source is not None and self.source.input_ids.shape[0] != prepared.input_ids.shape[0]:
-            raise InputError(f"the source has batch {self.source.input_ids.shape[0]} but the base has "
-                             f"{prepared.input_ids.shape[0]}: give one source row per base row")
+            raise InputError(
+                f"the source has batch {self.source.input_ids.shape[0]} but the base has "
+                f"{prepared.input_ids.shape[0]}: give one source row per base row"
+            )
         bound.source = None  # positions are resolved; do not ship the source's inputs with remote traces
         return bound
 
@@ -201,7 +232,7 @@ class PatchActivations(Intervention):
         """Where the source's activation at ``(layer, site)`` lives in ``ctx.records``."""
         return (f"{name}:{hook_name(layer, site)}", layer, 0)
 
-    def source_recorder(self) -> "RecordSource":
+    def source_recorder(self) -> RecordSource:
         """The intervention that records what this (bound) patch needs, on the source run."""
         return RecordSource(self._sites, self.name)
 
@@ -213,8 +244,10 @@ class PatchActivations(Intervention):
             return ctx.records[key]
         if self.source_values is not None and key in self.source_values:
             return self.source_values[key]
-        raise InterpError(f"no source activation {key[0]!r} to patch from: run the source first "
-                          "(interp.analysis.patching.run_patched) or pass source_values")
+        raise InterpError(
+            f"no source activation {key[0]!r} to patch from: run the source first "
+            "(interp.analysis.patching.run_patched) or pass source_values"
+        )
 
     def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         if ctx.step != 0 or self._base_positions.numel() == 0:
@@ -236,7 +269,8 @@ class PatchActivations(Intervention):
         heads = torch.tensor(self.heads, device=hidden.device)
         rows = local[keep].to(hidden.device)
         new[:, rows[:, None], heads[None, :]] = source[:, source_rows[:, None], heads.to(source.device)[None, :]].to(
-            hidden.device, hidden.dtype)
+            hidden.device, hidden.dtype
+        )
         return new
 
     def at_site(self, layer, site, value, ctx: StepContext):
@@ -252,7 +286,7 @@ class RecordSource(Intervention):
         self.layers = sorted({layer for layer, _ in self._sites})
         self.name = name
 
-    def bind(self, n_layers: int, prepared) -> "RecordSource":
+    def bind(self, n_layers: int, prepared) -> RecordSource:
         return self  # the sites are already resolved by the patch that made this recorder
 
     def sites(self):

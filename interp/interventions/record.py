@@ -7,7 +7,8 @@ them; :class:`interp.interventions.plan.RunResult` organises them afterwards.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import torch
 
@@ -28,8 +29,15 @@ class RecordAttention(Intervention):
     values on the image's patch grid.
     """
 
-    def __init__(self, layers: Any = "all", query: Any = "last", heads: str = "mean", keys: str = "image",
-                 name: str = "attention", every_step: bool = False):
+    def __init__(
+        self,
+        layers: Any = "all",
+        query: Any = "last",
+        heads: str = "mean",
+        keys: str = "image",
+        name: str = "attention",
+        every_step: bool = False,
+    ):
         if heads not in ("mean", "all"):
             raise InterpError(f"heads must be 'mean' or 'all', got {heads!r}")
         if keys not in ("image", "all"):

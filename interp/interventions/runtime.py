@@ -144,10 +144,7 @@ def attention_call_parts(call_inputs):
     """``(module, query, key, mask, kwargs)`` from the attention function's ``(args, kwargs)``."""
     args, kwargs = call_inputs
     module, query, key = args[0], args[1], args[2]
-    if len(args) > 4:
-        mask = args[4]
-    else:
-        mask = kwargs.get("attention_mask")
+    mask = args[4] if len(args) > 4 else kwargs.get("attention_mask")
     return module, query, key, mask, kwargs
 
 
@@ -288,8 +285,20 @@ def query_window(call_inputs):
 # -- one row of a padded batch ----------------------------------------------------
 
 #: sites whose value runs (batch, seq, ...): one batch row of them is the row's own value
-SEQUENCE_SITES = ("embed", "resid_pre", "q", "k", "v", "z", "result", "attn_out", "resid_mid", "mlp_out",
-                  "resid_post", "final_norm")
+SEQUENCE_SITES = (
+    "embed",
+    "resid_pre",
+    "q",
+    "k",
+    "v",
+    "z",
+    "result",
+    "attn_out",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
+    "final_norm",
+)
 
 
 def row_value(site: str, value, row: int, length: int):

@@ -98,11 +98,12 @@ class ReviewLayerMask(Intervention):
         self.scale = scale
         self.layers = [review_layer]
 
-    def bind(self, n_layers: int, prepared) -> "ReviewLayerMask":
+    def bind(self, n_layers: int, prepared) -> ReviewLayerMask:
         bound = super().bind(n_layers, prepared)
         if bound.layers[0] < 2:
-            raise InterpError(f"the review layer must be >= 2 (a reference layer and one before it), "
-                              f"got {bound.layers[0]}")
+            raise InterpError(
+                f"the review layer must be >= 2 (a reference layer and one before it), got {bound.layers[0]}"
+            )
         if prepared.n_image_tokens == 0:
             raise InterpError("the review-layer mask needs image tokens in the prompt")
         bound._query = prepared.seq_len - 1
@@ -146,11 +147,13 @@ class SoftImageMask(Intervention):
         self.scale = scale
         self.layers = [0]
 
-    def bind(self, n_layers: int, prepared) -> "SoftImageMask":
+    def bind(self, n_layers: int, prepared) -> SoftImageMask:
         bound = super().bind(n_layers, prepared)
         if self.attention.numel() != prepared.n_image_tokens:
-            raise InterpError(f"the soft mask's attention map has {self.attention.numel()} values but the prompt has "
-                              f"{prepared.n_image_tokens} image tokens")
+            raise InterpError(
+                f"the soft mask's attention map has {self.attention.numel()} values but the prompt has "
+                f"{prepared.n_image_tokens} image tokens"
+            )
         bound._keep = bottom_k_keep(self.attention, self.ratio)
         return bound
 
@@ -165,8 +168,9 @@ class SoftImageMask(Intervention):
         return f"SoftImageMask(ratio={self.ratio}, scale={self.scale}, n={self.attention.numel()})"
 
 
-def general_attention(vlm, image, *, layer: int = -1, question: str = AUTHORS_GENERAL_QUESTION,
-                      remote: bool | str | None = None) -> torch.Tensor:
+def general_attention(
+    vlm, image, *, layer: int = -1, question: str = AUTHORS_GENERAL_QUESTION, remote: bool | str | None = None
+) -> torch.Tensor:
     """The last prompt token's head-mean attention over the image tokens at ``layer``
     (default the last) in a prefill of ``question`` about ``image`` — the map the authors'
     soft mask is built from."""
@@ -178,8 +182,9 @@ def general_attention(vlm, image, *, layer: int = -1, question: str = AUTHORS_GE
     return result.record("general", layer)[0, 0]
 
 
-def authors_soft_mask(vlm, image, *, ratio: float = 0.2, scale: float = 0.1, layer: int = -1,
-                      remote: bool | str | None = None) -> SoftImageMask:
+def authors_soft_mask(
+    vlm, image, *, ratio: float = 0.2, scale: float = 0.1, layer: int = -1, remote: bool | str | None = None
+) -> SoftImageMask:
     """:class:`SoftImageMask` from the authors' general-description pre-pass on ``image``."""
     return SoftImageMask(general_attention(vlm, image, layer=layer, remote=remote), ratio=ratio, scale=scale)
 

@@ -48,17 +48,21 @@ def _check_hub_reachable(name: str) -> None:
         return
     offline = [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
     if offline:
-        raise InterpError(f"{name!r} is not a local directory nor in the hub cache, and {offline[0]}="
-                          f"{os.environ[offline[0]]} is set (offline mode): pass a local model directory, or unset it "
-                          "on a machine with hub access")
+        raise InterpError(
+            f"{name!r} is not a local directory nor in the hub cache, and {offline[0]}="
+            f"{os.environ[offline[0]]} is set (offline mode): pass a local model directory, or unset it "
+            "on a machine with hub access"
+        )
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return  # the proxy resolves the host
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)
     except OSError as error:
-        raise InterpError(f"{name!r} is not a local directory nor in the hub cache, and {host} cannot be reached "
-                          f"({error}): pass a local model directory, or run where the hub is reachable") from None
+        raise InterpError(
+            f"{name!r} is not a local directory nor in the hub cache, and {host} cannot be reached "
+            f"({error}): pass a local model directory, or run where the hub is reachable"
+        ) from None
 
 
 def resolve_config(name: str) -> tuple[str | None, str, Any]:
@@ -77,8 +81,10 @@ def resolve_config(name: str) -> tuple[str | None, str, Any]:
         if not local.is_dir():
             raise InterpError(f"model directory not found: {local}")
         if not (local / "config.json").is_file():
-            raise InterpError(f"no config.json in model directory {local}: pass a directory written by "
-                              "save_pretrained (config.json, weights, processor files), a HF id or 'organism'")
+            raise InterpError(
+                f"no config.json in model directory {local}: pass a directory written by "
+                "save_pretrained (config.json, weights, processor files), a HF id or 'organism'"
+            )
         name = str(local)
     else:
         _check_hub_reachable(name)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -51,13 +51,16 @@ class VLM:
         #: layer_forwards, layer_token_rows): analyses report the difference over their run
         self.counts: Counter = Counter()
         layers = envoy_at(self.nnsight, adapter.layers_path)
-        self.access = SiteAccess(adapter.site_paths(), find_attention_op(getattr(layers[0], adapter.attn_name)),
-                                 adapter.head_dim(self.config))
+        self.access = SiteAccess(
+            adapter.site_paths(),
+            find_attention_op(getattr(layers[0], adapter.attn_name)),
+            adapter.head_dim(self.config),
+        )
         # nnsight instruments a module's source on first access; doing it now for every
         # attention module means a trace that reads q_proj before the attention call of a
         # layer still finds that call instrumented (else: out of order)
         for index in range(len(layers)):
-            getattr(layers[index], adapter.attn_name).source
+            _ = getattr(layers[index], adapter.attn_name).source
 
     # -- the model -----------------------------------------------------------
 
@@ -133,21 +136,31 @@ class VLM:
                 if site == "vision_resid_post":
                     n_vision = self.n_vision_layers if n_vision is None else n_vision
                     if n_vision == 0:
-                        raise HookNameError(f"{self.adapter.name} has no vision tower at {self.adapter.vision_layers_path}")
+                        raise HookNameError(
+                            f"{self.adapter.name} has no vision tower at {self.adapter.vision_layers_path}"
+                        )
                     check_layer(layer, n_vision, "vision-tower blocks")
                 elif site == "projected":
                     try:
                         self.adapter.resolve(self.model, "projector")
                     except AttributeError:
-                        raise HookNameError(f"{self.adapter.name} has no projector at {self.adapter.projector_path}") from None
+                        raise HookNameError(
+                            f"{self.adapter.name} has no projector at {self.adapter.projector_path}"
+                        ) from None
 
     # -- inputs --------------------------------------------------------------
 
     def prepare(self, images: Any, question: str, *, prompt: str | None = None) -> Prepared:
         """Chat-templated model inputs for ``question`` about ``images``, with image geometry."""
         return prepare(
-            self.processor, self.adapter, self.config, images, question,
-            prompt=prompt, dtype=self.dtype, device=self.device if not self.remote else None,
+            self.processor,
+            self.adapter,
+            self.config,
+            images,
+            question,
+            prompt=prompt,
+            dtype=self.dtype,
+            device=self.device if not self.remote else None,
         )
 
     def from_inputs(self, inputs: dict) -> Prepared:
@@ -178,8 +191,15 @@ class VLM:
         self.adapter.check_inputs(inputs)
         return self.nnsight.trace(dict(inputs), **self.trace_kwargs(remote), **kwargs)
 
-    def run(self, prepared: Prepared, *interventions, generate: bool = False, max_new_tokens: int = 16,
-            remote: bool | str | None = None, **generate_kwargs):
+    def run(
+        self,
+        prepared: Prepared,
+        *interventions,
+        generate: bool = False,
+        max_new_tokens: int = 16,
+        remote: bool | str | None = None,
+        **generate_kwargs,
+    ):
         """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`."""
         from .. import validate
         from ..engine.plan import Plan
@@ -188,8 +208,12 @@ class VLM:
         if generate:
             validate.max_new_tokens(max_new_tokens)
         return Plan(*interventions).run(
-            self, prepared, generate=generate, max_new_tokens=max_new_tokens,
-            remote=remote, **generate_kwargs,
+            self,
+            prepared,
+            generate=generate,
+            max_new_tokens=max_new_tokens,
+            remote=remote,
+            **generate_kwargs,
         )
 
     def read(self, hook_name: str):
@@ -216,8 +240,9 @@ class VLM:
         with _named_order_errors(point.name):
             self.access.write(self.nnsight, point.layer, point.site, value)
 
-    def run_with_cache(self, prepared: Prepared, names_filter=None, *, remote: bool | str | None = None,
-                       remove_batch_dim: bool = False):
+    def run_with_cache(
+        self, prepared: Prepared, names_filter=None, *, remote: bool | str | None = None, remove_batch_dim: bool = False
+    ):
         """TransformerLens' ``run_with_cache``: ``(logits [batch, seq, vocab], ActivationCache)``;
         ``names_filter``: None (every hook), a name, a list, or ``fn(name) -> bool``."""
         from ..engine.hooked import run_with_cache
@@ -232,7 +257,9 @@ class VLM:
         return run_with_hooks(self, prepared, fwd_hooks, remote=remote)
 
     def __repr__(self) -> str:
-        return f"VLM({self.name!r}, family={self.adapter.name}, layers={self.n_layers}, attn={self.attn_implementation})"
+        return (
+            f"VLM({self.name!r}, family={self.adapter.name}, layers={self.n_layers}, attn={self.attn_implementation})"
+        )
 
 
 @contextlib.contextmanager
@@ -242,8 +269,10 @@ def _named_order_errors(name: str):
         yield
     except Exception as error:
         if type(error).__name__ == "OutOfOrderError":
-            raise InterpError(f"{name} was read after the model had already run past it: inside one trace, read "
-                              "hook points in forward order (vlm.hook_names() lists them in that order)") from None
+            raise InterpError(
+                f"{name} was read after the model had already run past it: inside one trace, read "
+                "hook points in forward order (vlm.hook_names() lists them in that order)"
+            ) from None
         raise
 
 

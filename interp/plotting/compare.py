@@ -13,9 +13,19 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
-         "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-         "grid.alpha": 0.3, "grid.linestyle": ":"}
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linestyle": ":",
+}
 COLOURS = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#56b4e9", "#949494")
 
 
@@ -26,15 +36,17 @@ def _curve(ax, table: pd.DataFrame, runs: list[str], *, baseline: bool = False) 
             continue
         colour = COLOURS[i % len(COLOURS)]
         n = int(part["n"].iloc[0]) if "n" in part else None
-        ax.plot(part.rel_depth, part["mean"], color=colour, lw=1.2, marker="o", ms=2,
-                label=f"{run} (n={n})" if n else run)
+        ax.plot(
+            part.rel_depth, part["mean"], color=colour, lw=1.2, marker="o", ms=2, label=f"{run} (n={n})" if n else run
+        )
         ax.fill_between(part.rel_depth, part.low, part.high, color=colour, alpha=0.15, lw=0)
         if baseline:
             ax.axhline(float(part.baseline.iloc[0]), color=colour, ls="--", lw=0.8)
 
 
-def compare_curves(comparison, *, variant: str = "single", out_dir: str | Path | None = None,
-                   name: str = "compare_curves") -> Figure:
+def compare_curves(
+    comparison, *, variant: str = "single", out_dir: str | Path | None = None, name: str = "compare_curves"
+) -> Figure:
     """Three panels on relative depth: accuracy with image tokens masked at one layer
     (``variant``; dashed: each run's unmasked baseline), relevant-region share of the
     image attention, and early-output accuracy. Bands are the reports' 95% CIs."""

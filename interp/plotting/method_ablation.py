@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-REFERENCE_LABELS = {"greedy": "sampling vs greedy", "no_mask": "authors' mask vs no mask",
-                    "no_dola": "DoLa vs no DoLa"}
+REFERENCE_LABELS = {"greedy": "sampling vs greedy", "no_mask": "authors' mask vs no mask", "no_dola": "DoLa vs no DoLa"}
 METRIC_TITLES = {"lmms": "items' own metric (lmms)", "wcd": "authors' lenient metric (wcd)"}
 COLOURS = {"greedy": "#4477aa", "no_mask": "#cc6677", "no_dola": "#228833"}
 
@@ -29,8 +28,15 @@ def plot_gains(gains: pd.DataFrame, *, title: str = "") -> Figure:
         for row in part.itertuples():
             y = position[f"{row.cell}  [{REFERENCE_LABELS[row.reference]}]"]
             ax.barh(y, row.diff, color=COLOURS[row.reference], alpha=0.8, height=0.7)
-            ax.errorbar(row.diff, y, xerr=[[row.diff - row.low], [row.high - row.diff]], fmt="none",
-                        ecolor="black", elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                row.diff,
+                y,
+                xerr=[[row.diff - row.low], [row.high - row.diff]],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2,
+            )
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=8)
         ax.set_xlabel("paired accuracy difference (95% CI)", fontsize=7)

@@ -13,8 +13,14 @@ from matplotlib.ticker import MaxNLocator
 
 from .style import COLUMN, FULL, new_figure, palette, paper_style, save
 
-GROUP_LABELS = {"changed": "changed cells", "other_image": "other image cells", "question": "question tokens",
-                "other_text": "other text tokens", "last": "last token", "image": "all image tokens"}
+GROUP_LABELS = {
+    "changed": "changed cells",
+    "other_image": "other image cells",
+    "question": "question tokens",
+    "other_text": "other text tokens",
+    "last": "last token",
+    "image": "all image tokens",
+}
 GROUP_ORDER = ("changed", "other_image", "image", "question", "other_text", "last")
 
 
@@ -22,16 +28,28 @@ def _effect_image(ax, values: np.ndarray, metric: str):
     """``(image, colourbar label)``: normalised effects on viridis spanning at least [0, 1];
     raw answer-logit changes (controls) on a diverging scale centred on 0."""
     if metric == "effect":
-        image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(values)),
-                          vmax=max(1.0, np.nanmax(values)), interpolation="nearest")
+        image = ax.imshow(
+            values,
+            aspect="auto",
+            cmap="viridis",
+            vmin=min(0.0, np.nanmin(values)),
+            vmax=max(1.0, np.nanmax(values)),
+            interpolation="nearest",
+        )
         return image, "normalised effect"
     bound = max(1e-6, float(np.nanmax(np.abs(values))))
     image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
     return image, "answer logit change"
 
 
-def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir: str | Path | None = None,
-                     name: str = "patching_heatmap", title: str = ""):
+def patching_heatmap(
+    effects: pd.DataFrame,
+    *,
+    site: str = "resid_pre",
+    out_dir: str | Path | None = None,
+    name: str = "patching_heatmap",
+    title: str = "",
+):
     """Layer x position-group heatmap of the mean patching effect, one panel per change
     (``effects`` from :func:`~interp.analysis.patching.patching_effects`): the normalised
     effect for changes of the answer, the raw answer-logit change for controls."""
@@ -63,8 +81,15 @@ def patching_heatmap(effects: pd.DataFrame, *, site: str = "resid_pre", out_dir:
     return fig
 
 
-def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "last",
-                          out_dir: str | Path | None = None, name: str = "patching_heads", title: str = ""):
+def patching_head_heatmap(
+    effects: pd.DataFrame,
+    *,
+    change: str,
+    group: str = "last",
+    out_dir: str | Path | None = None,
+    name: str = "patching_heads",
+    title: str = "",
+):
     """Layer x head heatmap of the mean effect of patching one attention head's output
     (``blocks.{l}.attn.hook_z``) at one position group, for one change (``effects`` from
     :func:`~interp.analysis.patching.patching_effects` of a sweep with site ``z``)."""
@@ -82,7 +107,9 @@ def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "l
         ax.set_yticks(range(len(table)), [str(h) for h in table.index])
         ax.set_xlabel("layer")
         ax.set_ylabel("head")
-        ax.set_title(title or f"{change}: one head patched at the {GROUP_LABELS.get(group, group)} (n={int(rows.n.max())})")
+        ax.set_title(
+            title or f"{change}: one head patched at the {GROUP_LABELS.get(group, group)} (n={int(rows.n.max())})"
+        )
         ax.grid(False)
         fig.colorbar(image, ax=ax, shrink=0.8, label=label)
         fig.tight_layout()
@@ -90,8 +117,14 @@ def patching_head_heatmap(effects: pd.DataFrame, *, change: str, group: str = "l
     return fig
 
 
-def patching_curves(effects: pd.DataFrame, *, change: str, site: str = "resid_pre", out_dir: str | Path | None = None,
-                    name: str = "patching_curves"):
+def patching_curves(
+    effects: pd.DataFrame,
+    *,
+    change: str,
+    site: str = "resid_pre",
+    out_dir: str | Path | None = None,
+    name: str = "patching_curves",
+):
     """The effect per layer of each position group, with 95% CI bands, for one change."""
     rows = effects[(effects.site == site) & (effects.change == change)]
     with paper_style():
@@ -99,7 +132,9 @@ def patching_curves(effects: pd.DataFrame, *, change: str, site: str = "resid_pr
         groups = [g for g in GROUP_ORDER if g in set(rows.group)]
         for colour, group in zip(palette(len(groups)), groups):
             part = rows[rows.group == group].sort_values("layer")
-            ax.plot(part.layer, part["mean"], color=colour, lw=1.2, marker="o", ms=2, label=GROUP_LABELS.get(group, group))
+            ax.plot(
+                part.layer, part["mean"], color=colour, lw=1.2, marker="o", ms=2, label=GROUP_LABELS.get(group, group)
+            )
             ax.fill_between(part.layer, part.low, part.high, color=colour, alpha=0.15, lw=0)
         ax.set_xlabel("layer patched (input of)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -111,8 +146,15 @@ def patching_curves(effects: pd.DataFrame, *, change: str, site: str = "resid_pr
     return fig
 
 
-def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarray | None = None, question: str = "",
-                       out_dir: str | Path | None = None, name: str = "patching_cells"):
+def patching_cell_maps(
+    image,
+    grids: dict[int, np.ndarray],
+    *,
+    changed: np.ndarray | None = None,
+    question: str = "",
+    out_dir: str | Path | None = None,
+    name: str = "patching_cells",
+):
     """Per-cell patching effect over the image at chosen layers (``grids``: layer ->
     ``[rows, cols]``), the changed cells outlined."""
     layers = sorted(grids)
@@ -124,13 +166,28 @@ def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarr
         width, height = image.size
         for ax, layer in zip(axes[0], layers):
             ax.imshow(image)
-            mapped = ax.imshow(grids[layer], extent=(0, width, height, 0), cmap="viridis", vmin=low, vmax=top,
-                               alpha=0.65, interpolation="nearest")
+            mapped = ax.imshow(
+                grids[layer],
+                extent=(0, width, height, 0),
+                cmap="viridis",
+                vmin=low,
+                vmax=top,
+                alpha=0.65,
+                interpolation="nearest",
+            )
             if changed is not None:
                 rows, cols = changed.shape
                 for r, c in zip(*np.nonzero(changed)):
-                    ax.add_patch(Rectangle((c * width / cols, r * height / rows), width / cols, height / rows,
-                                               fill=False, ec="red", lw=0.6))
+                    ax.add_patch(
+                        Rectangle(
+                            (c * width / cols, r * height / rows),
+                            width / cols,
+                            height / rows,
+                            fill=False,
+                            ec="red",
+                            lw=0.6,
+                        )
+                    )
             ax.set_title(f"layer {layer}")
             ax.axis("off")
         fig.colorbar(mapped, ax=list(axes[0]), shrink=0.8, label="effect")
@@ -140,8 +197,15 @@ def patching_cell_maps(image, grids: dict[int, np.ndarray], *, changed: np.ndarr
     return fig
 
 
-def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, chance: dict | None = None,
-                        out_dir: str | Path | None = None, name: str = "image_lens_accuracy", title: str = ""):
+def lens_accuracy_curve(
+    accuracy: pd.DataFrame,
+    *,
+    metrics=None,
+    chance: dict | None = None,
+    out_dir: str | Path | None = None,
+    name: str = "image_lens_accuracy",
+    title: str = "",
+):
     """Per-layer image-token lens accuracy (from :func:`~interp.analysis.image_lens.lens_accuracy`)
     with 95% CI bands, one line per metric; ``chance`` (metric -> level) draws dashed chance lines."""
     metrics = list(dict.fromkeys(accuracy.metric)) if metrics is None else list(metrics)
@@ -153,8 +217,9 @@ def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, chance: dict | 
             ax.fill_between(part.layer, part.low, part.high, color=colour, alpha=0.15, lw=0)
             if chance and metric in chance:
                 ax.axhline(chance[metric], color=colour, lw=0.8, ls="--")
-        ax.set_xlabel("layer (residual stream at its input; dashed: chance)" if chance else
-                      "layer (residual stream at its input)")
+        ax.set_xlabel(
+            "layer (residual stream at its input; dashed: chance)" if chance else "layer (residual stream at its input)"
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (object cells)")
         ax.set_ylim(-0.02, 1.02)
@@ -165,8 +230,15 @@ def lens_accuracy_curve(accuracy: pd.DataFrame, *, metrics=None, chance: dict | 
     return fig
 
 
-def lens_words(image, grids: dict[int, np.ndarray], *, truth: np.ndarray | None = None, question: str = "",
-               out_dir: str | Path | None = None, name: str = "image_lens_words"):
+def lens_words(
+    image,
+    grids: dict[int, np.ndarray],
+    *,
+    truth: np.ndarray | None = None,
+    question: str = "",
+    out_dir: str | Path | None = None,
+    name: str = "image_lens_words",
+):
     """The lens's top word of every cell written on the image grid at chosen layers
     (``grids``: layer -> ``[rows, cols]`` of strings); with ``truth`` (same shape, the
     expected word or ""), words that match are green and others grey."""
@@ -182,8 +254,16 @@ def lens_words(image, grids: dict[int, np.ndarray], *, truth: np.ndarray | None 
                 for c in range(cols):
                     text = "".join(ch if ch.isprintable() else "?" for ch in str(grid[r, c])) or "␣"
                     ok = truth is not None and truth[r, c] and text == truth[r, c]
-                    ax.text((c + 0.5) * width / cols, (r + 0.5) * height / rows, text[:8], ha="center", va="center",
-                            fontsize=4.5, color="darkgreen" if ok else "black", fontweight="bold" if ok else "normal")
+                    ax.text(
+                        (c + 0.5) * width / cols,
+                        (r + 0.5) * height / rows,
+                        text[:8],
+                        ha="center",
+                        va="center",
+                        fontsize=4.5,
+                        color="darkgreen" if ok else "black",
+                        fontweight="bold" if ok else "normal",
+                    )
             ax.set_title(f"layer {layer}")
             ax.axis("off")
         if question:

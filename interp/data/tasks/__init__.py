@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import docvqa, gqa, mme, okvqa, pope, synthetic, textvqa, vizwiz, vqav2
 from .base import (
@@ -42,10 +42,12 @@ from .base import (
     UnknownTaskError,
 )
 
-TASKS: Mapping[str, Benchmark] = MappingProxyType({
-    module.BENCHMARK.name: module.BENCHMARK
-    for module in (textvqa, vqav2, okvqa, vizwiz, gqa, docvqa, pope, mme, synthetic)
-})
+TASKS: Mapping[str, Benchmark] = MappingProxyType(
+    {
+        module.BENCHMARK.name: module.BENCHMARK
+        for module in (textvqa, vqav2, okvqa, vizwiz, gqa, docvqa, pope, mme, synthetic)
+    }
+)
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -55,8 +57,14 @@ def get_benchmark(name: str) -> Benchmark:
     return TASKS[name]
 
 
-def load_task(name: str, data_dir: str | Path | None = None, *, split: str | None = None,
-              limit: int | None = None, check_images: bool = False) -> Task:
+def load_task(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    check_images: bool = False,
+) -> Task:
     """Load benchmark ``name`` (its default split unless ``split``) from ``data_dir``.
 
     ``limit`` keeps the first ``limit`` documents in the benchmark's order.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from PIL import Image
 
@@ -241,7 +242,7 @@ class Task:
     def __getitem__(self, index: int) -> Doc:
         return self.docs[index]
 
-    def select(self, indices: Sequence[int]) -> "Task":
+    def select(self, indices: Sequence[int]) -> Task:
         """The same task restricted to ``docs[i]`` for ``i`` in ``indices`` (in that order)."""
         return replace(self, docs=tuple(self.docs[i] for i in indices))
 
@@ -318,8 +319,14 @@ def answer_strings(answers: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def hf_answer_docs(table, title: str, *, id_column: str = "question_id", doc_id: Callable[[Any], Any] = lambda v: v,
-                   metadata: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda row: {}) -> list[Doc]:
+def hf_answer_docs(
+    table,
+    title: str,
+    *,
+    id_column: str = "question_id",
+    doc_id: Callable[[Any], Any] = lambda v: v,
+    metadata: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda row: {},
+) -> list[Doc]:
     """Docs from an lmms-lab copy with ``id_column``, ``question``, ``answers`` (a list) and
     ``image`` columns; ``doc_id`` maps the id column's value, ``metadata`` picks from a row."""
     table.require([id_column, "question", "answers", "image"], title)

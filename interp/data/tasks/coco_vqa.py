@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DataFormatError, Doc, FileImage, answer_strings, first_existing, hf_answer_docs, read_json, require_fields
+from .base import (
+    DataFormatError,
+    Doc,
+    FileImage,
+    answer_strings,
+    first_existing,
+    hf_answer_docs,
+    read_json,
+    require_fields,
+)
 
 COCO_IMAGE_DIRS = ("val2014", "images/val2014", "images")
 _KEPT = ("answer_type", "question_type", "multiple_choice_answer")
@@ -24,8 +33,10 @@ def find_coco_vqa(data_dir: Path, questions: str, annotations: str) -> tuple[Pat
         return None
     for path in (q_path, a_path):
         if not path.is_file():
-            raise DataFormatError(f"found {q_path.name if path is a_path else a_path.name} but not {path} "
-                                  "in the data directory; the official format needs both files")
+            raise DataFormatError(
+                f"found {q_path.name if path is a_path else a_path.name} but not {path} "
+                "in the data directory; the official format needs both files"
+            )
     images = first_existing(data_dir, COCO_IMAGE_DIRS) or data_dir / COCO_IMAGE_DIRS[0]
     return q_path, a_path, images
 
@@ -49,13 +60,15 @@ def load_coco_vqa(found: tuple[Path, Path, Path]) -> list[Doc]:
                 f"question {entry['question_id']} of {q_path.name} has no annotation in {a_path.name}"
             )
         image_id = int(entry["image_id"])
-        docs.append(Doc(
-            doc_id=entry["question_id"],
-            question=entry["question"],
-            targets=answer_strings(annotation["answers"], f"annotation of question {entry['question_id']}"),
-            image=FileImage(images / f"COCO_val2014_{image_id:012d}.jpg"),
-            metadata={"image_id": image_id, **{k: annotation[k] for k in _KEPT if k in annotation}},
-        ))
+        docs.append(
+            Doc(
+                doc_id=entry["question_id"],
+                question=entry["question"],
+                targets=answer_strings(annotation["answers"], f"annotation of question {entry['question_id']}"),
+                image=FileImage(images / f"COCO_val2014_{image_id:012d}.jpg"),
+                metadata={"image_id": image_id, **{k: annotation[k] for k in _KEPT if k in annotation}},
+            )
+        )
     return docs
 
 

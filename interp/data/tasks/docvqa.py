@@ -21,8 +21,14 @@ from pathlib import Path
 from ..metrics import anls, mean_of
 from .base import Benchmark, Doc, FileImage, answer_strings, first_existing, hf_answer_docs, read_json, require_fields
 
-_ANNOTATIONS = ("val_v1.0_withQT.json", "val_v1.0.json", "val/val_v1.0_withQT.json", "val/val_v1.0.json",
-                "spdocvqa_qas/val_v1.0_withQT.json", "spdocvqa_qas/val_v1.0.json")
+_ANNOTATIONS = (
+    "val_v1.0_withQT.json",
+    "val_v1.0.json",
+    "val/val_v1.0_withQT.json",
+    "val/val_v1.0.json",
+    "spdocvqa_qas/val_v1.0_withQT.json",
+    "spdocvqa_qas/val_v1.0.json",
+)
 
 
 def _question_id(value):
@@ -66,21 +72,28 @@ class DocVQA(Benchmark):
             if i == 0:
                 root, flat = _image_root(roots, entry["image"])
             image = root / (Path(entry["image"]).name if flat else entry["image"])
-            docs.append(Doc(
-                doc_id=_question_id(entry["questionId"]),
-                question=entry["question"],
-                targets=answer_strings(entry["answers"], where),
-                image=FileImage(image),
-                metadata={k: entry[k] for k in ("docId", "question_types") if k in entry},
-            ))
+            docs.append(
+                Doc(
+                    doc_id=_question_id(entry["questionId"]),
+                    question=entry["question"],
+                    targets=answer_strings(entry["answers"], where),
+                    image=FileImage(image),
+                    metadata={k: entry[k] for k in ("docId", "question_types") if k in entry},
+                )
+            )
         return docs
 
     def hf_config(self, split: str) -> str:
         return "DocVQA"
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
-        return hf_answer_docs(table, self.title, id_column="questionId", doc_id=_question_id,
-                              metadata=lambda row: {k: row[k] for k in ("docId", "question_types") if k in row})
+        return hf_answer_docs(
+            table,
+            self.title,
+            id_column="questionId",
+            doc_id=_question_id,
+            metadata=lambda row: {k: row[k] for k in ("docId", "question_types") if k in row},
+        )
 
     def score(self, doc: Doc, response: str) -> dict:
         return {"anls": anls(response, doc.targets)}

@@ -65,13 +65,15 @@ class GQA(Benchmark):
         docs = []
         for question_id, entry in content.items():
             require_fields(entry, ["imageId", "question", "answer"], f"{questions.name} question {question_id}")
-            docs.append(Doc(
-                doc_id=str(question_id),
-                question=entry["question"],
-                targets=(str(entry["answer"]),),
-                image=FileImage(images / f"{entry['imageId']}.jpg"),
-                metadata={"image_id": entry["imageId"], **({"types": entry["types"]} if "types" in entry else {})},
-            ))
+            docs.append(
+                Doc(
+                    doc_id=str(question_id),
+                    question=entry["question"],
+                    targets=(str(entry["answer"]),),
+                    image=FileImage(images / f"{entry['imageId']}.jpg"),
+                    metadata={"image_id": entry["imageId"], **({"types": entry["types"]} if "types" in entry else {})},
+                )
+            )
         return docs
 
     def hf_config(self, split: str) -> str:
@@ -92,7 +94,8 @@ class GQA(Benchmark):
                 doc_id=str(row["id"]),
                 question=row["question"],
                 targets=(str(row["answer"]),),
-                image=images.image_ref(index[row["imageId"]]) if row["imageId"] in index
+                image=images.image_ref(index[row["imageId"]])
+                if row["imageId"] in index
                 else _missing(row["imageId"], images.description),
                 metadata={"image_id": row["imageId"]},
             )

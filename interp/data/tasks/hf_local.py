@@ -105,8 +105,11 @@ class HFTable:
 
     def image_ref(self, index: int, column: str = "image") -> CallableImage:
         """A lazy image reference to one cell, for :class:`~interp.data.tasks.base.Doc`."""
-        return CallableImage(partial(self.image, index, column), partial(self.has_image, index, column),
-                             f"row {index} of {self.description}")
+        return CallableImage(
+            partial(self.image, index, column),
+            partial(self.has_image, index, column),
+            f"row {index} of {self.description}",
+        )
 
     def require(self, columns: list[str], benchmark: str) -> None:
         missing = [c for c in columns if c not in self.columns]

@@ -89,8 +89,9 @@ class MME(Benchmark):
         for i, row in enumerate(table.records()):
             k = seen[row["question_id"]]
             seen[row["question_id"]] += 1
-            docs.append(self._doc(row["question_id"], k, row["question"], row["answer"], row["category"],
-                                  table.image_ref(i)))
+            docs.append(
+                self._doc(row["question_id"], k, row["question"], row["answer"], row["category"], table.image_ref(i))
+            )
         return docs
 
     @staticmethod
@@ -108,8 +109,11 @@ class MME(Benchmark):
         return f"{question.replace(YES_NO_HINT, '')}\n{suffix}" if suffix else question
 
     def score(self, doc: Doc, response: str) -> dict:
-        return {**mme_score(response, doc.targets[0]), "category": doc.metadata["category"],
-                "image_id": doc.metadata["image_id"]}
+        return {
+            **mme_score(response, doc.targets[0]),
+            "category": doc.metadata["category"],
+            "image_id": doc.metadata["image_id"],
+        }
 
     def aggregate(self, rows) -> dict:
         return mme_aggregate(rows)

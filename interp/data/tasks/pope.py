@@ -51,13 +51,15 @@ class POPE(Benchmark):
         for category, path in files.items():
             for i, entry in enumerate(read_json_lines(path)):
                 require_fields(entry, ["question_id", "image", "text", "label"], f"{path.name} line {i + 1}")
-                docs.append(Doc(
-                    doc_id=f"{category}-{entry['question_id']}",
-                    question=entry["text"],
-                    targets=(str(entry["label"]),),
-                    image=FileImage(images / entry["image"]),
-                    metadata={"category": category, "image_source": Path(entry["image"]).stem},
-                ))
+                docs.append(
+                    Doc(
+                        doc_id=f"{category}-{entry['question_id']}",
+                        question=entry["text"],
+                        targets=(str(entry["label"]),),
+                        image=FileImage(images / entry["image"]),
+                        metadata={"category": category, "image_source": Path(entry["image"]).stem},
+                    )
+                )
         return docs
 
     def hf_split(self, split: str) -> str:

@@ -33,13 +33,15 @@ class Synthetic(Benchmark):
         docs = []
         for i in range(len(dataset)):
             sample = dataset[i]
-            docs.append(Doc(
-                doc_id=sample.id,
-                question=sample.question,
-                targets=(sample.answer,),
-                image=CallableImage(lambda i=i: dataset[i].image, lambda: True, f"synthetic {split} sample {i}"),
-                metadata={"kind": sample.kind, "boxes": [list(box) for box in sample.boxes]},
-            ))
+            docs.append(
+                Doc(
+                    doc_id=sample.id,
+                    question=sample.question,
+                    targets=(sample.answer,),
+                    image=CallableImage(lambda i=i: dataset[i].image, lambda: True, f"synthetic {split} sample {i}"),
+                    metadata={"kind": sample.kind, "boxes": [list(box) for box in sample.boxes]},
+                )
+            )
         return docs, f"SyntheticVQA({split!r}, seed={SEED})"
 
     def score(self, doc: Doc, response: str) -> dict:

@@ -55,18 +55,19 @@ class TextVQA(CapitalisedVQABenchmark):
         for i, entry in enumerate(content["data"]):
             where = f"{annotations.name} entry {i}"
             require_fields(entry, ["question_id", "question", "image_id", "answers"], where)
-            docs.append(Doc(
-                doc_id=entry["question_id"],
-                question=entry["question"],
-                targets=answer_strings(entry["answers"], where),
-                image=FileImage(images / f"{entry['image_id']}.jpg"),
-                metadata={"image_id": entry["image_id"]},
-            ))
+            docs.append(
+                Doc(
+                    doc_id=entry["question_id"],
+                    question=entry["question"],
+                    targets=answer_strings(entry["answers"], where),
+                    image=FileImage(images / f"{entry['image_id']}.jpg"),
+                    metadata={"image_id": entry["image_id"]},
+                )
+            )
         return docs
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
         return hf_answer_docs(table, self.title, metadata=lambda row: {"image_id": row.get("image_id")})
-
 
 
 BENCHMARK = TextVQA()

@@ -67,19 +67,24 @@ class VizWiz(CapitalisedVQABenchmark):
         for i, entry in enumerate(content):
             where = f"{annotations.name} entry {i}"
             require_fields(entry, ["image", "question", "answers"], where)
-            docs.append(Doc(
-                doc_id=_stem(entry["image"]),
-                question=entry["question"],
-                targets=answer_strings(entry["answers"], where),
-                image=FileImage(images / entry["image"]),
-                metadata={k: entry[k] for k in ("answer_type", "answerable") if k in entry},
-            ))
+            docs.append(
+                Doc(
+                    doc_id=_stem(entry["image"]),
+                    question=entry["question"],
+                    targets=answer_strings(entry["answers"], where),
+                    image=FileImage(images / entry["image"]),
+                    metadata={k: entry[k] for k in ("answer_type", "answerable") if k in entry},
+                )
+            )
         return docs
 
     def load_hf(self, table, data_dir: Path, split: str) -> list[Doc]:
-        return hf_answer_docs(table, self.title, doc_id=_stem,
-                              metadata=lambda row: {"answer_type": row["category"]} if "category" in row else {})
-
+        return hf_answer_docs(
+            table,
+            self.title,
+            doc_id=_stem,
+            metadata=lambda row: {"answer_type": row["category"]} if "category" in row else {},
+        )
 
 
 BENCHMARK = VizWiz()

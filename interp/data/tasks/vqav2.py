@@ -27,12 +27,15 @@ class VQAv2(Benchmark):
     splits = ("validation",)
     default_split = "validation"
     hf_dataset = "lmms-lab/VQAv2"
-    official_layout = ("v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json "
-                       "and val2014/COCO_val2014_<id>.jpg")
+    official_layout = (
+        "v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json "
+        "and val2014/COCO_val2014_<id>.jpg"
+    )
 
     def find_official(self, data_dir: Path, split: str):
-        return find_coco_vqa(data_dir, "v2_OpenEnded_mscoco_val2014_questions.json",
-                             "v2_mscoco_val2014_annotations.json")
+        return find_coco_vqa(
+            data_dir, "v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json"
+        )
 
     def load_official(self, found, split: str) -> list[Doc]:
         return load_coco_vqa(found)

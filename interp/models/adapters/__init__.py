@@ -59,9 +59,7 @@ def adapter_for(config_or_model_type: Any) -> FamilyAdapter:
     )
     registry = _adapters()
     if model_type not in registry:
-        raise UnsupportedModelError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(registry))}"
-        )
+        raise UnsupportedModelError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(registry))}")
     return registry[model_type]
 
 

@@ -15,7 +15,8 @@ Token geometry is computed from the inputs (``input_ids``, ``pixel_values``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -99,9 +100,7 @@ def row_major(positions: torch.Tensor, rows: int, cols: int, name: str = "grid")
     """A view whose cells are ``positions`` in row-major order."""
     positions = torch.as_tensor(positions, dtype=torch.long)
     if positions.numel() != rows * cols:
-        raise InputError(
-            f"cannot lay {positions.numel()} image tokens on a {rows}x{cols} grid"
-        )
+        raise InputError(f"cannot lay {positions.numel()} image tokens on a {rows}x{cols} grid")
     return GridView(name, positions.reshape(rows, cols).clone())
 
 
@@ -198,8 +197,20 @@ class FamilyAdapter:
 
     def site_paths(self) -> dict:
         """The module paths and names the hook sites live at (plain strings)."""
-        names = ("layers_path", "final_norm_path", "embed_path", "vision_layers_path", "projector_path", "attn_name",
-                 "mlp_name", "q_name", "k_name", "v_name", "o_name", "mid_norm_name")
+        names = (
+            "layers_path",
+            "final_norm_path",
+            "embed_path",
+            "vision_layers_path",
+            "projector_path",
+            "attn_name",
+            "mlp_name",
+            "q_name",
+            "k_name",
+            "v_name",
+            "o_name",
+            "mid_norm_name",
+        )
         return {name: getattr(self, name) for name in names}
 
     def n_vision_layers_in_config(self, config: Any) -> int:

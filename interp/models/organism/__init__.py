@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ...errors import InterpError
@@ -85,8 +82,10 @@ def organism_dir(variant: str = "organism", weights: str | Path | None = None) -
     with safe_open(str(weights), "pt") as handle:
         metadata = handle.metadata() or {}
     if metadata.get("variant") in VARIANTS and arch_of(metadata["variant"]) != arch_of(variant):
-        raise InterpError(f"{weights} holds {metadata['variant']} weights ({arch_of(metadata['variant'])}), "
-                          f"not {arch_of(variant)} weights for {variant}")
+        raise InterpError(
+            f"{weights} holds {metadata['variant']} weights ({arch_of(metadata['variant'])}), "
+            f"not {arch_of(variant)} weights for {variant}"
+        )
     config = json.loads(metadata.get("config", "{}"))
     if arch_of(variant) == "qwen2_vl":
         from .qwen2vl import QwenTowerSpec, apply_trained_state, build_qwen_organism

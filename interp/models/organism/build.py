@@ -129,9 +129,12 @@ def trainable_state(model, *, with_attention: bool) -> dict[str, torch.Tensor]:
     the LM's attention projections. Everything else is SmolLM2's own."""
     state = {}
     for name, tensor in model.state_dict().items():
-        if name.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
-            state[name] = tensor
-        elif with_attention and ".self_attn." in name and name.split(".")[-2] in ATTENTION_PROJECTIONS:
+        if (
+            name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+            or with_attention
+            and ".self_attn." in name
+            and name.split(".")[-2] in ATTENTION_PROJECTIONS
+        ):
             state[name] = tensor
     image_row = model.config.image_token_id
     state["image_token_embedding"] = model.model.language_model.embed_tokens.weight[image_row : image_row + 1]

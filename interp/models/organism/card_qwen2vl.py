@@ -38,13 +38,18 @@ def full_attention(config: dict) -> bool:
 
 def train_command(config: dict) -> str:
     """The command that repeats the run: the steps that ran, no time budget."""
+
     def value(v):
         return ",".join(v) if isinstance(v, (list, tuple)) else v
 
     full = full_attention(config)  # then LoRA's rank and alpha do not apply
-    flags = " ".join(f"{flag} {value(config[key])}" for key, flag in TRAIN_FLAGS.items()
-                     if key in config and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds)
-                     and not (key == "lora_rank" and full))
+    flags = " ".join(
+        f"{flag} {value(config[key])}"
+        for key, flag in TRAIN_FLAGS.items()
+        if key in config
+        and not (key == "focus_kinds" and tuple(config[key]) == DEFAULTS.focus_kinds)
+        and not (key == "lora_rank" and full)
+    )
     if full:
         flags += " --full-attention"
     elif config.get("lora_alpha", DEFAULTS.lora_alpha) != DEFAULTS.lora_alpha:
@@ -72,8 +77,13 @@ def loss_curve(log: list[dict], path: Path) -> None:
         entries = [e for e in log if e["stage"] == stage]
         if not entries:
             continue
-        axes[1].plot([offset + e["step"] for e in entries], [e["loss"] for e in entries], color=colour, alpha=0.5,
-                     label=f"stage {stage} answer loss")
+        axes[1].plot(
+            [offset + e["step"] for e in entries],
+            [e["loss"] for e in entries],
+            color=colour,
+            alpha=0.5,
+            label=f"stage {stage} answer loss",
+        )
         val = [(offset + e["step"], e["val"]["accuracy"]) for e in entries if "val" in e]
         if val:
             axes[1].plot(*zip(*val), "o-", color=colour, label=f"stage {stage} val accuracy")
@@ -111,8 +121,10 @@ def cpu_threads(log: list) -> str | None:
     def steps(n: int) -> str:
         return f"{n} step{'s' if n != 1 else ''}"
 
-    parts = [f"{steps(n)} on {t} thread{'s' if t != 1 else ''}" if t is not None else f"{steps(n)} before it was logged"
-             for t, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    parts = [
+        f"{steps(n)} on {t} thread{'s' if t != 1 else ''}" if t is not None else f"{steps(n)} before it was logged"
+        for t, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    ]
     return ", ".join(parts)
 
 
@@ -125,11 +137,14 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
     loss_curve(log, out_dir / "loss_curve.png")
     tower = config["tower"]
     grid = tower["image_size"] // (tower["patch_size"] * 2)
-    last_tower = {size: [e for e in log if e["stage"] == 0 and e.get("image_size") == size][-1]
-                  for size in sorted(set(config["tower_sizes"]))}
+    last_tower = {
+        size: [e for e in log if e["stage"] == 0 and e.get("image_size") == size][-1]
+        for size in sorted(set(config["tower_sizes"]))
+    }
     words = [e for e in log if e["stage"] == 0.5]
-    val_curve = [f"| {e['stage']} | {e['step'] + 1} | {e['loss']:.4f} | {e['val']['accuracy']:.3f} |"
-                 for e in log if "val" in e]
+    val_curve = [
+        f"| {e['stage']} | {e['step'] + 1} | {e['loss']:.4f} | {e['val']['accuracy']:.3f} |" for e in log if "val" in e
+    ]
     budget = next((e["budgeted_steps"] for e in log if "budgeted_steps" in e), None)
     # stage 0 ran in an earlier process: --tower-from (its log carried over, timed there or not)
     carried = bool(summary.get("tower_from")) or any("seconds" not in e for e in log if e["stage"] == 0)
@@ -142,12 +157,21 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
         where = f"on one CPU core (torch {summary['torch']}, fp32; the\nmachine's 2 cores were shared with other work)"
     else:
         where = f"on the CPU ({threads}; torch {summary['torch']}, fp32)"
-    tower_time = (f"{seconds['tower']:.0f} s (with 0b)" if not carried else
-                  f"earlier process{f' ({tower_seconds[-1]:.0f} s)' if tower_seconds else ''}; "
-                  f"0b here: {seconds['tower']:.0f} s")
+    tower_time = (
+        f"{seconds['tower']:.0f} s (with 0b)"
+        if not carried
+        else f"earlier process{f' ({tower_seconds[-1]:.0f} s)' if tower_seconds else ''}; "
+        f"0b here: {seconds['tower']:.0f} s"
+    )
     met = result["accuracy"] >= 0.90 and min(result["per_kind"].values()) >= 0.75 and result["blind_accuracy"] <= 0.5
-    bar = "" if met else (" **Below the bar** (>= 0.90 overall, no kind below 0.75, blind <= 0.5): this run's "
-                          "stage 2 had far fewer answer samples than the LLaVA organism's recipe (see the notes).")
+    bar = (
+        ""
+        if met
+        else (
+            " **Below the bar** (>= 0.90 overall, no kind below 0.75, blind <= 0.5): this run's "
+            "stage 2 had far fewer answer samples than the LLaVA organism's recipe (see the notes)."
+        )
+    )
     n = result["n"]
     k = round(result["accuracy"] * n)
     low, high = _wilson(k, n)
@@ -156,35 +180,62 @@ def write_qwen_card(run_dir: Path, result: dict, out_dir: Path, weights: Path | 
         f"  - {s} px ({s // (tower['patch_size'] * 2)}x{s // (tower['patch_size'] * 2)} tokens): token accuracy "
         f"{e['patch_accuracy']:.3f}, shape on object tokens {e['object_shape_accuracy']:.3f}, "
         f"all centres exactly right in {e['centre_exact']:.3f} of the batch's images"
-        + (f", (row, column) off by {e['position_error_tokens']:.2f} tokens per axis on average"
-           if "position_error_tokens" in e else "")
-        for s, e in last_tower.items())
+        + (
+            f", (row, column) off by {e['position_error_tokens']:.2f} tokens per axis on average"
+            if "position_error_tokens" in e
+            else ""
+        )
+        for s, e in last_tower.items()
+    )
     # the position options (off in the runs before them, whose cards read as they did)
-    position_head = (f"; + an absolute (row, column) head, loss weight {config['position_weight']:g}"
-                     if config.get("position_weight") else "")
-    position_words = ("; + `below`-`above` and `right`-`left`, scaled by the token's offset from the image's middle"
-                      if config.get("position_words") else "")
-    budget_line = (f" The run was given a wall-clock budget of {config['time_budget_min']:g} min; after timing the "
-                   f"warm-up it fixed stage 2 at {budget} steps (the command above repeats exactly that)."
-                   if budget is not None else "")
+    position_head = (
+        f"; + an absolute (row, column) head, loss weight {config['position_weight']:g}"
+        if config.get("position_weight")
+        else ""
+    )
+    position_words = (
+        "; + `below`-`above` and `right`-`left`, scaled by the token's offset from the image's middle"
+        if config.get("position_words")
+        else ""
+    )
+    budget_line = (
+        f" The run was given a wall-clock budget of {config['time_budget_min']:g} min; after timing the "
+        f"warm-up it fixed stage 2 at {budget} steps (the command above repeats exactly that)."
+        if budget is not None
+        else ""
+    )
     tower_from = summary.get("tower_from")
     if tower_from:
-        budget_line += (f" Stage 0's tower was taken from an earlier run of the same recipe and seed "
-                        f"(`--tower-from {Path(tower_from).name}`): stage 0 is deterministic for the seed, so the "
-                        "command above, which runs stage 0 itself, repeats the run up to the tower's fp16 rounding.")
+        budget_line += (
+            f" Stage 0's tower was taken from an earlier run of the same recipe and seed "
+            f"(`--tower-from {Path(tower_from).name}`): stage 0 is deterministic for the seed, so the "
+            "command above, which runs stage 0 itself, repeats the run up to the tower's fp16 rounding."
+        )
     if full_attention(config):
-        adapted = ("Adapted: q/k/v/o trained in full (their change from SmolLM2 ships as int8 codes, a scale per "
-                   "row, added to the\n  weights at load)")
+        adapted = (
+            "Adapted: q/k/v/o trained in full (their change from SmolLM2 ships as int8 codes, a scale per "
+            "row, added to the\n  weights at load)"
+        )
         trained, attention_lr = "q/k/v/o (full)", config["lr_attention"]
         shipped = "int8 codes and fp16 row scales of the q/k/v/o change"
     else:
-        adapted = (f"Adapted: LoRA (rank {config['lora_rank']}, alpha {config['lora_alpha']:g}) on q/k/v/o, merged "
-                   "into the\n  weights at load")
+        adapted = (
+            f"Adapted: LoRA (rank {config['lora_rank']}, alpha {config['lora_alpha']:g}) on q/k/v/o, merged "
+            "into the\n  weights at load"
+        )
         trained, attention_lr, shipped = "LoRA q/k/v/o", config["lr_lora"], "LoRA factors"
-    stage1 = (f"| 1 alignment (LM frozen) | merger | {config['align_steps']} | {config['batch']} | "
-              f"{config['lr_projector']} | {seconds['align']:.0f} s |\n" if config["align_steps"] else "")
-    stage3 = (f"| 3 polish | the same, a second warm-up + cosine cycle | {config['polish_steps']} | {config['batch']} | "
-              f"x{config['polish_lr_scale']} of stage 2 | {seconds['polish']:.0f} s |\n" if config["polish_steps"] else "")
+    stage1 = (
+        f"| 1 alignment (LM frozen) | merger | {config['align_steps']} | {config['batch']} | "
+        f"{config['lr_projector']} | {seconds['align']:.0f} s |\n"
+        if config["align_steps"]
+        else ""
+    )
+    stage3 = (
+        f"| 3 polish | the same, a second warm-up + cosine cycle | {config['polish_steps']} | {config['batch']} | "
+        f"x{config['polish_lr_scale']} of stage 2 | {seconds['polish']:.0f} s |\n"
+        if config["polish_steps"]
+        else ""
+    )
     text = f"""# The Qwen2-VL model organism (`organism-qwen2vl`)
 
 A genuine HF `Qwen2VLForConditionalGeneration` with a real `Qwen2VLProcessor`, answering
@@ -198,8 +249,8 @@ architecture. `interp.load("organism-qwen2vl")` assembles an ordinary HF model d
 and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 
 ## Architecture
-- Vision tower: Qwen2-VL ViT, {tower['depth']} layers, width {tower['embed_dim']}, {tower['heads']} heads,
-  {tower['patch_size']} px patches, 2-D rotary positions; dynamic resolution: a {tower['image_size']} px scene is
+- Vision tower: Qwen2-VL ViT, {tower["depth"]} layers, width {tower["embed_dim"]}, {tower["heads"]} heads,
+  {tower["patch_size"]} px patches, 2-D rotary positions; dynamic resolution: a {tower["image_size"]} px scene is
   {2 * grid}x{2 * grid} patches merged to a **{grid}x{grid} token grid** ({grid * grid} image tokens), a 128 px one
   16x16 merged to 8x8 (`image_grid_thw`).
 - Projector: Qwen2-VL's patch merger (LayerNorm, 2x2 concat, two-layer GELU MLP) into
@@ -212,29 +263,29 @@ and loads it through the same path as `Qwen/Qwen2-VL-2B-Instruct`.
 ## Recipe (seeded; `{train_command(config)}`)
 | stage | what trains | steps | batch | lr | wall time |
 |---|---|---|---|---|---|
-| 0 tower pre-training | tower + per-token colour / shape / object-centre heads on each 2x2 block's concatenated patch features (dense labels){position_head}; image sizes cycle {list(config['tower_sizes'])} | {config['tower_steps']} | {config['tower_batch']} | {config['tower_lr']} | {tower_time} |
-| 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`{position_words}); tower frozen | {config['words_steps']} | {config['tower_batch']} | {config['words_lr']} | |
-{stage1}| 2 adaptation | merger, {trained}, q/k/v biases | {config['adapt_steps']} | {config['batch']} | {config['lr_projector']} / {attention_lr} / {config['lr_bias']} | {seconds['adapt']:.0f} s |
+| 0 tower pre-training | tower + per-token colour / shape / object-centre heads on each 2x2 block's concatenated patch features (dense labels){position_head}; image sizes cycle {list(config["tower_sizes"])} | {config["tower_steps"]} | {config["tower_batch"]} | {config["tower_lr"]} | {tower_time} |
+| 0b merger to words | merger regressed onto SmolLM2's embeddings of each token's words (`red`+`circle`, +`object` on an object-centre token, `background`{position_words}); tower frozen | {config["words_steps"]} | {config["tower_batch"]} | {config["words_lr"]} | |
+{stage1}| 2 adaptation | merger, {trained}, q/k/v biases | {config["adapt_steps"]} | {config["batch"]} | {config["lr_projector"]} / {attention_lr} / {config["lr_bias"]} | {seconds["adapt"]:.0f} s |
 {stage3}
-Total wall time {seconds['total'] / 60:.1f} min{' after stage 0' if carried else ''} {where}. AdamW, linear warm-up ({config['warmup']} steps) then
-cosine decay to 10%, gradient clipping {config['grad_clip']}; loss on the answer tokens and the
-closing `<|im_end|>`. Answer batches draw {config['focus_fraction']:.0%} of their samples from
-{' and '.join(config['focus_kinds'])} questions and the rest round-robin over all kinds.{budget_line}
+Total wall time {seconds["total"] / 60:.1f} min{" after stage 0" if carried else ""} {where}. AdamW, linear warm-up ({config["warmup"]} steps) then
+cosine decay to 10%, gradient clipping {config["grad_clip"]}; loss on the answer tokens and the
+closing `<|im_end|>`. Answer batches draw {config["focus_fraction"]:.0%} of their samples from
+{" and ".join(config["focus_kinds"])} questions and the rest round-robin over all kinds.{budget_line}
 Stage 0 ended at:
 {tower_lines}
 
-Stage 0b ended at relative error {words[-1]['loss']:.3f} (squared error over the targets' mean square).
+Stage 0b ended at relative error {words[-1]["loss"]:.3f} (squared error over the targets' mean square).
 
 ![loss curve](loss_curve.png)
 
-Validation accuracy during training ({config['eval_samples']} val samples, greedy; small samples):
+Validation accuracy during training ({config["eval_samples"]} val samples, greedy; small samples):
 
 | stage | step | loss | val accuracy |
 |---|---|---|---|
 {chr(10).join(val_curve)}
 
 ## Results (test split, n = {n}, greedy decoding)
-Accuracy {result['accuracy']:.3f} (95% Wilson CI {low:.3f}-{high:.3f}).{bar}
+Accuracy {result["accuracy"]:.3f} (95% Wilson CI {low:.3f}-{high:.3f}).{bar}
 
 {_table(result)}
 
@@ -242,7 +293,7 @@ Blind accuracy replaces every image by a blank one, so it measures what the ques
 gives; chance is 1/6 for attribute, 1/4 identity, 1/2 existence and spatial, 1/3 counting.
 
 ## Files
-- `interp/models/organism/weights/{VARIANT}.safetensors`: {size} ({'fp16 and int8' if full_attention(config) else 'fp16'}; only what differs from SmolLM2:
+- `interp/models/organism/weights/{VARIANT}.safetensors`: {size} ({"fp16 and int8" if full_attention(config) else "fp16"}; only what differs from SmolLM2:
   tower, merger, the four new embedding rows, q/k/v biases, {shipped})
 - `training_log.json`: every logged step; `train.log`: the run's console output.
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 
 
-def generate_answers(model, processor, images: Sequence, questions: Sequence[str], *,
-                     max_new_tokens: int = 4, batch: int = 32, progress: bool = False) -> list[str]:
+def generate_answers(
+    model,
+    processor,
+    images: Sequence,
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 4,
+    batch: int = 32,
+    progress: bool = False,
+) -> list[str]:
     """Greedy answers, ``batch`` prompts per ``generate`` call (the evaluation runner's batching)."""
     from tqdm.auto import tqdm
 
@@ -18,13 +26,20 @@ def generate_answers(model, processor, images: Sequence, questions: Sequence[str
     adapter = adapter_for(model.config)
     answers: list[str] = []
     for start in tqdm(range(0, len(questions), batch), desc="answering", unit="batch", disable=not progress):
-        answers += greedy_replies(model, processor, adapter, list(images[start : start + batch]),
-                                  list(questions[start : start + batch]), max_new_tokens=max_new_tokens)
+        answers += greedy_replies(
+            model,
+            processor,
+            adapter,
+            list(images[start : start + batch]),
+            list(questions[start : start + batch]),
+            max_new_tokens=max_new_tokens,
+        )
     return answers
 
 
-def evaluate(model, processor, dataset, *, limit: int | None = None, blind: bool = True,
-             progress: bool = False) -> dict:
+def evaluate(
+    model, processor, dataset, *, limit: int | None = None, blind: bool = True, progress: bool = False
+) -> dict:
     """``accuracy``, per-kind accuracy, and ``blind_accuracy`` (every image replaced by a
     blank image of the same size: what the model gets without looking)."""
     from ...data.synthetic import is_correct
@@ -50,6 +65,7 @@ def evaluate(model, processor, dataset, *, limit: int | None = None, blind: bool
             for k in kinds
         }
     result["examples"] = [
-        {"id": s.id, "question": s.question, "answer": s.answer, "prediction": a} for s, a in list(zip(samples, answers))[:8]
+        {"id": s.id, "question": s.question, "answer": s.answer, "prediction": a}
+        for s, a in list(zip(samples, answers))[:8]
     ]
     return result

@@ -238,7 +238,10 @@ class LoRALinear(Adapter):
         torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x):
-        return self.base(x) + torch.nn.functional.linear(torch.nn.functional.linear(x, self.lora_A), self.lora_B) * self.scale
+        return (
+            self.base(x)
+            + torch.nn.functional.linear(torch.nn.functional.linear(x, self.lora_A), self.lora_B) * self.scale
+        )
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scale
@@ -339,8 +342,11 @@ def adapters(model):
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
     """What the adapters ship, as ``{kind}.{layer}.{projection}.{part}``."""
-    return {f"{module.kind}.{index}.{name}.{part}": tensor
-            for index, name, module in adapters(model) for part, tensor in module.shipped().items()}
+    return {
+        f"{module.kind}.{index}.{name}.{part}": tensor
+        for index, name, module in adapters(model)
+        for part, tensor in module.shipped().items()
+    }
 
 
 def merge_adapters(model) -> None:
@@ -362,11 +368,17 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
             state[name.replace(".base.", ".")] = tensor
     state.update(adapter_state(model))
     vocab = model.config.text_config.vocab_size
-    first = min(model.config.image_token_id, model.config.video_token_id, model.config.vision_start_token_id,
-                model.config.vision_end_token_id)
+    first = min(
+        model.config.image_token_id,
+        model.config.video_token_id,
+        model.config.vision_start_token_id,
+        model.config.vision_end_token_id,
+    )
     state["special_token_embeddings"] = model.model.language_model.embed_tokens.weight[first:vocab]
-    return {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-            for k, v in state.items()}
+    return {
+        k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in state.items()
+    }
 
 
 def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:

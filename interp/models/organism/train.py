@@ -37,7 +37,6 @@ from . import WEIGHTS_DIR
 from .build import ATTENTION_PROJECTIONS, TowerSpec, build_organism, trainable_state
 
 
-
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -122,11 +121,13 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
     tower = model.model.vision_tower
     grid = config.tower.grid
     hidden = config.tower.hidden_size
-    heads = torch.nn.ModuleDict({
-        "colour": torch.nn.Linear(hidden, len(COLOURS) + 1),
-        "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
-        "centre": torch.nn.Linear(hidden, 2),
-    })
+    heads = torch.nn.ModuleDict(
+        {
+            "colour": torch.nn.Linear(hidden, len(COLOURS) + 1),
+            "shape": torch.nn.Linear(hidden, len(SHAPES) + 1),
+            "centre": torch.nn.Linear(hidden, 2),
+        }
+    )
     device = next(tower.parameters()).device
     heads.to(device)
     centre_weights = torch.tensor([1.0, config.centre_weight], device=device)
@@ -160,10 +161,18 @@ def pretrain_tower(model, processor, dataset, config: TrainConfig, log: list) ->
         shape_accuracy = float((logits_s.argmax(-1) == shape)[on_object].float().mean())
         progress.set_postfix(loss=f"{loss.item():.3f}", patch_acc=f"{accuracy:.3f}")
         if step % 25 == 0 or step == config.tower_steps - 1:
-            entry = {"stage": 0, "step": step, "loss": loss.item(), "patch_accuracy": accuracy,
-                     "object_shape_accuracy": shape_accuracy, "seconds": round(time.time() - start, 1)}
-            message = (f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f} "
-                       f"shape accuracy on object patches {shape_accuracy:.3f}")
+            entry = {
+                "stage": 0,
+                "step": step,
+                "loss": loss.item(),
+                "patch_accuracy": accuracy,
+                "object_shape_accuracy": shape_accuracy,
+                "seconds": round(time.time() - start, 1),
+            }
+            message = (
+                f"stage 0 step {step + 1}: loss {loss.item():.3f} patch accuracy {accuracy:.3f} "
+                f"shape accuracy on object patches {shape_accuracy:.3f}"
+            )
             if config.centre_marker:
                 # images whose centre patches are all found, and nothing else
                 exact = (logits_m.argmax(-1) == centre).reshape(len(samples), -1).all(-1)
@@ -208,7 +217,9 @@ def align_projector_to_words(model, processor, dataset, config: TrainConfig, log
         samples = [dataset[index + i] for i in range(config.tower_batch)]
         index += config.tower_batch
         with torch.no_grad():
-            features = tower(_pixel_values(processor, [s.image for s in samples]).to(marker.device)).last_hidden_state[:, 1:]
+            features = tower(_pixel_values(processor, [s.image for s in samples]).to(marker.device)).last_hidden_state[
+                :, 1:
+            ]
         labels = on_device(patch_targets(samples, grid), marker.device)
         target = colours[labels["colour"]] + shapes[labels["shape"]]
         if config.centre_marker:
@@ -237,7 +248,9 @@ def collate(processor, samples, *, with_answers: bool):
     for sample in samples:
         prompt = processor.apply_chat_template(chat_messages(sample.question, 1), add_generation_prompt=True)
         prompt_ids = processor(images=sample.image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
-        answer_ids = tokenizer(sample.answer + "<|im_end|>", add_special_tokens=False)["input_ids"] if with_answers else []
+        answer_ids = (
+            tokenizer(sample.answer + "<|im_end|>", add_special_tokens=False)["input_ids"] if with_answers else []
+        )
         rows.append(prompt_ids + answer_ids)
         labels.append([-100] * len(prompt_ids) + answer_ids)
     width = max(len(r) for r in rows)
@@ -279,8 +292,21 @@ def answer_batch(train, focus, index: int, config: TrainConfig) -> list:
     return [train[index + i] for i in range(n_all)] + [focus[index + n_all + i] for i in range(n_focus)]
 
 
-def train_answers(model, processor, train, val, config: TrainConfig, *, steps: int, stage: int,
-                  with_attention: bool, log: list, first_index: int, lr_scale: float = 1.0, focus=None) -> int:
+def train_answers(
+    model,
+    processor,
+    train,
+    val,
+    config: TrainConfig,
+    *,
+    steps: int,
+    stage: int,
+    with_attention: bool,
+    log: list,
+    first_index: int,
+    lr_scale: float = 1.0,
+    focus=None,
+) -> int:
     """Train the projector and tower (and attention projections) on answer tokens."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -289,7 +315,8 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
         groups.append({"params": list(model.model.vision_tower.parameters()), "lr": config.lr_tower})
     if with_attention:
         attention = [
-            p for name, p in model.model.language_model.named_parameters()
+            p
+            for name, p in model.model.language_model.named_parameters()
             if ".self_attn." in name and name.split(".")[-2] in ATTENTION_PROJECTIONS
         ]
         groups.append({"params": attention, "lr": config.lr_attention})
@@ -332,8 +359,9 @@ def train_answers(model, processor, train, val, config: TrainConfig, *, steps: i
     return index
 
 
-def polish(model, processor, train_set, val_set, config: TrainConfig, log: list, *, first_index: int,
-           focus=None) -> int:
+def polish(
+    model, processor, train_set, val_set, config: TrainConfig, log: list, *, first_index: int, focus=None
+) -> int:
     """Stage 3: continue from the stage-2 weights *as shipped* (fp16-rounded, so a run resumed
     from ``organism.safetensors`` is the same computation) with a fresh warm-up and cosine
     cycle at ``polish_lr_scale`` times the stage-2 rates, over all question kinds."""
@@ -342,14 +370,26 @@ def polish(model, processor, train_set, val_set, config: TrainConfig, log: list,
     if not config.polish_steps:
         return first_index
     apply_trained_state(model, trainable_state(model, with_attention=True))
-    return train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3,
-                         with_attention=True, log=log, first_index=first_index, lr_scale=config.polish_lr_scale,
-                         focus=focus)
+    return train_answers(
+        model,
+        processor,
+        train_set,
+        val_set,
+        config,
+        steps=config.polish_steps,
+        stage=3,
+        with_attention=True,
+        log=log,
+        first_index=first_index,
+        lr_scale=config.polish_lr_scale,
+        focus=focus,
+    )
 
 
-def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> dict:
+def train(config: TrainConfig | None = None, out_dir: Path = WEIGHTS_DIR) -> dict:
     """Run all stages; write ``organism-frozen.safetensors``, ``organism.safetensors`` and
     ``training_log.json`` into ``out_dir``. Returns the log."""
+    config = config or TrainConfig()
     from safetensors.torch import save_file
 
     from ...data.synthetic import SyntheticVQA
@@ -373,13 +413,35 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     pretrain_tower(model, processor, train_set, config, log)
     align_projector_to_words(model, processor, train_set, config, log)
     t0 = time.time() - started
-    index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
-                          with_attention=False, log=log, first_index=100_000, focus=focus)
+    index = train_answers(
+        model,
+        processor,
+        train_set,
+        val_set,
+        config,
+        steps=config.align_steps,
+        stage=1,
+        with_attention=False,
+        log=log,
+        first_index=100_000,
+        focus=focus,
+    )
     t1 = time.time() - started
     meta = {"config": json.dumps(asdict(config)), "variant": "organism-frozen"}
     save_file(trainable_state(model, with_attention=False), str(out_dir / "organism-frozen.safetensors"), metadata=meta)
-    index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                          with_attention=True, log=log, first_index=index, focus=focus)
+    index = train_answers(
+        model,
+        processor,
+        train_set,
+        val_set,
+        config,
+        steps=config.adapt_steps,
+        stage=2,
+        with_attention=True,
+        log=log,
+        first_index=index,
+        focus=focus,
+    )
     meta["variant"] = "organism"
     save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
     t_polish = time.time()
@@ -389,8 +451,13 @@ def train(config: TrainConfig = TrainConfig(), out_dir: Path = WEIGHTS_DIR) -> d
     save_file(trainable_state(model, with_attention=True), str(out_dir / "organism.safetensors"), metadata=meta)
     summary = {
         "config": asdict(config),
-        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "polish": round(t_polish, 1),
-                    "total": round(t2, 1)},
+        "seconds": {
+            "tower": round(t0, 1),
+            "align": round(t1 - t0, 1),
+            "adapt": round(t2 - t1, 1),
+            "polish": round(t_polish, 1),
+            "total": round(t2, 1),
+        },
         "torch": torch.__version__,
         "device_name": device_name(device),
         "log": log,

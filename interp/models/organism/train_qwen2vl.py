@@ -138,8 +138,12 @@ def token_targets(samples, grids: list[tuple[int, int]]) -> dict[str, torch.Tens
         shape.append(s.flatten())
         centre.append(sample.centre_mask(rows, cols).flatten().long())
         position.append(token_positions(rows, cols))
-    return {"colour": torch.cat(colour), "shape": torch.cat(shape), "centre": torch.cat(centre),
-            "position": torch.cat(position)}
+    return {
+        "colour": torch.cat(colour),
+        "shape": torch.cat(shape),
+        "centre": torch.cat(centre),
+        "position": torch.cat(position),
+    }
 
 
 def token_positions(rows: int, cols: int) -> torch.Tensor:
@@ -153,6 +157,7 @@ def token_positions(rows: int, cols: int) -> torch.Tensor:
 def position_words(model, tokenizer) -> torch.Tensor:
     """``float[2, hidden]``: SmolLM2's embeddings of `` below`` minus `` above`` (row axis) and of
     `` right`` minus `` left`` (column axis), the words the spatial questions are asked in."""
+
     def word(text: str) -> torch.Tensor:
         return word_embedding(model, tokenizer, text)
 
@@ -172,11 +177,13 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
 
     visual = model.model.visual
     width = config.tower.embed_dim * MERGE * MERGE
-    heads = torch.nn.ModuleDict({
-        "colour": torch.nn.Linear(width, len(COLOURS) + 1),
-        "shape": torch.nn.Linear(width, len(SHAPES) + 1),
-        "centre": torch.nn.Linear(width, 2),
-    })
+    heads = torch.nn.ModuleDict(
+        {
+            "colour": torch.nn.Linear(width, len(COLOURS) + 1),
+            "shape": torch.nn.Linear(width, len(SHAPES) + 1),
+            "centre": torch.nn.Linear(width, 2),
+        }
+    )
     if config.position_weight > 0:  # created only then: the runs without it draw the same random numbers
         heads["position"] = torch.nn.Linear(width, 2)
     device = next(visual.parameters()).device
@@ -198,9 +205,11 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
         target = on_device(token_targets(samples, _grids(inputs)), device)
         features = merged_features(visual, on_device(inputs, device))
         logits_c, logits_s, logits_m = (heads[k](features) for k in ("colour", "shape", "centre"))
-        loss = (torch.nn.functional.cross_entropy(logits_c, target["colour"])
-                + torch.nn.functional.cross_entropy(logits_s, target["shape"])
-                + torch.nn.functional.cross_entropy(logits_m, target["centre"], weight=centre_weights))
+        loss = (
+            torch.nn.functional.cross_entropy(logits_c, target["colour"])
+            + torch.nn.functional.cross_entropy(logits_s, target["shape"])
+            + torch.nn.functional.cross_entropy(logits_m, target["centre"], weight=centre_weights)
+        )
         if config.position_weight > 0:
             where = heads["position"](features)
             loss = loss + config.position_weight * torch.nn.functional.mse_loss(where, target["position"])
@@ -215,16 +224,25 @@ def pretrain_tower(model, processor, datasets: dict, config: QwenTrainConfig, lo
             on_object = target["colour"] > 0
             shape_accuracy = float((logits_s.argmax(-1) == target["shape"])[on_object].float().mean())
             exact = (logits_m.argmax(-1) == target["centre"]).reshape(len(samples), -1).all(-1)
-            entry = {"stage": 0, "step": step, "image_size": size, "loss": loss.item(), "patch_accuracy": accuracy,
-                     "object_shape_accuracy": shape_accuracy, "centre_exact": float(exact.float().mean()),
-                     "seconds": round(time.time() - start, 1)}
+            entry = {
+                "stage": 0,
+                "step": step,
+                "image_size": size,
+                "loss": loss.item(),
+                "patch_accuracy": accuracy,
+                "object_shape_accuracy": shape_accuracy,
+                "centre_exact": float(exact.float().mean()),
+                "seconds": round(time.time() - start, 1),
+            }
             if config.position_weight > 0:  # mean absolute offset per axis from the true token, in tokens
                 rows, cols = _grids(inputs)[0]
                 off = (where.detach() - target["position"]).abs() * torch.tensor([rows, cols], device=device)
                 entry["position_error_tokens"] = round(float(off.mean()), 4)
             log.append(entry)
-            progress.write(f"stage 0 step {step + 1} ({size} px): loss {loss.item():.3f} token accuracy {accuracy:.3f} "
-                           f"shape on objects {shape_accuracy:.3f} centres exact {entry['centre_exact']:.3f}")
+            progress.write(
+                f"stage 0 step {step + 1} ({size} px): loss {loss.item():.3f} token accuracy {accuracy:.3f} "
+                f"shape on objects {shape_accuracy:.3f} centres exact {entry['centre_exact']:.3f}"
+            )
     visual.eval()
 
 
@@ -280,8 +298,12 @@ def collate(processor, samples):
         label_t[i, : len(label)] = torch.tensor(label)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     mm_types = (input_ids == image_id).long()
-    inputs = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types,
-              **image_inputs(processor, [s.image for s in samples])}
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "mm_token_type_ids": mm_types,
+        **image_inputs(processor, [s.image for s in samples]),
+    }
     return inputs, label_t
 
 
@@ -318,9 +340,56 @@ def _resume_identity(config: QwenTrainConfig | dict, stage: int) -> dict:
     return {k: v for k, v in fields.items() if k not in free}
 
 
-def train_answers(model, processor, train, val, config: QwenTrainConfig, *, steps: int, stage: int, adapt: bool,
-                  log: list, first_index: int, lr_factor: float = 1.0, focus=None,
-                  deadline: float | None = None, resume: dict | None = None) -> int:
+def _restore(resume: dict, groups: list, optimizer, names: dict) -> None:
+    """Put a resumable state's trained tensors, optimizer state and random state back."""
+    with torch.no_grad():
+        for group in groups:
+            for parameter in group["params"]:
+                parameter.copy_(resume["params"][names[id(parameter)]])
+    optimizer.load_state_dict(resume["optimizer"])
+    torch.set_rng_state(resume["rng"])
+
+
+def _budgeted_steps(config: QwenTrainConfig, step: int, steps: int, per_step: float, left: float) -> int:
+    """The steps that fit the time left after ``step`` (at least one past the warm-up)."""
+    # an evaluation (forward only) costs about half a training step per batch of samples
+    eval_share = 0.5 * config.eval_samples / config.batch / config.eval_every
+    fit = int(left / (per_step * (1 + eval_share)))
+    return max(config.warmup + 1, min(steps, step + 1 + fit))
+
+
+def _save_checkpoint(model, config: QwenTrainConfig, stage: int, step: int, state: dict) -> None:
+    """The trained tensors after ``step`` and the stage's resumable state (replaced atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(config.checkpoint_dir)
+    save_file(
+        trainable_state(model),
+        str(folder / f"stage{stage}-step{step}.safetensors"),
+        metadata={"config": json.dumps(asdict(config)), "variant": VARIANT},
+    )
+    tmp = folder / f".stage{stage}-resume.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / f"stage{stage}-resume.pt")  # a kill mid-write keeps the previous one
+
+
+def train_answers(
+    model,
+    processor,
+    train,
+    val,
+    config: QwenTrainConfig,
+    *,
+    steps: int,
+    stage: int,
+    adapt: bool,
+    log: list,
+    first_index: int,
+    lr_factor: float = 1.0,
+    focus=None,
+    deadline: float | None = None,
+    resume: dict | None = None,
+) -> int:
     """Train on answers for ``steps`` steps; ``resume`` (a state :func:`resume_state` read,
     written at an evaluation of the same stage) continues from that step exactly."""
     for parameter in model.parameters():
@@ -335,12 +404,7 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
     step = 0
     names = {id(p): n for n, p in model.named_parameters()}  # how a resumable state keys the trained tensors
     if resume is not None:
-        with torch.no_grad():
-            for group in groups:
-                for parameter in group["params"]:
-                    parameter.copy_(resume["params"][names[id(parameter)]])
-        optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["rng"])
+        _restore(resume, groups, optimizer, names)
         step, index, steps = resume["step"], resume["index"], resume["steps"]
         start -= resume["seconds"]
     device = next(model.parameters()).device
@@ -370,12 +434,10 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
             entry["threads"] = threads
         if deadline is not None and step == config.warmup - 1:
             per_step = (time.time() - start) / (step + 1)
-            left = deadline - time.time()
-            # an evaluation (forward only) costs about half a training step per batch of samples
-            eval_share = 0.5 * config.eval_samples / config.batch / config.eval_every
-            fit = int(left / (per_step * (1 + eval_share)))
-            new_steps = max(config.warmup + 1, min(steps, step + 1 + fit))
-            progress.write(f"stage {stage}: {per_step:.1f} s/step, {left / 60:.1f} min left: {new_steps} steps")
+            new_steps = _budgeted_steps(config, step, steps, per_step, deadline - time.time())
+            progress.write(
+                f"stage {stage}: {per_step:.1f} s/step, {(deadline - time.time()) / 60:.1f} min left: {new_steps} steps"
+            )
             entry["budgeted_steps"] = steps = new_steps
             progress.total = steps
         if (step + 1) % config.eval_every == 0 or step == steps - 1:
@@ -386,19 +448,19 @@ def train_answers(model, processor, train, val, config: QwenTrainConfig, *, step
             if config.progress_file:
                 Path(config.progress_file).write_text(json.dumps(log + [entry], indent=1))
             if config.checkpoint_dir:
-                from safetensors.torch import save_file
-
-                folder = Path(config.checkpoint_dir)
-                save_file(trainable_state(model), str(folder / f"stage{stage}-step{step + 1}.safetensors"),
-                          metadata={"config": json.dumps(asdict(config)), "variant": VARIANT})
-                state = {"stage": stage, "step": step + 1, "index": index, "steps": steps,
-                         "seconds": time.time() - start, "rng": torch.get_rng_state(),
-                         "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
-                         "optimizer": optimizer.state_dict(), "log": log + [entry],
-                         "identity": _resume_identity(config, stage)}
-                tmp = folder / f".stage{stage}-resume.pt.tmp"
-                torch.save(state, tmp)
-                tmp.replace(folder / f"stage{stage}-resume.pt")  # a kill mid-write keeps the previous one
+                state = {
+                    "stage": stage,
+                    "step": step + 1,
+                    "index": index,
+                    "steps": steps,
+                    "seconds": time.time() - start,
+                    "rng": torch.get_rng_state(),
+                    "params": {names[id(p)]: p.detach().clone() for g in groups for p in g["params"]},
+                    "optimizer": optimizer.state_dict(),
+                    "log": log + [entry],
+                    "identity": _resume_identity(config, stage),
+                }
+                _save_checkpoint(model, config, stage, step + 1, state)
         log.append(entry)
         step += 1
     progress.close()
@@ -437,16 +499,24 @@ def resume_state(path: str | Path, config: QwenTrainConfig) -> dict:
     # a state written before a setting existed ran with that setting's default
     theirs = {**_resume_identity(QwenTrainConfig(), stage), **state.get("identity", {})}
     mine, theirs = _resume_identity(config, stage), _resume_identity(theirs, stage)
-    differ = [f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} now)" for k in sorted(set(mine) | set(theirs))
-              if mine.get(k) != theirs.get(k)]
+    differ = [
+        f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} now)"
+        for k in sorted(set(mine) | set(theirs))
+        if mine.get(k) != theirs.get(k)
+    ]
     if differ:
         raise InterpError(f"{path} was written by a run with other settings: {'; '.join(differ[:4])}")
     return state
 
 
-def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | str = ".", *,
-                  tower_from: str | Path | None = None, tower_log: list | None = None,
-                  resume_from: str | Path | None = None) -> dict:
+def train_qwen2vl(
+    config: QwenTrainConfig | None = None,
+    out_dir: Path | str = ".",
+    *,
+    tower_from: str | Path | None = None,
+    tower_log: list | None = None,
+    resume_from: str | Path | None = None,
+) -> dict:
     """Run all stages; write ``organism-qwen2vl.safetensors`` (after stage 2 and, final,
     after stage 3) and ``training_log.json`` into ``out_dir``. Returns the log summary.
 
@@ -460,6 +530,7 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     rerun of the deterministic stages before it is overwritten by the saved tensors, so the
     result equals the uninterrupted run's. A stage-2 state may be resumed with a polish stage
     its run did not have (``polish_steps``): stage 2 does not read it."""
+    config = config or QwenTrainConfig()
     from safetensors.torch import save_file
 
     from ...data.synthetic import SyntheticVQA
@@ -487,8 +558,11 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     else:
         from safetensors.torch import load_file
 
-        state = {k: v for k, v in load_file(str(tower_from)).items()
-                 if k.startswith("model.visual.") and not k.startswith("model.visual.merger.")}
+        state = {
+            k: v
+            for k, v in load_file(str(tower_from)).items()
+            if k.startswith("model.visual.") and not k.startswith("model.visual.merger.")
+        }
         current = model.state_dict()
         model.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()}, strict=False)
         log += list(tower_log or [])
@@ -496,8 +570,19 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
     t0 = time.time() - started
     index = 100_000
     if config.align_steps:
-        index = train_answers(model, processor, train_set, val_set, config, steps=config.align_steps, stage=1,
-                              adapt=False, log=log, first_index=index, focus=focus)
+        index = train_answers(
+            model,
+            processor,
+            train_set,
+            val_set,
+            config,
+            steps=config.align_steps,
+            stage=1,
+            adapt=False,
+            log=log,
+            first_index=index,
+            focus=focus,
+        )
     t1 = time.time() - started
     torch.manual_seed(config.seed + 1)
     if config.attention == "full":
@@ -512,8 +597,21 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         started -= resume["seconds"]
     polishing = resume is not None and resume["stage"] == 3  # stage 2 ended before that state was written
     if not polishing:
-        index = train_answers(model, processor, train_set, val_set, config, steps=config.adapt_steps, stage=2,
-                              adapt=True, log=log, first_index=index, focus=focus, deadline=deadline, resume=resume)
+        index = train_answers(
+            model,
+            processor,
+            train_set,
+            val_set,
+            config,
+            steps=config.adapt_steps,
+            stage=2,
+            adapt=True,
+            log=log,
+            first_index=index,
+            focus=focus,
+            deadline=deadline,
+            resume=resume,
+        )
     config.adapt_steps = sum(1 for e in log if e["stage"] == 2)  # what ran (a time budget may have cut it)
     meta = {"config": json.dumps(asdict(config)), "variant": VARIANT}
     path = out_dir / f"{VARIANT}.safetensors"
@@ -522,16 +620,33 @@ def train_qwen2vl(config: QwenTrainConfig = QwenTrainConfig(), out_dir: Path | s
         if not polishing:
             save_file(trainable_state(model), str(out_dir / f"{VARIANT}-stage2.safetensors"), metadata=meta)
         _round_to_shipped(model)  # resumed: the tensors stage 3 does not train, as the uninterrupted run had them
-        train_answers(model, processor, train_set, val_set, config, steps=config.polish_steps, stage=3, adapt=True,
-                      log=log, first_index=index, lr_factor=config.polish_lr_scale, focus=focus,
-                      resume=resume if polishing else None)
+        train_answers(
+            model,
+            processor,
+            train_set,
+            val_set,
+            config,
+            steps=config.polish_steps,
+            stage=3,
+            adapt=True,
+            log=log,
+            first_index=index,
+            lr_factor=config.polish_lr_scale,
+            focus=focus,
+            resume=resume if polishing else None,
+        )
     t3 = time.time() - started
     save_file(trainable_state(model), str(path), metadata=meta)
     summary = {
         "arch": "qwen2_vl",
         "config": asdict(config),
-        "seconds": {"tower": round(t0, 1), "align": round(t1 - t0, 1), "adapt": round(t2 - t1, 1),
-                    "polish": round(t3 - t2, 1), "total": round(t3, 1)},
+        "seconds": {
+            "tower": round(t0, 1),
+            "align": round(t1 - t0, 1),
+            "adapt": round(t2 - t1, 1),
+            "polish": round(t3 - t2, 1),
+            "total": round(t3, 1),
+        },
         "torch": torch.__version__,
         "device_name": device_name(model.device),
         "tower_from": None if tower_from is None else str(tower_from),

@@ -23,7 +23,7 @@ class TinySpec:
     patch_size: int = 8
     dtype: torch.dtype = torch.float32
 
-    def with_(self, **changes) -> "TinySpec":
+    def with_(self, **changes) -> TinySpec:
         return replace(self, **changes)
 
     def vit_kwargs(self, image_size=None, patch_size=None) -> dict:

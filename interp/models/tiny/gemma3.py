@@ -57,9 +57,7 @@ def build(spec: TinySpec):
         head_dim=head_dim,
         query_pre_attn_scalar=head_dim,
         sliding_window=SLIDING_WINDOW,
-        layer_types=[
-            "full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(spec.text_layers)
-        ],
+        layer_types=["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(spec.text_layers)],
     )
     config = Gemma3Config(
         text_config=text,

@@ -29,8 +29,7 @@ IMAGE_SPECIALS = (
 def idefics_template(bos: str = "") -> str:
     """The real Idefics3/SmolVLM template: ``User:<image>question<end_of_utterance>\\nAssistant:``."""
     return (
-        bos
-        + "{% for message in messages %}{{ message['role'] | capitalize }}"
+        bos + "{% for message in messages %}{{ message['role'] | capitalize }}"
         "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
         "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
         "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"

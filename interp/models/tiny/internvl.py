@@ -44,7 +44,9 @@ def build(spec: TinySpec):
     )
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(
-            **spec.vit_kwargs(image_size=(spec.image_size, spec.image_size), patch_size=(spec.patch_size, spec.patch_size)),
+            **spec.vit_kwargs(
+                image_size=(spec.image_size, spec.image_size), patch_size=(spec.patch_size, spec.patch_size)
+            ),
         ),
         text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),

@@ -59,9 +59,7 @@ def build(spec: TinySpec):
     tile = spec.image_size
     side = tile // spec.patch_size
     grid_pinpoints = pinpoints(tile)
-    tokenizer = byte_tokenizer(
-        image_token="<image>", video_token="<video>", template=chat_template("<image>\n")
-    )
+    tokenizer = byte_tokenizer(image_token="<image>", video_token="<video>", template=chat_template("<image>\n"))
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": tile, "width": tile},
         image_grid_pinpoints=grid_pinpoints,

@@ -16,8 +16,7 @@ BASE_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 def chat_template(image_placeholder: str, *, bos: str = "") -> str:
     """A minimal chat template that puts ``image_placeholder`` where each image goes."""
     return (
-        bos
-        + "{% for message in messages %}<|{{ message['role'] }}|>\n"
+        bos + "{% for message in messages %}<|{{ message['role'] }}|>\n"
         "{% if message['content'] is string %}{{ message['content'] }}"
         "{% else %}{% for part in message['content'] %}"
         "{% if part['type'] == 'image' %}" + image_placeholder + "{% else %}{{ part['text'] }}{% endif %}"
