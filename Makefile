@@ -13,7 +13,7 @@ JOBS   ?= 2
 CONSTRAINTS ?= constraints.txt
 PIP_C  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: main test setup clean
+.PHONY: main test lint setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ main: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
+
+# the checks CI runs before the tests (configured in pyproject.toml)
+lint: setup
+	$(BIN)/ruff check interp tests benchmarks
+	$(BIN)/ruff format --check interp tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) out

@@ -386,6 +386,7 @@ def _reproduce(args) -> int:
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {
         "window": args.window,
+        "scale": args.scale,
         "seed": args.seed,
         "n_boot": args.n_boot,
         "keep_prefix_mb": args.keep_prefix_mb,
@@ -608,6 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="layers per window / knockout span (default 3; at most the model's layers)",
+    )
+    rep.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help=f"factor on the image-token hidden states where masked (default {PAPER_MASK_SCALE:g}, the paper's; "
+        "in float16 it is exactly 0, which the report states: pass 0 to ask for that)",
     )
     rep.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     rep.add_argument("--n-boot", type=positive_int, default=None, help="bootstrap resamples (default 2000)")

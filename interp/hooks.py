@@ -91,7 +91,7 @@ class HookPoint:
     site: str
 
     @property
-    def order(self) -> tuple[int, int]:
+    def order(self) -> tuple[int, int, int]:
         return site_order(self.layer, self.site)
 
 

@@ -1,7 +1,8 @@
 """The analyses' choices and defaults, in one light module: the code and the CLI's options
 both read them from here (the CLI without importing torch)."""
 
-#: the paper's masking factor: image-token hidden states x 1e-9 ("~0" without exact zeros)
+#: the paper's masking factor: image-token hidden states x 1e-9 ("~0"; bfloat16 and float32 hold it,
+#: in float16 it underflows to exactly 0, which reports state)
 PAPER_MASK_SCALE = 1e-9
 
 #: the masking sweep's conditions (see :mod:`interp.analysis.sweep`)

@@ -42,6 +42,27 @@ def test_lens_equals_hf_hidden_states_through_norm_and_head():
                         assert row.colour_topk == (row.colour in row.top)
 
 
+def test_lens_in_layer_chunks_equals_one_call():
+    """A bound on the logits held (one layer per unembedding call here) reads off the same tokens."""
+    vlm = tiny_vlm("llava")
+    samples = SyntheticVQA("test", seed=0)[:1]
+    whole = image_token_lens(vlm, samples, k=3, progress=False)
+    one_layer = whole[whole.layer == 0]
+    per_layer_bytes = len(one_layer) * vlm.config.get_text_config().vocab_size * 4
+    vlm.counts.clear()
+    calls = []
+    head = vlm.adapter.resolve(vlm.model, "lm_head")
+    handle = head.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape[:2])))
+    try:
+        chunked = image_token_lens(vlm, samples, k=3, progress=False, max_logits_bytes=per_layer_bytes)
+    finally:
+        handle.remove()
+    # one layer's image tokens per call, every layer (the run's own forward unembeds its last position)
+    assert [c for c in calls if c[1] == len(one_layer)] == [(1, len(one_layer))] * vlm.n_layers
+    assert chunked.drop(columns=["top"]).equals(whole.drop(columns=["top"]))
+    assert chunked.top.tolist() == whole.top.tolist()
+
+
 def test_lens_accuracy_averages_per_sample_then_bootstraps():
     vlm = tiny_vlm("llava")
     frame = image_token_lens(vlm, SyntheticVQA("test", seed=0)[:3], layers=[0, 2], progress=False)

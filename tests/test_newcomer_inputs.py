@@ -144,3 +144,22 @@ def test_default_threads_follow_the_idle_cores(monkeypatch):
         assert torch.get_num_threads() == chosen and os.environ["OMP_NUM_THREADS"] == str(chosen)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_masking_scale_as_each_dtype_holds_it():
+    from interp.analysis.report import scale_precision
+
+    half = scale_precision(1e-9, torch.float16)
+    assert half["scale_in_dtype"] == 0.0 and half["dtype"] == "float16"
+    assert half["scale_note"] == "x1e-09 is 0 in float16: the masked image-token states are exactly zero"
+    for dtype in (torch.bfloat16, torch.float32):  # they keep 1e-9 (to their rounding): no note
+        held = scale_precision(1e-9, dtype)
+        assert abs(held["scale_in_dtype"] - 1e-9) < 1e-11 and "scale_note" not in held
+    assert "scale_note" not in scale_precision(0.0, torch.float16)
+
+
+def test_a_float16_run_states_that_its_mask_is_exact_zero(tmp_path):
+    vlm = interp.load("tiny:llava", dtype="float16")
+    report = reproduce(vlm, _items(vlm, 2), tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
+    assert report["config"]["scale_in_dtype"] == 0.0 and report["config"]["dtype"] == "float16"
+    assert "Masking scale: x1e-09 is 0 in float16" in (tmp_path / "run" / "report.md").read_text()

@@ -78,7 +78,12 @@ def test_a_transformer_lens_snippet_runs_unchanged(which, request):
 def test_extra_hook_points_equal_plain_hooks_and_the_models_algebra():
     vlm = tiny_vlm("llava", "sdpa")
     x = _prepared(vlm)
-    _, cache = vlm.run_with_cache(x)
+    _, lean = vlm.run_with_cache(x)
+    assert not any(name.endswith("attn.hook_result") for name in lean)  # TL: only when asked
+    _, cache = vlm.run_with_cache(x, use_attn_result=True)
+    assert set(cache.keys()) - set(lean.keys()) == {f"blocks.{l}.attn.hook_result" for l in range(vlm.n_layers)}
+    _, named = vlm.run_with_cache(x, ["blocks.1.attn.hook_result"])  # a named site is always cached
+    assert torch.equal(named["result", 1], cache["result", 1])
     layer = 1
     block = vlm.adapter.resolve(vlm.model, "layers")[layer]
     attn = block.self_attn

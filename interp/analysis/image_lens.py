@@ -40,6 +40,26 @@ LENS_SITES = ("resid_pre", "resid_post")
 METRICS = ("colour_topk", "colour_top1", "colour_class", "shape_topk", "shape_top1", "shape_class")
 
 
+#: float32 logits the lens holds at once: layers are unembedded in chunks within it (on a 7B model
+#: one 1920x1080 image's tokens take ~1.6 GB of logits a layer)
+LENS_LOGITS_BYTES = 1 << 30
+
+
+def _read_off(vlm, hidden: torch.Tensor, k: int, colour_ids, shape_ids, max_bytes: int):
+    """Per layer and image token: the top-k token ids and the colour / shape word picked, from
+    ``hidden`` ``[layers, n_img, d]``, unembedding as many layers per call as ``max_bytes`` allows."""
+    per_layer = hidden.shape[1] * vlm.adapter.text_config(vlm.config).vocab_size * 4
+    step = max(1, int(max_bytes) // max(1, per_layer))
+    parts = []
+    for start in range(0, hidden.shape[0], step):
+        logits = unembed(vlm, hidden[start : start + step].to(vlm.device, vlm.dtype)).cpu()
+        parts.append(
+            (logits.topk(k, dim=-1).indices, logits[..., colour_ids].argmax(-1), logits[..., shape_ids].argmax(-1))
+        )
+        del logits
+    return tuple(torch.cat(column) for column in zip(*parts))
+
+
 def _entries(samples, limit):
     """``[(item, sample or None)]``: synthetic samples keep their dense labels."""
     from ..data.synthetic import Sample, SyntheticVQA
@@ -71,10 +91,13 @@ def image_token_lens(
     min_fraction: float = 0.1,
     remote: bool | str | None = None,
     progress: bool = True,
+    max_logits_bytes: int = LENS_LOGITS_BYTES,
 ) -> pd.DataFrame:
     """One row per (item, layer, cell): ``row``, ``col``, ``top`` (the top-k tokens, decoded),
     ``top1``; with synthetic samples also the cell's ``colour`` and ``shape`` (ground truth
-    from ``patch_labels(rows, cols, min_fraction=...)``) and the scores in :data:`METRICS`."""
+    from ``patch_labels(rows, cols, min_fraction=...)``) and the scores in :data:`METRICS`.
+    Layers are unembedded together up to ``max_logits_bytes`` of float32 logits at a time
+    (at least one layer per call)."""
     from ..data.synthetic import COLOUR_CLASSES, COLOURS, SHAPE_CLASSES, SHAPES
 
     if site not in LENS_SITES:
@@ -99,10 +122,7 @@ def image_token_lens(
         prepared = vlm.prepare(item.image, item.question)
         run = vlm.run(prepared, RecordResidual(names, positions="image"), remote=remote)
         hidden = torch.cat([run.record(name, layer) for layer, name in zip(layer_list, names)])  # [layers, n_img, d]
-        logits = unembed(vlm, hidden.to(vlm.device, vlm.dtype)).cpu()  # one call for every layer
-        top = logits.topk(k, dim=-1).indices  # [layers, n_img, k]
-        colour_pick = logits[..., colour_ids].argmax(-1)
-        shape_pick = logits[..., shape_ids].argmax(-1)
+        top, colour_pick, shape_pick = _read_off(vlm, hidden, k, colour_ids, shape_ids, max_logits_bytes)
         grid = prepared.grid
         column = {int(p): i for i, p in enumerate(prepared.image_positions.tolist())}
         truth = None

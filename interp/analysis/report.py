@@ -122,6 +122,7 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "", extras: d
             "variants": list(config.variants),
             "window": config.window,
             "scale": config.scale,
+            **scale_precision(config.scale, vlm.dtype),
             "scoring": sweep.attrs.get("scoring"),
             "sweep_mode": sweep.attrs.get("mode"),
             "rhos": list(config.rhos),
@@ -241,6 +242,22 @@ def _fmt_ci(entry: dict, key: str = "mean") -> str:
     return f"{entry[key]:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
+def scale_precision(scale: object, dtype: object) -> dict:
+    """The masking scale as the model's dtype holds it, and a note where it is not the number
+    asked for (the paper's 1e-9 underflows to exactly 0 in float16; bfloat16 and float32 keep it)."""
+    import torch
+
+    if not isinstance(scale, (int, float)) or not isinstance(dtype, torch.dtype):
+        return {}
+    held = float(torch.tensor(scale, dtype=dtype))
+    out: dict = {"dtype": str(dtype).replace("torch.", ""), "scale_in_dtype": held}
+    if (held == 0) != (scale == 0) or abs(held - scale) > 0.01 * abs(scale):  # lost, not just rounded
+        out["scale_note"] = f"x{scale:g} is {held:g} in {out['dtype']}" + (
+            ": the masked image-token states are exactly zero" if held == 0 else ""
+        )
+    return out
+
+
 def render_markdown(report: dict) -> str:
     """The human-readable report: headline findings first, then the tables behind them."""
     lines = [
@@ -253,6 +270,8 @@ def render_markdown(report: dict) -> str:
         f"Baseline accuracy (greedy): {_fmt_ci(report['baseline_accuracy'])} (95% bootstrap CI).",
         "",
     ]
+    if report["config"].get("scale_note"):
+        lines += [f"Masking scale: {report['config']['scale_note']}.", ""]
     if report.get("per_kind_baseline"):
         lines += ["Per question kind: " + ", ".join(f"{k} {v:.2f}" for k, v in report["per_kind_baseline"].items()), ""]
     lines += ["## Fusion and review layers", ""]

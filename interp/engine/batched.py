@@ -47,7 +47,7 @@ from ..hooks import site_order
 from ..interventions.base import Intervention, StepContext
 from ..interventions.runtime import row_value
 from .plan import Plan, build_schedule
-from .prefix import CleanPass, _recorder_specs, cache_keyword, capture, supports_prefix_reuse
+from .prefix import CleanPass, _recorder_specs, cache_keyword, cache_layer_kv, capture, supports_prefix_reuse
 
 
 def batch_reason(vlm, remote: bool | str | None = None) -> str | None:
@@ -156,7 +156,7 @@ class _RowCutter:
         the batch's cache dropped (the row's keys and values are cut separately)."""
         hidden_axis = (0, (1,))
         args = tuple(self.cut(a, *hidden_axis, "the hidden states") if i == 0 else a for i, a in enumerate(args))
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in kwargs.items():
             if isinstance(value, Cache):
                 out[key] = None
@@ -263,7 +263,7 @@ def capture_batch(
             continue
         cutter = _RowCutter(n, max(lengths), row, lengths[row])
         layer_inputs = [cutter.layer_inputs(args, kwargs) for args, kwargs in saved]
-        kv = [cutter.kv(layer.keys, layer.values) for layer in cache.layers] if cache is not None else None
+        kv = [cutter.kv(*cache_layer_kv(layer)) for layer in cache.layers] if cache is not None else None
         out.append(
             CleanPass(
                 p,

@@ -44,6 +44,9 @@ class HookContext:
 class HookFunction(Intervention):
     """Call ``fn(activation, hook)`` at one hook point; a returned tensor replaces it."""
 
+    # set by bind(): what the run resolved for one prompt
+    _point: Any
+
     def __init__(self, name: str, fn: Callable, every_step: bool = False):
         if not callable(fn):
             raise InterpError(f"the hook for {name!r} must be a function fn(activation, hook), got {fn!r}")
@@ -88,9 +91,15 @@ class HookFunction(Intervention):
         return self._call(hidden, ctx)
 
 
-def select_names(vlm, names_filter: Any) -> list[str]:
-    """The hook names a filter picks: None (all), a name, a list of names, or ``fn(name) -> bool``."""
-    every = vlm.hook_names()
+#: per-head results after ``o_proj`` (``[batch, seq, heads, d_model]``): the widest sites, so a
+#: filter that is not a list of names picks them only when asked (TransformerLens' ``use_attn_result``)
+PER_HEAD_RESULT = "attn.hook_result"
+
+
+def select_names(vlm, names_filter: Any, use_attn_result: bool = False) -> list[str]:
+    """The hook names a filter picks: None (all), a name, a list of names, or ``fn(name) -> bool``;
+    None and a function leave out the per-head ``attn.hook_result`` sites unless ``use_attn_result``."""
+    every = [n for n in vlm.hook_names() if use_attn_result or not n.endswith(PER_HEAD_RESULT)]
     if names_filter is None:
         return every
     if isinstance(names_filter, str):
@@ -106,11 +115,20 @@ def select_names(vlm, names_filter: Any) -> list[str]:
     return [parse_hook_name(name, vlm.n_layers, vlm.n_vision_layers).name for name in names]
 
 
-def run_with_cache(vlm, prepared, names_filter: Any = None, *, remote=None, remove_batch_dim: bool = False):
-    """``(logits [batch, seq, vocab], ActivationCache)`` of one clean pass."""
+def run_with_cache(
+    vlm,
+    prepared,
+    names_filter: Any = None,
+    *,
+    remote=None,
+    remove_batch_dim: bool = False,
+    use_attn_result: bool = False,
+):
+    """``(logits [batch, seq, vocab], ActivationCache)`` of one clean pass (per-head
+    ``attn.hook_result`` only when named or ``use_attn_result``; see :func:`select_names`)."""
     from ..cache import ActivationCache
 
-    names = select_names(vlm, names_filter)
+    names = select_names(vlm, names_filter, use_attn_result)
     run = Plan(RecordResidual(names)).run(vlm, prepared, logit_positions=list(range(prepared.seq_len)), remote=remote)
     values = {}
     for (label, _layer, step), value in run.records.items():

@@ -62,4 +62,4 @@ def resolve_decode_batch(vlm, decode_batch: int | str | None, tokens: int) -> in
     ``"auto"`` sized by :func:`decode_batch_for`."""
     if decode_batch == "auto":
         return decode_batch_for(vlm, tokens)
-    return decode_batch
+    return None if decode_batch is None else int(decode_batch)

@@ -63,6 +63,11 @@ from .plan import Plan, build_schedule, execute_step
 _HIDDEN_SITES = ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
 
 
+def cache_layer_kv(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keys, values)`` of one layer of a transformers cache (attention layers hold both)."""
+    return layer.keys, layer.values
+
+
 def supports_prefix_reuse(vlm) -> str | None:
     """None if the fast path applies to ``vlm``, else the reason it does not."""
     if vlm.adapter.between_layer_edits:
@@ -200,7 +205,7 @@ def capture(
             raise InterpError(
                 f"the clean pass filled {len(cache.layers)} cache layers for {vlm.n_layers} decoder layers"
             )
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        kv = [cache_layer_kv(layer) for layer in cache.layers]
     return CleanPass(prepared, positions.clone(), logits.detach().float(), records, specs, list(saved), kv)
 
 
@@ -312,7 +317,7 @@ def fill_kv(vlm, clean: CleanPass) -> list:
             layer(hidden, *args[1:], **kwargs)
             vlm.counts["layer_forwards"] += 1
             vlm.counts["layer_token_rows"] += hidden.shape[1]
-    clean.kv = [(layer.keys, layer.values) for layer in cache.layers]
+    clean.kv = [cache_layer_kv(layer) for layer in cache.layers]
     return clean.kv
 
 
@@ -477,7 +482,8 @@ def _shared_rows(hidden: torch.Tensor, inside: set[int]) -> tuple[list[int], lis
     """``(members, owner)``: variants whose layer input is bit-for-bit the same and that have no
     edit inside the layer compute the same layer output, so one of them (``members``) runs it;
     ``owner[v]`` is the index into ``members`` whose output variant ``v`` takes."""
-    members, owner = [], []
+    members: list[int] = []
+    owner: list[int] = []
     for v in range(hidden.shape[0]):
         found = None
         if v not in inside:
@@ -706,8 +712,8 @@ def _run_layer(
     vlm.counts["layer_token_rows"] += len(run) * rows.shape[1]
     vlm.counts["restart_layer_calls"] += 1  # one decoder-layer call for the batch (what the restart batch sizes)
     if kept is not None:
-        layer_kv = cache.layers[index]
-        k, v = layer_kv.keys[:, :, :kv_rows], layer_kv.values[:, :, :kv_rows]
+        keys_all, values_all = cache_layer_kv(cache.layers[index])
+        k, v = keys_all[:, :, :kv_rows], values_all[:, :, :kv_rows]
         for j, m in enumerate(members):
             kept[m].append((k[owner[j] : owner[j] + 1], v[owner[j] : owner[j] + 1]))
     hidden = out[owner] if shared else out

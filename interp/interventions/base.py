@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from typing_extensions import Self
+
 import torch
 
 from ..errors import InterpError
@@ -106,11 +108,13 @@ class Intervention:
     every_step: bool = False
     #: key under which recordings are stored (recorders only)
     name: str | None = None
+    #: the decoder layers it acts at: as given, then (bound) a checked sorted list
+    layers: Any = ()
 
     def sites(self) -> list[tuple[int | None, str]]:
         raise NotImplementedError
 
-    def bind(self, n_layers: int, prepared) -> Intervention:
+    def bind(self, n_layers: int, prepared: Any) -> Self:
         """A copy with layers checked and token selectors resolved for ``prepared``."""
         bound = copy.copy(self)
         bound.layers = resolve_layers(self.layers, n_layers)

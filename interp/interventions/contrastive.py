@@ -62,6 +62,12 @@ class ContrastiveMask(Intervention):
     (default the last prompt token).
     """
 
+    # set by bind(): what the run resolved for one prompt
+    _reference: int
+    _candidates: list[int]
+    _query: int
+    _recorder: Intervention
+
     def __init__(
         self,
         review_layer: int,

@@ -148,6 +148,11 @@ class PatchActivations(Intervention):
     attention heads to patch (an int or a list; None: every head).
     """
 
+    # set by bind(): what the run resolved for one prompt
+    _sites: list[Any]
+    _base_positions: torch.Tensor
+    _source_positions: torch.Tensor
+
     def __init__(
         self,
         hook_names: str | Iterable[str] | None = None,

@@ -89,6 +89,10 @@ class RecordResidual(Intervention):
     values (and those query rows of ``attn.hook_pattern``) to save memory.
     """
 
+    # set by bind(): what the run resolved for one prompt
+    _points: list[Any]
+    _positions: torch.Tensor | None
+
     def __init__(self, hook_names: str | Iterable[str], positions: Any = None, every_step: bool = False):
         self.hook_names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
         if not self.hook_names:

@@ -18,6 +18,7 @@ Sites (see :mod:`interp.hooks`):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -225,7 +226,8 @@ class EditableMask:
     def __init__(self, build, window: torch.Tensor):
         self._build = build
         self.window = window
-        self.tensor = None
+        self.tensor: torch.Tensor | None = None
+        self.blocked_value: Any = None
         self.blocked_value = None
 
     @property
@@ -238,11 +240,12 @@ class EditableMask:
             return
         if self.tensor is None:
             self.tensor, self.blocked_value = self._build()
-        rows = rows.to(self.tensor.device)
-        cols = cols.to(self.tensor.device)
-        block = self.tensor[..., rows, :]
+        tensor = self.tensor
+        rows = rows.to(tensor.device)
+        cols = cols.to(tensor.device)
+        block = tensor[..., rows, :]
         block[..., cols] = self.blocked_value
-        self.tensor[..., rows, :] = block
+        tensor[..., rows, :] = block
 
 
 def editable_tensor(mask, query_len: int, key_len: int, *, additive=None):
@@ -250,6 +253,7 @@ def editable_tensor(mask, query_len: int, key_len: int, *, additive=None):
 
     A boolean keep-mask stays boolean (blocked = False); otherwise ``additive()`` gives
     the additive float mask (blocked = the dtype's minimum)."""
+    blocked: Any
     if mask is not None and mask.dtype == torch.bool:
         new = mask[..., :key_len].clone()
         blocked = False

@@ -90,6 +90,9 @@ class ReviewLayerMask(Intervention):
     ``ratio``: their ``mask_ratio`` (0.2); ``scale``: 1e-9.
     """
 
+    # set by bind(): what the run resolved for one prompt
+    _query: torch.Tensor
+
     def __init__(self, review_layer: int, *, ratio: float = 0.2, scale: float = 1e-9):
         if not 0.0 <= ratio <= 1.0:
             raise InterpError(f"ratio must be in [0, 1], got {ratio}")
@@ -138,6 +141,9 @@ class SoftImageMask(Intervention):
     ``attention``: one value per image token (e.g. :func:`general_attention`); the tokens
     not above its k-th smallest value (``k = int(ratio * n)``) are scaled by ``scale``.
     """
+
+    # set by bind(): what the run resolved for one prompt
+    _keep: torch.Tensor
 
     def __init__(self, attention: Any, *, ratio: float = 0.2, scale: float = 0.1):
         if not 0.0 <= ratio <= 1.0:

@@ -136,7 +136,7 @@ def load(
     if isinstance(name_or_path, torch.nn.Module):
         if processor is None:
             raise InterpError("loading an already-built model needs its processor: load(model, processor)")
-        model = name_or_path
+        model: Any = name_or_path
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         adapter = adapter_for(model.config)
@@ -168,8 +168,8 @@ def load(
     if remote is True:
         from nnsight import TransformersModel
 
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        wrapped = TransformersModel(name, processor=processor, task=TASK, dispatch=False, **kwargs)
+        attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        wrapped = TransformersModel(name, processor=processor, task=TASK, dispatch=False, **attn)
         return VLM(wrapped, processor, adapter, name=name, remote=True)
 
     kwargs: dict[str, Any] = {}

@@ -88,3 +88,11 @@ def _load_processor(name: str):
             return image_only_processor(processor_class).from_pretrained(name)
         except Exception:  # noqa: BLE001 - report the original, more informative error
             raise InterpError(f"cannot load the processor of {name!r}: {first_error}") from None
+
+
+def token_id(tokenizer, token: str) -> int:
+    """The id of one token (``convert_tokens_to_ids`` of a single token)."""
+    value = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(value, int):
+        raise ValueError(f"{token!r} is not one token of this tokenizer")
+    return value

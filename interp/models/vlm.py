@@ -41,7 +41,7 @@ class VLM:
     traces), ``processor`` the HF processor, ``adapter`` the family adapter.
     """
 
-    def __init__(self, nnsight_model, processor, adapter: FamilyAdapter, *, name: str = "", remote: bool = False):
+    def __init__(self, nnsight_model, processor, adapter: FamilyAdapter, *, name: str = "", remote: bool | str = False):
         self.nnsight = nnsight_model
         self.processor = processor
         self.adapter = adapter
@@ -241,13 +241,35 @@ class VLM:
             self.access.write(self.nnsight, point.layer, point.site, value)
 
     def run_with_cache(
-        self, prepared: Prepared, names_filter=None, *, remote: bool | str | None = None, remove_batch_dim: bool = False
+        self,
+        prepared: Prepared,
+        names_filter=None,
+        *,
+        remote: bool | str | None = None,
+        remove_batch_dim: bool = False,
+        use_attn_result: bool = False,
     ):
-        """TransformerLens' ``run_with_cache``: ``(logits [batch, seq, vocab], ActivationCache)``;
-        ``names_filter``: None (every hook), a name, a list, or ``fn(name) -> bool``."""
+        """TransformerLens' ``run_with_cache``: ``(logits [batch, seq, vocab], ActivationCache)``.
+
+        Args:
+            prepared: the prompt (``vlm.prepare``).
+            names_filter: None (every hook), a name, a list of names, or ``fn(name) -> bool``.
+            remote: as in :meth:`run`.
+            remove_batch_dim: drop the batch axis of one prompt.
+            use_attn_result: with None or a function as the filter, also cache each head's
+                ``attn.hook_result`` (``[batch, seq, heads, d_model]``: on a 7B model ~0.1 GB a
+                layer per 1,000 tokens, as TransformerLens leaves it out unless asked).
+        """
         from ..engine.hooked import run_with_cache
 
-        return run_with_cache(self, prepared, names_filter, remote=remote, remove_batch_dim=remove_batch_dim)
+        return run_with_cache(
+            self,
+            prepared,
+            names_filter,
+            remote=remote,
+            remove_batch_dim=remove_batch_dim,
+            use_attn_result=use_attn_result,
+        )
 
     def run_with_hooks(self, prepared: Prepared, fwd_hooks=(), *, remote: bool | str | None = None):
         """TransformerLens' ``run_with_hooks``: logits with ``fn(activation, hook)`` at each

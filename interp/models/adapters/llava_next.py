@@ -30,7 +30,7 @@ def best_resolution(image_size: tuple[int, int], pinpoints: list) -> tuple[int, 
     """The (height, width) pinpoint HF picks for an image (``select_best_resolution``)."""
     from transformers.image_processing_utils import select_best_resolution
 
-    height, width = select_best_resolution(list(image_size), [list(p) for p in pinpoints])
+    height, width = select_best_resolution(tuple(image_size), [list(p) for p in pinpoints])
     return int(height), int(width)
 
 

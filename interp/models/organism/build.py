@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..processors import token_id
 from .smollm2 import CHAT_TEMPLATE, smollm2_dir
 
 IMAGE_TOKEN = "<image>"
@@ -89,7 +90,7 @@ def build_organism(spec: TowerSpec = TowerSpec(), *, seed: int = 0, attn_impleme
     config = LlavaConfig(
         vision_config=vision_config(spec),
         text_config=text_config,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=token_id(tokenizer, IMAGE_TOKEN),
         projector_hidden_act="gelu",
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",

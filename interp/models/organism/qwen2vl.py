@@ -86,7 +86,7 @@ def text_config_from_llama(llama_config, vocab_size: int):
     theta = rope.get("rope_theta", getattr(llama_config, "rope_theta", None))
     if rope.get("rope_type", "default") != "default" or theta is None:
         raise ValueError(f"only plain RoPE maps onto M-RoPE, got {rope}")
-    return Qwen2VLTextConfig(
+    return Qwen2VLTextConfig(  # type: ignore[call-arg]  # tie_word_embeddings goes through **kwargs
         vocab_size=vocab_size,
         hidden_size=llama_config.hidden_size,
         intermediate_size=llama_config.intermediate_size,
@@ -389,8 +389,8 @@ def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:
     rows = state.pop("special_token_embeddings", None)
     parts: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
     for key in [k for k in state if k.split(".", 1)[0] in ADAPTERS]:
-        kind, index, name, part = key.split(".")
-        parts.setdefault((kind, int(index), name), {})[part] = state.pop(key)
+        kind, layer, name, part = key.split(".")
+        parts.setdefault((kind, int(layer), name), {})[part] = state.pop(key)
     current = model.state_dict()
     unknown = [k for k in state if k not in current]
     if unknown:

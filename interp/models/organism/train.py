@@ -29,12 +29,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from . import WEIGHTS_DIR
 from .build import ATTENTION_PROJECTIONS, TowerSpec, build_organism, trainable_state
+
+if TYPE_CHECKING:
+    from .train_qwen2vl import QwenTrainConfig
 
 
 @dataclass
@@ -283,7 +287,7 @@ def quick_accuracy(model, processor, dataset, n: int) -> dict:
     return {"accuracy": round(result["accuracy"], 4), **{k: round(v, 3) for k, v in result["per_kind"].items()}}
 
 
-def answer_batch(train, focus, index: int, config: TrainConfig) -> list:
+def answer_batch(train, focus, index: int, config: TrainConfig | QwenTrainConfig) -> list:
     """The batch at ``index``: it takes the ``batch`` train indices from ``index`` on, the
     first ones from ``train`` (all kinds), the last ``focus_fraction`` of them from ``focus``
     (the focus kinds; same split and seed, so no index is ever drawn twice)."""
@@ -310,7 +314,9 @@ def train_answers(
     """Train the projector and tower (and attention projections) on answer tokens."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    groups = [{"params": list(model.model.multi_modal_projector.parameters()), "lr": config.lr_projector}]
+    groups: list[dict[str, Any]] = [
+        {"params": list(model.model.multi_modal_projector.parameters()), "lr": config.lr_projector}
+    ]
     if config.lr_tower > 0:
         groups.append({"params": list(model.model.vision_tower.parameters()), "lr": config.lr_tower})
     if with_attention:

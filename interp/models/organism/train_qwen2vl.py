@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -429,7 +430,12 @@ def train_answers(
         optimizer.step()
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}")
-        entry = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - start, 1)}
+        entry: dict[str, Any] = {
+            "stage": stage,
+            "step": step,
+            "loss": round(loss.item(), 5),
+            "seconds": round(time.time() - start, 1),
+        }
         if threads is not None:
             entry["threads"] = threads
         if deadline is not None and step == config.warmup - 1:

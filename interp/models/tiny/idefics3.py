@@ -11,6 +11,7 @@ from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionCo
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer
 
 MODEL_TYPE = "idefics3"
@@ -62,6 +63,6 @@ def build(spec: TinySpec):
         vision_config=Idefics3VisionConfig(**spec.vit_kwargs()),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
         scale_factor=SCALE_FACTOR,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
     )
     return finish(Idefics3ForConditionalGeneration, config, processor, spec)

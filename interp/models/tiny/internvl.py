@@ -13,6 +13,7 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 
 from .common import TinySpec, finish
 from ..processors import image_only_processor
+from ..processors import token_id
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "internvl"
@@ -49,7 +50,7 @@ def build(spec: TinySpec):
             ),
         ),
         text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),
-        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_token_id=token_id(tokenizer, "<IMG_CONTEXT>"),
         image_seq_length=image_seq_length,
         downsample_ratio=DOWNSAMPLE_RATIO,
         vision_feature_layer=-1,

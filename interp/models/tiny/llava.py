@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "llava"
@@ -36,7 +37,7 @@ def build(spec: TinySpec):
             **spec.vit_kwargs(),
         ),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )

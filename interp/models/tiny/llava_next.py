@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "llava_next"
@@ -47,7 +48,7 @@ def build(spec: TinySpec):
             **spec.vit_kwargs(image_size=tile),
         ),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         image_grid_pinpoints=grid_pinpoints,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",

@@ -23,6 +23,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.video_processing_utils import VideoProcessorMixin
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "llava_onevision"
@@ -80,8 +81,8 @@ def build(spec: TinySpec):
             vision_use_head=False,
         ),
         text_config=Qwen2Config(**spec.llama_kwargs(len(tokenizer))),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_index=token_id(tokenizer, "<image>"),
+        video_token_index=token_id(tokenizer, "<video>"),
         image_grid_pinpoints=grid_pinpoints,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer, chat_template
 
 MODEL_TYPE = "mistral3"
@@ -76,12 +77,12 @@ def build(spec: TinySpec):
     text.sliding_window = None  # as in Mistral-Small-3.1
     text.head_dim = spec.text_hidden // spec.text_heads
     config = Mistral3Config(
-        vision_config=PixtralVisionConfig(
+        vision_config=PixtralVisionConfig(  # type: ignore[call-arg]  # head_dim goes through **kwargs
             **spec.vit_kwargs(image_size=longest, patch_size=patch),
             head_dim=spec.vision_hidden // 2,
         ),
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        image_token_index=token_id(tokenizer, "[IMG]"),
         spatial_merge_size=MERGE,
         vision_feature_layer=-1,
     )

@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from .common import TinySpec, finish
+from ..processors import token_id
 from .tokenizer import byte_tokenizer
 
 MODEL_TYPE = "paligemma"
@@ -38,7 +39,7 @@ def build(spec: TinySpec):
             vision_use_head=False,
         ),
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         vocab_size=len(tokenizer),
         projection_dim=spec.text_hidden,
         hidden_size=spec.text_hidden,

@@ -11,6 +11,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from .common import TinySpec, finish
 from .idefics3 import IMAGE_SPECIALS, SCALE_FACTOR, image_seq_len, tile_settings
+from ..processors import token_id
 from .tokenizer import byte_tokenizer
 
 MODEL_TYPE = "smolvlm"
@@ -52,6 +53,6 @@ def build(spec: TinySpec):
         vision_config=SmolVLMVisionConfig(**spec.vit_kwargs()),
         text_config=LlamaConfig(**spec.llama_kwargs(len(tokenizer))),
         scale_factor=SCALE_FACTOR,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
     )
     return finish(SmolVLMForConditionalGeneration, config, processor, spec)
