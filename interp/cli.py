@@ -70,7 +70,7 @@ def quickstart(
 
         image = load_image(image)  # a missing or unreadable file is one line before the model loads
     vlm = load(model, **load_kwargs)
-    image_size = getattr(getattr(vlm.config, "vision_config", None), "image_size", 96)
+    image_size = vlm.scene_size
     picture, question = _demo_sample(image, question, image_size)
     sample = vlm.prepare(picture, question)
     clean = vlm.run(sample, RecordAttention("all"), generate=True, max_new_tokens=max_new_tokens)
@@ -274,9 +274,8 @@ def _organism_train(args) -> int:
 
 
 def _scene_size(vlm) -> int:
-    """The synthetic scenes' side for a model: its tower's input size (96 px for a
-    dynamic-resolution tower, the size the organisms were trained on)."""
-    return getattr(getattr(vlm.config, "vision_config", None), "image_size", None) or 96
+    """The synthetic scenes' side for a model (:attr:`interp.models.vlm.VLM.scene_size`)."""
+    return vlm.scene_size
 
 
 def _organism_eval(args) -> int:

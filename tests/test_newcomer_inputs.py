@@ -163,3 +163,33 @@ def test_a_float16_run_states_that_its_mask_is_exact_zero(tmp_path):
     report = reproduce(vlm, _items(vlm, 2), tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
     assert report["config"]["scale_in_dtype"] == 0.0 and report["config"]["dtype"] == "float16"
     assert "Masking scale: x1e-09 is 0 in float16" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_limit_bounds_every_section(tmp_path):
+    """``--limit 3`` runs 3 counterfactual pairs and 3 lens samples, not the sections' 60."""
+    from interp.data.synthetic import SyntheticVQA
+
+    vlm = tiny_vlm("llava", "sdpa")
+    images = []
+    tower = vlm.adapter.resolve(vlm.model, "vision_layers")[0]
+    handle = tower.register_forward_hook(lambda module, args, out: images.append(args[0].shape[0]))
+    try:
+        report = reproduce(
+            vlm,
+            SyntheticVQA("test", seed=0, image_size=32),
+            tmp_path / "run",
+            limit=3,
+            config=ReproduceConfig(progress=False, n_boot=50),
+        )
+    finally:
+        handle.remove()
+    assert report["patching"]["n_pairs"] == 3 and report["image_lens"]["n_samples"] == 3
+    assert sum(images) <= 3 * 8  # per question: its passes, its pair's two, its lens pass (not 60 + 60 more)
+
+
+def test_scene_size_one_rule_for_every_command():
+    from interp.models.vlm import DYNAMIC_SCENE_SIZE
+
+    llava = tiny_vlm("llava", "sdpa")
+    assert llava.scene_size == llava.config.vision_config.image_size  # a fixed-size tower's input
+    assert tiny_vlm("qwen2_vl", "sdpa").scene_size == DYNAMIC_SCENE_SIZE == 336  # dynamic resolution: not 96 px

@@ -461,6 +461,7 @@ def test_loads_as_an_ordinary_qwen2vl_directory(organism):
     assert isinstance(organism.processor, Qwen2VLProcessor)
     assert AutoConfig.from_pretrained(organism.model.name_or_path).model_type == "qwen2_vl"
     assert organism.n_layers == 30
+    assert organism.scene_size == 96  # the organism's training scenes, though its tower takes any size
     side = organism.processor.image_processor.patch_size * organism.processor.image_processor.merge_size
     for size in (96, 128):
         sample = SyntheticVQA("test", seed=0, image_size=size)[0]

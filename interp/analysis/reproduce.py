@@ -400,7 +400,8 @@ def _fits(items: list, batch: int, step: str = ""):
 def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
     """The extra sections: ``{name: (dict for report.json, markdown lines)}`` — patching and the
     image-token lens on the synthetic benchmark (on by default), the method ablation when
-    asked; each resumes from its own file in ``out/rows``."""
+    asked; each resumes from its own file in ``out/rows``. The run's sample count bounds every
+    section: at most one counterfactual pair and one lens sample per item."""
     from ..data.synthetic import SyntheticVQA
 
     extras: dict = {}
@@ -410,12 +411,17 @@ def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path
         from .patching import patching_section
 
         extras["patching"] = patching_section(
-            vlm, samples, out, n_pairs=config.patching_pairs, resume=out / "rows" / "patching.jsonl", **common
+            vlm,
+            samples,
+            out,
+            n_pairs=min(config.patching_pairs, len(items)),
+            resume=out / "rows" / "patching.jsonl",
+            **common,
         )
     if config.lens_samples and synthetic:
         from .image_lens import lens_section
 
-        extras["image_lens"] = lens_section(vlm, samples, out, n=config.lens_samples, **common)
+        extras["image_lens"] = lens_section(vlm, samples, out, n=min(config.lens_samples, len(items)), **common)
     if config.ablation_seeds is not None:
         from .method_ablation import AblationConfig, run_method_ablation, write_outputs
 

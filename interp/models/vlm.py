@@ -34,6 +34,11 @@ def find_attention_op(attn_envoy) -> str:
     return max(names, key=lambda name: int(_ATTENTION_OP.match(name).group(1)))
 
 
+#: the synthetic scenes' side for a dynamic-resolution tower (Qwen2-VL's): LLaVA-1.5's input size,
+#: so the benchmark's images are the same size on every real model
+DYNAMIC_SCENE_SIZE = 336
+
+
 class VLM:
     """One loaded vision-language model.
 
@@ -85,6 +90,20 @@ class VLM:
             return organism
         commit = getattr(self.config, "_commit_hash", None)
         return f"{source}@{commit}" if commit else None
+
+    @property
+    def scene_size(self) -> int:
+        """Side in pixels of the synthetic benchmark's scenes for this model, one rule for every
+        command: the tower's fixed input size; for a dynamic-resolution tower the organisms'
+        training size where this is an organism, else :data:`DYNAMIC_SCENE_SIZE`."""
+        from .organism import ORGANISM_SCENE_SIZE, weights_id
+
+        fixed = getattr(getattr(self.config, "vision_config", None), "image_size", None)
+        if isinstance(fixed, int) and fixed > 0:
+            return fixed
+        if weights_id(str(getattr(self.config, "_name_or_path", "") or "")):
+            return ORGANISM_SCENE_SIZE
+        return DYNAMIC_SCENE_SIZE
 
     @property
     def n_layers(self) -> int:
