@@ -361,6 +361,37 @@ def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_s
     return load_task(dataset, data_dir, split=split), dataset
 
 
+def _sample_plan(vlm, samples, config, dtype_name: str | None):
+    """What the first sample of a reproduce run will hold and run (:mod:`interp.planner`)."""
+    import torch
+
+    from .analysis.items import as_items
+    from .engine.memory import conditions_within, free_bytes, kv_bytes
+    from .planner import plan_sample
+
+    item = as_items(samples, 1)[0]
+    prepared = vlm.prepare(item.image, item.question)
+    dtype = getattr(torch, dtype_name) if dtype_name not in (None, "auto") else vlm.dtype
+    decode = config.decode_batch
+    if config.scoring == "generate" and decode == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        tokens = prepared.seq_len + 8
+        decode = conditions_within(free_bytes(device), kv_bytes(vlm, tokens) * dtype.itemsize // vlm.dtype.itemsize)
+    weights = sum(p.numel() for p in vlm.model.parameters()) * dtype.itemsize
+    return plan_sample(
+        vlm.adapter,
+        vlm.config,
+        dtype,
+        prepared,
+        variants=tuple(config.variants),
+        restart_batch=config.restart_batch,
+        scoring=config.scoring,
+        decode_batch=None if decode in (None, "all", "auto") else int(decode),
+        attn_implementation=vlm.attn_implementation,
+        weights=weights,
+    )
+
+
 def _reproduce(args) -> int:
     from .evaluation.shards import parse_shard
 
@@ -380,7 +411,10 @@ def _reproduce(args) -> int:
 
         if torch.cuda.is_available():  # one GPU per rank
             load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    vlm = load(model, remote=bool(args.remote), **load_kwargs)
+    if args.dry_run:  # the config and processor only: the weights stay where they are
+        vlm = load(model, remote=True, **{k: v for k, v in load_kwargs.items() if k == "attn_implementation"})
+    else:
+        vlm = load(model, remote=bool(args.remote), **load_kwargs)
     image_size = _scene_size(vlm)
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {
@@ -401,6 +435,15 @@ def _reproduce(args) -> int:
         mode=args.mode,
         remote=True if args.remote else None,
         **{key: value for key, value in given.items() if value is not None},
+    )
+    plan = _sample_plan(vlm, samples, config, load_kwargs.get("dtype"))
+    if args.dry_run:
+        print("\n".join(plan.lines()))
+        return 0
+    print(
+        f"plan: one sample ~{plan.peak_bytes / 1024**3:.2f} GiB at its peak, {plan.work['layer_rows']:,} layer x rows "
+        "(interp reproduce --dry-run shows the parts)",
+        file=sys.stderr,
     )
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
     if report is None:
@@ -678,6 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
         "free memory; all: every condition at once); results equal at any value",
     )
     rep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what one sample will hold in memory and the layer work it runs (from the config and one "
+        "prepared prompt; no weights load), then exit",
+    )
+    rep.add_argument(
         "--shard",
         default=None,
         help="i/n: run the i-th of n shards into the same --out (under "
@@ -898,9 +947,15 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", "--output_path", dest="out", required=True, help="directory for index.html")
     add_model_args(explore)
     explore.add_argument(
-        "--run", default=None, help="an `interp reproduce` output directory (report.json; patching.csv when present)"
+        "--run",
+        default=None,
+        help="an `interp reproduce` or `interp patch` output directory (report.json; its patching outputs when present)",
     )
-    explore.add_argument("--patching", default=None, help="a patching table CSV (layer, position, effect)")
+    explore.add_argument(
+        "--patching",
+        default=None,
+        help="a patching output: patching_sweep.csv, its row log, report.json / patching.json, or a directory holding one",
+    )
     explore.add_argument("--dataset", default="synthetic", help="synthetic (default) or an evaluation task name")
     explore.add_argument("--data-dir", default=None, help="where an evaluation task's files are")
     explore.add_argument("--split", default=None)

@@ -53,8 +53,14 @@ def decode_batch_for(vlm, tokens: int, *, share: float = DECODE_MEMORY_SHARE, fr
     fits = []
     for device, layers in layer_devices(vlm).items():
         available = free_bytes(device) if free is None else free[device]
-        fits.append(int(share * available) // max(1, KV_COPIES * kv_bytes(vlm, tokens, layers)))
+        fits.append(conditions_within(available, kv_bytes(vlm, tokens, layers), share))
     return max(1, min(fits, default=1))
+
+
+def conditions_within(free: int, per_condition: int, share: float = DECODE_MEMORY_SHARE) -> int:
+    """How many conditions' keys/values (``per_condition`` bytes each, :data:`KV_COPIES` times) fit
+    ``share`` of ``free`` bytes; at least 1."""
+    return max(1, int(share * free) // max(1, KV_COPIES * per_condition))
 
 
 def resolve_decode_batch(vlm, decode_batch: int | str | None, tokens: int) -> int | None:
