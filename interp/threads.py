@@ -2,8 +2,9 @@
 
 torch starts one thread per core; on a machine whose cores are busy with other work a
 thread the scheduler parks makes every small operation wait a time slice, so the command
-line starts with as many threads as there are idle cores now (at least one), measured from
-the kernel's CPU counters over a short interval.
+line starts with as many threads as there are idle cores (at least one): the fewer of the
+idle share measured from the kernel's CPU counters over a short interval and the cores the
+one-minute load average leaves free (a bursty load can look idle for a moment).
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ def idle_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
     return share * (os.cpu_count() or 1)
 
 
+def free_cores() -> float | None:
+    """The idle cores now, no more than the one-minute load average leaves free (None if unknown)."""
+    idle = idle_cores()
+    if hasattr(os, "getloadavg"):
+        loaded = (os.cpu_count() or 1) - os.getloadavg()[0]
+        idle = loaded if idle is None else min(idle, loaded)
+    return idle
+
+
 def default_threads(n_cores: int | None = None, idle: float | None = None) -> int:
-    """Threads for torch: the idle cores (rounded, at least 1, at most this process's cores)."""
+    """Threads for torch: the free cores (rounded, at least 1, at most this process's cores)."""
     n_cores = cores() if n_cores is None else n_cores
-    idle = idle_cores() if idle is None else idle
+    idle = free_cores() if idle is None else idle
     if idle is None:
         return n_cores
     return max(1, min(n_cores, int(idle + 0.5)))

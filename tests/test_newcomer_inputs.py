@@ -193,3 +193,30 @@ def test_scene_size_one_rule_for_every_command():
     llava = tiny_vlm("llava", "sdpa")
     assert llava.scene_size == llava.config.vision_config.image_size  # a fixed-size tower's input
     assert tiny_vlm("qwen2_vl", "sdpa").scene_size == DYNAMIC_SCENE_SIZE == 336  # dynamic resolution: not 96 px
+
+
+def test_a_dataset_defined_here_offering_pairs_feeds_the_patching_section(tmp_path):
+    """A capability, not a type: any dataset with ``counterfactual_pairs`` gets the patching section."""
+    from interp.analysis.items import Item
+    from interp.data.capabilities import OffersCellLabels, OffersCounterfactuals
+
+    from .conftest import make_image
+
+    class PairedPictures(list):
+        asked: list = []
+
+        def counterfactual_pairs(self, n, changes, *, seed=0):
+            self.asked.append((n, tuple(changes), seed))
+            return [
+                ((item.image, item.question), (make_image(48, 64, seed=100 + i), item.question))
+                for i, item in enumerate(self[:n])
+            ]
+
+    vlm = tiny_vlm("llava", "sdpa")
+    data = PairedPictures(
+        Item(id=str(i), image=make_image(48, 64, seed=i), question="What is it?", answers=("red",)) for i in range(2)
+    )
+    assert isinstance(data, OffersCounterfactuals) and not isinstance(data, OffersCellLabels)
+    report = reproduce(vlm, data, tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
+    assert data.asked and data.asked[0][0] == 2  # bounded by the run's two items
+    assert report["patching"]["n_pairs"] == 2 and "image_lens" not in report

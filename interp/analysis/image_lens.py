@@ -61,13 +61,12 @@ def _read_off(vlm, hidden: torch.Tensor, k: int, colour_ids, shape_ids, max_byte
 
 
 def _entries(samples, limit):
-    """``[(item, sample or None)]``: synthetic samples keep their dense labels."""
-    from ..data.synthetic import Sample, SyntheticVQA
+    """``[(item, sample or None)]``: samples that know their cells' labels keep them."""
+    from ..data.capabilities import OffersCellLabels
 
-    if isinstance(samples, SyntheticVQA):
-        n = len(samples) if limit is None else min(limit, len(samples))
-        raw = [samples[i] for i in range(n)]
-    elif isinstance(samples, (list, tuple)) and samples and all(isinstance(s, Sample) for s in samples):
+    if isinstance(samples, OffersCellLabels):
+        raw = samples.labelled_samples(limit)
+    elif isinstance(samples, (list, tuple)) and samples and all(hasattr(s, "patch_labels") for s in samples):
         raw = list(samples[:limit] if limit is not None else samples)
     else:
         return [(item, None) for item in as_items(samples, limit)]
@@ -206,12 +205,10 @@ def lens_section(
     import json
     from pathlib import Path
 
-    from ..data.synthetic import SyntheticVQA
     from ..inputs import load_image
     from ..plotting import patching as figures
 
-    data = samples[:n] if isinstance(samples, SyntheticVQA) else samples
-    frame = image_token_lens(vlm, data, layers=layers, k=k, limit=n, remote=remote, progress=progress)
+    frame = image_token_lens(vlm, samples, layers=layers, k=k, limit=n, remote=remote, progress=progress)
     scored = "object" in frame
     accuracy = lens_accuracy(frame, n_boot=n_boot, seed=seed) if scored else None
     layer_list = sorted(frame.layer.unique())
@@ -230,7 +227,7 @@ def lens_section(
                 out_dir=out,
                 title=f"{vlm.name}: image-token lens (n={frame.item.nunique()})",
             )
-        entries = _entries(data, n)
+        entries = _entries(samples, 1)  # the figure shows the first sample
         item, sample = entries[0]
         grids = {layer: lens_word_grid(frame, item.id, layer) for layer in figure_layers}
         truth = None

@@ -656,12 +656,12 @@ def patching_section(
     patched alone and ``patching_heads_<change>`` maps layer x head at the last token.
     """
     from .. import plotting  # noqa: F401 - the package's figure style
-    from ..data.synthetic import SyntheticVQA, counterfactual_pairs
+    from ..data.capabilities import OffersCounterfactuals
     from ..inputs import load_image
     from ..plotting import patching as figures
 
-    if isinstance(samples, SyntheticVQA):
-        pairs = as_pairs(counterfactual_pairs(samples, n_pairs, changes, seed=seed))
+    if isinstance(samples, OffersCounterfactuals):
+        pairs = as_pairs(samples.counterfactual_pairs(n_pairs, changes, seed=seed))
     else:
         pairs = as_pairs(samples)[:n_pairs]
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
@@ -840,10 +840,12 @@ def patching_markdown(report: dict) -> list[str]:
             "| change | group | " + " | ".join(f"layer {l}" for l in _table_layers(report)) + " |",
             "|---|---|" + "---|" * len(_table_layers(report)),
         ]
-        for (change, group), part in table.groupby(["change", "group"], sort=False):
+        mixed = table.groupby("change").metric.nunique() > 1  # changes holding both kinds of pair
+        for (change, group, metric), part in table.groupby(["change", "group", "metric"], sort=False):
             values = part.set_index("layer")
+            label = f"{change} ({metric})" if mixed[change] else change
             lines.append(
-                f"| {change} | {group} | "
+                f"| {label} | {group} | "
                 + " | ".join(f"{values.loc[l, 'mean']:.2f}" if l in values.index else "" for l in _table_layers(report))
                 + " |"
             )

@@ -402,12 +402,11 @@ def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path
     image-token lens on the synthetic benchmark (on by default), the method ablation when
     asked; each resumes from its own file in ``out/rows``. The run's sample count bounds every
     section: at most one counterfactual pair and one lens sample per item."""
-    from ..data.synthetic import SyntheticVQA
+    from ..data.capabilities import OffersCellLabels, OffersCounterfactuals
 
     extras: dict = {}
-    synthetic = isinstance(samples, SyntheticVQA)
     common = dict(n_boot=config.n_boot, seed=config.seed, remote=config.remote, progress=config.progress)
-    if config.patching_pairs and synthetic:
+    if config.patching_pairs and isinstance(samples, OffersCounterfactuals):
         from .patching import patching_section
 
         extras["patching"] = patching_section(
@@ -418,7 +417,7 @@ def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path
             resume=out / "rows" / "patching.jsonl",
             **common,
         )
-    if config.lens_samples and synthetic:
+    if config.lens_samples and isinstance(samples, OffersCellLabels):
         from .image_lens import lens_section
 
         extras["image_lens"] = lens_section(vlm, samples, out, n=min(config.lens_samples, len(items)), **common)

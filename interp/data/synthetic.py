@@ -296,6 +296,18 @@ class SyntheticVQA:
     def __len__(self) -> int:
         return self.length
 
+    def counterfactual_pairs(
+        self, n: int, changes: Sequence[str] = ("colour", "shape", "distractor"), *, seed: int = 0
+    ) -> list[Counterfactual]:
+        """``n`` counterfactuals of this split (:func:`counterfactual_pairs`; the dataset offers
+        pairs, :class:`interp.data.capabilities.OffersCounterfactuals`)."""
+        return counterfactual_pairs(self, n, changes, seed=seed)
+
+    def labelled_samples(self, n: int | None) -> list[Sample]:
+        """The first ``n`` samples (all when None): each knows its cells' colour and shape
+        (:class:`interp.data.capabilities.OffersCellLabels`)."""
+        return [self[i] for i in range(len(self) if n is None else min(n, len(self)))]
+
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
             yield self[index]

@@ -42,6 +42,13 @@ def _effect_image(ax, values: np.ndarray, metric: str):
     return image, "answer logit change"
 
 
+def _one_metric(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of one metric: the normalised effect where a change has answer-changing pairs,
+    else the controls' answer-logit change (a change may hold both kinds of pair)."""
+    metric = "effect" if (rows.metric == "effect").any() else str(rows.metric.iloc[0])
+    return rows[rows.metric == metric], metric
+
+
 def patching_heatmap(
     effects: pd.DataFrame,
     *,
@@ -58,8 +65,7 @@ def patching_heatmap(
     with paper_style():
         fig, axes = new_figure(1, len(changes), figsize=(min(FULL, 2.3 * len(changes) + 0.6), 2.4), squeeze=False)
         for ax, change in zip(axes[0], changes):
-            part = rows[rows.change == change]
-            metric = part.metric.iloc[0]
+            part, metric = _one_metric(rows[rows.change == change])
             groups = [g for g in GROUP_ORDER if g in set(part.group)]
             table = part.pivot(index="group", columns="layer", values="mean").reindex(groups)
             image, label = _effect_image(ax, table.values, metric)
@@ -96,7 +102,7 @@ def patching_head_heatmap(
     rows = effects[(effects.site == "z") & (effects.change == change) & (effects.group == group)]
     if rows.empty:
         raise ValueError(f"no per-head rows for change {change!r} at {group!r}: sweep with sites=('z',)")
-    metric = rows.metric.iloc[0]
+    rows, metric = _one_metric(rows)
     table = rows.pivot(index="head", columns="layer", values="mean").sort_index()
     with paper_style():
         fig, ax = new_figure(figsize=(COLUMN, 0.18 * len(table) + 1.2))
@@ -127,6 +133,8 @@ def patching_curves(
 ):
     """The effect per layer of each position group, with 95% CI bands, for one change."""
     rows = effects[(effects.site == site) & (effects.change == change)]
+    if not rows.empty:
+        rows, _ = _one_metric(rows)
     with paper_style():
         fig, ax = new_figure(figsize=(COLUMN, 2.2))
         groups = [g for g in GROUP_ORDER if g in set(rows.group)]
