@@ -22,23 +22,16 @@ from collections.abc import Iterator
 
 import torch
 
+from . import sites as registry
 from .errors import HookNameError, InterpError
 from .hooks import EMBED, FINAL_NORM, PROJECTED, natural_key
 
-_SHORT = {
-    "resid_pre": "blocks.{l}.hook_resid_pre",
-    "resid_mid": "blocks.{l}.hook_resid_mid",
-    "resid_post": "blocks.{l}.hook_resid_post",
-    "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out",
-    "pattern": "blocks.{l}.attn.hook_pattern",
-    "q": "blocks.{l}.attn.hook_q",
-    "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v",
-    "z": "blocks.{l}.attn.hook_z",
-    "result": "blocks.{l}.attn.hook_result",
-    "vision_resid_post": "vision.blocks.{l}.hook_resid_post",
-}
+
+def _short_names() -> dict[str, str]:
+    """TransformerLens' short names of the layered sites (``"pattern"`` -> its name template)."""
+    return {row.short: row.name for row in registry.REGISTRY if row.short and row.layered}
+
+
 _GLOBAL = {"embed": EMBED, "projected": PROJECTED, "ln_final": FINAL_NORM, "normalized": FINAL_NORM}
 
 
@@ -49,9 +42,10 @@ def act_name(name: str, layer: int | None = None) -> str:
         if name in _GLOBAL:
             return _GLOBAL[name]
         return name
-    if name not in _SHORT:
-        raise HookNameError(f"unknown activation name {name!r}; short names: {', '.join(sorted(_SHORT))}")
-    return _SHORT[name].format(l=int(layer))
+    short = _short_names()
+    if name not in short:
+        raise HookNameError(f"unknown activation name {name!r}; short names: {', '.join(sorted(short))}")
+    return short[name].format(l=int(layer))
 
 
 class ActivationCache:

@@ -38,48 +38,32 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
+from . import sites as registry
 from .errors import HookNameError, LayerIndexError
 
-# site -> its position inside a decoder layer's forward
-SITES = {
-    "resid_pre": 0,
-    "q": 1,
-    "k": 2,
-    "v": 3,
-    "attn_pattern": 4,
-    "z": 5,
-    "result": 6,
-    "attn_out": 7,
-    "resid_mid": 8,
-    "mlp_out": 9,
-    "resid_post": 10,
-}
-#: sites outside the decoder layers, in forward order (``vision_resid_post`` has a vision layer)
-GLOBAL_SITES = {"embed": 0, "vision_resid_post": 1, "projected": 2, "final_norm": 4}
-#: sites whose value can be read but not replaced
-READ_ONLY_SITES = ("attn_pattern", "result", "resid_mid")
-
-_SUFFIX_TO_SITE = {
-    "hook_resid_pre": "resid_pre",
-    "attn.hook_q": "q",
-    "attn.hook_k": "k",
-    "attn.hook_v": "v",
-    "attn.hook_pattern": "attn_pattern",
-    "attn.hook_z": "z",
-    "attn.hook_result": "result",
-    "hook_attn_out": "attn_out",
-    "hook_resid_mid": "resid_mid",
-    "hook_mlp_out": "mlp_out",
-    "hook_resid_post": "resid_post",
-}
-_SITE_TO_SUFFIX = {v: k for k, v in _SUFFIX_TO_SITE.items()}
-_LAYER_HOOK = re.compile(r"^blocks\.(-?\d+)\.(" + "|".join(re.escape(k) for k in _SUFFIX_TO_SITE) + r")$")
-_VISION_HOOK = re.compile(r"^vision\.blocks\.(-?\d+)\.hook_resid_post$")
 FINAL_NORM = "ln_final.hook_normalized"
 EMBED = "hook_embed"
 PROJECTED = "vision.hook_projected"
-_GLOBAL_NAMES = {FINAL_NORM: "final_norm", EMBED: "embed", PROJECTED: "projected"}
+
+
+def layer_sites() -> dict[str, float]:
+    """Decoder-layer site -> its place inside the layer's forward (from :mod:`interp.sites`)."""
+    return {key: registry.site(key).order for key in registry.keys(stage="decoder")}
+
+
+def read_only(site: str) -> bool:
+    """Whether a site's value may only be read (:attr:`interp.sites.Site.writable`)."""
+    return not registry.site(site).writable
+
+
+@lru_cache(maxsize=8)
+def _patterns(rows: tuple) -> tuple[re.Pattern, dict[str, str], dict[str, str]]:
+    """``(layered-name pattern, {layered suffix: site}, {global name: site})`` of a registry."""
+    layered = {row.name.split("{l}.", 1)[1]: row.key for row in rows if row.layered and row.stage == "decoder"}
+    pattern = re.compile(r"^blocks\.(-?\d+)\.(" + "|".join(re.escape(k) for k in layered) + r")$")
+    return pattern, layered, {row.name: row.key for row in rows if not row.layered}
 
 
 @dataclass(frozen=True)
@@ -91,16 +75,19 @@ class HookPoint:
     site: str
 
     @property
-    def order(self) -> tuple[int, int, int]:
+    def order(self) -> tuple[int, int, float]:
         return site_order(self.layer, self.site)
 
 
-def site_order(layer: int | None, site: str) -> tuple[int, int, int]:
+def site_order(layer: int | None, site: str) -> tuple[int, int, float]:
     """When the forward reaches ``site`` of ``layer``: embeddings, vision tower, projector,
     decoder layers, final norm."""
-    if site in SITES:
-        return (3, layer, SITES[site])
-    return (GLOBAL_SITES[site], layer or 0, 0)
+    row = registry.site(site)
+    stage, order = registry.forward_key(row)
+    return (stage, layer or 0, order)
+
+
+_VISION_HOOK = re.compile(r"^vision\.blocks\.(-?\d+)\.hook_resid_post$")
 
 
 def check_layer(layer: int, n_layers: int, what: str = "decoder layers") -> int:
@@ -122,8 +109,9 @@ def parse_hook_name(name: str, n_layers: int, n_vision_layers: int | None = None
     the model runs them, see :meth:`interp.VLM.check_sites`)."""
     if not isinstance(name, str):
         raise HookNameError(f"a hook name is a string, got {type(name).__name__}")
-    if name in _GLOBAL_NAMES:
-        return HookPoint(name, None, _GLOBAL_NAMES[name])
+    pattern, layered, global_names = _patterns(registry.REGISTRY)
+    if name in global_names:
+        return HookPoint(name, None, global_names[name])
     vision = _VISION_HOOK.match(name)
     if vision:
         layer = int(vision.group(1))
@@ -132,33 +120,27 @@ def parse_hook_name(name: str, n_layers: int, n_vision_layers: int | None = None
         elif layer < 0:
             raise LayerIndexError(f"vision block index must be >= 0 here, got {layer}")
         return HookPoint(f"vision.blocks.{layer}.hook_resid_post", layer, "vision_resid_post")
-    match = _LAYER_HOOK.match(name)
+    match = pattern.match(name)
     if not match:
         raise HookNameError(
-            f"unknown hook name {name!r}; supported: blocks.{{l}}.hook_resid_pre|hook_resid_mid|hook_resid_post|"
-            "hook_attn_out|hook_mlp_out, blocks.{l}.attn.hook_q|hook_k|hook_v|hook_pattern|hook_z|hook_result, "
-            f"vision.blocks.{{l}}.hook_resid_post, {PROJECTED}, {EMBED}, {FINAL_NORM} (interp.all_hook_names)"
+            f"unknown hook name {name!r}; supported: "
+            + ", ".join(row.name for row in registry.REGISTRY)
+            + " with {l} a layer (interp.all_hook_names)"
         )
     layer = check_layer(int(match.group(1)), n_layers)
-    site = _SUFFIX_TO_SITE[match.group(2)]
-    return HookPoint(f"blocks.{layer}.{match.group(2)}", layer, site)
+    return HookPoint(f"blocks.{layer}.{match.group(2)}", layer, layered[match.group(2)])
 
 
 def hook_name(layer: int | None, site: str) -> str:
     """The TransformerLens-style name of a ``(layer, site)``."""
-    if site == "vision_resid_post":
-        return f"vision.blocks.{layer}.hook_resid_post"
-    for name, global_site in _GLOBAL_NAMES.items():
-        if site == global_site:
-            return name
-    return f"blocks.{layer}.{_SITE_TO_SUFFIX[site]}"
+    return registry.site(site).hook_name(layer)
 
 
 def all_hook_names(n_layers: int, n_vision_layers: int = 0) -> list[str]:
     """Every hook name of a model, in forward order."""
     names = [EMBED] + [hook_name(layer, "vision_resid_post") for layer in range(n_vision_layers)]
     names += [PROJECTED] if n_vision_layers else []
-    names += [hook_name(layer, site) for layer in range(n_layers) for site in SITES]
+    names += [hook_name(layer, site) for layer in range(n_layers) for site in layer_sites()]
     return names + [FINAL_NORM]
 
 

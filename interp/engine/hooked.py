@@ -19,7 +19,8 @@ from typing import Any
 from collections.abc import Callable, Iterable
 
 from ..errors import HookNameError, InterpError
-from ..hooks import READ_ONLY_SITES, natural_key, parse_hook_name
+from .. import sites as registry
+from ..hooks import natural_key, parse_hook_name, read_only
 from ..interventions.base import Intervention, StepContext
 from ..interventions.record import RecordResidual
 from ..interventions.runtime import attention_probs
@@ -67,7 +68,7 @@ class HookFunction(Intervention):
         result = self.fn(value, HookContext(self._point.name, self._point.layer, ctx))
         if result is None:
             return value
-        if self._point.site in READ_ONLY_SITES:
+        if read_only(self._point.site):
             raise InterpError(
                 f"{self._point.name} is read-only: its hook may look but not return a replacement"
                 + (" (use AttentionKnockout to change attention)" if self._point.site == "attn_pattern" else "")
@@ -91,15 +92,17 @@ class HookFunction(Intervention):
         return self._call(hidden, ctx)
 
 
-#: per-head results after ``o_proj`` (``[batch, seq, heads, d_model]``): the widest sites, so a
-#: filter that is not a list of names picks them only when asked (TransformerLens' ``use_attn_result``)
-PER_HEAD_RESULT = "attn.hook_result"
-
-
 def select_names(vlm, names_filter: Any, use_attn_result: bool = False) -> list[str]:
     """The hook names a filter picks: None (all), a name, a list of names, or ``fn(name) -> bool``;
-    None and a function leave out the per-head ``attn.hook_result`` sites unless ``use_attn_result``."""
-    every = [n for n in vlm.hook_names() if use_attn_result or not n.endswith(PER_HEAD_RESULT)]
+    None and a function leave out the sites not cached by default (per-head ``attn.hook_result``)
+    unless ``use_attn_result``."""
+    # the per-head results after o_proj ([batch, seq, heads, d_model], the widest sites) only when
+    # asked, as TransformerLens' use_attn_result (interp.sites.Site.cached_by_default)
+    every = [
+        n
+        for n in vlm.hook_names()
+        if use_attn_result or registry.site(parse_hook_name(n, vlm.n_layers).site).cached_by_default
+    ]
     if names_filter is None:
         return every
     if isinstance(names_filter, str):

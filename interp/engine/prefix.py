@@ -54,13 +54,14 @@ import nnsight
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
+from .. import sites as registry
 from ..errors import InterpError
 from ..interventions.base import Intervention, StepContext
 from ..interventions.runtime import EditableMask, editable_tensor, first, merge_heads, replace_first, split_heads
 from .plan import Plan, build_schedule, execute_step
 
-#: sites the fast path recomputes (and so can edit) in the layers it runs
-_HIDDEN_SITES = ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
+#: sites the fast path recomputes (and so can edit) in the layers it runs (interp.sites: restartable)
+_HIDDEN_SITES = registry.keys(restartable=True)
 
 
 def cache_layer_kv(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:

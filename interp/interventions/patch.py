@@ -32,15 +32,16 @@ from collections.abc import Iterable
 
 import torch
 
+from .. import sites as registry
 from ..errors import InputError, InterpError
 from ..hooks import hook_name, parse_hook_name
 from .base import Intervention, StepContext, resolve_layers, resolve_positions
 
-#: sites a patch can write, in forward order. ``z`` is each head's attention output before the
+#: sites a patch can write, in forward order (the restartable ones of interp.sites). ``z`` is each head's attention output before the
 #: output projection (``blocks.{l}.attn.hook_z``, ``[batch, seq, heads, head_dim]``): patching
 #: heads ``H`` there is patching their ``hook_result`` (``z_h @ W_O[:, h]``), which is read-only.
 #: Attention patterns are not patchable (knockouts edit them).
-PATCH_SITES = ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
+PATCH_SITES = registry.keys(restartable=True)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .. import sites as registry
+
 
 def envoy_at(root, path: str):
     """The envoy at a dotted ``path`` below ``root`` (a module path, e.g. ``model.language_model``)."""
@@ -56,29 +58,27 @@ class SiteAccess:
         return envoy_at(model, self.paths["layers_path"])[layer]
 
     def _module(self, model, layer, site):
-        """``(envoy, "input" | "output")`` of a site that is one module's value."""
+        """``(envoy, "input" | "output")`` of a site that is one module's value (its registry row)."""
+        row = registry.site(site)
+        return self.module(model, layer, row.module), row.io
+
+    def module(self, model, layer, module: str):
+        """The envoy of one of the modules the site registry names (:attr:`interp.sites.Site.module`)."""
         paths = self.paths
-        if site == "final_norm":
-            return envoy_at(model, paths["final_norm_path"]), "output"
-        if site == "embed":
-            return envoy_at(model, paths["embed_path"]), "output"
-        if site == "projected":
-            return envoy_at(model, paths["projector_path"]), "output"
-        if site == "vision_resid_post":
-            return envoy_at(model, paths["vision_layers_path"])[layer], "output"
+        top = {"final_norm": "final_norm_path", "embed": "embed_path", "projector": "projector_path"}
+        if module in top:
+            return envoy_at(model, paths[top[module]])
+        if module == "vision_block":
+            return envoy_at(model, paths["vision_layers_path"])[layer]
         block = self.layer(model, layer)
+        if module == "block":
+            return block
         attn = getattr(block, paths["attn_name"])
-        return {
-            "resid_pre": (block, "input"),
-            "q": (getattr(attn, paths["q_name"]), "output"),
-            "k": (getattr(attn, paths["k_name"]), "output"),
-            "v": (getattr(attn, paths["v_name"]), "output"),
-            "z": (getattr(attn, paths["o_name"]), "input"),
-            "attn_out": (attn, "output"),
-            "resid_mid": (getattr(block, paths["mid_norm_name"]), "input"),
-            "mlp_out": (getattr(block, paths["mlp_name"]), "output"),
-            "resid_post": (block, "output"),
-        }[site]
+        if module == "attn":
+            return attn
+        if module in ("q", "k", "v", "o"):
+            return getattr(attn, paths[f"{module}_name"])
+        return getattr(block, paths[f"{module}_name"])  # mid_norm, mlp
 
     def read(self, model, layer, site: str):
         if site == "attn_pattern":
@@ -90,16 +90,17 @@ class SiteAccess:
             return per_head_result(z, weight)
         envoy, which = self._module(model, layer, site)
         value = first(envoy.input if which == "input" else envoy.output)
-        return split_heads(value, self.head_dim) if site in ("q", "k", "v", "z") else value
+        return split_heads(value, self.head_dim) if registry.site(site).per_head else value
 
     def write(self, model, layer, site: str, value) -> None:
         if site == "attn_pattern":
             block = self.layer(model, layer)
             getattr(getattr(block, self.paths["attn_name"]).source, self.attention_op).inputs = value
             return
-        if site in ("result", "resid_mid"):
+        row = registry.site(site)
+        if not row.writable:
             raise KeyError(f"{site} is read-only")
-        if site in ("q", "k", "v", "z"):
+        if row.per_head:
             value = merge_heads(value)
         envoy, which = self._module(model, layer, site)
         if which == "input":
@@ -288,22 +289,6 @@ def query_window(call_inputs):
 
 # -- one row of a padded batch ----------------------------------------------------
 
-#: sites whose value runs (batch, seq, ...): one batch row of them is the row's own value
-SEQUENCE_SITES = (
-    "embed",
-    "resid_pre",
-    "q",
-    "k",
-    "v",
-    "z",
-    "result",
-    "attn_out",
-    "resid_mid",
-    "mlp_out",
-    "resid_post",
-    "final_norm",
-)
-
 
 def row_value(site: str, value, row: int, length: int):
     """Batch row ``row`` of a right-padded batch's value at ``site``, cut to its own ``length``
@@ -311,7 +296,7 @@ def row_value(site: str, value, row: int, length: int):
     padding comes after them). ``attn_pattern``: the attention call with its queries, keys,
     values and mask cut to the row (query and key axes). Other sites (the vision tower's) do
     not run along the token axis and have no such row."""
-    if site in SEQUENCE_SITES:
+    if registry.site(site).token_axis:
         return value[row : row + 1, :length]
     if site != "attn_pattern":
         raise KeyError(f"{site} values have no token axis to cut into batch rows")

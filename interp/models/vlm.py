@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import HookNameError, InterpError
-from ..hooks import READ_ONLY_SITES, all_hook_names, check_layer, parse_hook_name
+from ..hooks import all_hook_names, check_layer, parse_hook_name, read_only
 from ..inputs import Prepared, from_inputs, prepare
 from ..interventions.runtime import SiteAccess, envoy_at
 from .adapters.base import FamilyAdapter
@@ -254,7 +254,7 @@ class VLM:
         point = parse_hook_name(hook_name, self.n_layers, self.n_vision_layers)
         if point.site == "attn_pattern":
             raise InterpError("attn.hook_pattern is read-only; use AttentionKnockout to change attention")
-        if point.site in READ_ONLY_SITES:
+        if read_only(point.site):
             raise InterpError(f"{point.name} is read-only")
         with _named_order_errors(point.name):
             self.access.write(self.nnsight, point.layer, point.site, value)
