@@ -15,6 +15,7 @@ by other jobs) are reported beside it.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import platform
@@ -170,3 +171,12 @@ def clean(value):
         return clean(float(value))
     except (TypeError, ValueError):
         return str(value)
+
+
+def emit(result: dict, json_out: str | None) -> None:
+    """Print a benchmark's result object as JSON and, with ``json_out``, write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(text + "\n")

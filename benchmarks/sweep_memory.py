@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from benchmarks.harness import loadavg, log  # noqa: E402
+from benchmarks.harness import emit, loadavg, log  # noqa: E402
 from benchmarks.memory import MiB, measure_peak, report_child_result, run_child  # noqa: E402
 from benchmarks.models import WideSpec, build_wide, wide_image, wide_question  # noqa: E402
 
@@ -168,10 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.projection_only:
-        text = json.dumps({"projection_80gb_float16": projection()}, indent=2)
-        print(text)
-        if args.json_out:
-            Path(args.json_out).write_text(text + "\n")
+        emit({"projection_80gb_float16": projection()}, args.json_out)
         return 0
     if args._child:
         report_child_result(child(int(args._child[0]), args._child[1]))
@@ -195,11 +192,7 @@ def main(argv=None) -> int:
         "bounded_peak_growth": growth,
         "projection_80gb_float16": projection(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

@@ -14,7 +14,6 @@ to one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -24,6 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: the repository, not benchmarks/, first
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import emit  # noqa: E402
 
 
 def _burn() -> None:  # pragma: no cover - runs in a child process until killed
@@ -80,10 +83,7 @@ def main(argv=None) -> int:
         "seconds": {name: [round(t, 1) for t in values] for name, values in times.items()},
         "median_ratio_to_one_thread": {name: round(statistics.median(v) / one, 2) for name, v in times.items()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

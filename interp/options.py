@@ -7,6 +7,8 @@ PAPER_MASK_SCALE = 1e-9
 
 #: the masking sweep's conditions (see :mod:`interp.analysis.sweep`)
 SWEEP_VARIANTS = ("single", "window", "cumulative", "knockout_last", "knockout_question")
+#: layers a masking window / knockout span covers (capped at the last layer)
+DEFAULT_WINDOW = 3
 #: how a condition is scored: teacher-forced exact greedy match, or generation + the item's metric
 SCORINGS = ("teacher", "generate")
 #: execution: the fast path where it applies, always fast (error if not), or full passes

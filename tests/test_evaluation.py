@@ -124,10 +124,11 @@ def test_the_organism_benchmark_gives_the_organism_evaluation(vlm):
     from interp.models.organism.evaluate import generate_answers
 
     rows = evaluate(vlm, "synthetic", limit=8, progress=False)  # the task's defaults: no suffix, 4 tokens
-    samples = SyntheticVQA("test", seed=0)[:8]
+    scenes = SyntheticVQA("test", seed=0, image_size=vlm.scene_size)  # drawn at the model's scene size
+    samples = scenes[:8]
     answers = generate_answers(vlm.model, vlm.processor, [s.image for s in samples], [s.question for s in samples])
     assert list(rows["filtered_resps"].str[0]) == answers
-    expected = organism_evaluate(vlm.model, vlm.processor, SyntheticVQA("test", seed=0), limit=8, blind=False)
+    expected = organism_evaluate(vlm.model, vlm.processor, scenes, limit=8, blind=False)
     summary = summarize("synthetic", rows)
     assert summary["accuracy"] == pytest.approx(expected["accuracy"])
     assert summary["per_kind"] == pytest.approx(expected["per_kind"])

@@ -220,3 +220,16 @@ def test_a_dataset_defined_here_offering_pairs_feeds_the_patching_section(tmp_pa
     report = reproduce(vlm, data, tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
     assert data.asked and data.asked[0][0] == 2  # bounded by the run's two items
     assert report["patching"]["n_pairs"] == 2 and "image_lens" not in report
+
+
+def test_the_synthetic_task_draws_at_the_models_scene_size(tmp_path):
+    from interp.data.tasks import load_task
+    from interp.errors import InterpError as TaskError
+
+    default = load_task("synthetic", limit=1)
+    assert default.docs[0].load_image().size == (96, 96) and default.source == "SyntheticVQA('test', seed=0)"
+    large = load_task("synthetic", limit=1, image_size=336)
+    assert large.docs[0].load_image().size == (336, 336) and "image_size=336" in large.source
+    assert large.docs[0].question == default.docs[0].question  # the same scene, drawn larger
+    with pytest.raises(TaskError, match="reads its images from files"):
+        load_task("textvqa", tmp_path, image_size=336)

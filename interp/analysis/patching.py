@@ -115,9 +115,6 @@ def patch_session(
     model, access = vlm.nnsight, vlm.access
     trace_kwargs = vlm.trace_kwargs(remote)
 
-    def geometry(prepared):
-        return (prepared.image_positions.to(vlm.device), prepared.question_positions.to(vlm.device), prepared.seq_len)
-
     def pick(logits):
         return logits[:, -1] if logit_positions is None else logits[:, logit_positions]
 
@@ -125,12 +122,12 @@ def patch_session(
         records = nnsight.save({})
         outputs = nnsight.save([])
         with model.trace(dict(source.inputs)):
-            execute_step(model, access, source_schedule, StepContext(0, 0, *geometry(source), records))
+            execute_step(model, access, source_schedule, StepContext.of(source, records, vlm.device))
             source_logits = nnsight.save(pick(model.output.logits))
         for schedule in schedules:
             with model.trace(dict(base.inputs)):
                 run_records = dict(records)  # the source's values, and this run's own recordings
-                ctx = StepContext(0, 0, *geometry(base), run_records)
+                ctx = StepContext.of(base, run_records, vlm.device)
                 execute_step(model, access, schedule, ctx)
                 outputs.append((run_records, pick(model.output.logits)))
     source_records = {k: v.detach().cpu() for k, v in records.items()}

@@ -39,7 +39,7 @@ from ..engine.prefix import supports_prefix_reuse
 from ..errors import InputError, InterpError
 from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers
-from ..options import GPU_BATCH_SIZE, PAPER_MASK_SCALE
+from ..options import DEFAULT_WINDOW, GPU_BATCH_SIZE, PAPER_MASK_SCALE
 from .attention import attention_rows, attention_table
 from .clean import sample_passes
 from .contrastive import ContrastiveSetup, contrastive_frame, contrastive_rows
@@ -53,7 +53,7 @@ from .sweep import MODES, SCORINGS, VARIANTS, check_decode_batch, check_options,
 @dataclass(frozen=True)
 class ReproduceConfig:
     variants: tuple[str, ...] = VARIANTS
-    window: int = 3
+    window: int = DEFAULT_WINDOW
     scale: float = PAPER_MASK_SCALE
     scoring: str = SCORINGS[0]
     mode: str = MODES[0]

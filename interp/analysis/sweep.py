@@ -65,7 +65,7 @@ from ..engine.prefix import (
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
 from ..interventions.base import resolve_layers
-from ..options import PAPER_MASK_SCALE
+from ..options import DEFAULT_WINDOW, PAPER_MASK_SCALE
 from .clean import SamplePass, sample_pass
 from .items import as_items
 from .teacher import TeacherForced
@@ -74,7 +74,13 @@ from ..options import MODES, SCORINGS, SWEEP_VARIANTS as VARIANTS
 
 
 def condition(
-    variant: str, layer: int, n_layers: int, tf: TeacherForced, *, window: int = 3, scale: float = PAPER_MASK_SCALE
+    variant: str,
+    layer: int,
+    n_layers: int,
+    tf: TeacherForced,
+    *,
+    window: int = DEFAULT_WINDOW,
+    scale: float = PAPER_MASK_SCALE,
 ) -> list:
     """The interventions of one sweep condition (unbound)."""
     span = list(range(layer, min(layer + window, n_layers)))
@@ -108,7 +114,9 @@ def check_options(variants, scoring: str, mode: str, window: int, n_layers: int 
         raise InterpError(f"mode must be one of {MODES}, got {mode!r}")
     if window < 1:
         raise InterpError("window must be at least 1 layer")
-    if n_layers is not None and window > n_layers:
+    # a window runs to the last layer at most; one longer than both the model and the default (which
+    # suits any depth) is a mistake, not a wish
+    if n_layers is not None and window > max(n_layers, DEFAULT_WINDOW):
         raise InterpError(f"window {window} is longer than the model's {n_layers} decoder layers; use 1-{n_layers}")
     return variants
 
@@ -138,7 +146,7 @@ def masking_sweep(
     *,
     variants: Iterable[str] = ("single",),
     layers: Any = "all",
-    window: int = 3,
+    window: int = DEFAULT_WINDOW,
     scale: float = PAPER_MASK_SCALE,
     scoring: str = "teacher",
     mode: str = "auto",

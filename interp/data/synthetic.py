@@ -226,6 +226,10 @@ def is_correct(prediction: str, answer: str) -> bool:
 # -- the dataset ---------------------------------------------------------------------
 
 
+#: the scenes' side when none is asked for (the organisms' training size)
+DEFAULT_IMAGE_SIZE = 96
+
+
 class SyntheticVQA:
     """A map-style dataset of procedurally drawn VQA samples; ``ds[i]`` is a :class:`Sample`.
 
@@ -246,7 +250,7 @@ class SyntheticVQA:
         self,
         split: str = "train",
         seed: int = 0,
-        image_size: int = 96,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         min_objects: int = 2,
         max_objects: int = 4,
         clutter: bool = True,

@@ -232,11 +232,8 @@ def prefill_cache(vlm, prepared, interventions: Any = ()) -> PrefillCache:
         interventions = [interventions]
     schedule = build_schedule(Plan(*interventions).bind(vlm, prepared))
     model = vlm.nnsight
-    image_positions = prepared.image_positions.to(vlm.device)
-    question_positions = prepared.question_positions.to(vlm.device)
     with torch.no_grad(), model.trace(dict(prepared.inputs), use_cache=True):
-        ctx = StepContext(0, 0, image_positions, question_positions, prepared.seq_len, {})
-        execute_step(model, vlm.access, schedule, ctx)
+        execute_step(model, vlm.access, schedule, StepContext.of(prepared, {}, vlm.device))
         cache = model.output.past_key_values.save()
     cache.crop(-1)  # drop the last prompt token: each decoding recomputes it
     return PrefillCache(cache=cache, seq_len=prepared.seq_len)
@@ -380,8 +377,6 @@ def dola_generate(
     lm_head = envoy_at(model, vlm.adapter.lm_head_path)
     inputs = dict(prepared.inputs)
     seq_len = prepared.seq_len
-    image_positions = prepared.image_positions.to(vlm.device)
-    question_positions = prepared.question_positions.to(vlm.device)
     prompt_ids = prepared.inputs["input_ids"] if penalize_prompt else prepared.inputs["input_ids"][:, :0]
     temperature = None if not do_sample else temperature
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
@@ -401,9 +396,10 @@ def dola_generate(
             premature = nnsight.save([])
             scores_per_step = nnsight.save([])
             state = {}
+            start = StepContext.of(prepared, records, vlm.device)
             for step in tracer.iter[:]:
                 offset = first_offset if step == 0 else seq_len + step - 1
-                ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
+                ctx = start.at(step, offset)
                 execute_step(model, access, schedule, ctx)
                 head_out = lm_head.output
                 final = head_out[:, -1].float()

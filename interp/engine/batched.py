@@ -234,10 +234,7 @@ def capture_batch(
     with torch.no_grad(), model.trace(inputs, **trace_kwargs):
         saved = nnsight.save([])
         records = nnsight.save([{} for _ in range(n)])
-        contexts = [
-            StepContext(0, 0, p.image_positions.to(device), p.question_positions.to(device), p.seq_len, records[row])
-            for row, p in enumerate(prepared)
-        ]
+        contexts = [StepContext.of(p, records[row], device) for row, p in enumerate(prepared)]
         for index in range(vlm.n_layers):
             if restartable:
                 saved.append(layers[index].inputs)

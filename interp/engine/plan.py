@@ -172,8 +172,6 @@ class Plan:
         schedule = build_schedule(bound)
         every_step = generate and any(item.every_step for item in bound)
         inputs = dict(prepared.inputs)
-        image_positions = prepared.image_positions.to(vlm.device)
-        question_positions = prepared.question_positions.to(vlm.device)
         seq_len = prepared.seq_len
         access = vlm.access
         model = vlm.nnsight
@@ -183,8 +181,7 @@ class Plan:
         if not generate:
             with torch.no_grad(), model.trace(inputs, **trace_kwargs):
                 records = nnsight.save({})
-                ctx = StepContext(0, 0, image_positions, question_positions, seq_len, records)
-                execute_step(model, access, schedule, ctx)
+                execute_step(model, access, schedule, StepContext.of(prepared, records, vlm.device))
                 if logit_positions is None:
                     logits = model.output.logits[:, -1].save()
                 else:
@@ -195,8 +192,7 @@ class Plan:
         if not every_step:
             with torch.no_grad(), model.generate(inputs, **kwargs, **trace_kwargs) as tracer:
                 records = nnsight.save({})
-                ctx = StepContext(0, 0, image_positions, question_positions, seq_len, records)
-                execute_step(model, access, schedule, ctx)
+                execute_step(model, access, schedule, StepContext.of(prepared, records, vlm.device))
                 logits = model.output.logits[:, -1].save()
                 ids = tracer.result.save()
             new_ids = ids[:, seq_len:].detach().cpu()
@@ -219,11 +215,11 @@ class Plan:
                 records = nnsight.save({})
                 streamed = nnsight.save([])
                 step_logits = nnsight.save([])
+                prefill = StepContext.of(prepared, records, vlm.device)
                 for step in tracer.iter[:]:
                     streamed.append(model.generator.streamer.output)
                     offset = 0 if step == 0 else seq_len + step - 1
-                    ctx = StepContext(step, offset, image_positions, question_positions, seq_len, records)
-                    execute_step(model, access, schedule, ctx)
+                    execute_step(model, access, schedule, prefill.at(step, offset))
                     step_logits.append(model.output.logits[:, -1])
         new_ids = torch.cat([torch.as_tensor(t).reshape(-1, 1) for t in streamed[1:]], dim=1).cpu()
         logits_list = [t.detach().cpu() for t in step_logits]

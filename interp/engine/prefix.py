@@ -184,14 +184,7 @@ def capture(
     with torch.no_grad(), model.trace(dict(prepared.inputs), **trace_kwargs):
         saved = nnsight.save([])
         records = nnsight.save({})
-        ctx = StepContext(
-            0,
-            0,
-            prepared.image_positions.to(vlm.device),
-            prepared.question_positions.to(vlm.device),
-            prepared.seq_len,
-            records,
-        )
+        ctx = StepContext.of(prepared, records, vlm.device)
         for index in range(vlm.n_layers):
             saved.append(layers[index].inputs)
             if index in by_layer:
@@ -369,10 +362,7 @@ class _Variants:
 
     def __init__(self, clean: CleanPass, starts: list[int], variants: list[list[Intervention]], offsets: list[int]):
         prepared = clean.prepared
-        self.contexts = [
-            StepContext(0, offset, prepared.image_positions, prepared.question_positions, prepared.seq_len, {})
-            for offset in offsets
-        ]
+        self.contexts = [StepContext.of(prepared, {}, offset=offset) for offset in offsets]
         self.offsets = offsets
         self.at: dict[tuple[int, str], list[tuple[int, Intervention]]] = {}
         for v, items in enumerate(variants):

@@ -220,8 +220,14 @@ def _evaluate(args) -> int:
 
         for seed in runs:
             check_results_out(Path(_seed_out(args.out, seed, len(runs))))
-    task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
-    vlm = load(model, **load_kwargs)
+    from ..data.tasks import get_benchmark
+
+    if get_benchmark(args.task).draws_images:  # its images are drawn at the model's scene size: the model first
+        vlm = load(model, **load_kwargs)
+        task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, image_size=vlm.scene_size)
+    else:  # a missing data directory or image is one line before the model loads
+        task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
+        vlm = load(model, **load_kwargs)
     if args.batch_size not in (None, 1) and not can_batch(vlm):
         print(
             f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time", file=sys.stderr

@@ -81,11 +81,12 @@ def _versions() -> dict:
     return out
 
 
-def _as_task(task: Task | str) -> Task:
+def _as_task(task: Task | str, vlm) -> Task:
+    """A task, or a task name loaded (a benchmark that draws its images draws them at the model's scene size)."""
     if isinstance(task, Task):
         return task
     if isinstance(task, str):
-        return load_task(task)
+        return load_task(task, image_size=vlm.scene_size) if get_benchmark(task).draws_images else load_task(task)
     raise InterpError(f"evaluate needs a Task (interp.data.tasks.load_task) or a task name, not {type(task).__name__}")
 
 
@@ -193,7 +194,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    task = _as_task(task)
+    task = _as_task(task, vlm)
     if getattr(vlm, "remote", False):
         raise InterpError("evaluate generates with the local model; load it without remote=True")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -52,6 +52,19 @@ class StepContext:
         self.seq_len = seq_len
         self.records = records
 
+    @classmethod
+    def of(cls, prepared: Any, records: dict, device: Any = None, *, step: int = 0, offset: int = 0) -> StepContext:
+        """The context of a run of ``prepared`` (its prefill unless ``step``/``offset`` say
+        otherwise), its token positions on ``device`` when given."""
+        image, question = prepared.image_positions, prepared.question_positions
+        if device is not None:
+            image, question = image.to(device), question.to(device)
+        return cls(step, offset, image, question, prepared.seq_len, records)
+
+    def at(self, step: int, offset: int) -> StepContext:
+        """The same run's context at generation ``step`` (window starting at ``offset``)."""
+        return StepContext(step, offset, self.image_positions, self.question_positions, self.seq_len, self.records)
+
     def local_rows(self, positions, length: int):
         """Indices into the current window of those absolute ``positions`` it contains."""
         local = positions - self.offset

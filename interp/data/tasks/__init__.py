@@ -64,11 +64,14 @@ def load_task(
     split: str | None = None,
     limit: int | None = None,
     check_images: bool = False,
+    image_size: int | None = None,
 ) -> Task:
     """Load benchmark ``name`` (its default split unless ``split``) from ``data_dir``.
 
     ``limit`` keeps the first ``limit`` documents in the benchmark's order.
     ``check_images=True`` checks every document's image is there before returning.
+    ``image_size``: the side of generated images, for a benchmark that draws them (the
+    synthetic one; :attr:`interp.models.vlm.VLM.scene_size`); refused for file-based ones.
     """
     benchmark = get_benchmark(name)
     split = benchmark.default_split if split is None else split
@@ -87,7 +90,12 @@ def load_task(
             raise DataNotFoundError(f"data directory not found: {data_dir}")
     else:
         data_dir = None
-    docs, source = benchmark.load_docs(data_dir, split)
+    if image_size is None:
+        docs, source = benchmark.load_docs(data_dir, split)
+    elif benchmark.draws_images:
+        docs, source = benchmark.load_docs(data_dir, split, image_size=image_size)
+    else:
+        raise TaskDataError(f"{name} reads its images from files; image_size applies to generated ones")
     if not docs:
         raise EmptyTaskError(f"{benchmark.title} {split} from {source} holds no questions")
     seen: set = set()

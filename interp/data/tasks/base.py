@@ -145,6 +145,9 @@ class Benchmark:
 
     # -- loading --------------------------------------------------------------------------
 
+    #: whether the benchmark draws its images (it then takes ``image_size`` in :meth:`load_docs`)
+    draws_images: bool = False
+
     def load_docs(self, data_dir: Path | None, split: str) -> tuple[list[Doc], str]:
         """``(docs, source)``: the official files if found, else a local HF copy."""
         from .hf_local import find_hf_table

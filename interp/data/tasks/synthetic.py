@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics import synthetic_aggregate, synthetic_score
-from ..synthetic import SyntheticVQA
+from ..synthetic import DEFAULT_IMAGE_SIZE, SyntheticVQA
 from .base import Benchmark, CallableImage, Doc
 
 SEED = 0
@@ -27,9 +27,10 @@ class Synthetic(Benchmark):
     prompt_suffix = ""
     max_new_tokens = 4
     needs_data_dir = False
+    draws_images = True
 
-    def load_docs(self, data_dir: Path | None, split: str) -> tuple[list[Doc], str]:
-        dataset = SyntheticVQA(split, seed=SEED)
+    def load_docs(self, data_dir: Path | None, split: str, image_size: int | None = None) -> tuple[list[Doc], str]:
+        dataset = SyntheticVQA(split, seed=SEED, image_size=image_size or DEFAULT_IMAGE_SIZE)
         docs = []
         for i in range(len(dataset)):
             sample = dataset[i]
@@ -42,7 +43,8 @@ class Synthetic(Benchmark):
                     metadata={"kind": sample.kind, "boxes": [list(box) for box in sample.boxes]},
                 )
             )
-        return docs, f"SyntheticVQA({split!r}, seed={SEED})"
+        size = "" if dataset.image_size == DEFAULT_IMAGE_SIZE else f", image_size={image_size}"
+        return docs, f"SyntheticVQA({split!r}, seed={SEED}{size})"
 
     def score(self, doc: Doc, response: str) -> dict:
         return {"correct": synthetic_score(response, doc.targets[0]), "kind": doc.metadata["kind"]}
