@@ -229,7 +229,6 @@ class EditableMask:
         self.window = window
         self.tensor: torch.Tensor | None = None
         self.blocked_value: Any = None
-        self.blocked_value = None
 
     @property
     def changed(self) -> bool:
