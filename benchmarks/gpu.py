@@ -18,7 +18,9 @@ one 640x480 question:
   TextVQA run of the README, one GPU).
 
 ``--quick`` runs the same code on the CPU with 2 decoder layers and 2 vision blocks of LLaVA-1.5 in
-float32 (a smoke test; its numbers say nothing about a GPU). The device is named in the output.
+float32 (a smoke test; its times say nothing about a GPU); there the sweeps' peak is the process's
+resident memory above what it held before the call, against the planner's estimate less the
+weights. The device is named in the output.
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def _peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def _measured(fn, device: torch.device) -> tuple[float, float]:
+    """``(seconds, peak GiB)`` of one call: the GPU's allocated peak, or on the CPU the process's
+    peak resident memory above its resident set just before the call (:mod:`benchmarks.memory`)."""
+    if device.type == "cuda":
+        _peak_reset(device)
+        seconds, _ = _timed(fn, device)
+        return seconds, _peak(device)
+    from benchmarks.memory import measure_peak
+
+    start = time.perf_counter()
+    peak = measure_peak(fn, reps=1)
+    return time.perf_counter() - start, peak["activation_peak_mb"] / 1024
+
+
 def _timed(fn, device: torch.device, reps: int = 1) -> tuple[float, object]:
     times, out = [], None
     for _ in range(reps):
@@ -117,8 +133,7 @@ def measure(checkpoint: str, device: torch.device, text_layers: int, vision_laye
     weights = sum(p.numel() * p.element_size() for p in vlm.model.parameters())
     for scoring in ("teacher", "generate"):
         gc.collect()
-        _peak_reset(device)
-        seconds, _ = _timed(
+        seconds, peak = _measured(
             lambda scoring=scoring: masking_sweep(
                 vlm,
                 [item],
@@ -137,12 +152,14 @@ def measure(checkpoint: str, device: torch.device, text_layers: int, vision_laye
             weights=weights,
             attn_implementation=vlm.attn_implementation,
         )
-        peak = _peak(device)
+        # the GPU's peak counts the weights; on the CPU the peak above the resident set before the call does not
+        planned = (plan.peak_bytes if device.type == "cuda" else plan.peak_bytes - weights) / 2**30
         out[f"sweep_{scoring}"] = {
             "seconds": seconds,
             "peak_gb": peak,
-            "planned_gb": plan.peak_bytes / 2**30,
-            "planned_over_measured": plan.peak_bytes / 2**30 / peak if peak else None,
+            "peak_counts_weights": device.type == "cuda",
+            "planned_gb": planned,
+            "planned_over_measured": planned / peak,
         }
     gc.collect()
     _peak_reset(device)
