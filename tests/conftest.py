@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from interp.threads import cores
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*requires torchvision.*")
@@ -50,8 +52,7 @@ def sample_for(vlm, image=None, question: str = "What colour is the square?"):
 
 #: pytest-xdist workers (``make test`` runs ``-n 2``): each takes its share of the cores' threads
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-torch.set_num_threads(max(1, min(2, _CORES // _WORKERS, torch.get_num_threads())))
+torch.set_num_threads(max(1, min(2, cores() // _WORKERS, torch.get_num_threads())))
 # the command line sizes its threads only when this is unset (interp.threads); the tests keep theirs
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 

@@ -226,7 +226,8 @@ def is_correct(prediction: str, answer: str) -> bool:
 # -- the dataset ---------------------------------------------------------------------
 
 
-#: the scenes' side when none is asked for (the organisms' training size)
+#: the scenes' side when none is asked for: the size every organism was trained on (also the
+#: dynamic-resolution Qwen2-VL one), so VLM.scene_size gives it for them
 DEFAULT_IMAGE_SIZE = 96
 
 

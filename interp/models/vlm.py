@@ -96,13 +96,14 @@ class VLM:
         """Side in pixels of the synthetic benchmark's scenes for this model, one rule for every
         command: the tower's fixed input size; for a dynamic-resolution tower the organisms'
         training size where this is an organism, else :data:`DYNAMIC_SCENE_SIZE`."""
-        from .organism import ORGANISM_SCENE_SIZE, weights_id
+        from ..data.synthetic import DEFAULT_IMAGE_SIZE
+        from .organism import weights_id
 
         fixed = getattr(getattr(self.config, "vision_config", None), "image_size", None)
         if isinstance(fixed, int) and fixed > 0:
             return fixed
         if weights_id(str(getattr(self.config, "_name_or_path", "") or "")):
-            return ORGANISM_SCENE_SIZE
+            return DEFAULT_IMAGE_SIZE
         return DYNAMIC_SCENE_SIZE
 
     @property

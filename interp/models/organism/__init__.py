@@ -24,8 +24,6 @@ LLAVA_VARIANTS = ("organism", "organism-frozen")
 QWEN_VARIANTS = ("organism-qwen2vl",)
 VARIANTS = LLAVA_VARIANTS + QWEN_VARIANTS
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-#: the scenes every organism was trained on (its tower's input, also for the dynamic-resolution Qwen2-VL one)
-ORGANISM_SCENE_SIZE = 96
 
 
 def arch_of(variant: str) -> str:
