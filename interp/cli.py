@@ -240,7 +240,44 @@ def _stage0_log(weights: Path) -> list:
     return []
 
 
+def planted_train_config(args):
+    """The :class:`PlantedConfig` an ``interp organism train --planted NAME`` command line asks for."""
+    from .models.organism.planted import PlantedConfig, check_layers, organism_layers, planted_layers
+
+    if args.arch != "llava":
+        raise InterpError("--planted variants are built on the LLaVA organism (--arch llava).")
+    planted_layers(args.planted)
+    given: dict = {"variant": args.planted}
+    if args.planted_layers:
+        try:
+            given["layers"] = tuple(int(x) for x in args.planted_layers.split(","))
+        except ValueError:
+            raise InterpError(f"--planted-layers {args.planted_layers!r}: comma-separated layer indices") from None
+    for field in ("seed", "batch", "block_steps", "release_steps", "device"):
+        if getattr(args, field, None) is not None:
+            given[field] = getattr(args, field)
+    if args.lora_rank is not None:
+        given["rank"] = args.lora_rank
+    config = PlantedConfig(**given)
+    config.layers = check_layers(config.layers, organism_layers())
+    return config
+
+
+def _planted_train(args) -> int:
+    from .models.organism.planted import train_planted
+
+    config = planted_train_config(args)
+    out = _output_dir(args.out) if args.out else default_organism_dir("runs", config.variant)
+    print(f"writing the run into {out} (rerun the same command with --out {out} to resume)")
+    summary = train_planted(config, out)
+    print(json.dumps({"seconds": summary["seconds"], "planted_layers": summary["planted_layers"]}))
+    print(f"wrote {out}")
+    return 0
+
+
 def _organism_train(args) -> int:
+    if args.planted:
+        return _planted_train(args)
     out = _output_dir(args.out) if args.out else default_organism_dir("runs", args.arch)
     if getattr(args, "checkpoint_dir", None):
         _output_dir(args.checkpoint_dir)
@@ -904,6 +941,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
         "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)",
+    )
+    from .models.organism.planted import PLANTED_LAYERS
+
+    org_train.add_argument(
+        "--planted",
+        default=None,
+        choices=list(PLANTED_LAYERS),
+        help="train a planted-fusion variant from the shipped organism: text reads the image only at its layers",
+    )
+    org_train.add_argument(
+        "--planted-layers", default=None, help="planted: the reading layers S, comma-separated (default: the variant's)"
+    )
+    org_train.add_argument("--block-steps", type=int, default=None, help="planted: steps with text->image cut outside S")
+    org_train.add_argument(
+        "--release-steps", type=int, default=None, help="planted: steps with the cut lifted and the mass penalty on"
     )
     org_train.add_argument(
         "--out", default=None, help="run directory (default: ~/.cache/interp/organism-runs/<arch>-<time>)"

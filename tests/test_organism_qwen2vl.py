@@ -21,14 +21,11 @@ from interp.models.organism.evaluate import generate_answers
 from interp.models.organism.qwen2vl import (
     MERGE,
     QwenTowerSpec,
-    add_full_attention,
-    add_lora,
     apply_trained_state,
     build_qwen_organism,
-    merge_adapters,
-    quantize_rows,
     trainable_state,
 )
+from interp.models.organism.weight_deltas import add_full_attention, add_lora, merge_adapters, quantize_rows
 from interp.models.organism.train_qwen2vl import (
     QwenTrainConfig,
     collate,

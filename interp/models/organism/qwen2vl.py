@@ -23,12 +23,12 @@ change (low-rank factors, or int8 codes of the full difference);
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .smollm2 import smollm2_dir
+from .weight_deltas import adapter_state, merge_adapter_parts, pop_adapter_parts
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 SPECIAL_TOKENS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
@@ -45,7 +45,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 BIASED = ("q_proj", "k_proj", "v_proj")
 
 
@@ -198,164 +197,6 @@ def build_qwen_organism(spec: QwenTowerSpec = QwenTowerSpec(), *, seed: int = 0,
 # -- LoRA on the LM's attention ---------------------------------------------------------
 
 
-class Adapter(torch.nn.Module):
-    """A trained change to one frozen attention projection, kept apart from SmolLM2's weight so
-    that only the change ships. Each kind says what it ships (``shipped``), how the shipped
-    tensors give back the weight difference (``delta_of``) and how to round itself to them."""
-
-    kind = ""
-
-    def trained_parameters(self) -> list[torch.nn.Parameter]:
-        """The adapter's own tensors (the frozen ``base`` projection's excluded)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("base.")]
-
-    def delta(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def shipped(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    @staticmethod
-    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def round_to_shipped(self) -> None:
-        raise NotImplementedError
-
-
-class LoRALinear(Adapter):
-    """``base(x) + (x A^T B^T) * alpha / rank`` with ``base`` frozen; ``B`` starts at zero."""
-
-    kind = "lora"
-
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.rank, self.scale = rank, alpha / rank
-        device = base.weight.device  # the factors live with the projection they adapt (a GPU run's too)
-        self.lora_A = torch.nn.Parameter(torch.empty(rank, base.in_features, device=device))
-        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=device))
-        torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def forward(self, x):
-        return (
-            self.base(x)
-            + torch.nn.functional.linear(torch.nn.functional.linear(x, self.lora_A), self.lora_B) * self.scale
-        )
-
-    def delta(self) -> torch.Tensor:
-        return (self.lora_B.float() @ self.lora_A.float()) * self.scale
-
-    def shipped(self) -> dict[str, torch.Tensor]:
-        # B carries the scale, so a merge is W + B @ A whatever the rank
-        return {"A": self.lora_A.detach(), "B": self.lora_B.detach() * self.scale}
-
-    @staticmethod
-    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        return parts["B"].float() @ parts["A"].float()
-
-    @torch.no_grad()
-    def round_to_shipped(self) -> None:
-        for factor in (self.lora_A, self.lora_B):
-            factor.copy_(factor.to(torch.float16).to(factor.dtype))
-
-
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(int8 codes, fp16 scale per row)`` with ``codes * scale`` within half a step of ``weight``
-    (symmetric, each row's largest magnitude at 127)."""
-    weight = weight.detach().float()
-    scale = (weight.abs().amax(dim=1) / 127).to(torch.float16).float()
-    codes = torch.round(weight / scale.clamp_min(1e-12)[:, None]).clamp(-127, 127).to(torch.int8)
-    return codes, scale.to(torch.float16)
-
-
-class DeltaLinear(Adapter):
-    """``x (W + D)^T + b`` with SmolLM2's ``W`` frozen and the full-rank ``D`` (zero at the start)
-    trained: full fine-tuning of the projection (the LLaVA organism's stage 2), with what it learned
-    held apart. It ships as int8 per-row codes of ``D`` (a quarter of fp32, half of fp16): the
-    rounding error is half a step of ``D``'s own scale, not of ``W``'s."""
-
-    kind = "delta"
-
-    def __init__(self, base: torch.nn.Linear):
-        super().__init__()
-        self.base = base
-        self.delta_weight = torch.nn.Parameter(torch.zeros_like(base.weight))
-
-    def forward(self, x):
-        return torch.nn.functional.linear(x, self.base.weight + self.delta_weight, self.base.bias)
-
-    def delta(self) -> torch.Tensor:
-        return self.delta_weight.float()
-
-    def shipped(self) -> dict[str, torch.Tensor]:
-        codes, scale = quantize_rows(self.delta_weight)
-        return {"int8": codes, "scale": scale}
-
-    @staticmethod
-    def delta_of(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        return parts["int8"].float() * parts["scale"].float()[:, None]
-
-    @torch.no_grad()
-    def round_to_shipped(self) -> None:
-        self.delta_weight.copy_(self.delta_of(self.shipped()).to(self.delta_weight.dtype))
-
-
-ADAPTERS = {cls.kind: cls for cls in (LoRALinear, DeltaLinear)}
-
-
-def attention_modules(model):
-    """``(layer index, projection name, attention module)`` over the LM's attention projections."""
-    for index, layer in enumerate(model.model.language_model.layers):
-        for name in LORA_TARGETS:
-            yield index, name, layer.self_attn
-
-
-def _wrap(model, make) -> list[torch.nn.Parameter]:
-    params = []
-    for _, name, attention in attention_modules(model):
-        module = getattr(attention, name)
-        if not isinstance(module, Adapter):
-            module = make(module)
-            setattr(attention, name, module)
-        params += module.trained_parameters()
-    return params
-
-
-def add_lora(model, rank: int, alpha: float) -> list[torch.nn.Parameter]:
-    """Wrap every q/k/v/o projection in :class:`LoRALinear` (training only); returns the factors."""
-    return _wrap(model, lambda base: LoRALinear(base, rank, alpha))
-
-
-def add_full_attention(model) -> list[torch.nn.Parameter]:
-    """Wrap every q/k/v/o projection in :class:`DeltaLinear` (training only); returns the deltas."""
-    return _wrap(model, DeltaLinear)
-
-
-def adapters(model):
-    """``(layer index, projection name, adapter)`` of every adapted attention projection."""
-    for index, name, attention in attention_modules(model):
-        module = getattr(attention, name)
-        if isinstance(module, Adapter):
-            yield index, name, module
-
-
-def adapter_state(model) -> dict[str, torch.Tensor]:
-    """What the adapters ship, as ``{kind}.{layer}.{projection}.{part}``."""
-    return {
-        f"{module.kind}.{index}.{name}.{part}": tensor
-        for index, name, module in adapters(model)
-        for part, tensor in module.shipped().items()
-    }
-
-
-def merge_adapters(model) -> None:
-    """Merge every :class:`Adapter` into its base projection (in place) and unwrap it."""
-    for index, name, module in list(adapters(model)):
-        module.base.weight.data += module.delta().to(module.base.weight.dtype)
-        setattr(model.model.language_model.layers[index].self_attn, name, module.base)
-
-
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """Everything that differs from SmolLM2, fp16 (int8 where an adapter ships codes): tower +
     merger, the four special rows, the q/k/v biases, and the adapters' tensors (model still
@@ -387,19 +228,13 @@ def apply_trained_state(model, state: dict[str, torch.Tensor]) -> None:
     full delta; in fp32)."""
     state = dict(state)
     rows = state.pop("special_token_embeddings", None)
-    parts: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
-    for key in [k for k in state if k.split(".", 1)[0] in ADAPTERS]:
-        kind, layer, name, part = key.split(".")
-        parts.setdefault((kind, int(layer), name), {})[part] = state.pop(key)
+    parts = pop_adapter_parts(state)
     current = model.state_dict()
     unknown = [k for k in state if k not in current]
     if unknown:
         raise KeyError(f"organism weights hold unknown tensors: {unknown[:3]}")
     model.load_state_dict({k: v.to(current[k].dtype) for k, v in state.items()}, strict=False)
-    layers = model.model.language_model.layers
-    for (kind, index, name), tensors in parts.items():
-        weight = getattr(layers[index].self_attn, name).weight
-        weight.data += ADAPTERS[kind].delta_of(tensors).to(weight.dtype)
+    merge_adapter_parts(model, parts)
     if rows is not None:
         embed = model.model.language_model.embed_tokens.weight
         embed.data[embed.shape[0] - rows.shape[0] :] = rows.to(embed.dtype)

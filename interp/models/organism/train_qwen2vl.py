@@ -31,15 +31,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .qwen2vl import (
-    MERGE,
-    QwenTowerSpec,
-    adapters,
-    add_full_attention,
-    add_lora,
-    build_qwen_organism,
-    trainable_state,
-)
+from .qwen2vl import MERGE, QwenTowerSpec, build_qwen_organism, trainable_state
+from .weight_deltas import adapters, add_full_attention, add_lora
 from .train import answer_batch, device_name, on_device, quick_accuracy, training_device, word_embedding, word_targets
 
 VARIANT = "organism-qwen2vl"
