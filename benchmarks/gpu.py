@@ -102,6 +102,7 @@ def measure(checkpoint: str, device: torch.device, text_layers: int, vision_laye
     import interp
     from interp import RecordAttention
     from interp.analysis import masking_sweep, patching_sweep
+    from interp.analysis.patching import first_pair_plan
     from interp.analysis.items import Item
     from interp.models.tiny.real_shapes import build_real
     from interp.planner import plan_sample
@@ -162,12 +163,17 @@ def measure(checkpoint: str, device: torch.device, text_layers: int, vision_laye
             "planned_over_measured": planned / peak,
         }
     gc.collect()
-    _peak_reset(device)
     pair = [((_image(1), question), (_image(2), question))]
-    seconds, _ = _timed(
-        lambda: patching_sweep(vlm, pair, positions=["image", "question", "last"], progress=False), device
-    )
-    out["patching"] = {"seconds": seconds, "peak_gb": _peak(device)}
+    groups = ["image", "question", "last"]
+    seconds, peak = _measured(lambda: patching_sweep(vlm, pair, positions=groups, progress=False), device)
+    plan = first_pair_plan(vlm, pair, positions=groups)
+    planned = (plan.peak_bytes if device.type == "cuda" else plan.peak_bytes - plan.memory["weights"]) / 2**30
+    out["patching"] = {
+        "seconds": seconds,
+        "peak_gb": peak,
+        "planned_gb": planned,
+        "planned_over_measured": planned / peak,
+    }
     per_question = out["forward_s"] + out["sweep_teacher"]["seconds"]
     out["projected_1000_questions_h"] = {
         "teacher": per_question * 1000 / 3600,

@@ -335,6 +335,13 @@ def _organism_eval(args) -> int:
         "seed": args.seed,
         **result,
     }
+    from .models.organism import planted_layers_of
+
+    layers = planted_layers_of(vlm.config)
+    if layers is not None:  # a planted organism: its ground truth, verified on the same samples
+        from .models.organism.planted import verify_planted
+
+        result.update(verify_planted(vlm.model, vlm.processor, dataset, layers, limit=result["n"]))
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -344,6 +351,12 @@ def _organism_eval(args) -> int:
         )
         for kind, value in result["per_kind"].items():
             print(f"  {kind:<10} {value:.3f}")
+        if layers is not None:
+            print(
+                f"  planted layers {layers}: outside-S text->image mass at most {result['outside_mass_max']:.2e}; "
+                f"accuracy with text->image cut outside S {result['knockout_outside_accuracy']:.3f}, "
+                f"inside S {result['knockout_inside_accuracy']:.3f}"
+            )
     return 0
 
 
@@ -477,11 +490,7 @@ def _reproduce(args) -> int:
     if args.dry_run:
         print("\n".join(plan.lines()))
         return 0
-    print(
-        f"plan: one sample ~{plan.peak_bytes / 1024**3:.2f} GiB at its peak, {plan.work['layer_rows']:,} layer x rows "
-        "(interp reproduce --dry-run shows the parts)",
-        file=sys.stderr,
-    )
+    print(plan.summary("reproduce"), file=sys.stderr)
     report = reproduce(vlm, samples, args.out, dataset=label, limit=args.limit, config=config, shard=shard)
     if report is None:
         if not launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
@@ -578,7 +587,7 @@ def _patch(args) -> int:
     out = _output_dir(args.out)
     from . import load
     from .analysis.image_lens import lens_section
-    from .analysis.patching import patching_section
+    from .analysis.patching import default_cell_layers, first_pair_plan, patching_section, section_pairs
     from .data.synthetic import CHANGES, SyntheticVQA
 
     changes = tuple(c.strip() for c in args.changes.split(",") if c.strip())
@@ -588,9 +597,30 @@ def _patch(args) -> int:
     if args.pairs < 1:
         raise InterpError(f"--pairs {args.pairs} must be at least 1")
     model, load_kwargs = model_and_kwargs(args)
-    vlm = load(model, **load_kwargs)
+    if args.dry_run:  # the config and processor only: the weights stay where they are
+        vlm = load(model, remote=True, **{k: v for k, v in load_kwargs.items() if k == "attn_implementation"})
+    else:
+        vlm = load(model, **load_kwargs)
     image_size = _scene_size(vlm)
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
+    options = {
+        "cell_pairs": args.cell_pairs,
+        "layers": _int_list(args.layers),
+        "cell_layers": _int_list(args.cell_layers),
+        "positions": tuple(g.strip() for g in args.groups.split(",") if g.strip()),
+        "sites": tuple(s.strip() for s in args.sites.split(",") if s.strip()),
+        "heads": _int_list(args.heads),
+    }
+    cell_layers = options["cell_layers"]
+    plan = first_pair_plan(
+        vlm,
+        section_pairs(data, 1, changes, args.seed),
+        **{**options, "cell_layers": default_cell_layers(vlm.n_layers) if cell_layers is None else cell_layers},
+    )
+    if args.dry_run:
+        print("\n".join(plan.lines()))
+        return 0
+    print(plan.summary("patch"), file=sys.stderr)
     report, lines = patching_section(
         vlm,
         data,
@@ -598,14 +628,9 @@ def _patch(args) -> int:
         n_pairs=args.pairs,
         changes=changes,
         n_boot=args.n_boot,
-        cell_pairs=args.cell_pairs,
         seed=args.seed,
-        layers=_int_list(args.layers),
-        cell_layers=_int_list(args.cell_layers),
         resume=out / "patching_sweep.partial.jsonl" if args.resume else None,
-        positions=tuple(g.strip() for g in args.groups.split(",") if g.strip()),
-        sites=tuple(s.strip() for s in args.sites.split(",") if s.strip()),
-        heads=_int_list(args.heads),
+        **options,
     )
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
     if args.lens > 0:
@@ -844,6 +869,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="append each pair's rows to OUT/patching_sweep.partial.jsonl (fsynced) and skip pairs already there",
     )
+    patch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what one pair will hold in memory and the layer work it runs (no weights load), then exit",
+    )
     add_model_args(patch)
     patch.set_defaults(func=_patch)
 
@@ -953,7 +983,9 @@ def build_parser() -> argparse.ArgumentParser:
     org_train.add_argument(
         "--planted-layers", default=None, help="planted: the reading layers S, comma-separated (default: the variant's)"
     )
-    org_train.add_argument("--block-steps", type=int, default=None, help="planted: steps with text->image cut outside S")
+    org_train.add_argument(
+        "--block-steps", type=int, default=None, help="planted: steps with text->image cut outside S"
+    )
     org_train.add_argument(
         "--release-steps", type=int, default=None, help="planted: steps with the cut lifted and the mass penalty on"
     )

@@ -329,14 +329,7 @@ def patching_sweep(
     pair_list = as_pairs(pairs)
     site_list = _sites(sites)
     fast = _fast_patching(vlm, mode, remote)
-    plan = _ConditionPlan(
-        site_list,
-        resolve_layers(layers, vlm.n_layers),
-        _head_list(vlm, heads) if "z" in site_list else [],
-        _cell_layers(vlm, cell_layers),
-        cell_pairs,
-        positions,
-    )
+    plan = _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions)
     log = RowLog(resume) if resume is not None else None
     done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
     rows: list[dict] = []
@@ -417,6 +410,58 @@ class _ConditionPlan:
                     for (r, c), selector in cells.items():
                         out[(site, layer, "cell", r, c, head)] = selector
         return base, source, out
+
+
+def _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions) -> _ConditionPlan:
+    return _ConditionPlan(
+        site_list,
+        resolve_layers(layers, vlm.n_layers),
+        _head_list(vlm, heads) if "z" in site_list else [],
+        _cell_layers(vlm, cell_layers),
+        cell_pairs,
+        positions,
+    )
+
+
+def first_pair_plan(
+    vlm,
+    pairs: Any,
+    *,
+    batch: int = 16,
+    sites: Any = ("resid_pre",),
+    positions: Any = GROUPS,
+    layers: Any = "all",
+    cell_layers: Any = (),
+    cell_pairs: int | None = None,
+    heads: Any = "all",
+):
+    """What the first of ``pairs`` will hold and run in :func:`patching_sweep` with the same
+    options (:func:`interp.planner.plan_pair`); no weights needed (a config-only load will do).
+
+    Returns:
+        The :class:`interp.planner.SamplePlan` of one pair.
+    """
+    from ..planner import plan_pair
+
+    site_list = _sites(sites)
+    plan = _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions)
+    base, _, conditions = plan.conditions(vlm, as_pairs(pairs)[0], 0)
+    per_layer: dict[int, int] = {}
+    for key in conditions:
+        per_layer[key[1]] = per_layer.get(key[1], 0) + 1
+    return plan_pair(
+        vlm.adapter, vlm.config, vlm.dtype, base, per_layer, batch=batch, attn_implementation=vlm.attn_implementation
+    )
+
+
+def section_pairs(samples: Any, n_pairs: int, changes: Sequence[str], seed: int) -> list[PatchPair]:
+    """The pairs :func:`patching_section` patches: ``n_pairs`` counterfactuals of a dataset that
+    offers them (the ``changes`` taking turns), or the first ``n_pairs`` of ready pairs."""
+    from ..data.capabilities import OffersCounterfactuals
+
+    if isinstance(samples, OffersCounterfactuals):
+        return as_pairs(samples.counterfactual_pairs(n_pairs, changes, seed=seed))
+    return as_pairs(samples)[:n_pairs]
 
 
 def _patch_pair(vlm, pair: PatchPair, planned: tuple, *, fast: bool, batch: int, remote) -> list[dict]:
@@ -653,14 +698,10 @@ def patching_section(
     patched alone and ``patching_heads_<change>`` maps layer x head at the last token.
     """
     from .. import plotting  # noqa: F401 - the package's figure style
-    from ..data.capabilities import OffersCounterfactuals
     from ..inputs import load_image
     from ..plotting import patching as figures
 
-    if isinstance(samples, OffersCounterfactuals):
-        pairs = as_pairs(samples.counterfactual_pairs(n_pairs, changes, seed=seed))
-    else:
-        pairs = as_pairs(samples)[:n_pairs]
+    pairs = section_pairs(samples, n_pairs, changes, seed)
     cell_layers = default_cell_layers(vlm.n_layers) if cell_layers is None else list(cell_layers)
     if sweep is None:
         sweep = patching_sweep(

@@ -588,7 +588,7 @@ def restart_many(
                 for v in entering:  # a copy: the clean pass's layer inputs are shared by every analysis
                     state[v] = hidden[:, offsets[v] :].clone()
             active = [v for v in range(n) if starts[v] <= index]
-            for row, members in _batches(active, offsets, group_of, batch):
+            for row, members in forward_batches(active, offsets, group_of, batch):
                 hidden = state[members[0]] if len(members) == 1 else torch.cat([state[v] for v in members])
                 out = _run_layer(vlm, clean, plan, layers, index, hidden, members, row, kv, keys, kept, kv_rows, share)
                 for j, v in enumerate(members):
@@ -624,7 +624,7 @@ def _group_kv(kv, kept: list, start: int, members: list[int], kv_rows: int, n_la
     return out
 
 
-def _batches(active: list[int], offsets: list[int], group_of: list[int], batch: int):
+def forward_batches(active: list[int], offsets: list[int], group_of: list[int], batch: int):
     """``(first row, members)``: the started variants split into batches of at most ``batch``
     that recompute the same rows, each group's variants kept together where they fit."""
     by_row: dict[int, list[int]] = {}

@@ -86,6 +86,12 @@ def add_commands(subparsers) -> None:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
     evaluate.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what one generate batch will hold in memory (from the config and the first question; "
+        "no weights load), then exit",
+    )
+    evaluate.add_argument(
         "--metric",
         default=None,
         choices=["lmms", "wcd", "both"],
@@ -221,13 +227,23 @@ def _evaluate(args) -> int:
         for seed in runs:
             check_results_out(Path(_seed_out(args.out, seed, len(runs))))
     from ..data.tasks import get_benchmark
+    from .runner import first_batch_plan
 
+    if args.dry_run:  # the config and processor only: the weights stay where they are
+        load_kwargs = {"remote": True, **{k: v for k, v in load_kwargs.items() if k == "attn_implementation"}}
     if get_benchmark(args.task).draws_images:  # its images are drawn at the model's scene size: the model first
         vlm = load(model, **load_kwargs)
         task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, image_size=vlm.scene_size)
     else:  # a missing data directory or image is one line before the model loads
         task = load_task(args.task, args.data_dir, split=args.split, limit=args.limit, check_images=args.check_images)
         vlm = load(model, **load_kwargs)
+    plan = first_batch_plan(
+        vlm, task, batch_size=args.batch_size, prompt_suffix=args.prompt_suffix, max_new_tokens=args.max_new_tokens
+    )
+    if args.dry_run:
+        print("\n".join(plan.lines()))
+        return 0
+    print(plan.summary("evaluate"), file=sys.stderr)
     if args.batch_size not in (None, 1) and not can_batch(vlm):
         print(
             f"note: {vlm.config.model_type} cannot be batched here; answering one question at a time", file=sys.stderr

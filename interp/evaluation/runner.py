@@ -155,6 +155,25 @@ def generate_replies(
 # -- the run ------------------------------------------------------------------------------------------
 
 
+def first_batch_plan(vlm, task: Task, *, batch_size: int | None, prompt_suffix: str | None, max_new_tokens: int | None):
+    """What one ``generate`` batch of :func:`evaluate` will hold, from the task's first question
+    (:func:`interp.planner.plan_generation`); no weights needed (a config-only load will do)."""
+    from ..planner import plan_generation
+
+    doc = task.docs[0]
+    suffix = task.benchmark.prompt_suffix if prompt_suffix is None else prompt_suffix
+    prepared = vlm.prepare(doc.load_image(), task.prompt(doc, suffix))
+    return plan_generation(
+        vlm.adapter,
+        vlm.config,
+        vlm.dtype,
+        prepared,
+        batch=effective_batch_size(vlm, batch_size),
+        max_new_tokens=task.benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        attn_implementation=vlm.attn_implementation,
+    )
+
+
 def _row(task: Task, vlm, doc: Doc, prompt: str, reply: str, seconds: float) -> dict:
     return {
         "doc_id": doc.doc_id,

@@ -22,7 +22,16 @@ from .smollm2 import cache_root
 
 LLAVA_VARIANTS = ("organism", "organism-frozen")
 QWEN_VARIANTS = ("organism-qwen2vl",)
-VARIANTS = LLAVA_VARIANTS + QWEN_VARIANTS
+#: planted-fusion variants of ``organism`` and the decoder layers ``S`` at which their text reads
+#: the image (:mod:`interp.models.organism.planted`)
+PLANTED_LAYERS: dict[str, tuple[int, ...]] = {
+    "organism-planted-early": (4, 5, 6),
+    "organism-planted-late": (16, 17, 18),
+    "organism-planted-two": (4, 5, 6, 20, 21, 22),
+}
+PLANTED_VARIANTS = tuple(PLANTED_LAYERS)
+PLANTED_BASE = "organism"
+VARIANTS = LLAVA_VARIANTS + QWEN_VARIANTS + PLANTED_VARIANTS
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -37,7 +46,9 @@ def weights_path(variant: str) -> Path:
     arch = arch_of(variant)
     path = WEIGHTS_DIR / f"{variant}.safetensors"
     if not path.exists():
-        flag = " --arch qwen2_vl" if arch == "qwen2_vl" else ""
+        flag = (
+            " --arch qwen2_vl" if arch == "qwen2_vl" else f" --planted {variant}" if variant in PLANTED_LAYERS else ""
+        )
         raise InterpError(f"{path} is missing; train it with `interp organism train{flag}`")
     return path
 
@@ -75,6 +86,8 @@ def organism_dir(variant: str = "organism", weights: str | Path | None = None) -
         weights = Path(weights)
         if not weights.is_file():
             raise InterpError(f"--weights {weights}: no such file")
+    if variant in PLANTED_LAYERS:
+        return _planted_dir(variant, weights)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     target = cache_root() / f"{variant}-{digest}"
     if (target / "config.json").exists() and (target / "processor_config.json").exists():
@@ -100,3 +113,45 @@ def organism_dir(variant: str = "organism", weights: str | Path | None = None) -
         model.save_pretrained(partial)
         processor.save_pretrained(partial)
     return target
+
+
+def _planted_dir(variant: str, delta: Path) -> Path:
+    """A planted variant's HF directory: the base organism with the low-rank changes of ``delta``
+    merged into its attention weights, and ``planted_layers`` (its ``S``) in ``config.json``."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from .weight_deltas import merge_adapter_parts, pop_adapter_parts
+
+    base = organism_dir(PLANTED_BASE)
+    digest = hashlib.sha256(delta.read_bytes() + base.name.encode()).hexdigest()[:12]
+    target = cache_root() / f"{variant}-{digest}"
+    if (target / "config.json").exists() and (target / "processor_config.json").exists():
+        return target
+    with safe_open(str(delta), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("variant") not in PLANTED_LAYERS:
+        raise InterpError(
+            f"{delta} holds no planted organism's weights (its metadata names {metadata.get('variant')!r})"
+        )
+    layers = json.loads(metadata["planted_layers"])
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    state = load_file(str(delta))
+    parts = pop_adapter_parts(state)
+    if state:
+        raise InterpError(f"{delta} holds tensors other than attention changes: {sorted(state)[:3]}")
+    merge_adapter_parts(model, parts)
+    model.config.planted_layers = layers
+    processor = AutoProcessor.from_pretrained(base)
+    with atomic_dir(target) as partial:
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
+    return target
+
+
+def planted_layers_of(config) -> list[int] | None:
+    """The layers ``S`` a model's config declares (a planted organism's), else None."""
+    layers = getattr(config, "planted_layers", None)
+    return None if layers is None else [int(layer) for layer in layers]

@@ -34,13 +34,9 @@ from tqdm.auto import tqdm
 
 from ...errors import InterpError
 
-#: The planted variants and their reading layers ``S`` (0-based decoder layers).
-PLANTED_LAYERS: dict[str, tuple[int, ...]] = {
-    "organism-planted-early": (4, 5, 6),
-    "organism-planted-late": (16, 17, 18),
-    "organism-planted-two": (4, 5, 6, 20, 21, 22),
-}
-BASE_VARIANT = "organism"
+from . import PLANTED_BASE as BASE_VARIANT
+from . import PLANTED_LAYERS
+
 RESUME_FILE = "planted-resume.pt"
 
 
@@ -406,3 +402,74 @@ def _digest(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def windows(layers: Sequence[int]) -> list[tuple[int, ...]]:
+    """``layers`` split into runs of consecutive layers: (4, 5, 6, 20, 21) -> [(4, 5, 6), (20, 21)]."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return [tuple(run) for run in runs]
+
+
+@contextmanager
+def eager_attention(model) -> Iterator[None]:
+    """The model with eager attention inside the block (its attention weights are then returned)."""
+    before = model.config._attn_implementation
+    if before != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if before != "eager":
+            model.set_attn_implementation(before)
+
+
+def knockout_accuracy(model, processor, samples, blocked: Sequence[int]) -> float:
+    """Accuracy with every text->image edge cut at the ``blocked`` layers (plain hooks on the mask)."""
+    from ...data.synthetic import is_correct
+    from .evaluate import generate_answers
+
+    n_layers = len(model.model.language_model.layers)
+    gate = TextImageGate(model, allowed=[layer for layer in range(n_layers) if layer not in set(blocked)])
+    gate.block = True
+    with gate.installed():
+        answers = generate_answers(model, processor, [s.image for s in samples], [s.question for s in samples])
+    return sum(is_correct(a, s.answer) for a, s in zip(answers, samples)) / len(samples)
+
+
+def verify_planted(model, processor, dataset, layers: Sequence[int], *, limit: int, mass_limit: int = 64) -> dict:
+    """The ground-truth checks of a planted organism on ``limit`` samples of ``dataset``.
+
+    Returns:
+        ``planted_layers``; ``text_image_mass`` per layer (mean over ``mass_limit`` prompts) and
+        ``outside_mass_max``; the accuracy with text->image cut at every layer outside ``S``
+        (``knockout_outside_accuracy``), inside ``S`` (``knockout_inside_accuracy``) and, with
+        several windows of consecutive layers, in each window alone (``knockout_window_accuracy``).
+    """
+    n_layers = len(model.model.language_model.layers)
+    layers = check_layers(layers, n_layers)
+    samples = [dataset[i] for i in range(min(limit, len(dataset)))]
+    with eager_attention(model):
+        mass = text_image_mass(model, processor, samples[:mass_limit])
+    outside = [layer for layer in range(n_layers) if layer not in layers]
+    result: dict = {
+        "planted_layers": list(layers),
+        "text_image_mass": [round(m, 6) for m in mass],
+        "outside_mass_max": max((mass[layer] for layer in outside), default=0.0),
+        "mass_samples": len(samples[:mass_limit]),
+        "knockout_outside_accuracy": knockout_accuracy(model, processor, samples, outside),
+        "knockout_inside_accuracy": knockout_accuracy(model, processor, samples, layers),
+    }
+    runs = windows(layers)
+    if len(runs) > 1:
+        result["knockout_window_accuracy"] = {
+            f"{run[0]}-{run[-1]}": knockout_accuracy(model, processor, samples, run) for run in runs
+        }
+    return result
