@@ -474,6 +474,7 @@ def _reproduce(args) -> int:
         "n_boot": args.n_boot,
         "keep_prefix_mb": args.keep_prefix_mb,
         "patching_pairs": args.patching,
+        "patching_cell_pairs": args.patching_cell_pairs,
         "lens_samples": args.lens,
         "ablation_seeds": args.method_ablation,
         "batch_size": args.batch_size,
@@ -737,6 +738,14 @@ def build_parser() -> argparse.ArgumentParser:
         "see interp patch)",
     )
     rep.add_argument(
+        "--patching-cell-pairs",
+        type=non_negative_int,
+        default=None,
+        metavar="PAIRS",
+        help="of the patched pairs, how many also get per-cell maps (default 2; 0: none; a restart per image "
+        "cell and cell layer: 2,304 for 576 tokens)",
+    )
+    rep.add_argument(
         "--lens",
         type=non_negative_int,
         default=None,
@@ -972,7 +981,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="qwen2_vl: skip stage 0 and take the tower from this file (written by the same "
         "recipe and seed, e.g. the shipped organism-qwen2vl.safetensors)",
     )
-    from .models.organism.planted import PLANTED_LAYERS
+    from .models.organism import PLANTED_LAYERS
 
     org_train.add_argument(
         "--planted",

@@ -31,6 +31,19 @@ def positive_int(value: Any, what: str) -> int:
     return number
 
 
+def non_negative_int(value: Any, what: str) -> int:
+    """``value`` as an int >= 0 (0 switches something off; bools and non-integral numbers refused)."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a non-negative integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InputError(f"{what} must be a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise InputError(f"{what} must be a non-negative integer (0 or more), got {number}")
+    return number
+
+
 #: the floating dtypes a model may be loaded in (names as ``torch`` spells them), and ``auto``
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64", "float", "half", "double", "auto")
 #: ``device_map`` strings accelerate takes besides a device (``cpu``, ``cuda``, ``cuda:N``, ``mps``)

@@ -294,3 +294,29 @@ def test_end_to_end_at_real_width(written):
     # scaling the image tokens down before layer 0 moves the answer's log-probability
     baseline = float(sweep[sweep.variant == "baseline"].logprob.iloc[0])
     assert abs(float(single[single.layer == 0].logprob.iloc[0]) - baseline) > 1e-3
+
+
+def test_reproduce_every_section_at_real_width(tmp_path):
+    """``reproduce`` with every section (sweep, attention, logit lens, contrastive, patching, image-token
+    lens) on LLaVA-1.5's real widths: 3 LM layers (the fewest the contrastive method can use), one
+    vision layer, float32 (bfloat16 matrix products are many times slower on this CPU), one
+    question and one counterfactual pair, no per-cell maps (576 cells x 4 layers). Its peak stays
+    within the planner's estimate for a sample plus the weights and the tower."""
+    from interp.analysis.reproduce import ReproduceConfig, reproduce
+    from interp.data.synthetic import SyntheticVQA
+    from interp.models.tiny.real_shapes import build_real
+
+    model, processor = build_real(LLAVA_1_5, text_layers=3, vision_layers=1, dtype=torch.float32)
+    vlm = interp.load(model, processor)
+    data = SyntheticVQA("test", image_size=vlm.scene_size)
+    config = ReproduceConfig(patching_pairs=1, lens_samples=1, patching_cell_pairs=0, n_boot=100, progress=False)
+    report = reproduce(vlm, data, tmp_path / "run", limit=1, config=config)
+    assert report["n_samples"] == 1 and vlm.n_layers == 3
+    assert {"masking", "contrastive", "patching", "image_lens"} <= set(report)
+    assert report["review_layer"]["layer"] in (1, 2) and report["contrastive"]["comparison"]
+    assert report["patching"]["n_pairs"] == 1
+    for name in ("masking_sweep.csv", "patching_sweep.csv", "image_lens.csv", "contrastive.csv", "report.md"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "rows" / "patching.settings.json").exists()
+    del vlm, model
+    gc.collect()

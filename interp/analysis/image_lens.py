@@ -21,6 +21,7 @@ averaged per sample, with bootstrap CIs over samples.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,71 +92,105 @@ def image_token_lens(
     remote: bool | str | None = None,
     progress: bool = True,
     max_logits_bytes: int = LENS_LOGITS_BYTES,
+    resume: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per (item, layer, cell): ``row``, ``col``, ``top`` (the top-k tokens, decoded),
     ``top1``; with synthetic samples also the cell's ``colour`` and ``shape`` (ground truth
     from ``patch_labels(rows, cols, min_fraction=...)``) and the scores in :data:`METRICS`.
     Layers are unembedded together up to ``max_logits_bytes`` of float32 logits at a time
-    (at least one layer per call)."""
-    from ..data.synthetic import COLOUR_CLASSES, COLOURS, SHAPE_CLASSES, SHAPES
+    (at least one layer per call). ``resume``: a JSON Lines file (:class:`interp.outputs.RowLog`)
+    that gets one fsynced record per finished sample; samples already in it are not run again."""
+    from ..outputs import RowLog
 
     if site not in LENS_SITES:
         raise InterpError(f"the image-token lens reads {' or '.join(LENS_SITES)}, not {site!r}")
     if k < 1:
         raise InterpError(f"k={k}: read at least the top token")
     entries = _entries(samples, limit)
-    layer_list = resolve_layers(layers, vlm.n_layers)
-    names = [hook_name(layer, site) for layer in layer_list]
-    tokenizer = getattr(vlm.processor, "tokenizer", vlm.processor)
-    colour_ids = torch.tensor(_word_ids(tokenizer, COLOURS))
-    shape_ids = torch.tensor(_word_ids(tokenizer, SHAPES))
-    decoded: dict[int, str] = {}
+    reader = _LensReader(vlm, resolve_layers(layers, vlm.n_layers), site, k, min_fraction, max_logits_bytes, remote)
+    rows: list[dict] = []
+    log = RowLog(resume) if resume is not None else None
+    done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
+    try:
+        for item, sample in tqdm(entries, desc="image-token lens", unit="sample", disable=not progress):
+            item_rows = done[item.id] if item.id in done else reader.rows(item, sample)
+            if log is not None and item.id not in done:
+                log.append({"key": item.id, "rows": item_rows})
+            rows.extend(item_rows)
+    finally:
+        if log is not None:
+            log.close()
+    frame = pd.DataFrame(rows)
+    frame.attrs.update({"model": vlm.name, "site": site, "k": k, "n_layers": vlm.n_layers})
+    return frame
 
-    def word(token: int) -> str:
-        if token not in decoded:
-            decoded[token] = tokenizer.decode([token]).strip().lower()
-        return decoded[token]
 
-    rows = []
-    for item, sample in tqdm(entries, desc="image-token lens", unit="sample", disable=not progress):
+class _LensReader:
+    """Reads one sample's image tokens off through the unembedding, layer by layer."""
+
+    def __init__(self, vlm, layer_list, site, k, min_fraction, max_logits_bytes, remote):
+        from ..data.synthetic import COLOURS, SHAPES
+
+        self.vlm, self.layer_list, self.k = vlm, layer_list, k
+        self.min_fraction, self.max_logits_bytes, self.remote = min_fraction, max_logits_bytes, remote
+        self.names = [hook_name(layer, site) for layer in layer_list]
+        self.tokenizer = getattr(vlm.processor, "tokenizer", vlm.processor)
+        self.colour_ids = torch.tensor(_word_ids(self.tokenizer, COLOURS))
+        self.shape_ids = torch.tensor(_word_ids(self.tokenizer, SHAPES))
+        self.decoded: dict[int, str] = {}
+
+    def word(self, token: int) -> str:
+        if token not in self.decoded:
+            self.decoded[token] = self.tokenizer.decode([token]).strip().lower()
+        return self.decoded[token]
+
+    def rows(self, item, sample) -> list[dict]:
+        """One row per (layer, cell) of ``item`` (scored against ``sample``'s labels when given)."""
+        vlm = self.vlm
         prepared = vlm.prepare(item.image, item.question)
-        run = vlm.run(prepared, RecordResidual(names, positions="image"), remote=remote)
-        hidden = torch.cat([run.record(name, layer) for layer, name in zip(layer_list, names)])  # [layers, n_img, d]
-        top, colour_pick, shape_pick = _read_off(vlm, hidden, k, colour_ids, shape_ids, max_logits_bytes)
+        run = vlm.run(prepared, RecordResidual(self.names, positions="image"), remote=self.remote)
+        hidden = torch.cat([run.record(name, layer) for layer, name in zip(self.layer_list, self.names)])
+        top, colour_pick, shape_pick = _read_off(
+            vlm, hidden, self.k, self.colour_ids, self.shape_ids, self.max_logits_bytes
+        )  # [layers, n_img, ...]
         grid = prepared.grid
         column = {int(p): i for i, p in enumerate(prepared.image_positions.tolist())}
-        truth = None
-        if sample is not None:
-            colour_lab, shape_lab = sample.patch_labels(grid.rows, grid.cols, min_fraction=min_fraction)
-            truth = (colour_lab, shape_lab)
-        for li, layer in enumerate(layer_list):
+        truth = None if sample is None else sample.patch_labels(grid.rows, grid.cols, min_fraction=self.min_fraction)
+        rows = []
+        for li, layer in enumerate(self.layer_list):
             for r in range(grid.rows):
                 for c in range(grid.cols):
                     position = int(grid.positions[r, c])
                     if position < 0:
                         continue
                     j = column[position]
-                    words = [word(int(t)) for t in top[li, j]]
+                    words = [self.word(int(t)) for t in top[li, j]]
                     entry = {"item": item.id, "layer": layer, "row": r, "col": c, "top": words, "top1": words[0]}
                     if truth is not None:
-                        colour = COLOUR_CLASSES[int(truth[0][r, c])]
-                        shape = SHAPE_CLASSES[int(truth[1][r, c])]
-                        entry.update({"colour": colour, "shape": shape, "object": colour != "background"})
-                        if colour != "background":
-                            entry.update(
-                                {
-                                    "colour_topk": colour in words,
-                                    "colour_top1": words[0] == colour,
-                                    "colour_class": COLOURS[int(colour_pick[li, j])] == colour,
-                                    "shape_topk": shape in words,
-                                    "shape_top1": words[0] == shape,
-                                    "shape_class": SHAPES[int(shape_pick[li, j])] == shape,
-                                }
-                            )
+                        entry.update(_scores(words, truth, r, c, int(colour_pick[li, j]), int(shape_pick[li, j])))
                     rows.append(entry)
-    frame = pd.DataFrame(rows)
-    frame.attrs.update({"model": vlm.name, "site": site, "k": k, "n_layers": vlm.n_layers})
-    return frame
+        return rows
+
+
+def _scores(words: list[str], truth, r: int, c: int, colour_pick: int, shape_pick: int) -> dict:
+    """A cell's ground truth and whether the lens read it (object cells only)."""
+    from ..data.synthetic import COLOUR_CLASSES, COLOURS, SHAPE_CLASSES, SHAPES
+
+    colour = COLOUR_CLASSES[int(truth[0][r, c])]
+    shape = SHAPE_CLASSES[int(truth[1][r, c])]
+    entry: dict = {"colour": colour, "shape": shape, "object": colour != "background"}
+    if colour != "background":
+        entry.update(
+            {
+                "colour_topk": colour in words,
+                "colour_top1": words[0] == colour,
+                "colour_class": COLOURS[colour_pick] == colour,
+                "shape_topk": shape in words,
+                "shape_top1": words[0] == shape,
+                "shape_class": SHAPES[shape_pick] == shape,
+            }
+        )
+    return entry
 
 
 def lens_accuracy(frame: pd.DataFrame, metrics=METRICS, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -198,17 +233,18 @@ def lens_section(
     seed: int = 0,
     remote: bool | str | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
 ) -> tuple[dict, list[str]]:
     """The image-token lens for a report: ``(dict for report.json, markdown lines)``;
     writes ``image_lens.csv`` (without the top-k lists), ``image_lens_accuracy`` and
-    ``image_lens_words`` into ``out_dir`` when given."""
+    ``image_lens_words`` into ``out_dir`` when given. ``resume``: see :func:`image_token_lens`."""
     import json
     from pathlib import Path
 
     from ..inputs import load_image
     from ..plotting import patching as figures
 
-    frame = image_token_lens(vlm, samples, layers=layers, k=k, limit=n, remote=remote, progress=progress)
+    frame = image_token_lens(vlm, samples, layers=layers, k=k, limit=n, remote=remote, progress=progress, resume=resume)
     scored = "object" in frame
     accuracy = lens_accuracy(frame, n_boot=n_boot, seed=seed) if scored else None
     layer_list = sorted(frame.layer.unique())

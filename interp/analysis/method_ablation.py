@@ -565,6 +565,7 @@ def write_outputs(
     """Write ``method_ablation.csv`` (the table), ``method_ablation.json`` (the report dict),
     ``method_ablation.md`` and the gains figure (PNG, PDF) into ``out_dir``; returns the dict."""
     from ..plotting.method_ablation import plot_gains
+    from ..plotting.style import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -581,9 +582,7 @@ def write_outputs(
             "",
         ]
     (out / "method_ablation.md").write_text("\n".join(md))
-    figure = plot_gains(gains(table))
-    for suffix in ("png", "pdf"):
-        figure.savefig(out / f"method_ablation.{suffix}", dpi=150, bbox_inches="tight")
+    save(plot_gains(gains(table)), out, "method_ablation", dpi=150, bbox_inches="tight")
     return report
 
 

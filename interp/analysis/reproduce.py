@@ -46,6 +46,7 @@ from .contrastive import ContrastiveSetup, contrastive_frame, contrastive_rows
 from .items import as_items
 from .logit_lens import lens_frame, lens_rows
 from .rundir import RunDir, RunDirError
+from .sections import SectionContext, run_sections
 from .stats import bootstrap_mean_ci, detect_fusion, layer_effects
 from .sweep import MODES, SCORINGS, VARIANTS, check_decode_batch, check_options, sweep_frame, sweep_rows, use_fast
 
@@ -70,6 +71,8 @@ class ReproduceConfig:
     #: (colour and shape changes and the distractor control, taking turns) and the
     #: image-token lens on this many samples; other data have no counterfactuals or cell labels
     patching_pairs: int = 60
+    #: of those pairs, how many are also patched cell by cell (a restart per image cell and cell layer)
+    patching_cell_pairs: int = 2
     lens_samples: int = 60
     #: the authors'-method ablation with this many sampling seeds (None: off; it generates
     #: 8 x (1 + seeds) answers per question)
@@ -101,6 +104,10 @@ def resolve_batch_size(vlm, batch_size: int | None, remote=None) -> int:
     if batch_size is None:
         return 1 if vlm.device.type == "cpu" else GPU_BATCH_SIZE
     return batch_size
+
+
+#: the fewest decoder layers a reproduce run can use: a pre layer, a reference layer, a review layer
+MIN_LAYERS = 3
 
 
 @dataclass
@@ -155,6 +162,7 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
         "seed",
         "heatmap_layers",
         "patching_pairs",
+        "patching_cell_pairs",
         "lens_samples",
         "ablation_seeds",
         "batch_size",
@@ -397,62 +405,6 @@ def _fits(items: list, batch: int, step: str = ""):
         ) from None
 
 
-def extra_sections(vlm, samples, items: list, config: ReproduceConfig, out: Path, dataset: str) -> dict:
-    """The extra sections: ``{name: (dict for report.json, markdown lines)}`` — patching and the
-    image-token lens on the synthetic benchmark (on by default), the method ablation when
-    asked; each resumes from its own file in ``out/rows``. The run's sample count bounds every
-    section: at most one counterfactual pair and one lens sample per item."""
-    from ..data.capabilities import OffersCellLabels, OffersCounterfactuals
-
-    extras: dict = {}
-    common = dict(n_boot=config.n_boot, seed=config.seed, remote=config.remote, progress=config.progress)
-    if config.patching_pairs and isinstance(samples, OffersCounterfactuals):
-        from .patching import patching_section
-
-        extras["patching"] = patching_section(
-            vlm,
-            samples,
-            out,
-            n_pairs=min(config.patching_pairs, len(items)),
-            resume=out / "rows" / "patching.jsonl",
-            **common,
-        )
-    if config.lens_samples and isinstance(samples, OffersCellLabels):
-        from .image_lens import lens_section
-
-        extras["image_lens"] = lens_section(vlm, samples, out, n=min(config.lens_samples, len(items)), **common)
-    if config.ablation_seeds is not None:
-        from .method_ablation import AblationConfig, run_method_ablation, write_outputs
-
-        ablation = AblationConfig(
-            seeds=config.ablation_seeds,
-            n_boot=config.n_boot,
-            seed=config.seed,
-            progress=config.progress,
-            remote=config.remote,
-        )
-        rows = run_method_ablation(vlm, items, config=ablation, out=out / "rows" / "method_ablation.jsonl")
-        report = write_outputs(
-            rows,
-            {**ablation.resolved(vlm), "model": vlm.name, "dataset": dataset},
-            out,
-            n_boot=config.n_boot,
-            seed=config.seed,
-        )
-        extras["method_ablation"] = (
-            report,
-            [
-                "## The authors' method, component by component",
-                "",
-                report["paragraph"],
-                "",
-                "Table and figure: method_ablation.md / .png.",
-                "",
-            ],
-        )
-    return extras
-
-
 def example_answers(vlm, tables: Tables, config: ReproduceConfig, max_new_tokens: int = 8) -> dict:
     """The contrastive figure's sample, answered greedily without and with the primary mask."""
     from ..interventions import ContrastiveMask
@@ -507,6 +459,12 @@ def reproduce(
     validate.positive_int(config.n_boot, "n_boot")
     check_decode_batch(config.decode_batch)
     check_options(config.variants, config.scoring, config.mode, config.window, vlm.n_layers)
+    if vlm.n_layers < MIN_LAYERS:
+        raise InputError(
+            f"reproduce needs at least {MIN_LAYERS} decoder layers (the contrastive method's pre layer lies before "
+            f"its reference layer, which lies before the review layer); {vlm.name} has {vlm.n_layers}"
+        )
+    validate.non_negative_int(config.patching_cell_pairs, "patching_cell_pairs")
     if config.batch_size is not None:
         validate.positive_int(config.batch_size, "batch_size")
     items = as_items(samples, limit)
@@ -525,7 +483,7 @@ def reproduce(
             if tables is None or (world is not None and world.rank != 0):
                 return None
             tables.example = example_answers(vlm, tables, config)
-            extras = extra_sections(vlm, samples, items, config, out, dataset)
+            extras = run_sections(SectionContext(vlm, samples, items, config, run, out, dataset))
             return write_report(vlm, tables, config, out, dataset=dataset, extras=extras)
     finally:
         if world is not None:

@@ -6,6 +6,8 @@ Layout of ``DIR``::
     rows/phase1.shard-I-of-N.jsonl  one line per sample: its sweep, attention and lens rows
     rows/phase2.shard-I-of-N.jsonl  one line per sample: its contrastive rows (and the review layer)
     rows/passes.jsonl             each process's pass counts (summed in the report)
+    rows/<section>.jsonl          one line per unit of a report section (a patched pair, a lens sample)
+    rows/<section>.settings.json  the settings the section's rows were computed with
     rows/.lock.shard-I-of-N       held (flock) by the process writing that shard
 
 Rules, so nothing is ever lost:
@@ -135,6 +137,14 @@ class RunDir:
     def append(self, phase: str, record: dict) -> None:
         """Add one line to this shard's file of ``phase`` (created on the first line), durably."""
         (self._logs.get(phase) or self._open_log(phase)).append(record)
+
+    def section_log(self, name: str, settings: dict) -> Path:
+        """The row log of section ``name`` (``rows/<name>.jsonl``), after claiming its ``settings``
+        in ``rows/<name>.settings.json``: a continuation with other settings for the section is
+        refused with one line (its rows were computed for those), nothing touched. Sections run
+        once the samples are done, in one process, so their logs have no shard label."""
+        SettingsRecord(self.rows / f"{name}.settings.json").claim(settings, what=f"{self.out} (section {name})")
+        return self.rows / f"{name}.jsonl"
 
     def add_passes(self, counts: dict, timings: dict, batch_size: int | None = None) -> None:
         """This process's pass counts and phase timings (the report sums every process's), and the

@@ -13,6 +13,8 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .style import save
+
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
@@ -68,9 +70,5 @@ def compare_curves(
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
-        if out_dir is not None:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            for suffix in ("png", "pdf"):
-                fig.savefig(out / f"{name}.{suffix}", dpi=200)
+        save(fig, out_dir, name, dpi=200)
     return fig

@@ -69,15 +69,21 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], 
     return fig, axes
 
 
-def save(fig, out_dir: str | Path | None, name: str) -> list[Path]:
-    """Write ``name.png`` and ``name.pdf`` into ``out_dir`` (if given); returns the paths."""
+def save(fig, out_dir: str | Path | None, name: str, **savefig) -> list[Path]:
+    """Write ``name.png`` and ``name.pdf`` into ``out_dir`` (if given), each atomically (a full
+    disk leaves the previous file, never a truncated one; one line says so); returns the paths.
+    ``savefig``: extra options for :meth:`matplotlib.figure.Figure.savefig` (e.g. ``dpi``)."""
+    from ..outputs import write_atomic
+
     if out_dir is None:
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], **savefig)
+        write_atomic(path, buffer.getvalue())
     return paths
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -74,9 +75,9 @@ class PlantedConfig:
     rank: int = 16
     alpha: float = 32.0
     lr: float = 1e-3
-    block_steps: int = 250
-    release_steps: int = 150
-    penalty: float = 0.05  # weight of the outside-S mass term (see :func:`mass_penalty`)
+    block_steps: int = 400
+    release_steps: int = 300
+    penalty: float = 1.0  # weight of the outside-S mass term (see :func:`mass_penalty`)
     mass_scale: float = 1e-3  # the mass the penalty's log bends at (the card's bar)
     batch: int = 16
     warmup: int = 20
@@ -248,7 +249,9 @@ def load_base(device: torch.device, seed: int):
 
     directory = organism_dir(BASE_VARIANT)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
+    model: Any = LlavaForConditionalGeneration.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    )
     processor = AutoProcessor.from_pretrained(directory)
     processor.tokenizer.padding_side = "right"
     model.to(device).eval()
@@ -328,8 +331,16 @@ def train_planted(config: PlantedConfig, out_dir: Path) -> dict:
         progress = tqdm(range(first, config.steps), desc=f"{config.variant}", unit="step", initial=first)
         for step in progress:
             blocked = step < config.block_steps
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * _rate(step, config.steps, config.warmup)
+            phase_step, phase_steps = (
+                (step, config.block_steps)
+                if blocked
+                else (
+                    step - config.block_steps,
+                    config.release_steps,
+                )
+            )
+            for group in optimizer.param_groups:  # each phase its own warm-up and cosine
+                group["lr"] = config.lr * _rate(phase_step, phase_steps, config.warmup)
             samples = answer_batch(train, focus, config.first_index + step * config.batch, config)
             inputs, labels = collate(processor, samples, with_answers=True)
             inputs, labels = on_device(inputs, device), labels.to(device)

@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +38,7 @@ from . import WEIGHTS_DIR
 from .build import ATTENTION_PROJECTIONS, TowerSpec, build_organism, trainable_state
 
 if TYPE_CHECKING:
-    from .train_qwen2vl import QwenTrainConfig
+    pass
 
 
 @dataclass
@@ -287,7 +287,14 @@ def quick_accuracy(model, processor, dataset, n: int) -> dict:
     return {"accuracy": round(result["accuracy"], 4), **{k: round(v, 3) for k, v in result["per_kind"].items()}}
 
 
-def answer_batch(train, focus, index: int, config: TrainConfig | QwenTrainConfig) -> list:
+class BatchSpec(Protocol):
+    """What :func:`answer_batch` reads of a recipe's config."""
+
+    batch: int
+    focus_fraction: float
+
+
+def answer_batch(train, focus, index: int, config: BatchSpec) -> list:
     """The batch at ``index``: it takes the ``batch`` train indices from ``index`` on, the
     first ones from ``train`` (all kinds), the last ``focus_fraction`` of them from ``focus``
     (the focus kinds; same split and seed, so no index is ever drawn twice)."""

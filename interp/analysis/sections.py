@@ -1,0 +1,148 @@
+"""The report sections ``interp reproduce`` runs after its per-sample phases.
+
+A section is registered once, with what it needs and how it runs (in the spirit of lmms-eval's
+registered tasks and metrics)::
+
+    @section("image_lens", needs=OffersCellLabels, enabled=lambda config: config.lens_samples > 0)
+    def _lens(ctx: SectionContext) -> tuple[dict, list[str]]:
+        ...
+
+``needs`` names the dataset capability the section reads (:mod:`interp.data.capabilities`; None:
+any dataset): a dataset without it skips the section. Each section writes its rows through the
+run store (:meth:`interp.analysis.rundir.RunDir.section_log`: fsynced, settings-checked, resumed
+unit by unit) and returns ``(dict for report.json, markdown lines)``; the report adds both under
+the section's name, in registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.capabilities import OffersCellLabels, OffersCounterfactuals
+
+
+@dataclass
+class SectionContext:
+    """What a section may read: the model, the run's data and items, its config and store."""
+
+    vlm: Any
+    samples: Any
+    items: list
+    config: Any
+    run: Any
+    out: Path
+    dataset: str
+
+    @property
+    def common(self) -> dict:
+        """The options every section shares (bootstrap, seed, where it runs, progress bars)."""
+        config = self.config
+        return {"n_boot": config.n_boot, "seed": config.seed, "remote": config.remote, "progress": config.progress}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One registered section: its name, the dataset capability it needs, when it is on, how it runs."""
+
+    name: str
+    needs: type | None
+    enabled: Callable[[Any], bool]
+    run: Callable[[SectionContext], tuple[dict, list[str]]]
+
+    def applies(self, samples: Any, config: Any) -> bool:
+        return self.enabled(config) and (self.needs is None or isinstance(samples, self.needs))
+
+
+SECTIONS: dict[str, Section] = {}
+
+
+def section(name: str, *, needs: type | None = None, enabled: Callable[[Any], bool]):
+    """Register the decorated function as the section ``name`` (see the module docstring)."""
+
+    def register(run: Callable[[SectionContext], tuple[dict, list[str]]]):
+        SECTIONS[name] = Section(name, needs, enabled, run)
+        return run
+
+    return register
+
+
+def run_sections(ctx: SectionContext) -> dict[str, tuple[dict, list[str]]]:
+    """Every registered section that applies to the run's data and config, in order."""
+    return {name: entry.run(ctx) for name, entry in SECTIONS.items() if entry.applies(ctx.samples, ctx.config)}
+
+
+# -- the sections ------------------------------------------------------------------------------
+
+
+@section("patching", needs=OffersCounterfactuals, enabled=lambda config: config.patching_pairs > 0)
+def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
+    """Counterfactual patching on at most one pair per item (the synthetic benchmark's pairs)."""
+    from .patching import REPORT_GROUPS, patching_section
+
+    config = ctx.config
+    settings = {
+        "cell_pairs": config.patching_cell_pairs,
+        "positions": list(REPORT_GROUPS),
+        "changes": ["colour", "shape", "distractor"],
+        "seed": config.seed,  # the pairs are drawn with it
+    }
+    return patching_section(
+        ctx.vlm,
+        ctx.samples,
+        ctx.out,
+        n_pairs=min(config.patching_pairs, len(ctx.items)),
+        cell_pairs=config.patching_cell_pairs,
+        resume=ctx.run.section_log("patching", settings),
+        **ctx.common,
+    )
+
+
+@section("image_lens", needs=OffersCellLabels, enabled=lambda config: config.lens_samples > 0)
+def _image_lens(ctx: SectionContext) -> tuple[dict, list[str]]:
+    """The image-token lens on at most one sample per item."""
+    from .image_lens import lens_section
+
+    settings = {"layers": "all", "site": "resid_pre", "k": 5}
+    return lens_section(
+        ctx.vlm,
+        ctx.samples,
+        ctx.out,
+        n=min(ctx.config.lens_samples, len(ctx.items)),
+        resume=ctx.run.section_log("image_lens", settings),
+        **ctx.common,
+    )
+
+
+@section("method_ablation", enabled=lambda config: config.ablation_seeds is not None)
+def _method_ablation(ctx: SectionContext) -> tuple[dict, list[str]]:
+    """The authors' method component by component, on the run's items."""
+    from .method_ablation import AblationConfig, run_method_ablation, write_outputs
+
+    config = ctx.config
+    ablation = AblationConfig(
+        seeds=config.ablation_seeds,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        progress=config.progress,
+        remote=config.remote,
+    )
+    rows = run_method_ablation(ctx.vlm, ctx.items, config=ablation, out=ctx.run.rows / "method_ablation.jsonl")
+    report = write_outputs(
+        rows,
+        {**ablation.resolved(ctx.vlm), "model": ctx.vlm.name, "dataset": ctx.dataset},
+        ctx.out,
+        n_boot=config.n_boot,
+        seed=config.seed,
+    )
+    lines = [
+        "## The authors' method, component by component",
+        "",
+        report["paragraph"],
+        "",
+        "Table and figure: method_ablation.md / .png.",
+        "",
+    ]
+    return report, lines

@@ -1,0 +1,80 @@
+"""Report sections (:mod:`interp.analysis.sections`): the registry and their rows in the run store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interp.analysis import sections
+from interp.analysis.reproduce import ReproduceConfig
+from interp.analysis.sections import SECTIONS, section
+from interp.cli import main
+from interp.outputs import SettingsMismatchError
+
+RUN = ["reproduce", "--model", "tiny:llava", "--limit", "2", "--patching", "2", "--lens", "2", "--n-boot", "50"]
+
+
+def test_registry_order_needs_and_switches():
+    assert list(SECTIONS)[:3] == ["patching", "image_lens", "method_ablation"]
+    config = ReproduceConfig()
+    synthetic = type("Synthetic", (), {"counterfactual_pairs": lambda *a, **k: [], "labelled_samples": lambda *a: []})()
+    assert SECTIONS["patching"].applies(synthetic, config)
+    assert not SECTIONS["patching"].applies([], config)  # a plain list offers no counterfactuals
+    assert not SECTIONS["image_lens"].applies(synthetic, ReproduceConfig(lens_samples=0))
+    assert not SECTIONS["method_ablation"].applies(synthetic, config)  # off unless seeds are given
+    assert SECTIONS["method_ablation"].applies([], ReproduceConfig(ablation_seeds=1))
+
+
+def test_a_registered_section_lands_in_the_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(sections, "SECTIONS", dict(SECTIONS))
+
+    @section("items_seen", enabled=lambda config: True)
+    def _seen(ctx):
+        log = ctx.run.section_log("items_seen", {"what": "ids"})
+        log.write_text("".join(json.dumps({"key": item.id}) + "\n" for item in ctx.items))
+        return {"ids": [item.id for item in ctx.items]}, ["## Items seen", ""]
+
+    out = tmp_path / "run"
+    assert main(RUN[:5] + ["--patching", "0", "--lens", "0", "--n-boot", "50", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["items_seen"]["ids"]) == 2
+    assert "## Items seen" in (out / "report.md").read_text()
+    assert json.loads((out / "rows" / "items_seen.settings.json").read_text()) == {"what": "ids"}
+
+
+def test_sections_resume_from_the_store_and_refuse_other_settings(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(RUN + ["--out", str(out)]) == 0
+    first = json.loads((out / "report.json").read_text())
+    for name in ("patching", "image_lens"):
+        assert len((out / "rows" / f"{name}.jsonl").read_text().splitlines()) == 2  # one line per pair / sample
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished unit was computed again")
+
+    from interp.analysis import image_lens, patching
+
+    monkeypatch.setattr(image_lens._LensReader, "rows", never)
+    monkeypatch.setattr(patching, "_patch_pair", never)
+    assert main(RUN + ["--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    for name in ("patching", "image_lens"):
+        assert json.dumps(again[name], sort_keys=True) == json.dumps(first[name], sort_keys=True)
+    # another seed draws other pairs: the section's rows are refused, nothing rewritten
+    before = (out / "rows" / "patching.jsonl").read_bytes()
+    with pytest.raises(SettingsMismatchError, match="section patching"):
+        _run_raw(out, seed=1)
+    assert (out / "rows" / "patching.jsonl").read_bytes() == before
+
+
+def _run_raw(out, seed: int) -> None:
+    """The reproduce call the CLI makes, without its one-line error handling (to see the error's class)."""
+    import interp
+    from interp.analysis.reproduce import reproduce
+    from interp.data.synthetic import SyntheticVQA
+
+    vlm = interp.load("tiny:llava")
+    config = ReproduceConfig(patching_pairs=2, lens_samples=2, n_boot=50, seed=seed, progress=False)
+    data = SyntheticVQA("test", image_size=vlm.scene_size)
+    reproduce(vlm, data, out, dataset="synthetic:test", limit=2, config=config)
