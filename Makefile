@@ -13,7 +13,7 @@ JOBS   ?= 2
 CONSTRAINTS ?= constraints.txt
 PIP_C  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: main test lint setup clean
+.PHONY: main test lint setup clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,16 @@ main: setup
 test: setup
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
 
+# the docs site, into site/ (mkdocs.yml; offline; --strict: a warning fails the build). The docs
+# packages come with setup (the dev extra includes the docs extra); the API page's generator
+# imports interp's public names (and so torch): one thread
+docs: setup
+	NO_MKDOCS_2_WARNING=1 OMP_NUM_THREADS=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # the checks CI runs before the tests (configured in pyproject.toml)
 lint: setup
-	$(BIN)/ruff check interp tests benchmarks
-	$(BIN)/ruff format --check interp tests benchmarks
+	$(BIN)/ruff check interp tests benchmarks docs/hooks
+	$(BIN)/ruff format --check interp tests benchmarks docs/hooks
 	$(BIN)/mypy
 
 clean:
