@@ -372,9 +372,44 @@ def _test_results(variant: str, limit: int | None, flags: dict | None = None) ->
     return result
 
 
+def _planted_results(variant: str, limit: int | None, flags: dict) -> dict:
+    """``interp organism eval --variant VARIANT --json`` on the test split: accuracy, blind, verification."""
+    from . import load
+    from .data.synthetic import SyntheticVQA
+    from .models.organism import planted_layers_of
+    from .models.organism.evaluate import evaluate
+    from .models.organism.planted import verify_planted
+
+    vlm = load(variant, **flags)
+    dataset = SyntheticVQA("test", seed=0, image_size=_scene_size(vlm))
+    result = {"model": variant, "split": "test", "seed": 0}
+    result.update(evaluate(vlm.model, vlm.processor, dataset, limit=limit, progress=True))
+    result.update(verify_planted(vlm.model, vlm.processor, dataset, planted_layers_of(vlm.config), limit=result["n"]))
+    print(f"{variant}: accuracy {result['accuracy']:.3f}, outside-S mass at most {result['outside_mass_max']:.2e}")
+    return result
+
+
+def _planted_card(args) -> int:
+    from .models.organism import PLANTED_VARIANTS, WEIGHTS_DIR, weights_path
+    from .models.organism.card_planted import write_planted_card
+
+    weights = {variant: weights_path(variant) for variant in PLANTED_VARIANTS}  # every one shipped: one line if not
+    out = _output_dir(args.out) if args.out else default_organism_dir("cards", "planted")
+    run = Path(args.run) if args.run else WEIGHTS_DIR / "planted"
+    logs = {}
+    for variant in PLANTED_VARIANTS:
+        log = run / f"{variant}.training_log.json"
+        logs[variant] = json.loads(log.read_text()) if log.is_file() else None
+    results = {variant: _planted_results(variant, args.limit, loading_flags(args)) for variant in PLANTED_VARIANTS}
+    print(f"wrote {write_planted_card(results, logs, weights, out)}")
+    return 0
+
+
 def _organism_card(args) -> int:
     from .models.organism import LLAVA_VARIANTS, QWEN_VARIANTS, WEIGHTS_DIR, weights_path
 
+    if args.planted:
+        return _planted_card(args)
     out = _output_dir(args.out) if args.out else default_organism_dir("cards", args.arch)
     if args.arch == "qwen2_vl":
         from .models.organism.card_qwen2vl import write_qwen_card
@@ -1024,6 +1059,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     org_card.add_argument(
         "--results", default=None, help="qwen2_vl: an `organism eval --json` output to use instead of evaluating again"
+    )
+    org_card.add_argument(
+        "--planted",
+        action="store_true",
+        help="the planted-fusion variants' card (their training logs: --run DIR, default weights/planted)",
     )
     org_card.add_argument("--limit", type=positive_int, default=None)
     org_card.add_argument(

@@ -143,3 +143,41 @@ def test_bad_planted_input_is_one_line(tmp_path, capsys):
         main(["organism", "train", "--planted", "organism-planted-nowhere"])
     assert stop.value.code == 2
     assert main(["organism", "train", "--planted", "organism-planted-late", "--arch", "qwen2_vl"]) == 2
+
+
+def test_card_bars_by_hand_and_the_card_renders(tmp_path):
+    from interp.models.organism.card_planted import bars_met, write_planted_card
+
+    result = {
+        "n": 512,
+        "accuracy": 0.92,
+        "per_kind": {"attribute": 0.99, "counting": 0.76},
+        "blind_accuracy": 0.35,
+        "planted_layers": [4, 5, 6],
+        "text_image_mass": [2e-4] * 4 + [0.2, 0.1, 0.1] + [9e-4] * 23,
+        "outside_mass_max": 9e-4,
+        "mass_samples": 64,
+        "knockout_outside_accuracy": 0.915,
+        "knockout_inside_accuracy": 0.37,
+    }
+    assert all(bars_met(result).values())
+    worse = {**result, "outside_mass_max": 2e-3, "knockout_outside_accuracy": 0.89, "knockout_inside_accuracy": 0.5}
+    assert bars_met(worse) == {
+        "accuracy": True,
+        "every kind": True,
+        "blind": True,
+        "outside-S mass": False,
+        "outside-S knockout": False,  # 3 points off
+        "inside-S knockout": False,  # 0.15 above the blind level
+    }
+    weights = tmp_path / "organism-planted-early.safetensors"
+    weights.write_bytes(b"0" * 2048)
+    card = write_planted_card(
+        {"organism-planted-early": result},
+        {"organism-planted-early": None},
+        {"organism-planted-early": weights},
+        tmp_path / "card",
+    )
+    text = card.read_text()
+    assert "planted layers S: [4, 5, 6]" in text and "NOT met" not in text
+    assert (tmp_path / "card" / "text_image_mass.png").stat().st_size > 0

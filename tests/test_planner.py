@@ -113,6 +113,13 @@ def test_pair_plan_by_hand():
     assert plan.memory["layer_activations"] == 16 * rows * (4 * d + 3 * text.intermediate_size) * 4
     assert plan.memory["scored_logits"] == (25 + 2) * text.vocab_size * 4
     # two captures, then layer 0's 5 conditions in one forward through L layers, layer 2's 20 in two through L - 2
+    parts = plan.memory
+    assert plan.peak_bytes == (
+        sum(parts.values())
+        - parts["clean_forward"]
+        - parts["layer_activations"]
+        + max(parts["clean_forward"], parts["layer_activations"])
+    )
     assert plan.work["layer_applications"] == 2 * L + 1 * L + 2 * (L - 2)
     assert plan.work["layer_rows"] == 2 * L * seq + 5 * rows * L + 20 * rows * (L - 2)
 

@@ -72,19 +72,14 @@ def _source_recorders(bound: Iterable) -> list:
     """One recorder per source name, over the union of the sites the patches need."""
     sites: dict[str, set] = {}
     for item in bound:
-        recorder = getattr(item, "source_recorder", None)
-        if recorder is not None:
-            made = recorder()
+        made = item.source_recorder()
+        if made is not None:
             sites.setdefault(made.name, set()).update(made.sites())
     return [RecordSource(s, name) for name, s in sites.items()]
 
 
 def _with_source(items, source) -> list:
-    out = []
-    for item in Plan(items):
-        needs = getattr(item, "with_source", None)
-        out.append(needs(source) if needs is not None and getattr(item, "source", None) is None else item)
-    return out
+    return [item.with_source(source) if item.needs_source() else item for item in Plan(items)]
 
 
 def patch_session(

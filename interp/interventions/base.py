@@ -165,6 +165,19 @@ class Intervention:
         The fast path recomputes only the rows from the earliest one on (default: every row)."""
         return 0
 
+    def needs_source(self) -> bool:
+        """Whether it reads another input's run and has none yet (a patch without its source):
+        a session with a source run gives it that one (:meth:`with_source`)."""
+        return False
+
+    def with_source(self, source: Any) -> Intervention:
+        """This intervention reading from ``source`` (a prepared input); others return themselves."""
+        return self
+
+    def source_recorder(self) -> Intervention | None:
+        """Bound: what a source run must record for this intervention to read it (None: nothing)."""
+        return None
+
     def recorded_as(self, layer: int | None, site: str):
         """Recorders: ``(spec, key)`` — what this site records, comparable across runs
         (``spec``), and the ``records`` key it stores it under. None for edits."""

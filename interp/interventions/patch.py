@@ -191,6 +191,9 @@ class PatchActivations(Intervention):
 
     # -- binding ---------------------------------------------------------------
 
+    def needs_source(self) -> bool:
+        return self.source is None
+
     def with_source(self, source) -> PatchActivations:
         """This patch, reading from ``source`` (a Prepared)."""
         new = PatchActivations.__new__(PatchActivations)
