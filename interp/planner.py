@@ -127,7 +127,7 @@ def plan_sample(
     largest = largest_forward(
         variants,
         n_layers,
-        {"image": rows, "knockout_last": 1 + ANSWER_TOKENS, "knockout_question": question_rows},
+        {"image": rows, "knockout_last": 1 + ANSWER_TOKENS, "knockout_question": question_rows, "knockout_text": seq},
         restart_batch if decode_batch is None else min(restart_batch, decode_batch),
     )
     per_row = 4 * d_model  # the attention's q, k, v and output rows

@@ -8,28 +8,36 @@ import pytest
 
 from interp.analysis import sections
 from interp.analysis.reproduce import ReproduceConfig
-from interp.analysis.sections import SECTIONS, section
+from interp.analysis.sections import SECTIONS, SectionContext, section
 from interp.cli import main
 from interp.outputs import SettingsMismatchError
+
+from .conftest import tiny_vlm
 
 RUN = ["reproduce", "--model", "tiny:llava", "--limit", "2", "--patching", "2", "--lens", "2", "--n-boot", "50"]
 
 
+def _ctx(samples, config, vlm=None) -> SectionContext:
+    return SectionContext(vlm, samples, [], config, None, None, "")
+
+
 def test_registry_order_needs_and_switches():
-    assert list(SECTIONS)[:3] == ["patching", "image_lens", "method_ablation"]
+    assert list(SECTIONS)[:4] == ["patching", "image_lens", "method_ablation", "localisation"]
     config = ReproduceConfig()
     synthetic = type("Synthetic", (), {"counterfactual_pairs": lambda *a, **k: [], "labelled_samples": lambda *a: []})()
-    assert SECTIONS["patching"].applies(synthetic, config)
-    assert not SECTIONS["patching"].applies([], config)  # a plain list offers no counterfactuals
-    assert not SECTIONS["image_lens"].applies(synthetic, ReproduceConfig(lens_samples=0))
-    assert not SECTIONS["method_ablation"].applies(synthetic, config)  # off unless seeds are given
-    assert SECTIONS["method_ablation"].applies([], ReproduceConfig(ablation_seeds=1))
+    assert SECTIONS["patching"].applies(_ctx(synthetic, config))
+    assert not SECTIONS["patching"].applies(_ctx([], config))  # a plain list offers no counterfactuals
+    assert not SECTIONS["image_lens"].applies(_ctx(synthetic, ReproduceConfig(lens_samples=0)))
+    assert not SECTIONS["method_ablation"].applies(_ctx(synthetic, config))  # off unless seeds are given
+    assert SECTIONS["method_ablation"].applies(_ctx([], ReproduceConfig(ablation_seeds=1)))
+    plain = tiny_vlm("llava")
+    assert not SECTIONS["localisation"].applies(_ctx([], config, plain))  # no planted layers in its config
 
 
 def test_a_registered_section_lands_in_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(sections, "SECTIONS", dict(SECTIONS))
 
-    @section("items_seen", enabled=lambda config: True)
+    @section("items_seen", enabled=lambda ctx: True)
     def _seen(ctx):
         log = ctx.run.section_log("items_seen", {"what": "ids"})
         log.write_text("".join(json.dumps({"key": item.id}) + "\n" for item in ctx.items))

@@ -40,6 +40,7 @@ from ..errors import InputError, InterpError
 from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers
 from ..options import DEFAULT_WINDOW, GPU_BATCH_SIZE, PAPER_MASK_SCALE
+from ..options import SWEEP_VARIANTS as VARIANTS
 from .attention import attention_rows, attention_table
 from .clean import sample_passes
 from .contrastive import ContrastiveSetup, contrastive_frame, contrastive_rows
@@ -48,7 +49,7 @@ from .logit_lens import lens_frame, lens_rows
 from .rundir import RunDir, RunDirError
 from .sections import SectionContext, run_sections
 from .stats import bootstrap_mean_ci, detect_fusion, layer_effects
-from .sweep import MODES, SCORINGS, VARIANTS, check_decode_batch, check_options, sweep_frame, sweep_rows, use_fast
+from .sweep import MODES, SCORINGS, check_decode_batch, check_options, sweep_frame, sweep_rows, use_fast
 
 
 @dataclass(frozen=True)
@@ -483,7 +484,7 @@ def reproduce(
             if tables is None or (world is not None and world.rank != 0):
                 return None
             tables.example = example_answers(vlm, tables, config)
-            extras = run_sections(SectionContext(vlm, samples, items, config, run, out, dataset))
+            extras = run_sections(SectionContext(vlm, samples, items, config, run, out, dataset, tables))
             return write_report(vlm, tables, config, out, dataset=dataset, extras=extras)
     finally:
         if world is not None:

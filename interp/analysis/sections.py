@@ -3,12 +3,13 @@
 A section is registered once, with what it needs and how it runs (in the spirit of lmms-eval's
 registered tasks and metrics)::
 
-    @section("image_lens", needs=OffersCellLabels, enabled=lambda config: config.lens_samples > 0)
+    @section("image_lens", needs=OffersCellLabels, enabled=lambda ctx: ctx.config.lens_samples > 0)
     def _lens(ctx: SectionContext) -> tuple[dict, list[str]]:
         ...
 
 ``needs`` names the dataset capability the section reads (:mod:`interp.data.capabilities`; None:
-any dataset): a dataset without it skips the section. Each section writes its rows through the
+any dataset): a dataset without it skips the section; ``enabled`` reads the context (the config,
+the model) and says whether the section runs. Each section writes its rows through the
 run store (:meth:`interp.analysis.rundir.RunDir.section_log`: fsynced, settings-checked, resumed
 unit by unit) and returns ``(dict for report.json, markdown lines)``; the report adds both under
 the section's name, in registration order.
@@ -35,6 +36,8 @@ class SectionContext:
     run: Any
     out: Path
     dataset: str
+    #: the per-sample phases' tables (:class:`interp.analysis.reproduce.Tables`): the sweep's rows, ...
+    tables: Any = None
 
     @property
     def common(self) -> dict:
@@ -49,17 +52,17 @@ class Section:
 
     name: str
     needs: type | None
-    enabled: Callable[[Any], bool]
+    enabled: Callable[[SectionContext], bool]
     run: Callable[[SectionContext], tuple[dict, list[str]]]
 
-    def applies(self, samples: Any, config: Any) -> bool:
-        return self.enabled(config) and (self.needs is None or isinstance(samples, self.needs))
+    def applies(self, ctx: SectionContext) -> bool:
+        return (self.needs is None or isinstance(ctx.samples, self.needs)) and self.enabled(ctx)
 
 
 SECTIONS: dict[str, Section] = {}
 
 
-def section(name: str, *, needs: type | None = None, enabled: Callable[[Any], bool]):
+def section(name: str, *, needs: type | None = None, enabled: Callable[[SectionContext], bool]):
     """Register the decorated function as the section ``name`` (see the module docstring)."""
 
     def register(run: Callable[[SectionContext], tuple[dict, list[str]]]):
@@ -71,13 +74,13 @@ def section(name: str, *, needs: type | None = None, enabled: Callable[[Any], bo
 
 def run_sections(ctx: SectionContext) -> dict[str, tuple[dict, list[str]]]:
     """Every registered section that applies to the run's data and config, in order."""
-    return {name: entry.run(ctx) for name, entry in SECTIONS.items() if entry.applies(ctx.samples, ctx.config)}
+    return {name: entry.run(ctx) for name, entry in SECTIONS.items() if entry.applies(ctx)}
 
 
 # -- the sections ------------------------------------------------------------------------------
 
 
-@section("patching", needs=OffersCounterfactuals, enabled=lambda config: config.patching_pairs > 0)
+@section("patching", needs=OffersCounterfactuals, enabled=lambda ctx: ctx.config.patching_pairs > 0)
 def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
     """Counterfactual patching on at most one pair per item (the synthetic benchmark's pairs)."""
     from .patching import REPORT_GROUPS, patching_section
@@ -100,7 +103,7 @@ def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
     )
 
 
-@section("image_lens", needs=OffersCellLabels, enabled=lambda config: config.lens_samples > 0)
+@section("image_lens", needs=OffersCellLabels, enabled=lambda ctx: ctx.config.lens_samples > 0)
 def _image_lens(ctx: SectionContext) -> tuple[dict, list[str]]:
     """The image-token lens on at most one sample per item."""
     from .image_lens import lens_section
@@ -116,7 +119,7 @@ def _image_lens(ctx: SectionContext) -> tuple[dict, list[str]]:
     )
 
 
-@section("method_ablation", enabled=lambda config: config.ablation_seeds is not None)
+@section("method_ablation", enabled=lambda ctx: ctx.config.ablation_seeds is not None)
 def _method_ablation(ctx: SectionContext) -> tuple[dict, list[str]]:
     """The authors' method component by component, on the run's items."""
     from .method_ablation import AblationConfig, run_method_ablation, write_outputs
@@ -146,3 +149,17 @@ def _method_ablation(ctx: SectionContext) -> tuple[dict, list[str]]:
         "",
     ]
     return report, lines
+
+
+def _planted(ctx: SectionContext) -> bool:
+    from ..models.organism import planted_layers_of
+
+    return planted_layers_of(ctx.vlm.config) is not None
+
+
+@section("localisation", enabled=_planted)
+def _localisation(ctx: SectionContext) -> tuple[dict, list[str]]:
+    """On a model with planted reading layers: every localisation method scored against them."""
+    from .faithfulness import localisation_section
+
+    return localisation_section(ctx)

@@ -70,7 +70,11 @@ from .clean import SamplePass, sample_pass
 from .items import as_items
 from .teacher import TeacherForced
 
-from ..options import MODES, SCORINGS, SWEEP_VARIANTS as VARIANTS
+from ..options import KNOWN_VARIANTS, MODES, SCORINGS, SWEEP_VARIANTS
+
+
+#: the sweep's default conditions (:data:`interp.options.SWEEP_VARIANTS`)
+VARIANTS = SWEEP_VARIANTS
 
 
 def condition(
@@ -94,7 +98,9 @@ def condition(
         return [AttentionKnockout([tf.last_prompt_position], "image", span)]
     if variant == "knockout_question":
         return [AttentionKnockout("question", "image", span)]
-    raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if variant == "knockout_text":
+        return [AttentionKnockout("text", "image", span)]
+    raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(KNOWN_VARIANTS)}")
 
 
 def fast_reason(vlm, scoring: str, remote) -> str | None:
@@ -106,8 +112,8 @@ def check_options(variants, scoring: str, mode: str, window: int, n_layers: int 
     """The sweep's options checked (one line each); ``window`` against ``n_layers`` when given."""
     variants = tuple(variants)
     for variant in variants:
-        if variant not in VARIANTS:
-            raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        if variant not in KNOWN_VARIANTS:
+            raise InterpError(f"unknown sweep variant {variant!r}; use one of {', '.join(KNOWN_VARIANTS)}")
     if scoring not in SCORINGS:
         raise InterpError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if mode not in MODES:
