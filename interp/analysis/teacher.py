@@ -24,9 +24,6 @@ import torch
 from ..errors import InputError
 from ..inputs import Prepared
 
-#: input fields that run along the token axis, and what an appended answer token gets
-_TOKEN_FIELDS_FILL = {"attention_mask": 1, "token_type_ids": 0, "mm_token_type_ids": 0}
-
 
 @dataclass
 class TeacherForced:
@@ -105,7 +102,8 @@ def teacher_force(vlm, prepared: Prepared, answer: str) -> TeacherForced:
         raise InputError("teacher forcing takes one prompt at a time")
     extra = targets[None, :].to(input_ids.device, input_ids.dtype)
     inputs["input_ids"] = torch.cat([input_ids, extra], dim=1)
-    for key, fill in _TOKEN_FIELDS_FILL.items():
+    # the token-axis fields and what an appended answer token gets there (a family fact: its adapter's)
+    for key, fill in {"attention_mask": 1, **dict(vlm.adapter.appended_token_fields)}.items():
         value = inputs.get(key)
         if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[1] == prompt_len:
             pad = torch.full((1, len(targets)), fill, dtype=value.dtype, device=value.device)

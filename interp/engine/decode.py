@@ -30,9 +30,6 @@ from transformers.generation import LogitsProcessorList
 from ..errors import InterpError
 from .prefix import cache_keyword
 
-#: fields that run along the token axis, and what a generated token gets there
-_TOKEN_FIELDS = {"token_type_ids": 0, "mm_token_type_ids": 0}
-
 
 def _generation_config(model, max_new_tokens: int):
     config = copy.deepcopy(model.generation_config)
@@ -105,7 +102,7 @@ def greedy_continue(vlm, prepared, last_logits: torch.Tensor, kv: list, max_new_
     if prepare_positions is not None:
         prepare_positions(prompt, {key: value for key, value in inputs.items() if key != "input_ids"})
     extra = {}
-    for key, fill in _TOKEN_FIELDS.items():
+    for key, fill in vlm.adapter.appended_token_fields:  # what a generated token gets on each token-axis field
         value = inputs.get(key)
         if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[1] == prompt_len:
             pad = torch.full((1, 1), fill, dtype=value.dtype, device=value.device)

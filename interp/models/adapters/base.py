@@ -145,6 +145,9 @@ class FamilyAdapter:
     projector_path: str = "model.multi_modal_projector"
     image_token_fields: tuple[str, ...] = ("image_token_id", "image_token_index")
     required_inputs: tuple[str, ...] = ("input_ids", "pixel_values")
+    #: input fields besides ``input_ids`` and ``attention_mask`` that run along the token axis, and
+    #: the value a token appended after the prompt gets there (a teacher-forced answer, a decoded token)
+    appended_token_fields: tuple[tuple[str, int], ...] = ()
     # Prompt used when the processor carries no chat template; ``{image}`` is
     # replaced by one image placeholder per image.
     fallback_prompt: str = "{image}\n{question}"

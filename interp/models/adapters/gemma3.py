@@ -46,6 +46,7 @@ ADAPTER = Gemma3Adapter(
     model_types=("gemma3",),
     mid_norm_name="pre_feedforward_layernorm",
     required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
+    appended_token_fields=(("token_type_ids", 0),),  # appended text is text
     fallback_prompt="<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n",
     batched_forward=True,
     notes=(

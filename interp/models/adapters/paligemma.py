@@ -28,6 +28,7 @@ ADAPTER = PaliGemmaAdapter(
     name="PaliGemma",
     model_types=("paligemma",),
     required_inputs=("input_ids", "pixel_values", "token_type_ids"),  # bidirectional image attention
+    appended_token_fields=(("token_type_ids", 1),),  # appended text is the suffix: causal, never read by the prefix
     # The processor adds <bos> after the image tokens and "\n" at the end.
     fallback_prompt="{image}{question}",
     batched_forward=True,

@@ -84,6 +84,7 @@ ADAPTER = QwenVLAdapter(
     vision_layers_path="model.visual.blocks",
     projector_path="model.visual.merger",
     required_inputs=("input_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
+    appended_token_fields=(("mm_token_type_ids", 0),),  # appended text is text
     fallback_prompt=QWEN_FALLBACK_PROMPT,
     batched_forward=True,
     notes=(
