@@ -586,6 +586,8 @@ def test_read_only_and_full_disk_through_evaluate(tmp_path):
     )
     out = small / "run.jsonl"
     code, error = result["mid_run"]
+    plan, error = error.split("\n", 1)  # the plan line every run prints first, then the one-line error
+    assert plan.startswith("plan: one batch ~")
     assert code == 2 and error == (
         f"error: cannot write {out}: no space left on the device (disk full or quota "
         f"reached); free some space and run the same command again\n"
