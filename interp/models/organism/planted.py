@@ -9,9 +9,11 @@ The recipe (``interp organism train --planted NAME``), seeded and resumable:
 1. **Blocked**: text->image attention is cut outside ``S`` (the attention mask of those layers
    forbids every edge from a text query after the image to an image key) while LoRA factors on
    every layer's q/k/v/o learn to answer through ``S`` alone.
-2. **Released**: the cut is lifted; the loss adds ``penalty`` times the mean attention mass
-   that text queries put on image keys at the layers outside ``S``, so the weights themselves
-   keep that mass near zero.
+2. **Released**: the cut is lifted; the loss adds ``penalty`` times :func:`mass_penalty` of the
+   attention mass that text queries put on image keys at each layer outside ``S``, so the weights
+   themselves keep that mass near zero.
+
+Each phase has its own warm-up and cosine learning-rate cycle.
 
 The shipped file holds only the factors (fp16) and ``S`` in its metadata; loading merges them
 into an ordinary checkpoint, so plain transformers sees the planted structure with no rule
