@@ -49,7 +49,25 @@ def act_name(name: str, layer: int | None = None) -> str:
 
 
 class ActivationCache:
-    """Activations of one run, by hook name (see the module docstring)."""
+    """Activations of one run, by hook name, with TransformerLens' ``ActivationCache`` interface.
+
+    Index it by a full hook name or by TL's ``(short name, layer)``; it also has
+    ``keys()``, ``values()``, ``items()``, ``in`` and ``len``. Made by
+    :meth:`interp.VLM.run_with_cache`.
+
+    Args:
+        cache_dict: the activations, hook name -> tensor.
+        n_layers: the model's decoder layer count.
+        model: the :class:`~interp.models.vlm.VLM` (needed by ``accumulated_resid(apply_ln=True)``).
+        has_batch_dim: whether the values have a leading batch axis.
+
+    Example:
+        ```python
+        logits, cache = vlm.run_with_cache(sample)
+        cache["pattern", 5]  # = cache["blocks.5.attn.hook_pattern"]
+        cache.stack_activation("resid_post")  # [n_layers, batch, seq, d_model]
+        ```
+    """
 
     def __init__(self, cache_dict: dict, n_layers: int, *, model=None, has_batch_dim: bool = True):
         self.cache_dict = dict(cache_dict)
@@ -70,6 +88,18 @@ class ActivationCache:
         return act_name(key)
 
     def __getitem__(self, key) -> torch.Tensor:
+        """``cache[name]`` or ``cache[short_name, layer]`` (a negative layer counts from the end).
+
+        Args:
+            key: a hook name, or ``(short name, layer)`` as TransformerLens'
+                ``utils.get_act_name`` takes them.
+
+        Returns:
+            The activation.
+
+        Raises:
+            HookNameError: an unknown name, or one not in the cache.
+        """
         name = self._key(key)
         if name not in self.cache_dict:
             raise HookNameError(f"{name!r} is not in the cache ({len(self.cache_dict)} names; see cache.keys())")
@@ -88,6 +118,11 @@ class ActivationCache:
         return iter(self.keys())
 
     def keys(self) -> list[str]:
+        """The hook names cached.
+
+        Returns:
+            The names in natural order (``blocks.2`` before ``blocks.10``).
+        """
         return sorted(self.cache_dict, key=natural_key)
 
     def values(self) -> list[torch.Tensor]:
@@ -102,7 +137,14 @@ class ActivationCache:
     # -- TransformerLens' helpers ------------------------------------------------------
 
     def remove_batch_dim(self) -> ActivationCache:
-        """Drop the batch axis of a batch-1 cache (vision activations without one pass through)."""
+        """Drop the batch axis of a batch-1 cache (vision activations without one pass through).
+
+        Returns:
+            A new cache without the batch axis (this one when it has none already).
+
+        Raises:
+            InterpError: the batch is larger than one.
+        """
         if not self.has_batch_dim:
             return self
         out = {}
@@ -116,8 +158,18 @@ class ActivationCache:
         return ActivationCache(out, self.n_layers, model=self.model, has_batch_dim=False)
 
     def stack_activation(self, activation_name: str, layer: int = -1) -> torch.Tensor:
-        """``[n_layers, ...]``: one activation (a short name) of every layer up to ``layer``
-        (exclusive, as TransformerLens; -1 = all)."""
+        """One activation of every layer, stacked.
+
+        Args:
+            activation_name: a short name (``"resid_post"``, ``"pattern"`` ...).
+            layer: stop before this layer (exclusive, as TransformerLens); -1: every layer.
+
+        Returns:
+            A tensor ``[n_layers, ...]``.
+
+        Raises:
+            HookNameError: the name is unknown or a layer's value is not in the cache.
+        """
         stop = self.n_layers if layer == -1 else layer
         return torch.stack([self[activation_name, l] for l in range(stop)])
 
@@ -129,10 +181,23 @@ class ActivationCache:
         return_labels: bool = False,
         pos_slice: Any = None,
     ):
-        """The residual stream before each layer (and, with ``incl_mid``, between attention and
-        MLP), stacked: ``[components, ...]``; ``layer`` stops before that layer (None: all,
-        plus the final residual). ``apply_ln`` applies the model's final norm to each, as
-        TransformerLens does for the logit lens."""
+        """The residual stream before each layer, stacked, as TransformerLens' method.
+
+        Args:
+            layer: stop before this layer; None: every layer, plus the final residual.
+            incl_mid: also the residual between attention and MLP of each layer.
+            apply_ln: apply the model's final norm to each, as TransformerLens does for the
+                logit lens.
+            return_labels: also return a label per component (``"3_pre"``, ``"3_mid"``,
+                ``"final_post"``).
+            pos_slice: keep only these positions (an index or slice of the sequence axis).
+
+        Returns:
+            The stack ``[components, ...]``, or ``(stack, labels)`` with ``return_labels``.
+
+        Raises:
+            InterpError: ``apply_ln`` on a cache without its model.
+        """
         stop = self.n_layers if layer is None else layer
         labels, parts = [], []
         for l in range(stop):
@@ -156,6 +221,14 @@ class ActivationCache:
         return (stacked, labels) if return_labels else stacked
 
     def to(self, device) -> ActivationCache:
+        """The cache on another device.
+
+        Args:
+            device: a torch device (or its name).
+
+        Returns:
+            A new cache with every tensor on ``device``.
+        """
         return ActivationCache(
             {k: v.to(device) for k, v in self.cache_dict.items()},
             self.n_layers,
@@ -166,7 +239,14 @@ class ActivationCache:
     # -- disk ---------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file (tensors) with the layer count and batch flag in its metadata."""
+        """Write the cache to one safetensors file (the layer count and batch flag in its metadata).
+
+        Args:
+            path: the file to write.
+
+        Returns:
+            The path written.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -179,6 +259,18 @@ class ActivationCache:
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> ActivationCache:
+        """Read a cache that :meth:`save` wrote.
+
+        Args:
+            path: the safetensors file.
+            model: the :class:`~interp.models.vlm.VLM` to attach (for ``apply_ln``).
+
+        Returns:
+            The cache.
+
+        Raises:
+            InterpError: no such file, or not one :meth:`save` wrote.
+        """
         from safetensors import safe_open
 
         path = Path(path)

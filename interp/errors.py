@@ -10,7 +10,16 @@ from __future__ import annotations
 
 
 class InterpError(ValueError):
-    """A user-facing error with a one-line, actionable message."""
+    """A user-facing error with a one-line, actionable message.
+
+    Every error a user can cause is one (the CLI prints its line without a traceback).
+    Subclasses in :mod:`interp.errors` say what kind: ``InputError``, ``LayerIndexError``,
+    ``HookNameError``, ``UnsupportedModelError``.
+
+    Args:
+        message: what is wrong and what to do; its whitespace (newlines included) is
+            collapsed into single spaces, so the message is one line.
+    """
 
     def __init__(self, message: str) -> None:
         one_line = " ".join(str(message).split())

@@ -105,8 +105,26 @@ def check_layer(layer: int, n_layers: int, what: str = "decoder layers") -> int:
 def parse_hook_name(name: str, n_layers: int, n_vision_layers: int | None = None) -> HookPoint:
     """Resolve a TransformerLens-style hook name; unknown names get one clear error.
 
-    ``n_vision_layers`` range-checks vision-block names (when None they are checked when
-    the model runs them, see :meth:`interp.VLM.check_sites`)."""
+    Args:
+        name: a hook name (``blocks.3.hook_resid_post``; a negative layer counts from the end).
+        n_layers: the model's decoder layer count.
+        n_vision_layers: range-checks vision-block names; when None they are checked when
+            the model runs them (see :meth:`interp.VLM.check_sites`).
+
+    Returns:
+        The resolved :class:`HookPoint`: the name with its layer resolved, the layer (None
+            for a global name such as ``hook_embed``) and the site.
+
+    Raises:
+        HookNameError: ``name`` is not a string or not a hook name.
+        LayerIndexError: its layer is out of range.
+
+    Example:
+        ```python
+        interp.parse_hook_name("blocks.-1.attn.hook_pattern", n_layers=32)
+        # HookPoint(name='blocks.31.attn.hook_pattern', layer=31, site='attn_pattern')
+        ```
+    """
     if not isinstance(name, str):
         raise HookNameError(f"a hook name is a string, got {type(name).__name__}")
     pattern, layered, global_names = _patterns(registry.REGISTRY)
@@ -137,7 +155,16 @@ def hook_name(layer: int | None, site: str) -> str:
 
 
 def all_hook_names(n_layers: int, n_vision_layers: int = 0) -> list[str]:
-    """Every hook name of a model, in forward order."""
+    """Every hook name of a model, in forward order.
+
+    Args:
+        n_layers: the model's decoder layer count.
+        n_vision_layers: the vision tower's block count (0: no vision-side names).
+
+    Returns:
+        The names: the embeddings, the vision blocks and the projector, each decoder
+            layer's sites, the final norm.
+    """
     names = [EMBED] + [hook_name(layer, "vision_resid_post") for layer in range(n_vision_layers)]
     names += [PROJECTED] if n_vision_layers else []
     names += [hook_name(layer, site) for layer in range(n_layers) for site in layer_sites()]

@@ -20,9 +20,16 @@ ImageLike = str | Path | Image.Image | Any
 class Prepared:
     """Model inputs for one prompt, and where its image tokens are.
 
-    ``inputs`` is the processor output (a dict of tensors for ``model(**inputs)``);
-    ``image_positions`` every image-token position in the sequence (batch row 0),
-    ascending; ``layouts`` one :class:`ImageLayout` per image.
+    Made by :meth:`interp.VLM.prepare` (or :meth:`interp.VLM.from_inputs` from processor
+    outputs you already have).
+
+    Args:
+        inputs: the processor output (a dict of tensors for ``model(**inputs)``).
+        image_positions: every image-token position in the sequence (batch row 0), ascending.
+        layouts: one :class:`ImageLayout` per image.
+        prompt: the prompt text the processor was given.
+        question_positions: the question's token positions (when it is not found in the
+            prompt: the positions after the last image token, the last position excluded).
     """
 
     inputs: dict
@@ -33,14 +40,17 @@ class Prepared:
 
     @property
     def input_ids(self) -> torch.Tensor:
+        """The token ids ``(batch, seq_len)``."""
         return self.inputs["input_ids"]
 
     @property
     def seq_len(self) -> int:
+        """The prompt's length in tokens."""
         return int(self.input_ids.shape[-1])
 
     @property
     def n_image_tokens(self) -> int:
+        """How many image tokens the prompt holds."""
         return int(self.image_positions.numel())
 
     @property

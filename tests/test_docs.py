@@ -5,16 +5,19 @@ resolved, and its pages render in a real browser."""
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import html.parser
 import http.server
 import importlib.util
+import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -238,3 +241,39 @@ def test_pages_render_in_headless_chromium(site, tmp_path):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # no request log on the test's stderr
         pass
+
+
+# -- the public names' docstrings ---------------------------------------------------------------
+
+
+def _returns_value(function) -> bool:
+    """Annotated to return something other than None, or (unannotated) has a ``return <value>``."""
+    annotation = inspect.signature(function).return_annotation
+    if annotation is inspect.Signature.empty:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        return any(isinstance(node, ast.Return) and node.value is not None for node in ast.walk(tree))
+    return annotation not in (None, "None")
+
+
+def test_public_names_have_google_style_docstrings():
+    """Every class or function of ``interp.__all__`` that takes parameters documents them under
+    ``Args:`` (a class: its constructor's, in the class docstring); a function that returns a
+    value says what under ``Returns:``."""
+    import interp
+
+    missing = []
+    for name in interp.__all__:
+        obj = getattr(interp, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        parameters = [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if parameters and "Args:" not in doc:
+            missing.append(f"{name}: no Args:")
+        if inspect.isfunction(obj) and _returns_value(obj) and "Returns:" not in doc:
+            missing.append(f"{name}: no Returns:")
+    assert not missing, missing

@@ -52,9 +52,16 @@ def execute_step(model, access, schedule, ctx: StepContext) -> None:
 class RunResult:
     """What a plan run returns.
 
-    ``records`` maps ``(name, layer, step)`` to tensors; ``logits`` are the prefill's
-    last-position logits ``(batch, vocab)``; ``sequences`` the generated token ids
-    (new tokens only) and ``text`` their decoding, when the run generated.
+    Read recordings with :meth:`record`, :meth:`stack` and :meth:`attention_grid`.
+
+    Args:
+        prepared: the :class:`~interp.inputs.Prepared` the run ran on.
+        records: the recordings, ``(name, layer, step)`` -> tensor.
+        logits: the prefill's last-position logits ``(batch, vocab)``.
+        sequences: the generated token ids (new tokens only), when the run generated.
+        text: the decoding of ``sequences``, when the run generated.
+        step_logits: when the run generated, the last-position logits of each step (only
+            the prefill's unless an intervention acts at every step).
     """
 
     prepared: Any
@@ -73,12 +80,41 @@ class RunResult:
         )
 
     def names(self) -> list[str]:
+        """The names recorded, sorted.
+
+        Returns:
+            Every recording name in :attr:`records`, sorted.
+        """
         return sorted({key[0] for key in self.records})
 
     def layers(self, name: str) -> list[int]:
+        """The layers a name was recorded at.
+
+        Args:
+            name: the recording's name.
+
+        Returns:
+            Those layers, ascending (a recording without a layer is left out).
+        """
         return sorted({key[1] for key in self.records if key[0] == name and key[1] is not None})
 
     def record(self, name: str, layer: int | None = None, step: int = 0) -> torch.Tensor:
+        """One recording.
+
+        Args:
+            name: the recording's name (``"attention"`` by default for
+                :class:`~interp.interventions.RecordAttention`; the hook name for
+                :class:`~interp.interventions.RecordResidual`).
+            layer: its layer (None for a recording without one).
+            step: the generation step (0: the prefill).
+
+        Returns:
+            The recorded tensor.
+
+        Raises:
+            InterpError: nothing was recorded under ``(name, layer, step)``; the message
+                lists what was.
+        """
         key = (name, layer, step)
         if key not in self.records:
             have = ", ".join(f"{n}@{l}" for n, l, s in sorted(self.records, key=str) if s == step) or "nothing"
@@ -86,7 +122,18 @@ class RunResult:
         return self.records[key]
 
     def stack(self, name: str, step: int = 0) -> torch.Tensor:
-        """Recordings of ``name`` for all its layers, stacked on a new leading axis."""
+        """Recordings of ``name`` for all its layers, stacked on a new leading axis.
+
+        Args:
+            name: the recording's name.
+            step: the generation step (0: the prefill).
+
+        Returns:
+            A tensor ``[n_layers_recorded, ...]``, layers ascending (see :meth:`layers`).
+
+        Raises:
+            InterpError: a layer's recording is missing at ``step``.
+        """
         return torch.stack([self.record(name, layer, step) for layer in self.layers(name)])
 
     def attention_grid(
@@ -101,7 +148,23 @@ class RunResult:
     ) -> torch.Tensor:
         """Head-mean attention of one query row to one image, on that image's patch grid.
 
-        Cells no token covers are NaN. Needs a ``RecordAttention(heads="mean", keys="image")``.
+        Needs a ``RecordAttention(heads="mean", keys="image")``.
+
+        Args:
+            layer: the layer recorded.
+            name: the recording's name.
+            image: which image of the prompt.
+            query: which recorded query row (-1: the last).
+            step: the generation step (0: the prefill).
+            batch: which batch row.
+            view: a named view of the image's layout instead of its primary grid.
+
+        Returns:
+            A float tensor ``[rows, cols]``; cells no token covers are NaN.
+
+        Raises:
+            InterpError: no such recording, or it is not a head-mean recording over the
+                image tokens.
         """
         values = self.record(name, layer, step)
         if values.ndim != 3:
@@ -129,7 +192,24 @@ def _flatten(items: Iterable) -> list[Intervention]:
 
 
 class Plan:
-    """Interventions that run together in one pass. Compose with ``+``."""
+    """Interventions that run together in one pass. Compose with ``+``.
+
+    At a shared hook point the interventions act in the order given (an ablation listed
+    before a recording is seen by it).
+
+    Args:
+        *interventions: interventions, lists or tuples of them, or plans (flattened, in order).
+
+    Raises:
+        InterpError: an item is not an intervention.
+
+    Example:
+        ```python
+        plan = interp.Plan(interp.ScaleImageTokens(layers=[2], scale=0)) + interp.RecordAttention()
+        result = plan.run(vlm, vlm.prepare("cat.png", "What colour is the cat?"))
+        result.stack("attention")  # [n_layers, batch, 1, n_image_tokens]
+        ```
+    """
 
     def __init__(self, *interventions: Intervention | Iterable[Intervention]):
         self.interventions = _flatten(interventions)
@@ -165,9 +245,30 @@ class Plan:
     ) -> RunResult:
         """Run the plan on ``prepared`` in one trace (prefill) or one generation.
 
-        Without generation, ``logits`` are the last position's ``(batch, vocab)``, or with
-        ``logit_positions`` (a list of positions) those positions' ``(batch, n, vocab)``.
-        ``count_as`` names the pass in ``vlm.counts`` (default ``full_forward`` / ``generate``)."""
+        :meth:`interp.VLM.run` is the usual way in (it validates its inputs first).
+
+        Args:
+            vlm: the :class:`~interp.models.vlm.VLM` to run.
+            prepared: the prompt (:meth:`interp.VLM.prepare`).
+            generate: generate greedily instead of one prefill forward.
+            max_new_tokens: tokens to generate.
+            remote: run on NDIF (True) or nnsight's local simulation of it (``"local"``);
+                None: the model's default.
+            logit_positions: without generation, the positions (a list) whose logits to
+                keep; None: the last position only.
+            count_as: the name of the pass in ``vlm.counts`` (default ``full_forward`` /
+                ``generate``).
+            **generate_kwargs: passed to the model's ``generate``.
+
+        Returns:
+            The run's :class:`RunResult`. Without generation its ``logits`` are the last
+                position's ``(batch, vocab)``, or with ``logit_positions`` those
+                positions' ``(batch, n, vocab)``.
+
+        Raises:
+            InterpError: an intervention does not fit the model or the prompt (a layer out of
+                range, an unknown hook name, a bad token selector).
+        """
         bound = self.bind(vlm, prepared)
         schedule = build_schedule(bound)
         every_step = generate and any(item.every_step for item in bound)

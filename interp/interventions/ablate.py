@@ -54,8 +54,27 @@ class ImageTokenEdit(Intervention):
 class ScaleImageTokens(ImageTokenEdit):
     """Multiply image-token hidden states by ``scale`` at the input of ``layers``.
 
-    ``scale`` is a number (the paper uses :data:`PAPER_MASK_SCALE`; 0 zeroes them), a tensor with one
-    factor per selected token, or a callable of the step context returning either.
+    The paper's masking: acts on ``blocks.{l}.hook_resid_pre`` at the image positions.
+
+    Args:
+        layers: the decoder layers: an int, an iterable of ints or ``"all"``.
+        scale: a number (the paper uses :data:`PAPER_MASK_SCALE`; 0 zeroes them), a tensor
+            with one factor per selected token, or a callable of the step context
+            returning either.
+        tokens: a subset of the image tokens (indices into them, a boolean mask over them,
+            or a callable of the step context returning either, e.g. built from attention
+            recorded earlier in the same pass); None: every image token.
+        every_step: also act at every generation step (default: the prefill only).
+
+    Raises:
+        InputError: ``scale`` is none of those.
+
+    Example:
+        ```python
+        mask = interp.ScaleImageTokens(layers=[2], scale=1e-9)
+        result = vlm.run(sample, mask, generate=True)
+        result.text
+        ```
     """
 
     def __init__(self, layers: Any, scale: Any = PAPER_MASK_SCALE, tokens: Any = None, every_step: bool = False):
@@ -74,7 +93,17 @@ class ScaleImageTokens(ImageTokenEdit):
 
 class MeanAblateImageTokens(ImageTokenEdit):
     """Replace image-token hidden states by their mean over the selected tokens (per
-    sequence), or by a given ``mean`` vector (e.g. a dataset mean of that layer)."""
+    sequence), or by a given ``mean`` vector, at the input of ``layers``.
+
+    Args:
+        layers: the decoder layers: an int, an iterable of ints or ``"all"``.
+        mean: a ``d_model`` vector to write instead (e.g. a dataset mean of that layer);
+            None: the selected tokens' own mean.
+        tokens: a subset of the image tokens (indices into them, a boolean mask over them,
+            or a callable of the step context returning either, e.g. built from attention
+            recorded earlier in the same pass); None: every image token.
+        every_step: also act at every generation step (default: the prefill only).
+    """
 
     def __init__(self, layers: Any, mean: Any = None, tokens: Any = None, every_step: bool = False):
         super().__init__(layers, tokens, every_step)
@@ -89,10 +118,19 @@ class MeanAblateImageTokens(ImageTokenEdit):
 
 
 class NoiseAblateImageTokens(ImageTokenEdit):
-    """Add Gaussian noise to image-token hidden states (seeded, reproducible).
+    """Add Gaussian noise to image-token hidden states (seeded, reproducible) at the
+    input of ``layers``.
 
-    The standard deviation is ``std`` when given, else ``noise_scale`` times the
-    standard deviation of the selected hidden states (3x as in causal tracing).
+    Args:
+        layers: the decoder layers: an int, an iterable of ints or ``"all"``.
+        std: the noise's standard deviation; None: ``noise_scale`` times that of the
+            selected hidden states.
+        noise_scale: the multiple used without ``std`` (3, as in causal tracing).
+        seed: the random seed (the noise also depends on the layer and the step).
+        tokens: a subset of the image tokens (indices into them, a boolean mask over them,
+            or a callable of the step context returning either, e.g. built from attention
+            recorded earlier in the same pass); None: every image token.
+        every_step: also act at every generation step (default: the prefill only).
     """
 
     def __init__(

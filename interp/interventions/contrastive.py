@@ -55,11 +55,25 @@ def bottom_fraction(values: torch.Tensor, rho: float) -> torch.Tensor:
 class ContrastiveMask(Intervention):
     """Mask the image tokens the late layer does not single out, at the review layer.
 
-    ``review_layer``: where the mask acts (its input); ``reference_layer``: default
-    ``review_layer - 1``; ``candidates``: pre-layer candidates (layers before the
-    reference; default all of them); ``rho``: fraction of image tokens masked;
-    ``distance``: ``"jsd"`` (v1) or ``"hellinger"``; ``query``: whose attention
-    (default the last prompt token).
+    The paper's training-free method, in one pass: the contrast ``C = max(A_r - A_pre, 0)``
+    of the query's head-mean attention over the image tokens at the reference layer and
+    at the pre layer farthest from it; the ``rho`` fraction of image tokens with the
+    lowest ``C`` are scaled by ``scale`` at the input of the review layer. The chosen
+    layer, ``C`` and the kept mask are recorded (``contrastive_pre_layer``,
+    ``contrastive_C``, ``contrastive_keep``, at the review layer).
+
+    Args:
+        review_layer: where the mask acts (its input).
+        reference_layer: the late layer; None: ``review_layer - 1``.
+        candidates: the pre-layer candidates (layers before the reference); ``"all"``:
+            all of them.
+        rho: the fraction of image tokens masked, in ``[0, 1]``.
+        distance: ``"jsd"`` (v1) or ``"hellinger"``.
+        scale: the factor applied to the masked tokens (~0).
+        query: whose attention (default the last prompt token).
+
+    Raises:
+        InterpError: ``distance`` is unknown or ``rho`` is outside ``[0, 1]``.
     """
 
     # set by bind(): what the run resolved for one prompt

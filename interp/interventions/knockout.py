@@ -18,9 +18,23 @@ from .base import Intervention, StepContext, resolve_positions
 class AttentionKnockout(Intervention):
     """Block attention from ``src`` queries to ``dst`` keys at ``layers``.
 
-    ``src``/``dst``: ``"last"``, ``"image"``, ``"text"``, ``"question"``, ``"all"``
-    or explicit positions. While decoding (``every_step=True``) only the new token's
-    row exists: ``src="last"`` (or ``"all"``) then blocks the new token's edges.
+    Edits the mask the attention function receives, so it works with eager and SDPA
+    attention alike.
+
+    Args:
+        src: the query positions: ``"last"``, ``"image"``, ``"text"``, ``"question"``,
+            ``"all"`` or explicit positions.
+        dst: the key positions, chosen the same way.
+        layers: the decoder layers: an int, an iterable of ints or ``"all"``.
+        every_step: also block while decoding, where only the new token's row exists:
+            ``src="last"`` (or ``"all"``) then blocks the new token's edges.
+
+    Example:
+        ```python
+        # the last token may not read the image in layers 0-3
+        knockout = interp.AttentionKnockout(src="last", dst="image", layers=range(4))
+        result = vlm.run(sample, knockout)
+        ```
     """
 
     def __init__(self, src: Any, dst: Any, layers: Any, every_step: bool = False):

@@ -46,9 +46,21 @@ PATCH_SITES = registry.keys(restartable=True)
 
 @dataclass(frozen=True)
 class ImageCells:
-    """Cells of image ``image``'s primary patch grid (or of its ``view``): a boolean
-    ``[rows, cols]`` mask or a list of ``(row, col)`` pairs. Cells no token covers
-    (e.g. LLaVA-NeXT's removed padding) are skipped."""
+    """Cells of an image's patch grid, as a position selector for :class:`PatchActivations`.
+
+    Cells no token covers (e.g. LLaVA-NeXT's removed padding) are skipped.
+
+    Args:
+        cells: a boolean ``[rows, cols]`` mask or a list of ``(row, col)`` pairs.
+        image: which image of the prompt.
+        view: a named view of the image's layout; None: its primary grid.
+
+    Example:
+        ```python
+        top_left = interp.ImageCells([(0, 0), (0, 1), (1, 0), (1, 1)])  # of image 0
+        patch = interp.PatchActivations(layers=[2], positions=top_left)
+        ```
+    """
 
     cells: Any
     image: int = 0
@@ -77,7 +89,17 @@ class ImageCells:
         return mask
 
     def positions(self, prepared) -> torch.Tensor:
-        """Absolute positions of the chosen cells' tokens, in row-major cell order."""
+        """Absolute positions of the chosen cells' tokens, in row-major cell order.
+
+        Args:
+            prepared: the prompt whose image grid the cells are on.
+
+        Returns:
+            A LongTensor of sequence positions.
+
+        Raises:
+            InputError: the image does not exist, or the cells do not fit its grid.
+        """
         view = self.grid_view(prepared)
         flat = view.positions.reshape(-1)[self.mask(view.shape).reshape(-1)]
         return flat[flat >= 0].clone()
@@ -139,14 +161,40 @@ def aligned_positions(selector, base, source) -> tuple[torch.Tensor, torch.Tenso
 class PatchActivations(Intervention):
     """Replace activations at hook points and positions with a source input's.
 
-    ``hook_names``: TL-style names (``blocks.{l}.hook_resid_pre`` ...), or give
-    ``layers`` (int, list, ``"all"``) and ``site`` (``resid_pre``, ``attn_out``,
-    ``mlp_out``, ``resid_post``). ``source``: the source's
-    :class:`~interp.inputs.Prepared` (needed to align positions and by
-    :func:`~interp.analysis.patching.run_patched`; ``None`` means the source is laid
-    out exactly like the base). ``source_values``: the source's activations when
-    recorded elsewhere, keyed like :meth:`source_key`. ``heads`` (site ``z`` only): the
-    attention heads to patch (an int or a list; None: every head).
+    Positions are matched between base and source by role (the k-th image token of the
+    base gets the k-th image token of the source); each mismatch is one clear error at
+    bind time. Patching acts at the prefill forward only.
+
+    Args:
+        hook_names: TL-style names (``blocks.{l}.hook_resid_pre`` ...; per head
+            ``blocks.{l}.attn.hook_z``); or give ``layers`` and ``site`` instead.
+        layers: the decoder layers: an int, a list of ints or ``"all"``.
+        site: with ``layers``: ``resid_pre``, ``attn_out``, ``mlp_out``, ``resid_post``
+            (or ``z``).
+        positions: ``"image"``, ``"question"``, ``"last"``, ``"text"``, ``"all"``,
+            explicit positions, or :class:`ImageCells`.
+        source: the source's :class:`~interp.inputs.Prepared` (needed to align positions
+            and by :func:`~interp.analysis.patching.run_patched`; ``None`` means the
+            source is laid out exactly like the base).
+        source_values: the source's activations when recorded elsewhere, keyed like
+            :meth:`source_key`.
+        name: the prefix of the source's recordings (see :meth:`source_key`).
+        heads: site ``z`` only: the attention heads to patch (an int or a list; None:
+            every head).
+
+    Raises:
+        InterpError: both or neither of ``hook_names`` and ``layers``, a site that cannot
+            be patched, or bad ``heads``.
+
+    Example:
+        ```python
+        from interp.analysis.patching import run_patched
+
+        clean = vlm.prepare("cat.png", "What colour is the cat?")
+        corrupt = vlm.prepare("dog.png", "What colour is the cat?")
+        patch = interp.PatchActivations(layers=[2, 3], site="resid_pre", positions="image")
+        result = run_patched(vlm, corrupt, clean, patch)  # base, source, patches
+        ```
     """
 
     # set by bind(): what the run resolved for one prompt

@@ -22,11 +22,29 @@ class RecordAttention(Intervention):
     """Attention from query position(s) to the image tokens, per layer.
 
     Stores ``(batch, n_query, n_image_tokens)`` (``heads="mean"``, the head mean) or
-    ``(batch, heads, n_query, n_image_tokens)`` (``heads="all"``). With
-    ``keys="all"`` the whole key axis is kept instead of the image columns. Only the
-    requested query rows are computed, from the attention function's own queries
-    and keys, so SDPA models stay on SDPA. :meth:`RunResult.attention_grid` puts the
-    values on the image's patch grid.
+    ``(batch, heads, n_query, n_image_tokens)`` (``heads="all"``) under
+    ``(name, layer, step)``. Only the requested query rows are computed, from the
+    attention function's own queries and keys, so SDPA models stay on SDPA.
+    :meth:`RunResult.attention_grid` puts the values on the image's patch grid.
+
+    Args:
+        layers: the decoder layers: an int, an iterable of ints or ``"all"``.
+        query: the query positions: ``"last"``, ``"image"``, ``"text"``, ``"question"``,
+            ``"all"`` or explicit positions (while decoding, the new token's row).
+        heads: ``"mean"`` (the head mean) or ``"all"`` (every head).
+        keys: ``"image"`` (the image-token columns) or ``"all"`` (the whole key axis).
+        name: the name the recordings are stored under.
+        every_step: also record at every generation step (default: the prefill only).
+
+    Raises:
+        InterpError: ``heads`` or ``keys`` is none of those.
+
+    Example:
+        ```python
+        result = vlm.run(sample, interp.RecordAttention(layers="all", query="last"))
+        result.stack("attention")  # [n_layers, batch, 1, n_image_tokens]
+        result.attention_grid(layer=2)  # [rows, cols] on the image's patch grid
+        ```
     """
 
     def __init__(
@@ -85,8 +103,23 @@ class RecordAttention(Intervention):
 class RecordResidual(Intervention):
     """Record the values at TransformerLens-style hook names (any of :mod:`interp.hooks`).
 
-    ``positions`` (optional) keeps only those sequence positions of residual-shaped
-    values (and those query rows of ``attn.hook_pattern``) to save memory.
+    Each value is stored under ``(hook name, layer, step)``.
+
+    Args:
+        hook_names: one hook name or several (``blocks.{l}.hook_resid_post`` ...).
+        positions: keep only those sequence positions of residual-shaped values (and
+            those query rows of ``attn.hook_pattern``) to save memory: a selector as for
+            :class:`RecordAttention`'s ``query``, or None (every position).
+        every_step: also record at every generation step (default: the prefill only).
+
+    Raises:
+        InterpError: ``hook_names`` is empty.
+
+    Example:
+        ```python
+        result = vlm.run(sample, interp.RecordResidual(["blocks.3.hook_resid_post"], positions="image"))
+        result.record("blocks.3.hook_resid_post", layer=3)  # [batch, n_image_tokens, d_model]
+        ```
     """
 
     # set by bind(): what the run resolved for one prompt

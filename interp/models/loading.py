@@ -116,19 +116,40 @@ def load(
 ) -> VLM:
     """Load a vision-language model for interpretability work.
 
-    ``name_or_path`` is one of:
+    Args:
+        name_or_path: one of
 
-    * a HF model id (``"llava-hf/llava-1.5-7b-hf"``; needs hub access or a local cache),
-    * a local directory holding a HF model and its processor,
-    * ``"organism"`` / ``"organism-frozen"``: the embedded model organism (offline),
-    * ``"tiny:<model_type>"``: a tiny random model of that family, built offline,
-    * an already-built HF model, with ``processor`` given.
+            * a HF model id (``"llava-hf/llava-1.5-7b-hf"``; needs hub access or a local cache),
+            * a local directory holding a HF model and its processor,
+            * ``"organism"`` / ``"organism-frozen"``: the embedded model organism (offline),
+            * ``"tiny:<model_type>"``: a tiny random model of that family, built offline,
+            * an already-built HF model, with ``processor`` given.
+        processor: the HF processor; None: loaded with the model (required with an
+            already-built model).
+        dtype: the weights' floating dtype (``"float16"``, ``"bfloat16"``, ``"float32"``,
+            ``"auto"`` or a ``torch.dtype``); None: transformers' default.
+        device_map: as in HF ``from_pretrained``: a placement (``"auto"`` ...), a device
+            (``"cpu"``, ``"cuda:0"``, an int) or a dict of module -> device.
+        attn_implementation: defaults to the checkpoint's (SDPA for most): every hook,
+            attention pattern included, works under SDPA.
+        remote: True runs every trace on NDIF (key from ``NDIF_API_KEY``); the model is then
+            built on the meta device here and never loaded locally. ``"local"`` runs traces
+            through nnsight's local simulation of the remote path.
 
-    ``remote=True`` runs every trace on NDIF (key from ``NDIF_API_KEY``); the model is
-    then built on the meta device here and never loaded locally. ``remote="local"``
-    runs traces through nnsight's local simulation of the remote path.
-    ``attn_implementation`` defaults to the checkpoint's (SDPA for most): every hook,
-    attention pattern included, works under SDPA.
+    Returns:
+        The loaded :class:`~interp.models.vlm.VLM`.
+
+    Raises:
+        InterpError: the model cannot be found or loaded (no such directory, no
+            ``config.json``, hub unreachable or offline), a built model without its
+            processor, or bad ``dtype`` / ``device_map``.
+        UnsupportedModelError: the model's family has no adapter.
+
+    Example:
+        ```python
+        vlm = interp.load("tiny:llava")  # offline, in seconds
+        vlm = interp.load("llava-hf/llava-1.5-7b-hf", dtype="bfloat16", device_map="auto")
+        ```
     """
     from .. import validate
 

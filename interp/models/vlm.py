@@ -42,8 +42,29 @@ DYNAMIC_SCENE_SIZE = 336
 class VLM:
     """One loaded vision-language model.
 
-    ``nnsight`` is the :class:`nnsight.TransformersModel` (use it for your own
-    traces), ``processor`` the HF processor, ``adapter`` the family adapter.
+    Made by :func:`interp.load`. Its ``nnsight`` attribute is the
+    :class:`nnsight.TransformersModel` (use it for your own traces), ``processor`` the
+    HF processor, ``adapter`` the family adapter.
+
+    Args:
+        nnsight_model: the :class:`nnsight.TransformersModel` wrapping the HF model.
+        processor: the HF processor.
+        adapter: the family adapter (where the layers, attention and image tokens are).
+        name: a display name; default: the config's ``_name_or_path``, else the family's.
+        remote: the default of every run's ``remote`` (see :func:`interp.load`).
+
+    Raises:
+        InterpError: the attention modules do not call ``attention_interface`` (the
+            attention hooks need it).
+
+    Example:
+        ```python
+        vlm = interp.load("tiny:llava")
+        sample = vlm.prepare("cat.png", "What colour is the cat?")
+        result = vlm.run(sample, interp.RecordAttention(layers="all"), generate=True)
+        with vlm.trace(sample):
+            resid = vlm.read("blocks.1.hook_resid_post").save()
+        ```
     """
 
     def __init__(self, nnsight_model, processor, adapter: FamilyAdapter, *, name: str = "", remote: bool | str = False):
@@ -145,7 +166,11 @@ class VLM:
         return self.adapter.n_vision_layers(self.model)
 
     def hook_names(self) -> list[str]:
-        """Every hook name of this model, in forward order (see :mod:`interp.hooks`)."""
+        """Every hook name of this model, in forward order (see :mod:`interp.hooks`).
+
+        Returns:
+            The names, vision tower and projector included.
+        """
         return all_hook_names(self.n_layers, self.n_vision_layers)
 
     def check_sites(self, bound) -> None:
@@ -171,7 +196,21 @@ class VLM:
     # -- inputs --------------------------------------------------------------
 
     def prepare(self, images: Any, question: str, *, prompt: str | None = None) -> Prepared:
-        """Chat-templated model inputs for ``question`` about ``images``, with image geometry."""
+        """Chat-templated model inputs for ``question`` about ``images``, with image geometry.
+
+        Args:
+            images: one image or a list: a file path, a PIL image or an HxWx3 array.
+            question: the question (a non-empty string).
+            prompt: the full prompt text (image placeholders included), used instead of
+                the chat template.
+
+        Returns:
+            The :class:`~interp.inputs.Prepared` prompt.
+
+        Raises:
+            InputError: no image, an unreadable image, an empty question, inputs the
+                processor rejects, or a prompt longer than the model takes.
+        """
         return prepare(
             self.processor,
             self.adapter,
@@ -184,7 +223,17 @@ class VLM:
         )
 
     def from_inputs(self, inputs: dict) -> Prepared:
-        """Wrap ready-made processor outputs (validated; image tokens located)."""
+        """Wrap ready-made processor outputs (validated; image tokens located).
+
+        Args:
+            inputs: the processor's output (a dict of tensors).
+
+        Returns:
+            The :class:`~interp.inputs.Prepared` prompt.
+
+        Raises:
+            InputError: inputs missing, inconsistent, or without image tokens.
+        """
         return from_inputs(dict(inputs), self.adapter, self.config)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
@@ -206,7 +255,21 @@ class VLM:
         return {"remote": remote}
 
     def trace(self, prepared: Prepared | dict, *, remote: bool | str | None = None, **kwargs):
-        """``with vlm.trace(prepared):`` — an nnsight trace over the prepared inputs."""
+        """``with vlm.trace(prepared):`` — an nnsight trace over the prepared inputs.
+
+        Inside it, :meth:`read` and :meth:`write` reach hook points by name, in forward order.
+
+        Args:
+            prepared: the prompt (:meth:`prepare`), or a dict of model inputs.
+            remote: as in :meth:`run`.
+            **kwargs: passed to nnsight's ``trace``.
+
+        Returns:
+            The nnsight tracing context.
+
+        Raises:
+            InputError: an input the forward needs is missing.
+        """
         inputs = prepared.inputs if isinstance(prepared, Prepared) else prepared
         self.adapter.check_inputs(inputs)
         return self.nnsight.trace(dict(inputs), **self.trace_kwargs(remote), **kwargs)
@@ -220,7 +283,25 @@ class VLM:
         remote: bool | str | None = None,
         **generate_kwargs,
     ):
-        """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`."""
+        """Run interventions (or a Plan) in one pass; see :class:`interp.interventions.Plan`.
+
+        Args:
+            prepared: the prompt (:meth:`prepare`).
+            *interventions: interventions, lists of them or plans, applied in order.
+            generate: generate greedily instead of one prefill forward.
+            max_new_tokens: tokens to generate (1 or more).
+            remote: run on NDIF (True) or nnsight's local simulation of it (``"local"``);
+                None: the model's default.
+            **generate_kwargs: passed to the model's ``generate``.
+
+        Returns:
+            The run's :class:`~interp.engine.plan.RunResult`: recordings, logits, and when
+                generating the new tokens and their text.
+
+        Raises:
+            InputError: ``prepared`` is not a Prepared, or a bad ``max_new_tokens``.
+            InterpError: an intervention does not fit the model or the prompt.
+        """
         from .. import validate
         from ..engine.plan import Plan
 
@@ -241,7 +322,19 @@ class VLM:
 
         ``attn.hook_pattern`` is computed from the attention call's queries and keys
         (equal to HF eager attention probabilities). Read hook points in forward order
-        (``vlm.hook_names()`` lists them in that order)."""
+        (``vlm.hook_names()`` lists them in that order).
+
+        Args:
+            hook_name: a hook name (see :func:`interp.all_hook_names`).
+
+        Returns:
+            The value there (an nnsight proxy: ``.save()`` it to keep it after the trace).
+
+        Raises:
+            HookNameError: an unknown hook name.
+            LayerIndexError: its layer is out of range.
+            InterpError: the trace has already run past that hook point.
+        """
         from ..interventions.runtime import attention_probs
 
         point = parse_hook_name(hook_name, self.n_layers, self.n_vision_layers)
@@ -251,7 +344,17 @@ class VLM:
 
     def write(self, hook_name: str, value) -> None:
         """Inside a trace: replace the value at a hook name (not the read-only ones:
-        ``attn.hook_pattern``, ``attn.hook_result``, ``hook_resid_mid``)."""
+        ``attn.hook_pattern``, ``attn.hook_result``, ``hook_resid_mid``).
+
+        Args:
+            hook_name: a hook name (see :func:`interp.all_hook_names`).
+            value: the replacement, shaped like the value there.
+
+        Raises:
+            HookNameError: an unknown hook name.
+            LayerIndexError: its layer is out of range.
+            InterpError: a read-only hook point, or the trace has already run past it.
+        """
         point = parse_hook_name(hook_name, self.n_layers, self.n_vision_layers)
         if point.site == "attn_pattern":
             raise InterpError("attn.hook_pattern is read-only; use AttentionKnockout to change attention")
@@ -269,7 +372,7 @@ class VLM:
         remove_batch_dim: bool = False,
         use_attn_result: bool = False,
     ):
-        """TransformerLens' ``run_with_cache``: ``(logits [batch, seq, vocab], ActivationCache)``.
+        """TransformerLens' ``run_with_cache``: one clean pass, every selected hook point cached.
 
         Args:
             prepared: the prompt (``vlm.prepare``).
@@ -279,6 +382,13 @@ class VLM:
             use_attn_result: with None or a function as the filter, also cache each head's
                 ``attn.hook_result`` (``[batch, seq, heads, d_model]``: on a 7B model ~0.1 GB a
                 layer per 1,000 tokens, as TransformerLens leaves it out unless asked).
+
+        Returns:
+            The pair ``(logits, cache)``: the logits at every position ``[batch, seq, vocab]``
+                and an :class:`~interp.cache.ActivationCache`.
+
+        Raises:
+            HookNameError: a name in ``names_filter`` is unknown, or it matches none.
         """
         from ..engine.hooked import run_with_cache
 
@@ -292,8 +402,33 @@ class VLM:
         )
 
     def run_with_hooks(self, prepared: Prepared, fwd_hooks=(), *, remote: bool | str | None = None):
-        """TransformerLens' ``run_with_hooks``: logits with ``fn(activation, hook)`` at each
-        ``(name or filter, fn)`` of ``fwd_hooks`` (a returned tensor replaces the activation)."""
+        """TransformerLens' ``run_with_hooks``: one pass with hook functions at hook points.
+
+        Args:
+            prepared: the prompt (``vlm.prepare``).
+            fwd_hooks: ``(name or filter, fn)`` pairs; ``fn(activation, hook)`` runs at each
+                matching hook point (in the order given) and a returned tensor replaces the
+                activation (``None`` leaves it).
+            remote: as in :meth:`run`.
+
+        Returns:
+            The logits at every position, ``[batch, seq, vocab]``.
+
+        Raises:
+            InterpError: an entry is not a pair, a hook function is not callable, or it
+                returns a replacement of the wrong shape (or for a read-only hook point).
+            HookNameError: a name is unknown, or a filter matches none.
+
+        Example:
+            ```python
+            def zero_image(activation, hook):
+                activation = activation.clone()
+                activation[:, sample.image_positions] = 0
+                return activation
+
+            logits = vlm.run_with_hooks(sample, fwd_hooks=[("blocks.2.hook_resid_pre", zero_image)])
+            ```
+        """
         from ..engine.hooked import run_with_hooks
 
         return run_with_hooks(self, prepared, fwd_hooks, remote=remote)
