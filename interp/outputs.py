@@ -569,6 +569,26 @@ class RowLog:
 # -- a run directory ----------------------------------------------------------------------------
 
 
+def logged_units(path: str | Path | None, units, key, compute) -> list[dict]:
+    """Every unit's rows, each unit computed once across runs: with ``path`` (a :class:`RowLog`) a
+    unit whose ``key(unit)`` is there is read back, any other is computed by ``compute(unit)`` and
+    appended (fsynced) before the next starts. Returns all the rows, in the units' order."""
+    log = RowLog(path) if path is not None else None
+    done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
+    rows: list[dict] = []
+    try:
+        for unit in units:
+            name = str(key(unit))
+            unit_rows = done[name] if name in done else compute(unit)
+            if log is not None and name not in done:
+                log.append({"key": name, "rows": unit_rows})
+            rows.extend(unit_rows)
+    finally:
+        if log is not None:
+            log.close()
+    return rows
+
+
 def _ours(name: str) -> bool:
     """The lock, or what a killed writer may leave: a probe or a temporary file (never data)."""
     return (

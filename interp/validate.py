@@ -20,27 +20,24 @@ URL_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "hf://", "data
 
 def positive_int(value: Any, what: str) -> int:
     """``value`` as an int >= 1 (bools and non-integral numbers refused)."""
-    if isinstance(value, bool):
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InputError(f"{what} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise InputError(f"{what} must be a positive integer (1 or more), got {number}")
-    return number
+    return _int_at_least(value, 1, what, "a positive integer (1 or more)")
 
 
 def non_negative_int(value: Any, what: str) -> int:
     """``value`` as an int >= 0 (0 switches something off; bools and non-integral numbers refused)."""
+    return _int_at_least(value, 0, what, "a non-negative integer (0 or more)")
+
+
+def _int_at_least(value: Any, least: int, what: str, words: str) -> int:
+    kind = words.split(" (")[0]
     if isinstance(value, bool):
-        raise InputError(f"{what} must be a non-negative integer, got {value!r}")
+        raise InputError(f"{what} must be {kind}, got {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise InputError(f"{what} must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise InputError(f"{what} must be a non-negative integer (0 or more), got {number}")
+        raise InputError(f"{what} must be {kind}, got {value!r}") from None
+    if number < least:
+        raise InputError(f"{what} must be {words}, got {number}")
     return number
 
 

@@ -99,7 +99,7 @@ def test_the_section_on_a_tiny_model_with_planted_layers_resumes(tmp_path, monke
     assert (tmp_path / "run" / "localisation.png").stat().st_size > 0
     assert "Which method finds where the image is read" in (tmp_path / "run" / "report.md").read_text()
     log = (tmp_path / "run" / "rows" / "localisation.jsonl").read_text().splitlines()
-    assert len(log) == 4 and set(json.loads(log[0])["rows"]) == {"sweep_text", "sweep1", "mass"}
+    assert len(log) == 4 and set(json.loads(log[0])["rows"][0]) == {"sweep_text", "sweep1", "mass"}
 
     def never(*args, **kwargs):
         raise AssertionError("a finished question was computed again")

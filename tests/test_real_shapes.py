@@ -300,8 +300,8 @@ def test_reproduce_every_section_at_real_width(tmp_path):
     """``reproduce`` with every section (sweep, attention, logit lens, contrastive, patching, image-token
     lens) on LLaVA-1.5's real widths: 3 LM layers (the fewest the contrastive method can use), one
     vision layer, float32 (bfloat16 matrix products are many times slower on this CPU), one
-    question and one counterfactual pair, no per-cell maps (576 cells x 4 layers). Its peak stays
-    within the planner's estimate for a sample plus the weights and the tower."""
+    question and one counterfactual pair, no per-cell maps (576 cells x 4 layers). The process stays
+    under :data:`MEMORY_CEILING` of resident memory."""
     from interp.analysis.reproduce import ReproduceConfig, reproduce
     from interp.data.synthetic import SyntheticVQA
     from interp.models.tiny.real_shapes import build_real
@@ -320,3 +320,16 @@ def test_reproduce_every_section_at_real_width(tmp_path):
     assert (tmp_path / "run" / "rows" / "patching.settings.json").exists()
     del vlm, model
     gc.collect()
+    assert peak_resident_bytes() < MEMORY_CEILING
+
+
+#: the most resident memory a worker running this module may reach (the largest model here, LLaVA-NeXT's
+#: real widths at 2 layers in bfloat16, and this reproduce run in float32, each held alone)
+MEMORY_CEILING = 8 * 2**30
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

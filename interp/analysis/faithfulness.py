@@ -231,26 +231,23 @@ def localisation_section(ctx) -> tuple[dict, list[str]]:
     organism: the phase-1 masking sweep's rows, plus each question's :func:`item_tables` through the
     run store (resumed question by question), scored by :func:`score_methods`. Writes
     ``localisation.csv`` and the ``localisation`` figure."""
-    from ..outputs import RowLog, write_atomic
+    from ..outputs import logged_units, write_atomic
     from ..plotting.localisation import localisation_scores
     from .stats import SMALL_SAMPLE
 
     vlm, config = ctx.vlm, ctx.config
     truth = check_truth(vlm)
     settings = {"mass_share": MASS_SHARE, "window": WINDOW, "knockouts": list(KNOCKOUTS)}
-    log = RowLog(ctx.run.section_log("localisation", settings))
-    done = {str(record["key"]): record["rows"] for record in log.open()}
+    logged = logged_units(
+        ctx.run.section_log("localisation", settings),
+        tqdm(ctx.items, desc="localisation methods", unit="sample", disable=not config.progress),
+        lambda item: item.id,
+        lambda item: [item_tables(vlm, item)],  # one record per question: its tables
+    )
     parts: dict[str, list] = {name: [] for name in (*EXTRA_SWEEPS, "mass")}
-    try:
-        for item in tqdm(ctx.items, desc="localisation methods", unit="sample", disable=not config.progress):
-            rows = done.get(item.id)
-            if rows is None:
-                rows = item_tables(vlm, item)
-                log.append({"key": item.id, "rows": rows})
-            for name, part in rows.items():
-                parts[name].extend(part)
-    finally:
-        log.close()
+    for record in logged:
+        for name, part in record.items():
+            parts[name].extend(part)
     tables = {name: pd.DataFrame(part) for name, part in parts.items()}
     sweep = ctx.tables.sweep
     if config.window != WINDOW:  # the windowed knockouts' reported spans assume WINDOW layers

@@ -100,7 +100,7 @@ def image_token_lens(
     Layers are unembedded together up to ``max_logits_bytes`` of float32 logits at a time
     (at least one layer per call). ``resume``: a JSON Lines file (:class:`interp.outputs.RowLog`)
     that gets one fsynced record per finished sample; samples already in it are not run again."""
-    from ..outputs import RowLog
+    from ..outputs import logged_units
 
     if site not in LENS_SITES:
         raise InterpError(f"the image-token lens reads {' or '.join(LENS_SITES)}, not {site!r}")
@@ -108,18 +108,12 @@ def image_token_lens(
         raise InterpError(f"k={k}: read at least the top token")
     entries = _entries(samples, limit)
     reader = _LensReader(vlm, resolve_layers(layers, vlm.n_layers), site, k, min_fraction, max_logits_bytes, remote)
-    rows: list[dict] = []
-    log = RowLog(resume) if resume is not None else None
-    done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
-    try:
-        for item, sample in tqdm(entries, desc="image-token lens", unit="sample", disable=not progress):
-            item_rows = done[item.id] if item.id in done else reader.rows(item, sample)
-            if log is not None and item.id not in done:
-                log.append({"key": item.id, "rows": item_rows})
-            rows.extend(item_rows)
-    finally:
-        if log is not None:
-            log.close()
+    rows = logged_units(
+        resume,
+        tqdm(entries, desc="image-token lens", unit="sample", disable=not progress),
+        lambda entry: entry[0].id,
+        lambda entry: reader.rows(*entry),
+    )
     frame = pd.DataFrame(rows)
     frame.attrs.update({"model": vlm.name, "site": site, "k": k, "n_layers": vlm.n_layers})
     return frame

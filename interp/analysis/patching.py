@@ -319,27 +319,21 @@ def patching_sweep(
     session per pair: the reference, and the ``remote=`` path) or ``"auto"`` (fast where
     the family allows prefix reuse).
     """
-    from ..outputs import RowLog
+    from ..outputs import logged_units
 
     pair_list = as_pairs(pairs)
     site_list = _sites(sites)
     fast = _fast_patching(vlm, mode, remote)
     plan = _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions)
-    log = RowLog(resume) if resume is not None else None
-    done = {str(record["key"]): record["rows"] for record in log.open()} if log is not None else {}
-    rows: list[dict] = []
-    try:
-        for index, pair in enumerate(tqdm(pair_list, desc="patching sweep", unit="pair", disable=not progress)):
-            if pair.id in done:
-                rows.extend(done[pair.id])
-                continue
-            pair_rows = _patch_pair(vlm, pair, plan.conditions(vlm, pair, index), fast=fast, batch=batch, remote=remote)
-            if log is not None:
-                log.append({"key": pair.id, "rows": pair_rows})
-            rows.extend(pair_rows)
-    finally:
-        if log is not None:
-            log.close()
+    numbered = list(enumerate(pair_list))
+    rows = logged_units(
+        resume,
+        tqdm(numbered, desc="patching sweep", unit="pair", disable=not progress),
+        lambda entry: entry[1].id,
+        lambda entry: _patch_pair(
+            vlm, entry[1], plan.conditions(vlm, entry[1], entry[0]), fast=fast, batch=batch, remote=remote
+        ),
+    )
     frame = pd.DataFrame(rows)
     frame.attrs.update(
         {
