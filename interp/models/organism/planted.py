@@ -9,9 +9,11 @@ The recipe (``interp organism train --planted NAME``), seeded and resumable:
 1. **Blocked**: text->image attention is cut outside ``S`` (the attention mask of those layers
    forbids every edge from a text query after the image to an image key) while LoRA factors on
    every layer's q/k/v/o learn to answer through ``S`` alone.
-2. **Released**: the cut is lifted; the loss adds ``penalty`` times :func:`mass_penalty` of the
-   attention mass that text queries put on image keys at each layer outside ``S``, so the weights
-   themselves keep that mass near zero.
+2. **Released**: the answers are still learned through the cut forward; an uncut forward adds
+   ``penalty`` times :func:`mass_penalty` of the attention mass that text queries put on image keys
+   at each layer outside ``S`` and ``consistency`` times the KL divergence of its answers from the
+   cut forward's, so the weights themselves keep that mass near zero and what is left of it
+   carries nothing the answer uses (a small mass alone does not promise that).
 
 Each phase has its own warm-up and cosine learning-rate cycle.
 
@@ -81,6 +83,7 @@ class PlantedConfig:
     release_steps: int = 300
     penalty: float = 1.0  # weight of the outside-S mass term (see :func:`mass_penalty`)
     mass_scale: float = 1e-3  # the mass the penalty's log bends at (the card's bar)
+    consistency: float = 1.0  # weight of the uncut forward's KL from the cut one (released phase)
     batch: int = 16
     warmup: int = 20
     grad_clip: float = 1.0
@@ -293,6 +296,36 @@ def _evaluate(model, processor, gate: TextImageGate, val, config: PlantedConfig,
     return entry
 
 
+def _answer_logits(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` at the labelled positions only (the unembedding of the answer rows)."""
+    hidden = model.model(**inputs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    return model.lm_head(hidden[keep]).float(), targets[keep]
+
+
+def _step_loss(model, gate: TextImageGate, inputs: dict, labels: torch.Tensor, config: PlantedConfig, *, blocked: bool):
+    """``(task loss, outside-S mass per layer, loss)`` of one step.
+
+    Blocked phase: the answers' cross-entropy with text->image cut outside ``S``. Released phase:
+    that cross-entropy still comes from the cut forward; a second, uncut forward adds the mass
+    penalty and (``consistency``) the KL divergence of its answers from the cut forward's, so
+    that whatever text still reads outside ``S`` can change nothing."""
+    gate.block, gate.measure, gate.mass = True, False, {}
+    cut, targets = _answer_logits(model, inputs, labels)
+    task = torch.nn.functional.cross_entropy(cut, targets)
+    if blocked:
+        return task, gate.outside_mass().to(task.device), task
+    gate.block, gate.measure, gate.mass = False, True, {}
+    free, _ = _answer_logits(model, inputs, labels)
+    mass = gate.outside_mass().to(task.device)
+    drift = torch.nn.functional.kl_div(
+        torch.log_softmax(free, -1), torch.log_softmax(cut, -1).detach(), log_target=True, reduction="batchmean"
+    )
+    loss = task + config.penalty * mass_penalty(mass, config.mass_scale) + config.consistency * drift
+    return task, mass, loss
+
+
 def train_planted(config: PlantedConfig, out_dir: Path) -> dict:
     """Train the planted variant into ``out_dir`` (``<variant>.safetensors``, ``training_log.json``);
     a ``planted-resume.pt`` there from the same recipe is continued. Returns the summary."""
@@ -300,7 +333,7 @@ def train_planted(config: PlantedConfig, out_dir: Path) -> dict:
 
     from ...data.synthetic import SyntheticVQA
     from . import weights_path
-    from .train import answer_batch, answer_loss, collate, device_name, on_device, training_device
+    from .train import answer_batch, collate, device_name, on_device, training_device
     from .weight_deltas import adapter_state, add_lora, adapters
 
     device = training_device(config.device)
@@ -346,13 +379,9 @@ def train_planted(config: PlantedConfig, out_dir: Path) -> dict:
             samples = answer_batch(train, focus, config.first_index + step * config.batch, config)
             inputs, labels = collate(processor, samples, with_answers=True)
             inputs, labels = on_device(inputs, device), labels.to(device)
-            gate.block, gate.measure = blocked, not blocked
-            gate.mass = {}
             model.train()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                task = answer_loss(model, inputs, labels)
-            mass = gate.outside_mass().to(task.device)
-            loss = task + config.penalty * mass_penalty(mass, config.mass_scale) if not blocked else task
+                task, mass, loss = _step_loss(model, gate, inputs, labels, config, blocked=blocked)
             optimizer.zero_grad()
             loss.backward()
             if config.grad_clip:
