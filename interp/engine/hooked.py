@@ -139,6 +139,7 @@ def run_with_cache(
             values[label] = value
     cache = ActivationCache({name: values[name] for name in sorted(values, key=natural_key)}, vlm.n_layers, model=vlm)
     logits = run.logits
+    assert logits is not None  # a cached run returns the logits
     if remove_batch_dim:
         cache = cache.remove_batch_dim()
         logits = logits[0]

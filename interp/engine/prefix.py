@@ -108,9 +108,15 @@ class CleanPass:
     def restartable(self) -> bool:
         return self.layer_inputs is not None
 
+    def layer_call(self, index: int) -> tuple:
+        """The captured ``(args, kwargs)`` of decoder layer ``index``'s call."""
+        if self.layer_inputs is None:
+            raise InterpError("this clean pass kept no layer inputs (it ran as a plain run); capture it restartable")
+        return self.layer_inputs[index]
+
     def layer_input(self, index: int) -> torch.Tensor:
         """The hidden states at the input of decoder layer ``index`` (captured)."""
-        args, kwargs = self.layer_inputs[index]
+        args, kwargs = self.layer_call(index)
         return first(args) if args else kwargs["hidden_states"]
 
     def prefix_bytes(self) -> int:
@@ -164,6 +170,7 @@ def capture(
     plan = Plan(list(recorders))
     if not restartable:
         run = plan.run(vlm, prepared, logit_positions=positions.tolist(), remote=remote, count_as="clean_forward")
+        assert run.logits is not None  # asked for at the positions
         return CleanPass(
             prepared, positions.clone(), run.logits[0].float(), run.records, _recorder_specs(plan.bind(vlm, prepared))
         )
@@ -194,7 +201,7 @@ def capture(
         logits = model.output.logits[0, positions].save()
     records = {key: value.detach() for key, value in records.items()}
     kv = None
-    if keep_kv:
+    if cache is not None:
         if len(cache.layers) != vlm.n_layers:
             raise InterpError(
                 f"the clean pass filled {len(cache.layers)} cache layers for {vlm.n_layers} decoder layers"
@@ -275,7 +282,7 @@ def first_changed_row(vlm, clean: CleanPass, start: int, variants: list[list[Int
     if row <= 0:
         return 0
     for index in range(start, vlm.n_layers):
-        args, kwargs = clean.layer_inputs[index]
+        args, kwargs = clean.layer_call(index)
         if len(args) > 1 or any(
             key not in _ROW_KEYWORDS and key != "hidden_states" and _is_tensorish(value)
             for key, value in kwargs.items()
@@ -303,7 +310,7 @@ def fill_kv(vlm, clean: CleanPass) -> list:
     vlm.counts["kv_forward"] += 1
     with torch.no_grad():
         for index, layer in enumerate(layers):
-            args, kwargs = clean.layer_inputs[index]
+            args, kwargs = clean.layer_call(index)
             kwargs = _without_cache(kwargs)
             kwargs[_layer_cache_keyword(layer)] = cache
             kwargs.pop("hidden_states", None)
@@ -601,7 +608,9 @@ def restart_many(
             final = torch.cat([state[v][:, local.to(state[v].device)] for v in members])
         else:
             final = first_input.new_zeros(0, len(positions), first_input.shape[-1])
-        group_kv = None if kept is None else _group_kv(kv, kept, group.start, members, kv_rows, n_layers)
+        group_kv = (
+            None if kept is None or kv_rows is None else _group_kv(kv, kept, group.start, members, kv_rows, n_layers)
+        )
         results.append(Restart(final, [plan.contexts[v] for v in members], group_kv))
     return results
 
@@ -669,7 +678,7 @@ def _run_layer(
     ``members[j]``) recomputing the rows from ``row``: their input edits, the layer (once per
     distinct input, with the edits inside it), their output edits."""
     layer = layers[index]
-    args, kwargs = clean.layer_inputs[index]
+    args, kwargs = clean.layer_call(index)
     kwargs = _suffix_kwargs(_without_cache(kwargs), row, keys, hidden.device)
     kwargs.pop("hidden_states", None)
     hidden = plan.edit_hidden(index, "resid_pre", hidden, members)
@@ -702,7 +711,7 @@ def _run_layer(
     vlm.counts["layer_forwards"] += len(run)
     vlm.counts["layer_token_rows"] += len(run) * rows.shape[1]
     vlm.counts["restart_layer_calls"] += 1  # one decoder-layer call for the batch (what the restart batch sizes)
-    if kept is not None:
+    if kept is not None and cache is not None:  # kept rows come with the keys/values of the rows before
         keys_all, values_all = cache_layer_kv(cache.layers[index])
         k, v = keys_all[:, :, :kv_rows], values_all[:, :, :kv_rows]
         for j, m in enumerate(members):

@@ -146,6 +146,7 @@ class Intervention:
         if site == "attn_pattern":
             from .runtime import edit_attention_call
 
+            assert layer is not None  # attention sites are inside a decoder layer
             return edit_attention_call(value, lambda mask: self.edit_mask(layer, mask, ctx))
         return self.edit_hidden(layer, site, value, ctx)
 

@@ -291,12 +291,17 @@ class PatchActivations(Intervention):
 
     def source_recorder(self) -> RecordSource:
         """The intervention that records what this (bound) patch needs, on the source run."""
-        return RecordSource(self._sites, self.name)
+        return RecordSource(self._sites, self.source_name)
+
+    @property
+    def source_name(self) -> str:
+        """The name the source run's recordings are stored under."""
+        return self.name or "source"
 
     # -- in the trace ------------------------------------------------------------
 
     def _source_value(self, layer, site, ctx: StepContext):
-        key = self.source_key(layer, site, self.name)
+        key = self.source_key(layer, site, self.source_name)
         if key in ctx.records:
             return ctx.records[key]
         if self.source_values is not None and key in self.source_values:
@@ -351,11 +356,11 @@ class RecordSource(Intervention):
 
     def recorded_as(self, layer, site):
         # the whole activation at the site, as RecordResidual records it with positions=None
-        return ("residual", layer, site, None), PatchActivations.source_key(layer, site, self.name)[:2]
+        return ("residual", layer, site, None), PatchActivations.source_key(layer, site, self.name or "source")[:2]
 
     def edit_hidden(self, layer, site, hidden, ctx: StepContext):
         if ctx.step == 0:
-            ctx.records[PatchActivations.source_key(layer, site, self.name)] = hidden.detach().clone()
+            ctx.records[PatchActivations.source_key(layer, site, self.name or "source")] = hidden.detach().clone()
         return hidden
 
     def at_site(self, layer, site, value, ctx: StepContext):

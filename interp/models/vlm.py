@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 from collections.abc import Sequence
 
 import torch
@@ -25,13 +25,13 @@ def find_attention_op(attn_envoy) -> str:
     HF attention modules call ``attention_interface(self, q, k, v, mask, ...)``;
     nnsight numbers each binding and call of that name. The call is the last one.
     """
-    names = [name for name in attn_envoy.source.names if _ATTENTION_OP.match(name)]
-    if not names:
+    calls = {name: match for name in attn_envoy.source.names if (match := _ATTENTION_OP.match(name))}
+    if not calls:
         raise InterpError(
             f"cannot find the attention function call in {type(attn_envoy._module).__name__}; "
             "attention hooks need a transformers attention module that calls `attention_interface`"
         )
-    return max(names, key=lambda name: int(_ATTENTION_OP.match(name).group(1)))
+    return max(calls, key=lambda name: int(calls[name].group(1)))
 
 
 #: the synthetic scenes' side for a dynamic-resolution tower (Qwen2-VL's): LLaVA-1.5's input size,
@@ -148,9 +148,8 @@ class VLM:
 
     @property
     def attn_implementation(self) -> str:
-        return getattr(self.adapter.text_config(self.config), "_attn_implementation", None) or getattr(
-            self.config, "_attn_implementation", "eager"
-        )
+        implementation = getattr(self.adapter.text_config(self.config), "_attn_implementation", None)
+        return cast(str, implementation or getattr(self.config, "_attn_implementation", "eager"))
 
     def layer(self, index: int):
         """The nnsight envoy of decoder layer ``index`` (range-checked)."""

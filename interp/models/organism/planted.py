@@ -144,6 +144,7 @@ class TextImageGate:
         """``(image keys (batch, k_len), text queries (batch, q_len))`` of the current call
         (its queries are the last ``q_len`` of ``k_len`` positions; decoded tokens are text)."""
         image, text = self._image, self._text
+        assert image is not None and text is not None  # bound by the prefill (the hooks check first)
         if k_len > image.shape[1]:
             grow = k_len - image.shape[1]
             image = torch.nn.functional.pad(image, (0, grow), value=False)

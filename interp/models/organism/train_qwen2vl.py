@@ -356,6 +356,7 @@ def _save_checkpoint(model, config: QwenTrainConfig, stage: int, step: int, stat
     """The trained tensors after ``step`` and the stage's resumable state (replaced atomically)."""
     from safetensors.torch import save_file
 
+    assert config.checkpoint_dir is not None  # called only when checkpoints are asked for
     folder = Path(config.checkpoint_dir)
     save_file(
         trainable_state(model),

@@ -76,5 +76,7 @@ def build(spec: TinySpec):
     weight = model.model.multi_modal_projector.mm_input_projection_weight
     generator = torch.Generator().manual_seed(spec.seed)
     with torch.no_grad():
-        weight.copy_(torch.randn(weight.shape, generator=generator) * config.initializer_range)
+        scale = config.initializer_range
+        assert scale is not None  # Gemma3Config always sets it
+        weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
     return model, processor
