@@ -174,18 +174,22 @@ def score_methods(
     rng = np.random.default_rng(seed)
     items = sorted(tables["mass"].item.unique())
     resamples = [rng.choice(len(items), size=len(items), replace=True) for _ in range(n_boot)]
-    out = []
     methods = [m for m in METHODS if m.table in tables and _has_rows(tables[m.table], m)]
-    for method in tqdm(methods, desc="scoring methods", unit="method", disable=not progress):
-        rows = tables[method.table]
-        reported = method.rule(rows, inner_boot)
+    draws: dict[str, list[dict]] = {m.name: [] for m in methods}
+    with tqdm(total=len(resamples) * len(methods), desc="scoring methods", unit="rule", disable=not progress) as bar:
+        for table in dict.fromkeys(m.table for m in methods):  # each resample of a table built once
+            readers = [m for m in methods if m.table == table]
+            for picks in resamples:
+                sample = _resample(tables[table], [items[i] for i in picks])
+                for method in readers:
+                    draws[method.name].append(layer_scores(method.rule(sample, inner_boot), truth))
+                    bar.update(1)
+    out = []
+    for method in methods:
+        reported = method.rule(tables[method.table], inner_boot)
         row: dict[str, Any] = {"method": method.name, "reported": reported, **layer_scores(reported, truth)}
-        draws = [
-            layer_scores(method.rule(_resample(rows, [items[i] for i in picks]), inner_boot), truth)
-            for picks in resamples
-        ]
         for metric in ("precision", "recall", "f1"):
-            values = np.array([d[metric] for d in draws])
+            values = np.array([d[metric] for d in draws[method.name]])
             row[f"{metric}_low"], row[f"{metric}_high"] = (float(np.quantile(values, q)) for q in (0.025, 0.975))
         row["n"] = len(items)
         row["layer_forwards_per_question"] = method_cost(method, n_layers)

@@ -48,6 +48,8 @@ GROUPS = ("changed", "other_image", "question", "other_text", "last")
 METRIC = "logit(source answer) - logit(base answer), first answer token, last prompt position"
 #: the groups the report section patches by default (``other_text`` costs a fifth more and is optional)
 REPORT_GROUPS = ("changed", "other_image", "question", "last")
+#: the changes a report's pairs take turns with: the object's colour and shape, and the distractor control
+REPORT_CHANGES = ("colour", "shape", "distractor")
 GROUP_LABELS = {
     "changed": "changed cells",
     "other_image": "other image cells",
@@ -659,7 +661,7 @@ def patching_section(
     out_dir=None,
     *,
     n_pairs: int = 60,
-    changes: Sequence[str] = ("colour", "shape", "distractor"),
+    changes: Sequence[str] = REPORT_CHANGES,
     cell_layers: Any = None,
     cell_pairs: int | None = 2,
     positions: Sequence[str] = REPORT_GROUPS,

@@ -83,13 +83,13 @@ def run_sections(ctx: SectionContext) -> dict[str, tuple[dict, list[str]]]:
 @section("patching", needs=OffersCounterfactuals, enabled=lambda ctx: ctx.config.patching_pairs > 0)
 def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
     """Counterfactual patching on at most one pair per item (the synthetic benchmark's pairs)."""
-    from .patching import REPORT_GROUPS, patching_section
+    from .patching import REPORT_CHANGES, REPORT_GROUPS, patching_section
 
     config = ctx.config
     settings = {
         "cell_pairs": config.patching_cell_pairs,
         "positions": list(REPORT_GROUPS),
-        "changes": ["colour", "shape", "distractor"],
+        "changes": list(REPORT_CHANGES),
         "seed": config.seed,  # the pairs are drawn with it
     }
     return patching_section(

@@ -297,14 +297,6 @@ def _evaluate(model, processor, gate: TextImageGate, val, config: PlantedConfig,
     return entry
 
 
-def _answer_logits(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` at the labelled positions only (the unembedding of the answer rows)."""
-    hidden = model.model(**inputs).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != -100
-    return model.lm_head(hidden[keep]).float(), targets[keep]
-
-
 def _step_loss(model, gate: TextImageGate, inputs: dict, labels: torch.Tensor, config: PlantedConfig, *, blocked: bool):
     """``(task loss, outside-S mass per layer, loss)`` of one step.
 
@@ -312,13 +304,15 @@ def _step_loss(model, gate: TextImageGate, inputs: dict, labels: torch.Tensor, c
     that cross-entropy still comes from the cut forward; a second, uncut forward adds the mass
     penalty and (``consistency``) the KL divergence of its answers from the cut forward's, so
     that whatever text still reads outside ``S`` can change nothing."""
+    from .train import answer_logits
+
     gate.block, gate.measure, gate.mass = True, False, {}
-    cut, targets = _answer_logits(model, inputs, labels)
+    cut, targets = answer_logits(model, inputs, labels)
     task = torch.nn.functional.cross_entropy(cut, targets)
     if blocked:
         return task, gate.outside_mass().to(task.device), task
     gate.block, gate.measure, gate.mass = False, True, {}
-    free, _ = _answer_logits(model, inputs, labels)
+    free, _ = answer_logits(model, inputs, labels)
     mass = gate.outside_mass().to(task.device)
     drift = torch.nn.functional.kl_div(
         torch.log_softmax(free, -1), torch.log_softmax(cut, -1).detach(), log_target=True, reduction="batchmean"

@@ -269,14 +269,18 @@ def collate(processor, samples, *, with_answers: bool):
     return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels}, label_t
 
 
-def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the labelled positions only: the unembedding (49k x 576) is applied
+def answer_logits(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` at the labelled positions only: the unembedding (49k x 576) is applied
     to the few answer rows instead of every position, which halves the step time."""
     hidden = model.model(**inputs).last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = model.lm_head(hidden[keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    return model.lm_head(hidden[keep]).float(), targets[keep]
+
+
+def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the labelled positions (:func:`answer_logits`); both organism recipes train on it."""
+    return torch.nn.functional.cross_entropy(*answer_logits(model, inputs, labels))
 
 
 def quick_accuracy(model, processor, dataset, n: int) -> dict:

@@ -33,7 +33,16 @@ from tqdm.auto import tqdm
 
 from .qwen2vl import MERGE, QwenTowerSpec, build_qwen_organism, trainable_state
 from .weight_deltas import adapters, add_full_attention, add_lora
-from .train import answer_batch, device_name, on_device, quick_accuracy, training_device, word_embedding, word_targets
+from .train import (
+    answer_batch,
+    answer_loss,
+    device_name,
+    on_device,
+    quick_accuracy,
+    training_device,
+    word_embedding,
+    word_targets,
+)
 
 VARIANT = "organism-qwen2vl"
 
@@ -299,15 +308,6 @@ def collate(processor, samples):
         **image_inputs(processor, [s.image for s in samples]),
     }
     return inputs, label_t
-
-
-def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the labelled rows only (the unembedding skips every other position)."""
-    hidden = model.model(**inputs).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.lm_head(hidden[keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def _groups(model, config: QwenTrainConfig, *, adapt: bool) -> list[dict]:
