@@ -25,11 +25,6 @@ def _int_list(text: str | None):
         raise InterpError(f"{text!r} is not 'all' or a comma-separated list of layer numbers") from None
 
 
-def _scene_size(vlm) -> int:
-    """The synthetic scenes' side for a model (:attr:`interp.models.vlm.VLM.scene_size`)."""
-    return vlm.scene_size
-
-
 def _load_samples(dataset: str, data_dir: str | None, split: str | None, image_size: int):
     """``(samples, label)`` for ``--dataset``: the synthetic benchmark or an evaluation task."""
     if dataset == "synthetic":

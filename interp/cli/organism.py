@@ -8,7 +8,7 @@ from pathlib import Path
 from ..cli_args import add_model_args, positive_int
 from ..cli_args import load_kwargs as loading_flags
 from ..errors import InterpError
-from .common import _output_dir, _scene_size
+from .common import _output_dir
 
 
 ORGANISM_ARCHS = ("llava", "qwen2_vl")
@@ -203,7 +203,7 @@ def _organism_eval(args) -> int:
         vlm = load(str(organism_dir(args.variant, weights=args.weights)), **loading_flags(args))
     else:
         vlm = load(args.variant, **loading_flags(args))
-    dataset = SyntheticVQA(args.split, seed=args.seed, image_size=_scene_size(vlm))
+    dataset = SyntheticVQA(args.split, seed=args.seed, image_size=vlm.scene_size)
     result = evaluate(vlm.model, vlm.processor, dataset, limit=args.limit, blind=not args.no_blind, progress=True)
     result = {
         "model": args.variant,
@@ -246,7 +246,7 @@ def _test_results(variant: str, limit: int | None, flags: dict | None = None) ->
     from ..models.organism.evaluate import evaluate
 
     vlm = load(variant, **(flags or {}))
-    dataset = SyntheticVQA("test", seed=0, image_size=_scene_size(vlm))
+    dataset = SyntheticVQA("test", seed=0, image_size=vlm.scene_size)
     result = evaluate(vlm.model, vlm.processor, dataset, limit=limit, progress=True)
     print(f"{variant}: accuracy {result['accuracy']:.3f}, blind {result['blind_accuracy']:.3f}")
     layers = planted_layers_of(vlm.config)

@@ -7,7 +7,7 @@ import sys
 
 from ..cli_args import add_model_args, model_and_kwargs, positive_int
 from ..errors import InterpError
-from .common import _int_list, _output_dir, _scene_size
+from .common import _int_list, _output_dir
 
 
 def _patch(args) -> int:
@@ -29,7 +29,7 @@ def _patch(args) -> int:
         vlm = load(model, remote=True, **{k: v for k, v in load_kwargs.items() if k == "attn_implementation"})
     else:
         vlm = load(model, **load_kwargs)
-    image_size = _scene_size(vlm)
+    image_size = vlm.scene_size
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
     options = {
         "cell_pairs": args.cell_pairs,

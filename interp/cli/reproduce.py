@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cli_args import add_model_args, decode_batch, model_and_kwargs, non_negative_int, positive_int
 from ..options import GPU_BATCH_SIZE, MODES, PAPER_MASK_SCALE, SCORINGS
-from .common import _load_samples, _output_dir, _scene_size
+from .common import _load_samples, _output_dir
 
 
 def _sample_plan(vlm, samples, config, dtype_name: str | None):
@@ -65,7 +65,7 @@ def _reproduce(args) -> int:
         vlm = load(model, remote=True, **{k: v for k, v in load_kwargs.items() if k == "attn_implementation"})
     else:
         vlm = load(model, remote=bool(args.remote), **load_kwargs)
-    image_size = _scene_size(vlm)
+    image_size = vlm.scene_size
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     given = {
         "window": args.window,
@@ -126,7 +126,7 @@ def _faithfulness(args) -> int:
     config = ReproduceConfig(
         patching_pairs=0, lens_samples=0, **({"n_boot": args.n_boot} if args.n_boot else {}), seed=args.seed
     )
-    data = SyntheticVQA(args.split, seed=0, image_size=_scene_size(vlm))
+    data = SyntheticVQA(args.split, seed=0, image_size=vlm.scene_size)
     report = reproduce(vlm, data, out, dataset=f"synthetic:{args.split}", limit=args.limit, config=config)
     if report is None:
         return 0

@@ -6,7 +6,7 @@ import json
 
 from ..cli_args import add_model_args, model_and_kwargs, positive_int
 from ..errors import InterpError
-from .common import _load_samples, _output_dir, _scene_size
+from .common import _load_samples, _output_dir
 
 
 def _explore(args) -> int:
@@ -18,7 +18,7 @@ def _explore(args) -> int:
         read_run(args.run)  # a bad run directory fails before the model loads
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, **load_kwargs)
-    image_size = _scene_size(vlm)
+    image_size = vlm.scene_size
     samples, _ = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     page = explore(vlm, samples, args.out, run_dir=args.run, patching=args.patching, limit=args.limit)
     print(f"wrote {page.path} ({len(page.html) / 1e6:.1f} MB, self-contained: open it in a browser)")
@@ -43,7 +43,7 @@ def _ablate_method(args) -> int:
     layers = args.dola_layers if args.dola_layers in ("low", "high") else [int(x) for x in args.dola_layers.split(",")]
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, remote=bool(args.remote), **load_kwargs)
-    image_size = _scene_size(vlm)
+    image_size = vlm.scene_size
     samples, label = _load_samples(args.dataset, args.data_dir, args.split, image_size)
     max_new_tokens = args.max_new_tokens or get_benchmark(args.dataset).max_new_tokens
     config = AblationConfig(
