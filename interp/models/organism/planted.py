@@ -79,8 +79,8 @@ class PlantedConfig:
     rank: int = 16
     alpha: float = 32.0
     lr: float = 1e-3
-    block_steps: int = 400
-    release_steps: int = 300
+    block_steps: int = 1000
+    release_steps: int = 400
     penalty: float = 1.0  # weight of the outside-S mass term (see :func:`mass_penalty`)
     mass_scale: float = 1e-3  # the mass the penalty's log bends at (the card's bar)
     consistency: float = 1.0  # weight of the uncut forward's KL from the cut one (released phase)
@@ -88,7 +88,7 @@ class PlantedConfig:
     warmup: int = 20
     grad_clip: float = 1.0
     bf16: bool = True
-    eval_every: int = 50
+    eval_every: int = 100
     eval_samples: int = 64
     checkpoint_every: int = 25
     first_index: int = 300_000  # train-split indices after the base organism's
