@@ -1,27 +1,34 @@
 """The method ablation: statistics on hand-made rows, a small real run (rows equal direct
-``dola_generate`` calls, resume after a cut), the report and figure, and the CLIs' errors."""
+``dola_generate`` calls; its row log resumed after a cut, refused with other settings, read
+back when complete), the report and figure, and the CLIs' errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from interp.analysis import method_ablation
 from interp.analysis.method_ablation import (
     AblationConfig,
     ablation_table,
     cells,
     gains,
+    read_ablation_rows,
     render_paragraph,
     run_method_ablation,
+    settings_path,
     write_outputs,
 )
 from interp.analysis.stats import mcnemar_exact
 from interp.cli import main
 from interp.decoding import dola_generate, prefill_cache
+from interp.errors import InterpError
 from interp.interventions import ReviewLayerMask
+from interp.outputs import OutputLock, OutputLockedError
 
 from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
@@ -111,13 +118,39 @@ def _items(vlm):
     ]
 
 
-def test_run_equals_direct_calls_and_resumes(tiny, tmp_path):
-    config = AblationConfig(
-        seeds=2, review_layer=2, dola_layers=[0, 1, 2], max_new_tokens=3, progress=False, temperature=1.5
-    )
+_CONFIG = dict(seeds=2, review_layer=2, dola_layers=[0, 1, 2], max_new_tokens=3, progress=False, temperature=1.5)
+
+
+@pytest.fixture(scope="module")
+def logged(tiny, tmp_path_factory):
+    """An uninterrupted run's rows and its row log (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("ablation") / "rows.jsonl"
+    return run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=out), out
+
+
+def _copy_log(src, directory):
+    for path in (src, settings_path(src)):
+        shutil.copy(path, directory / path.name)
+    return directory / src.name
+
+
+def _count_units(monkeypatch) -> list:
+    """The key of every unit computed from now on (the per-unit compute wrapped)."""
+    calls = []
+    compute = method_ablation._unit_rows
+
+    def counting(vlm, item, run, *args):
+        calls.append(method_ablation._unit_key(run, item))
+        return compute(vlm, item, run, *args)
+
+    monkeypatch.setattr(method_ablation, "_unit_rows", counting)
+    return calls
+
+
+def test_run_equals_direct_calls(tiny, logged, tmp_path):
+    config = AblationConfig(**_CONFIG)
     settings = config.resolved(tiny)
-    out = tmp_path / "rows.jsonl"
-    rows = run_method_ablation(tiny, _items(tiny), config=config, out=out)
+    rows, src = logged
     assert len(rows) == 2 * len(cells(settings)) == 2 * 3 * 2 * 4
     # every row is what dola_generate gives for that cell, called directly (no prefill reuse)
     for _, row in rows[rows["item"] == "1"].iterrows():
@@ -138,20 +171,97 @@ def test_run_equals_direct_calls_and_resumes(tiny, tmp_path):
             interventions=[ReviewLayerMask(2)] if row["mask"] == "authors" else [],
         )
         assert (direct.text, direct.premature_layers) == (row.text, row.premature_layers)
-    # resume: keep the header and the first 10 rows, cut the 11th mid-line
-    lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:11]) + "\n" + lines[11][:20])
-    again = run_method_ablation(tiny, _items(tiny), config=config, out=out)
-    pd.testing.assert_frame_equal(again.drop(columns="seconds"), rows.drop(columns="seconds"))
-    # fewer seeds than the file holds: summarised as such
-    fewer = run_method_ablation(tiny, _items(tiny), config=AblationConfig(**{**config.__dict__, "seeds": 1}), out=out)
-    assert set(fewer.seed.dropna()) == {0}
-    report = write_outputs(again, settings, tmp_path / "report", n_boot=200)
+    # one record per question and decoding run, in run order, holding that run's cells
+    records = [json.loads(line) for line in src.read_text().splitlines()]
+    assert [json.loads(r["key"]) for r in records] == [
+        [d, s, i] for d, s in [("greedy", None), ("sample", 0), ("sample", 1)] for i in ("0", "1")
+    ]
+    assert all(len(r["rows"]) == 2 * 4 for r in records)
+    back, stored = read_ablation_rows(src)
+    key = ["item", "decoding", "seed", "mask", "dola"]
+    pd.testing.assert_frame_equal(
+        back.sort_values(key, na_position="first").reset_index(drop=True),
+        rows.sort_values(key, na_position="first").reset_index(drop=True),
+    )
+    assert stored == {**settings, "model": tiny.name}
+    # fewer seeds than the log holds: summarised as such, the same rows
+    out = _copy_log(src, tmp_path)
+    fewer = run_method_ablation(tiny, _items(tiny), config=AblationConfig(**{**_CONFIG, "seeds": 1}), out=out)
+    pd.testing.assert_frame_equal(fewer, rows[rows.seed.isna() | (rows.seed == 0)].reset_index(drop=True))
+    report = write_outputs(rows, settings, tmp_path / "report", n_boot=200)
     assert {"settings", "cells", "components", "paragraph"} <= set(report)
     cell = report["cells"][0]
     assert {"accuracy", "ci_low", "ci_high", "p_no_mask", "diff_no_dola_low"} <= set(cell)
     assert json.loads((tmp_path / "report" / "method_ablation.json").read_text())["n_items"] == 2
     assert (tmp_path / "report" / "method_ablation.png").stat().st_size > 0
+
+
+def test_a_torn_last_line_is_recomputed(tiny, logged, tmp_path, monkeypatch):
+    rows, src = logged
+    out = _copy_log(src, tmp_path)
+    lines = out.read_bytes().splitlines(keepends=True)
+    kept = b"".join(lines[:3])
+    out.write_bytes(kept + lines[3][: len(lines[3]) // 2])  # killed while writing the 4th unit
+    calls = _count_units(monkeypatch)
+    again = run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=out)
+    assert calls == [json.loads(line)["key"] for line in lines[3:]]  # the torn unit and those after it
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), rows.drop(columns="seconds"))
+    # the complete units are read back as written, their timings too
+    read_back = [json.loads(json.loads(line)["key"]) for line in lines[:3]]
+    assert read_back == [["greedy", None, "0"], ["greedy", None, "1"], ["sample", 0, "0"]]
+    in_unit = again.decoding.eq("greedy") | (again.seed.eq(0) & again["item"].eq("0"))
+    pd.testing.assert_frame_equal(again[in_unit], rows[in_unit])
+    text = out.read_bytes()
+    assert text.startswith(kept) and text.endswith(b"\n")
+    assert [json.loads(line)["key"] for line in text.splitlines()] == [json.loads(line)["key"] for line in lines]
+
+
+def test_other_settings_are_refused_untouched(tiny, logged, tmp_path, monkeypatch):
+    _, src = logged
+    out = _copy_log(src, tmp_path)
+    before = {path: path.read_bytes() for path in (out, settings_path(out))}
+    calls = _count_units(monkeypatch)
+    with pytest.raises(InterpError) as refused:
+        run_method_ablation(tiny, _items(tiny), config=AblationConfig(**{**_CONFIG, "ratio": 0.3}), out=out)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{out} holds a run with other settings")
+    assert "ratio (0.2 there, 0.3 now)" in message
+    with OutputLock(out), pytest.raises(OutputLockedError):  # a second writer
+        run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=out)
+    settings_path(out).unlink()  # rows whose settings are unknown
+    with pytest.raises(InterpError, match="no rows.settings.json, so their settings are unknown"):
+        run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=out)
+    assert not settings_path(out).exists()
+    settings_path(out).write_bytes(before[settings_path(out)])
+    assert calls == [] and {path: path.read_bytes() for path in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl", "rows.settings.json"]
+    # a log with a settings header and one answer per line: read, never continued
+    old = tmp_path / "old.jsonl"
+    header = {"settings": AblationConfig(**_CONFIG).resolved(tiny), "n_items": 2, "model": tiny.name}
+    answers = [json.dumps(row) for row in json.loads(src.read_text().splitlines()[0])["rows"]]
+    old.write_text("\n".join([json.dumps(header), *answers]) + "\n")
+    written = old.read_bytes()
+    with pytest.raises(InterpError, match="one-answer-per-line format"):
+        run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=old)
+    assert old.read_bytes() == written and not settings_path(old).exists()
+    frame, settings = read_ablation_rows(old)
+    assert len(frame) == 8 and set(frame.decoding) == {"greedy"} and settings["seeds"] == 0
+
+
+def test_a_complete_log_computes_nothing(tiny, logged, tmp_path, monkeypatch):
+    rows, src = logged
+    out = _copy_log(src, tmp_path)
+    before = out.read_bytes()
+    calls = _count_units(monkeypatch)
+    again = run_method_ablation(tiny, _items(tiny), config=AblationConfig(**_CONFIG), out=out)
+    assert calls == [] and out.read_bytes() == before
+    pd.testing.assert_frame_equal(again, rows)  # the timings too: every row read back
+    # fewer questions and seeds than the log holds: nothing computed either
+    smaller = run_method_ablation(
+        tiny, _items(tiny), config=AblationConfig(**{**_CONFIG, "seeds": 1}), limit=1, out=out
+    )
+    assert calls == [] and out.read_bytes() == before
+    pd.testing.assert_frame_equal(smaller, rows[(rows["item"] == "0") & (rows.seed.isna() | (rows.seed == 0))])
 
 
 def test_prefill_cache_equals_a_full_prefill(tiny):

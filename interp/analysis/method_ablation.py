@@ -26,11 +26,13 @@ cell with greedy decoding / no mask / no DoLa, with a paired bootstrap CI and th
 paired test's p-value: McNemar's exact test where both cells are one run per question, else an
 exact (or, beyond 20 changed questions, seeded Monte-Carlo) sign-flip test of the per-question
 differences of accuracy averaged over the seeds (:func:`~interp.analysis.stats.paired_sign_flip`).
-Rows are written to a JSONL file as they come (one per question x cell), so a long run
-resumes where it stopped; decoding runs are outermost (greedy for every question, then
-seed 0 for every question, ...), so a run stopped early summarises as fewer seeds, and
-a file with more questions or seeds than asked serves a smaller ablation. On LLaVA-family
-models each question's prompt is encoded once per mask and run
+Rows go to a row log as they come (:func:`interp.outputs.logged_units`: one fsynced record per
+question and decoding run, holding that run's cells), so a long run resumes where it stopped and a
+record cut by a crash is recomputed; the settings are claimed in ``<stem>.settings.json`` beside
+it (a continuation with other settings is refused, nothing touched). Decoding runs are outermost
+(greedy for every question, then seed 0 for every question, ...), so a run stopped early
+summarises as fewer seeds, and a log with more questions or seeds than asked serves a smaller
+ablation. On LLaVA-family models each question's prompt is encoded once per mask and run
 (:func:`interp.decoding.prefill_cache`), and every cell decodes from that cache.
 """
 
@@ -46,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InterpError
+from ..outputs import OutputError, OutputLock, RowLog, SettingsMismatchError, SettingsRecord, check_output
 from .items import as_items
 from .stats import bootstrap_mean_ci, paired_bootstrap_diff, paired_sign_flip
 
@@ -180,98 +183,161 @@ def _key(row: dict) -> tuple:
     return (str(row["item"]), row["decoding"], row["seed"], row["mask"], row["dola"])
 
 
-def _read_log(path: Path, settings: dict, items: set) -> list[dict]:
-    if not path.exists() or path.stat().st_size == 0:
-        return []
+def _unit_key(run: list[dict], item) -> str:
+    """The row log's key of one question's decoding run (its cells share decoding and seed)."""
+    return json.dumps([run[0]["decoding"], run[0]["seed"], str(item.id)])
+
+
+def settings_path(path: str | Path) -> Path:
+    """The settings record beside row log ``path``: ``<stem>.settings.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.settings.json")
+
+
+def _one_row_per_line(path: Path) -> bool:
+    """Whether ``path`` is a log of the format with a settings header and one answer per line."""
+    try:
+        with path.open("rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and "settings" in first and "key" not in first
+
+
+def _claim_settings(path: Path, settings: dict) -> None:
+    """Store ``settings`` beside the row log ``path``, or check them against the stored ones.
+
+    Raises:
+        OutputError: the log is of the one-answer-per-line format, holds rows without a
+            settings record, or was written with other settings (one line; nothing touched).
+    """
+    if _one_row_per_line(path):
+        raise OutputError(
+            f"{path} holds rows of the one-answer-per-line format, which cannot be continued; it is "
+            f"left untouched: use another --out (read_ablation_rows still reads it)"
+        )
+    record = SettingsRecord(settings_path(path))
+    if record.read() is None and path.exists() and path.stat().st_size > 0:
+        raise SettingsMismatchError(
+            f"{path} holds rows but no {record.path.name}, so their settings are unknown; it is left "
+            f"untouched: use another --out"
+        )
+    record.claim(settings, what=str(path))
+
+
+def _unit_rows(vlm, item, run: list[dict], settings: dict, remote, prepared_of: dict, reuse: bool) -> list[dict]:
+    """One question's rows for the cells of one decoding run, in the run's cell order.
+
+    Args:
+        vlm: the model.
+        item: the question (an :class:`~interp.analysis.items.Item`).
+        run: the run's cells (one decoding and seed; every mask x DoLa).
+        settings: the resolved settings (:meth:`AblationConfig.resolved`).
+        remote: where to run (``AblationConfig.remote``).
+        prepared_of: the prepared prompt per item id, filled as questions are first seen.
+        reuse: whether the run's cells decode from one prompt cache per mask.
+
+    Returns:
+        One row per cell (see :func:`run_method_ablation`).
+    """
+    from ..data.metrics import wcd_score
+    from ..decoding import prefill_cache
+
+    if item.id not in prepared_of:
+        prepared_of[item.id] = vlm.prepare(item.image, item.question)
+    prepared = prepared_of[item.id]
+    caches: dict = {}  # the prompt's cache per mask, shared by this run's cells
     rows = []
-    with path.open() as handle:
-        lines = [line for line in handle.read().splitlines() if line.strip()]
-    header = json.loads(lines[0])
-    same = {k: v for k, v in json.loads(json.dumps(settings)).items() if k != "seeds"}
-    theirs = {k: v for k, v in header.get("settings", {}).items() if k != "seeds"}
-    if theirs != same:
-        raise InterpError(f"{path} was written with other ablation settings; use a new --out")
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption: run that answer again
-            continue
-        # more seeds or questions than asked now: kept in the file, left out here
-        if (row["seed"] is None or row["seed"] < settings["seeds"]) and row["item"] in items:
-            rows.append(row)
+    for cell in run:
+        began = time.perf_counter()
+        if reuse and cell["mask"] not in caches:
+            caches[cell["mask"]] = prefill_cache(vlm, prepared, mask_for(cell, settings))
+        result = _answer(vlm, prepared, cell, settings, remote, caches.get(cell["mask"]))
+        wcd = wcd_score(settings["wcd_task"], result.text, list(item.answers))
+        rows.append(
+            {
+                "item": str(item.id),
+                "kind": item.kind,
+                **cell,
+                "text": result.text,
+                "premature_layers": result.premature_layers,
+                "lmms": item.score(result.text),
+                "wcd": None if wcd is None else wcd / 100.0,
+                "seconds": round(time.perf_counter() - began, 4),
+            }
+        )
     return rows
 
 
 def run_method_ablation(
     vlm, samples: Any, *, config: AblationConfig | None = None, limit: int | None = None, out: str | Path | None = None
 ) -> pd.DataFrame:
-    """One row per question x cell: ``item, kind, decoding, seed, mask, dola, text,
-    premature_layers, lmms, wcd, seconds`` (scores in 0-1; ``wcd`` NaN where the authors'
-    metric skips the question). With ``out`` (a JSONL path) rows are appended as they come
-    and a rerun continues."""
+    """Answer every question in every cell of the ablation.
+
+    With ``out`` (a row log, :class:`interp.outputs.RowLog`) each question's decoding run is
+    one fsynced record once its cells are answered, and a rerun computes only the runs not
+    there (a record cut by a crash is dropped and recomputed). The settings (all but
+    ``seeds``, plus the model's name) are claimed in :func:`settings_path` of ``out``; the
+    log is locked against a second writer while the ablation runs.
+
+    Args:
+        vlm: the model.
+        samples: the questions (anything :func:`~interp.analysis.items.as_items` takes).
+        config: the settings (default :class:`AblationConfig`).
+        limit: answer only the first ``limit`` questions.
+        out: the row log, or None to keep nothing.
+
+    Returns:
+        One row per question x cell: ``item, kind, decoding, seed, mask, dola, text,
+        premature_layers, lmms, wcd, seconds`` (scores in 0-1; ``wcd`` NaN where the
+        authors' metric skips the question), question by question in the grid's order.
+
+    Raises:
+        InterpError: bad settings, or ``out`` holds another run's rows or is being written
+            (one line; nothing there touched).
+    """
     config = config or AblationConfig()
     from tqdm.auto import tqdm
 
     from ..data.metrics import wcd_score
-    from ..decoding import prefill_cache
+    from ..outputs import logged_units
 
     items = as_items(samples, limit)
     settings = config.resolved(vlm)
     wcd_score(settings["wcd_task"], "", ["x"])  # an unknown task fails before anything runs
     grid = cells(settings)
+    # decoding runs outermost (greedy, then seed 0, 1, ...): a run stopped early still holds
+    # complete runs, which summarise as fewer seeds; a question id seen twice is run once
+    units = list({_unit_key(run, item): (run, item) for run in _runs(grid) for item in items}.values())
     path = Path(out) if out is not None else None
-    done = {}
+    lock = None
+    logged: set = set()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        done = {_key(row): row for row in _read_log(path, settings, {str(item.id) for item in items})}
-        if not path.exists() or path.stat().st_size == 0:
-            path.write_text(json.dumps({"settings": settings, "n_items": len(items), "model": vlm.name}) + "\n")
-    handle = path.open("a") if path is not None else None
-    prepared_of: dict = {}
-    reuse = config.remote is None and supports_prefill_reuse(vlm)
+        check_output(path, "file", lock=False)
+        lock = OutputLock(path).acquire()
     try:
-        # decoding runs outermost (greedy, then seed 0, 1, ...): a run stopped early still
-        # holds complete runs, which summarise as fewer seeds
+        if path is not None:
+            _claim_settings(path, {**{k: v for k, v in settings.items() if k != "seeds"}, "model": vlm.name})
+            logged = {str(record.get("key")) for record in RowLog(path).read()[0]}
+        prepared_of: dict = {}
+        reuse = config.remote is None and supports_prefill_reuse(vlm)
         with tqdm(
             total=len(items) * len(grid),
-            initial=len(done),
+            initial=sum(len(run) for run, item in units if _unit_key(run, item) in logged),
             desc="method ablation",
             unit="answer",
             disable=not config.progress,
         ) as bar:
-            for run in _runs(grid):
-                for item in items:
-                    caches: dict = {}  # the prompt's cache per mask, shared by this run's cells
-                    for cell in run:
-                        key = (str(item.id), cell["decoding"], cell["seed"], cell["mask"], cell["dola"])
-                        if key in done:
-                            continue
-                        if item.id not in prepared_of:
-                            prepared_of[item.id] = vlm.prepare(item.image, item.question)
-                        prepared = prepared_of[item.id]
-                        began = time.perf_counter()
-                        if reuse and cell["mask"] not in caches:
-                            caches[cell["mask"]] = prefill_cache(vlm, prepared, mask_for(cell, settings))
-                        result = _answer(vlm, prepared, cell, settings, config.remote, caches.get(cell["mask"]))
-                        wcd = wcd_score(settings["wcd_task"], result.text, list(item.answers))
-                        row = {
-                            "item": str(item.id),
-                            "kind": item.kind,
-                            **cell,
-                            "text": result.text,
-                            "premature_layers": result.premature_layers,
-                            "lmms": item.score(result.text),
-                            "wcd": None if wcd is None else wcd / 100.0,
-                            "seconds": round(time.perf_counter() - began, 4),
-                        }
-                        done[key] = row
-                        if handle is not None:
-                            handle.write(json.dumps(row) + "\n")
-                            handle.flush()
-                        bar.update(1)
+
+            def compute(unit: tuple) -> list[dict]:
+                rows = _unit_rows(vlm, unit[1], unit[0], settings, config.remote, prepared_of, reuse)
+                bar.update(len(rows))
+                return rows
+
+            done = {_key(row): row for row in logged_units(path, units, lambda unit: _unit_key(*unit), compute)}
     finally:
-        if handle is not None:
-            handle.close()
+        if lock is not None:
+            lock.release()
     order = {str(item.id): i for i, item in enumerate(items)}
     rows = [done[(str(item.id), c["decoding"], c["seed"], c["mask"], c["dola"])] for item in items for c in grid]
     frame = pd.DataFrame(rows)
@@ -279,20 +345,46 @@ def run_method_ablation(
     return frame.sort_values("item", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
-def read_ablation_rows(path: str | Path, *, limit: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """``(rows, settings)`` from an ablation's JSONL, keeping the first ``limit`` questions
-    (default: every question that has all greedy cells) and only the decoding runs complete
-    for all of them — a run stopped early summarises as the runs it finished."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    header = json.loads(lines[0])
+def _read_one_row_per_line(path: Path) -> tuple[list[dict], dict]:
+    """The rows and settings of a log with a settings header and one answer per line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = []
     for line in lines[1:]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    return rows, dict(json.loads(lines[0])["settings"])
+
+
+def read_ablation_rows(path: str | Path, *, limit: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Read an ablation's row log back.
+
+    Keeps the first ``limit`` questions (default: every question that has all greedy
+    cells) and only the decoding runs complete for all of them: a run stopped early
+    summarises as the runs it finished. Reads the logs of :func:`run_method_ablation` and
+    those with a settings header and one answer per line.
+
+    Args:
+        path: the row log.
+        limit: keep at most this many questions.
+
+    Returns:
+        ``(rows, settings)``, ``settings["seeds"]`` the number of complete sampling runs.
+
+    Raises:
+        InterpError: the log holds no rows or has no settings record (one line).
+    """
+    path = Path(path)
+    if _one_row_per_line(path):
+        rows, settings = _read_one_row_per_line(path)
+    else:
+        records, _ = RowLog(path).read()
+        stored = SettingsRecord(settings_path(path)).read()
+        if not records or stored is None:
+            raise InterpError(f"{path} holds no ablation rows with a settings record ({settings_path(path).name})")
+        rows, settings = [row for record in records for row in record["rows"]], dict(stored)
     frame = pd.DataFrame(rows)
-    settings = dict(header["settings"])
     per_run = len(settings["masks"]) * len(settings["dola"])
     greedy = frame[frame.decoding == "greedy"].groupby("item", sort=False).size()
     items = [item for item, n in greedy.items() if n == per_run]
@@ -599,5 +691,6 @@ __all__ = [
     "render_paragraph",
     "render_table_markdown",
     "run_method_ablation",
+    "settings_path",
     "write_outputs",
 ]
