@@ -337,3 +337,35 @@ def test_bad_inputs_each_give_one_clear_line():
     ]
     with pytest.raises(InputError, match="integrated gradients interpolate the LM input"):
         attribution_sweep(vlm, uneven, method="ig", positions=["last"], progress=False)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def test_patch_command_estimates_every_pair_and_validates_some(tmp_path):
+    import json
+
+    from interp.cli import main
+
+    out = tmp_path / "atp"
+    args = ["patch", "--model", "tiny:llava", "--pairs", "3", "--lens", "0", "--n-boot", "50", "--cell-layers", "1"]
+    assert main(args + ["--method", "atp", "--validate", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "attribution.json").read_text())["attribution"]
+    assert report["n_pairs"] == 3 and report["method"] == "atp"
+    assert report["agreement"] and max(row["n_pairs"] for row in report["agreement"]) <= 2
+    frame = pd.read_csv(out / "attribution_sweep.csv")
+    assert frame.pair.nunique() == 3 and set(frame[frame.group == "cell"].pair) == set(frame.pair)
+    vlm = tiny_vlm("llava")
+    direct = attribution_sweep(
+        vlm,
+        SyntheticVQA("test", seed=0, image_size=vlm.scene_size).counterfactual_pairs(
+            3, ("colour", "shape", "distractor"), seed=0
+        ),
+        positions=["changed", "other_image", "question", "last"],
+        cell_layers=[1],
+        progress=False,
+    )
+    assert np.allclose(np.sort(frame.logit_diff.values), np.sort(direct.logit_diff.values), atol=1e-5)
+    ig = tmp_path / "ig"
+    assert main(args + ["--method", "ig", "--ig-steps", "2", "--validate", "0", "--out", str(ig)]) == 0
+    assert json.loads((ig / "attribution.json").read_text())["attribution"]["steps"] == 2

@@ -22,11 +22,13 @@ def _ctx(samples, config, vlm=None) -> SectionContext:
 
 
 def test_registry_order_needs_and_switches():
-    assert list(SECTIONS)[:4] == ["patching", "image_lens", "method_ablation", "localisation"]
+    assert list(SECTIONS)[:5] == ["patching", "attribution", "image_lens", "method_ablation", "localisation"]
     config = ReproduceConfig()
     synthetic = type("Synthetic", (), {"counterfactual_pairs": lambda *a, **k: [], "labelled_samples": lambda *a: []})()
     assert SECTIONS["patching"].applies(_ctx(synthetic, config))
     assert not SECTIONS["patching"].applies(_ctx([], config))  # a plain list offers no counterfactuals
+    assert SECTIONS["attribution"].applies(_ctx(synthetic, config))  # on the patching section's pairs
+    assert not SECTIONS["attribution"].applies(_ctx(synthetic, ReproduceConfig(patching_pairs=0)))
     assert not SECTIONS["image_lens"].applies(_ctx(synthetic, ReproduceConfig(lens_samples=0)))
     assert not SECTIONS["method_ablation"].applies(_ctx(synthetic, config))  # off unless seeds are given
     assert SECTIONS["method_ablation"].applies(_ctx([], ReproduceConfig(ablation_seeds=1)))
@@ -55,19 +57,21 @@ def test_sections_resume_from_the_store_and_refuse_other_settings(tmp_path, monk
     out = tmp_path / "run"
     assert main(RUN + ["--out", str(out)]) == 0
     first = json.loads((out / "report.json").read_text())
-    for name in ("patching", "image_lens"):
+    for name in ("patching", "attribution", "image_lens"):
         assert len((out / "rows" / f"{name}.jsonl").read_text().splitlines()) == 2  # one line per pair / sample
+    assert first["attribution"]["agreement"]  # scored against the patching section's exact rows
 
     def never(*args, **kwargs):
         raise AssertionError("a finished unit was computed again")
 
-    from interp.analysis import image_lens, patching
+    from interp.analysis import attribution, image_lens, patching
 
     monkeypatch.setattr(image_lens._LensReader, "rows", never)
     monkeypatch.setattr(patching, "_patch_pair", never)
+    monkeypatch.setattr(attribution, "_attribute_pair", never)
     assert main(RUN + ["--out", str(out)]) == 0
     again = json.loads((out / "report.json").read_text())
-    for name in ("patching", "image_lens"):
+    for name in ("patching", "attribution", "image_lens"):
         assert json.dumps(again[name], sort_keys=True) == json.dumps(first[name], sort_keys=True)
     # another seed draws other pairs: the section's rows are refused, nothing rewritten
     before = (out / "rows" / "patching.jsonl").read_bytes()

@@ -146,6 +146,14 @@ class RunDir:
         SettingsRecord(self.rows / f"{name}.settings.json").claim(settings, what=f"{self.out} (section {name})")
         return self.rows / f"{name}.jsonl"
 
+    def section_rows(self, name: str) -> list[dict]:
+        """The rows section ``name`` has logged so far (its complete records, in order; none when
+        it has not run)."""
+        path = self.rows / f"{name}.jsonl"
+        if not path.exists():
+            return []
+        return [row for record in RowLog(path).read()[0] for row in record["rows"]]
+
     def add_passes(self, counts: dict, timings: dict, batch_size: int | None = None) -> None:
         """This process's pass counts and phase timings (the report sums every process's), and the
         batch size it ran with (not a setting: a resumed run may use another)."""

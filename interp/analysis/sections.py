@@ -103,6 +103,28 @@ def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
     )
 
 
+@section("attribution", needs=OffersCounterfactuals, enabled=lambda ctx: ctx.config.patching_pairs > 0)
+def _attribution(ctx: SectionContext) -> tuple[dict, list[str]]:
+    """Attribution patching on the patching section's pairs (every pair, with its per-cell grid),
+    scored against the exact rows that section logged."""
+    import pandas as pd
+
+    from .attribution_report import attribution_section
+    from .patching import REPORT_CHANGES, REPORT_GROUPS
+
+    config = ctx.config
+    settings = {"method": "atp", "positions": list(REPORT_GROUPS), "changes": list(REPORT_CHANGES), "seed": config.seed}
+    return attribution_section(
+        ctx.vlm,
+        ctx.samples,
+        ctx.out,
+        n_pairs=min(config.patching_pairs, len(ctx.items)),
+        exact=pd.DataFrame(ctx.run.section_rows("patching")),
+        resume=ctx.run.section_log("attribution", settings),
+        **ctx.common,
+    )
+
+
 @section("image_lens", needs=OffersCellLabels, enabled=lambda ctx: ctx.config.lens_samples > 0)
 def _image_lens(ctx: SectionContext) -> tuple[dict, list[str]]:
     """The image-token lens on at most one sample per item."""

@@ -32,7 +32,7 @@ def _patch(args) -> int:
     image_size = vlm.scene_size
     data = SyntheticVQA(args.split, seed=0, image_size=image_size)
     options = {
-        "cell_pairs": args.cell_pairs,
+        "cell_pairs": args.cell_pairs if args.cell_pairs is not None or args.method != "exact" else 2,
         "layers": _int_list(args.layers),
         "cell_layers": _int_list(args.cell_layers),
         "positions": tuple(g.strip() for g in args.groups.split(",") if g.strip()),
@@ -49,6 +49,8 @@ def _patch(args) -> int:
         print("\n".join(plan.lines()))
         return 0
     print(plan.summary("patch"), file=sys.stderr)
+    if args.method != "exact":
+        return _attribution(args, vlm, data, changes, options, out)
     report, lines = patching_section(
         vlm,
         data,
@@ -74,6 +76,44 @@ def _patch(args) -> int:
     return 0
 
 
+def _attribution(args, vlm, data, changes, options: dict, out) -> int:
+    """``interp patch --method atp|ig``: every pair estimated, ``--validate`` pairs also patched exactly."""
+    from ..analysis.attribution_report import attribution_section
+    from ..analysis.patching import patching_sweep, section_pairs
+
+    exact = None
+    if args.validate:
+        pairs = section_pairs(data, min(args.validate, args.pairs), changes, args.seed)
+        exact = patching_sweep(
+            vlm,
+            pairs,
+            **{k: v for k, v in options.items() if k not in ("cell_layers", "cell_pairs")},
+            resume=out / "patching_sweep.partial.jsonl" if args.resume else None,
+        )
+    report, lines = attribution_section(
+        vlm,
+        data,
+        out,
+        n_pairs=args.pairs,
+        changes=changes,
+        method=args.method,
+        steps=args.ig_steps,
+        exact=exact,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        resume=out / "attribution_sweep.partial.jsonl" if args.resume else None,
+        **options,
+    )
+    result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "attribution": report}
+    (out / "attribution.json").write_text(json.dumps(result, indent=1))
+    (out / "attribution.md").write_text("\n".join([f"# interp patch --method {args.method}: {vlm.name}", ""] + lines))
+    for line in lines:
+        if line.startswith("| ") and not line.startswith("| change"):
+            print(line)
+    print(f"wrote {out / 'attribution.md'}, attribution.json and figures")
+    return 0
+
+
 def add_parsers(sub) -> None:
     """Add this module's commands to the ``interp`` parser's subcommands."""
     patch = sub.add_parser("patch", help="counterfactual activation patching and the image-token lens (synthetic)")
@@ -89,7 +129,12 @@ def add_parsers(sub) -> None:
     patch.add_argument(
         "--cell-layers", default=None, help="comma-separated layers of the per-cell maps (default: 4 spread out)"
     )
-    patch.add_argument("--cell-pairs", type=int, default=2, help="pairs also patched cell by cell (default 2)")
+    patch.add_argument(
+        "--cell-pairs",
+        type=int,
+        default=None,
+        help="pairs also patched cell by cell (default: 2 exactly; every pair with --method atp|ig)",
+    )
     patch.add_argument(
         "--groups",
         default="changed,other_image,question,last",
@@ -102,6 +147,20 @@ def add_parsers(sub) -> None:
         "attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site",
     )
     patch.add_argument("--heads", default="all", help="with --sites z: all (default) or a comma-separated head list")
+    patch.add_argument(
+        "--method",
+        default="exact",
+        choices=["exact", "atp", "ig"],
+        help="exact: activation patching (default); atp: attribution patching (one forward + backward per "
+        "pair, per-cell grids for every pair); ig: integrated gradients along the interpolated LM input",
+    )
+    patch.add_argument("--ig-steps", type=positive_int, default=8, help="--method ig: interpolation steps (default 8)")
+    patch.add_argument(
+        "--validate",
+        type=int,
+        default=10,
+        help="--method atp|ig: also patch this many pairs exactly and report the agreement (default 10; 0: none)",
+    )
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
     patch.add_argument("--n-boot", type=positive_int, default=2000)

@@ -278,3 +278,43 @@ def lens_words(
             fig.suptitle(question, fontsize=7, y=1.03)
         save(fig, out_dir, name)
     return fig
+
+
+def attribution_curves(
+    exact: pd.DataFrame,
+    estimate: pd.DataFrame,
+    *,
+    change: str,
+    site: str = "resid_pre",
+    out_dir: str | Path | None = None,
+    name: str = "attribution_curves",
+):
+    """Exact patching (solid, 95% CI bands) and its attribution estimate (dashed) per layer and
+    position group, for one change (both tables from
+    :func:`~interp.analysis.patching.patching_effects`)."""
+    pick = {}
+    for label, table in (("exact", exact), ("estimate", estimate)):
+        rows = table[(table.site == site) & (table.change == change)]
+        pick[label] = _one_metric(rows)[0] if not rows.empty else rows
+    with paper_style():
+        fig, ax = new_figure(figsize=(COLUMN, 2.2))
+        present = set(pick["exact"].group) | set(pick["estimate"].group)
+        groups = [g for g in GROUP_ORDER if g in present]
+        for colour, group in zip(palette(len(groups)), groups):
+            part = pick["exact"][pick["exact"].group == group].sort_values("layer")
+            ax.plot(part.layer, part["mean"], color=colour, lw=1.2, label=GROUP_LABELS.get(group, group))
+            ax.fill_between(part.layer, part.low, part.high, color=colour, alpha=0.15, lw=0)
+            guess = pick["estimate"][pick["estimate"].group == group].sort_values("layer")
+            ax.plot(guess.layer, guess["mean"], color=colour, lw=1.0, ls="--")
+        ax.plot([], [], color="0.3", lw=1.2, label="exact")
+        ax.plot([], [], color="0.3", lw=1.0, ls="--", label="attribution")
+        ax.set_xlabel("layer patched (input of)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        both = pd.concat([pick["exact"], pick["estimate"]])
+        metric = both.metric.iloc[0] if not both.empty else "effect"
+        ax.set_ylabel("normalised effect" if metric == "effect" else "answer logit change")
+        n = int(pick["exact"].n.max()) if not pick["exact"].empty else 0
+        ax.set_title(f"{change} (n={n}): exact vs attribution")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        save(fig, out_dir, name)
+    return fig

@@ -1,0 +1,202 @@
+"""Benchmark ``attribution``: attribution patching against exact activation patching on the organism.
+
+For counterfactual pairs of the synthetic benchmark (the colour, shape and distractor changes taking
+turns), every (site, layer, position group) condition is patched exactly
+(:func:`interp.analysis.patching.patching_sweep`, fast mode) and estimated
+(:func:`interp.analysis.attribution.attribution_sweep`, ``atp``; ``ig`` at ``resid_pre``). Reported,
+from one run:
+
+* **agreement** per (change, site, method): Spearman's rho of the conditions' mean effects with a
+  95% bootstrap CI over pairs, top-10 overlap, sign agreement where ``|exact| > 0.1``
+  (:func:`interp.analysis.attribution.agreement`);
+* **counts** per pair, by a forward hook on every decoder layer: layer x row forwards of each
+  method for the layer x group grid and for the per-cell grid at one layer (cells are free for
+  attribution: the same two forwards and one backward); backward passes;
+* **wall ratio** exact / attribution for the layer x group grid (one run, the same pairs);
+* **peak memory** of one attribution pair over one plain forward (``ru_maxrss`` of a fresh
+  process each);
+* the **projection** to LLaVA-1.5-7B (576 cells, 32 layers): restarted layer forwards of exact
+  per-cell patching against attribution's three passes.
+
+Run: ``python -m benchmarks.attribution --pairs 30 --out benchmarks/results/attribution.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .harness import log
+
+SITES = ("resid_pre", "attn_out", "mlp_out")
+GROUPS = ("changed", "other_image", "question", "last")
+
+
+class LayerRows:
+    """Counts decoder-layer work: calls and batch rows, by a forward hook on every layer."""
+
+    def __init__(self, vlm):
+        self.layers = vlm.adapter.resolve(vlm.model, "layers")
+        self.calls = 0
+        self.rows = 0
+
+    def __enter__(self):
+        self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        return self
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        self.calls += 1
+        self.rows += int(hidden.shape[0])
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _peak_rss_mb(code: str) -> float:
+    """How far (MB) the resident memory of a fresh Python process rises above its level after
+    loading the model while it runs ``code`` (sampled every millisecond)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+_MEMORY = """
+import os, threading, time, torch
+torch.set_num_threads(1)
+import interp
+from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
+vlm = interp.load("organism")
+pairs = counterfactual_pairs(SyntheticVQA("test", seed=0, image_size=vlm.scene_size), 1)
+page = os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * page
+vlm.run(vlm.prepare(pairs[0].changed.image, pairs[0].changed.question))  # warm-up
+base, peak, done = rss(), [0.0], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.001)
+thread = threading.Thread(target=sample)
+thread.start()
+{body}
+done[0] = True
+thread.join()
+print(max(peak[0], rss()) - base)
+"""
+
+
+def measure(n_pairs: int, seed: int = 0) -> dict:
+    import interp
+    from interp.analysis.attribution import agreement, attribution_sweep
+    from interp.analysis.patching import REPORT_CHANGES, patching_sweep
+    from interp.data.synthetic import SyntheticVQA
+
+    torch.set_num_threads(1)
+    vlm = interp.load("organism")
+    data = SyntheticVQA("test", seed=seed, image_size=vlm.scene_size)
+    pairs = data.counterfactual_pairs(n_pairs, REPORT_CHANGES, seed=seed)
+    grid = dict(positions=GROUPS, layers="all", progress=False)
+    log(f"attribution benchmark: {len(pairs)} pairs, sites {SITES}")
+    with LayerRows(vlm) as exact_work:
+        start = time.perf_counter()
+        exact = patching_sweep(vlm, pairs, sites=SITES, mode="fast", **grid)
+        exact_seconds = time.perf_counter() - start
+    log(f"exact: {exact_seconds:.1f} s")
+    with LayerRows(vlm) as atp_work:
+        start = time.perf_counter()
+        atp = attribution_sweep(vlm, pairs, sites=SITES, **grid)
+        atp_seconds = time.perf_counter() - start
+    log(f"atp: {atp_seconds:.1f} s")
+    ig = attribution_sweep(vlm, pairs, sites=("resid_pre",), method="ig", steps=8, **grid)
+    log("ig done")
+    tables = {
+        "atp": agreement(exact, atp, n_boot=1000, seed=seed),
+        "ig": agreement(exact[exact.site == "resid_pre"], ig, n_boot=1000, seed=seed),
+    }
+    # one layer's per-cell grid on the first pair: exact restarts once per cell
+    cell_layer = vlm.n_layers // 2
+    cells = dict(positions=("last",), layers=[cell_layer], cell_layers=[cell_layer], progress=False)
+    with LayerRows(vlm) as exact_cells:
+        exact_cell_rows = patching_sweep(vlm, pairs[:1], mode="fast", **cells)
+    with LayerRows(vlm) as atp_cells:
+        atp_cell_rows = attribution_sweep(vlm, pairs[:1], **cells)
+    exact_cell_rows = exact_cell_rows[exact_cell_rows.group == "cell"]
+    atp_cell_rows = atp_cell_rows[atp_cell_rows.group == "cell"]
+    cell_agreement = exact_cell_rows.merge(atp_cell_rows, on=["row", "col"], suffixes=("_exact", "_atp"))
+    from scipy.stats import spearmanr
+
+    cell_rho = float(spearmanr(cell_agreement.logit_diff_exact, cell_agreement.logit_diff_atp).statistic)
+    memory = {
+        "plain_forward_mb": _peak_rss_mb(
+            _MEMORY.format(body="vlm.run(vlm.prepare(pairs[0].changed.image, pairs[0].changed.question))")
+        ),
+        "attribution_pair_mb": _peak_rss_mb(
+            _MEMORY.format(
+                body="from interp.analysis.attribution import attribution_sweep\n"
+                "attribution_sweep(vlm, pairs, sites=('resid_pre', 'attn_out', 'mlp_out'), progress=False)"
+            )
+        ),
+    }
+    n_cells = len(atp_cell_rows)
+    per_pair = {
+        "exact_layer_rows": exact_work.rows / len(pairs),
+        "atp_layer_rows": atp_work.rows / len(pairs),
+        "atp_backward_passes": 1,
+        "exact_cell_layer_rows": exact_cells.rows,
+        "atp_cell_layer_rows": atp_cells.rows,
+        "cells": n_cells,
+    }
+    # projection to LLaVA-1.5-7B: exact per-cell patching restarts at each layer for each cell
+    layers_7b, cells_7b = 32, 576
+    exact_7b = sum(layers_7b - layer for layer in range(layers_7b)) * cells_7b + 2 * layers_7b
+    return {
+        "benchmark": "interp issue 27: attribution patching against exact activation patching",
+        "model": vlm.name,
+        "n_pairs": len(pairs),
+        "sites": list(SITES),
+        "groups": list(GROUPS),
+        "agreement": {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()},
+        "cells": {"layer": cell_layer, "pair": pairs[0].id, "n_cells": n_cells, "spearman_logit_diff": cell_rho},
+        "per_pair_counts": per_pair,
+        "layer_rows_ratio_grid": per_pair["exact_layer_rows"] / per_pair["atp_layer_rows"],
+        "layer_rows_ratio_cells": per_pair["exact_cell_layer_rows"] / per_pair["atp_cell_layer_rows"],
+        "wall_seconds": {"exact": exact_seconds, "atp": atp_seconds},
+        "wall_ratio_grid": exact_seconds / atp_seconds,
+        "memory": {**memory, "ratio": memory["attribution_pair_mb"] / memory["plain_forward_mb"]},
+        "projection_llava_1_5_7b": {
+            "cells": cells_7b,
+            "layers": layers_7b,
+            "exact_per_cell_layer_forwards": exact_7b,
+            "atp_layer_forwards": 3 * layers_7b,
+            "ratio": exact_7b / (3 * layers_7b),
+            "note": "exact: each cell restarted at each layer l runs layers l..31; atp: the source and base "
+            "forwards and one backward (counted as one forward's layers each)",
+        },
+        "peak_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = measure(args.pairs)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
