@@ -44,6 +44,16 @@ def test_rules_on_hand_made_rows():
         {"item": ["a"] * 4 + ["b"] * 4, "layer": [0, 1, 2, 3] * 2, "mass": [0.001, 0.2, 0.3, 0.019] * 2}
     )
     assert rule["attention_mass"](mass, 0) == [1, 2]  # 0.019 < 10% of 0.3
+    edges = pd.DataFrame(
+        {
+            "item": ["a"] * 4 + ["b"] * 4,
+            "layer": [0, 1, 2, 3] * 2,
+            "queries": ["text"] * 8,
+            "estimate": [-0.5, 0.2, -0.04, -0.06, -0.3, 0.0, -0.06, -0.02],  # mean drops 0.4, -0.1, 0.05, 0.04
+        }
+    )
+    assert rule["attribution_text"](edges, 0) == [0, 2]  # 0.04 < 10% of 0.4 <= 0.05
+    assert rule["attribution_last"](edges, 0) == []  # no rows for those queries
 
 
 def test_attention_mass_equals_hf_attention_weights():
@@ -99,7 +109,7 @@ def test_the_section_on_a_tiny_model_with_planted_layers_resumes(tmp_path, monke
     assert (tmp_path / "run" / "localisation.png").stat().st_size > 0
     assert "Which method finds where the image is read" in (tmp_path / "run" / "report.md").read_text()
     log = (tmp_path / "run" / "rows" / "localisation.jsonl").read_text().splitlines()
-    assert len(log) == 4 and set(json.loads(log[0])["rows"][0]) == {"sweep_text", "sweep1", "mass"}
+    assert len(log) == 4 and set(json.loads(log[0])["rows"][0]) == {"sweep_text", "sweep1", "mass", "edges"}
 
     def never(*args, **kwargs):
         raise AssertionError("a finished question was computed again")

@@ -45,6 +45,7 @@ from .. import sites as registry
 from ..errors import InputError, InterpError
 from ..interventions.patch import aligned_positions
 from ..interventions.runtime import first, split_heads
+from .items import as_items
 from .patching import GROUPS, METRIC, PatchPair, _condition_plan, _first_token, _sites, as_pairs
 
 #: the estimators :func:`attribution_sweep` offers
@@ -500,7 +501,8 @@ def edge_attribution(
 
     Args:
         vlm: the model.
-        samples: items with ``image``, ``question`` and ``answer`` (a dataset or a list).
+        samples: a dataset, Items, samples or ``(image, question, answer)`` tuples
+            (:func:`interp.analysis.items.as_items`); the first reference answer is scored.
         queries: query groups: ``last``, ``question``, ``text`` (every text token after the image).
         layers: the layers (``"all"`` or a list).
         remote: as in :meth:`interp.VLM.run`.
@@ -519,10 +521,9 @@ def edge_attribution(
     query_list = list(dict.fromkeys([queries] if isinstance(queries, str) else queries))
     model, access = vlm.nnsight, vlm.access
     rows = []
-    items = [samples[i] for i in range(len(samples))]
-    for index, item in enumerate(tqdm(items, desc="edge attribution", unit="sample", disable=not progress)):
+    for item in tqdm(as_items(samples), desc="edge attribution", unit="sample", disable=not progress):
         prepared = vlm.prepare(item.image, item.question)
-        answer = _first_token(vlm, prepared, item.answer)
+        answer = _first_token(vlm, prepared, item.answers[0])
         groups = {q: _query_positions(prepared, q) for q in query_list}
         image = prepared.image_positions.cpu()
         with frozen_parameters(vlm.model), model.trace(dict(prepared.inputs), **vlm.trace_kwargs(remote)):
@@ -546,12 +547,11 @@ def edge_attribution(
                         if positions.numel():
                             part = grad[:, positions.to(grad.device)] * changes[(layer, q)].to(grad.device)
                             estimates[(layer, q)] = part.sum().detach()
-        item_id = getattr(item, "id", str(index))
         for layer in layer_list:
             for q in query_list:
                 rows.append(
                     {
-                        "sample": item_id,
+                        "sample": item.id,
                         "layer": layer,
                         "queries": q,
                         "estimate": float(estimates[(layer, q)]) if (layer, q) in estimates else 0.0,
@@ -591,10 +591,9 @@ def knockout_effects(
     layer_list = resolve_layers(layers, vlm.n_layers)
     query_list = list(dict.fromkeys([queries] if isinstance(queries, str) else queries))
     rows = []
-    items = [samples[i] for i in range(len(samples))]
-    for index, item in enumerate(tqdm(items, desc="knockouts (exact)", unit="sample", disable=not progress)):
+    for item in tqdm(as_items(samples), desc="knockouts (exact)", unit="sample", disable=not progress):
         prepared = vlm.prepare(item.image, item.question)
-        answer = _first_token(vlm, prepared, item.answer)
+        answer = _first_token(vlm, prepared, item.answers[0])
 
         plain = _answer_logprob(vlm, prepared, answer, [], remote)
         for layer in layer_list:
@@ -604,7 +603,7 @@ def knockout_effects(
                 exact = _answer_logprob(vlm, prepared, answer, knockout, remote) - plain if positions.numel() else 0.0
                 rows.append(
                     {
-                        "sample": getattr(item, "id", str(index)),
+                        "sample": item.id,
                         "layer": layer,
                         "queries": q,
                         "exact": exact,

@@ -17,7 +17,11 @@ Methods (:data:`METHODS`, each a rule over per-question rows computed once):
   last token, the question, or every text position after the image to the image tokens blocked,
   significant drops by the same family-wise test;
 * ``attention_mass``: the layers where the mean attention mass from text queries (after the
-  image) to the image tokens is at least ``mass_share`` of the largest layer's.
+  image) to the image tokens is at least ``mass_share`` of the largest layer's;
+* ``attribution_{last,question,text}``: attention-edge attribution
+  (:func:`interp.analysis.attribution.edge_attribution`: every layer's knockout of those edges
+  estimated from one forward and one backward), the layers whose mean estimated drop of the
+  answer's log-probability is at least ``mass_share`` of the largest drop.
 """
 
 from __future__ import annotations
@@ -92,6 +96,18 @@ def _mass(rows: pd.DataFrame, n_boot: int) -> list[int]:
     return [int(layer) for layer, value in per_layer.items() if value >= MASS_SHARE * per_layer.max()]
 
 
+def _attributed(queries: str) -> Callable[[pd.DataFrame, int], list[int]]:
+    """Layers whose estimated knockout of ``queries -> image`` lowers the answer most (see the module docstring)."""
+
+    def rule(rows: pd.DataFrame, n_boot: int) -> list[int]:
+        drop = -rows[rows.queries == queries].groupby("layer")["estimate"].mean()
+        if drop.empty or drop.max() <= 0:
+            return []
+        return [int(layer) for layer, value in drop.items() if value >= MASS_SHARE * drop.max()]
+
+    return rule
+
+
 METHODS: tuple[Method, ...] = (
     Method("masking_single", "sweep", _fusion("single")),
     Method("masking_window", "sweep", _fusion("window")),
@@ -104,6 +120,9 @@ METHODS: tuple[Method, ...] = (
     Method("knockout_question_window", "sweep", _significant("knockout_question", WINDOW)),
     Method("knockout_text_window", "sweep_text", _significant("knockout_text", WINDOW)),
     Method("attention_mass", "mass", _mass),
+    Method("attribution_last", "edges", _attributed("last")),
+    Method("attribution_question", "edges", _attributed("question")),
+    Method("attribution_text", "edges", _attributed("text")),
 )
 
 
@@ -130,7 +149,8 @@ EXTRA_SWEEPS = {"sweep_text": (("knockout_text",), WINDOW), "sweep1": (KNOCKOUTS
 def item_tables(vlm, item) -> dict[str, list[dict]]:
     """One question's rows for the methods the default sweep does not cover: the all-text knockout
     over windows (``sweep_text``), the three knockouts one layer at a time (``sweep1``), the
-    text->image attention mass (``mass``)."""
+    text->image attention mass (``mass``), the attention-edge attribution (``edges``)."""
+    from .attribution import edge_attribution
     from .sweep import masking_sweep
 
     out: dict[str, list[dict]] = {}
@@ -138,6 +158,7 @@ def item_tables(vlm, item) -> dict[str, list[dict]]:
         frame = masking_sweep(vlm, [item], variants=variants, window=window, progress=False)
         out[name] = json_rows(frame)
     out["mass"] = json_rows(attention_mass_rows(vlm, [item], progress=False))
+    out["edges"] = json_rows(edge_attribution(vlm, [item], progress=False).rename(columns={"sample": "item"}))
     return out
 
 
@@ -151,9 +172,12 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
 def method_cost(method: Method, n_layers: int) -> int:
     """Decoder-layer forwards one question costs a method on its own: one clean pass, then each of
     its conditions restarted from its layer (a masking or knockout sweep: every start layer, so
-    ``n (n + 1) / 2`` layer forwards; the attention mass: the clean pass alone). Counted, not timed."""
+    ``n (n + 1) / 2`` layer forwards; the attention mass: the clean pass alone; the edge attribution:
+    the clean pass and its backward, counted as three passes). Counted, not timed."""
     if method.table == "mass":
         return n_layers
+    if method.table == "edges":  # one forward and one backward (about two forwards' work)
+        return 3 * n_layers
     return n_layers + n_layers * (n_layers + 1) // 2
 
 
@@ -199,7 +223,7 @@ def score_methods(
 
 def _has_rows(rows: pd.DataFrame, method: Method) -> bool:
     """Whether ``rows`` hold what ``method`` reads (a run may have left a sweep variant out)."""
-    if method.table == "mass":
+    if method.table in ("mass", "edges"):
         return not rows.empty
     variant = "single" if method.name == "review" else method.name.removeprefix("masking_").removesuffix("_window")
     return bool((rows.variant == variant).any())
@@ -241,14 +265,19 @@ def localisation_section(ctx) -> tuple[dict, list[str]]:
 
     vlm, config = ctx.vlm, ctx.config
     truth = check_truth(vlm)
-    settings = {"mass_share": MASS_SHARE, "window": WINDOW, "knockouts": list(KNOCKOUTS)}
+    settings = {
+        "mass_share": MASS_SHARE,
+        "window": WINDOW,
+        "knockouts": list(KNOCKOUTS),
+        "edges": ["last", "question", "text"],
+    }
     logged = logged_units(
         ctx.run.section_log("localisation", settings),
         tqdm(ctx.items, desc="localisation methods", unit="sample", disable=not config.progress),
         lambda item: item.id,
         lambda item: [item_tables(vlm, item)],  # one record per question: its tables
     )
-    parts: dict[str, list] = {name: [] for name in (*EXTRA_SWEEPS, "mass")}
+    parts: dict[str, list] = {name: [] for name in (*EXTRA_SWEEPS, "mass", "edges")}
     for record in logged:
         for name, part in record.items():
             parts[name].extend(part)
