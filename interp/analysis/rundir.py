@@ -74,7 +74,7 @@ class RunDir:
                     f"{', ...' if len(others) > 3 else ''}) of no resumable reproduce run; they are left "
                     "untouched: use another --out"
                 )
-        elif record.read().get("kind") != "interp-reproduce":
+        elif (record.read() or {}).get("kind") != "interp-reproduce":
             raise RunDirError(f"{self.out} holds something else than an interp reproduce run; use another --out")
         self.rows.mkdir(exist_ok=True)
         self._lock = OutputLock(self.out, "dir", lock_file=self.rows / f".lock.{self.label}").acquire()
@@ -157,7 +157,7 @@ class RunDir:
     def add_passes(self, counts: dict, timings: dict, batch_size: int | None = None) -> None:
         """This process's pass counts and phase timings (the report sums every process's), and the
         batch size it ran with (not a setting: a resumed run may use another)."""
-        record = {"item": f"{self.label}:{os.getpid()}", "counts": counts, "timings": timings}
+        record: dict = {"item": f"{self.label}:{os.getpid()}", "counts": counts, "timings": timings}
         if batch_size is not None:
             record["batch_size"] = batch_size
         self.append("passes", record)
