@@ -217,7 +217,10 @@ def test_attribution_under_remote_local_equals_the_local_run():
 def test_no_parameter_keeps_a_gradient_and_the_flags_are_restored():
     vlm = tiny_vlm("llava")
     before = [p.requires_grad for p in vlm.model.parameters()]
-    attribution_sweep(vlm, _pairs(1), positions=["last"], layers=[1], progress=False)
+    plain = attribution_sweep(vlm, _pairs(1), positions=["last"], layers=[1], progress=False)
+    with torch.no_grad():  # a caller's no_grad (a common notebook habit) does not stop the backward
+        again = attribution_sweep(vlm, _pairs(1), positions=["last"], layers=[1], progress=False)
+    assert np.allclose(plain.logit_diff.values, again.logit_diff.values)
     assert [p.requires_grad for p in vlm.model.parameters()] == before
     assert all(p.grad is None for p in vlm.model.parameters())
 

@@ -55,6 +55,25 @@ IG_STEPS = 8
 
 
 @contextmanager
+def gradient_pass(model) -> Iterator[None]:
+    """Where a backward runs: gradients on (whatever the caller's grad mode), no parameter
+    requiring grad, and nnsight's refusal to differentiate a forward that built no graph (e.g.
+    a remote backend that runs without gradients) turned into one line.
+
+    Raises:
+        InterpError: the forward carried no gradient tracking.
+    """
+    with torch.enable_grad(), frozen_parameters(model):
+        try:
+            yield
+        except NotImplementedError as error:
+            reason = str(error).split(":")[0]
+            raise InterpError(
+                f"attribution needs a backward pass and this run cannot make one ({reason}); use exact patching"
+            ) from None
+
+
+@contextmanager
 def frozen_parameters(model) -> Iterator[None]:
     """Inside the block no parameter of ``model`` requires grad (so a backward keeps no
     parameter gradients); each parameter's own flag is restored on exit."""
@@ -165,7 +184,7 @@ def pair_attribution(
         """Every needed tensor after layer 0's input (read once per trace, in forward order)."""
         return {key: _raw(access, model, *key) for key in tensors if key != (0, "resid_pre")}
 
-    with frozen_parameters(vlm.model), model.session(**vlm.trace_kwargs(remote)):
+    with gradient_pass(vlm.model), model.session(**vlm.trace_kwargs(remote)):
         shared = nnsight.save({})
         totals = nnsight.save({})
         with model.trace(dict(source.inputs)):
@@ -526,7 +545,7 @@ def edge_attribution(
         answer = _first_token(vlm, prepared, item.answers[0])
         groups = {q: _query_positions(prepared, q) for q in query_list}
         image = prepared.image_positions.cpu()
-        with frozen_parameters(vlm.model), model.trace(dict(prepared.inputs), **vlm.trace_kwargs(remote)):
+        with gradient_pass(vlm.model), model.trace(dict(prepared.inputs), **vlm.trace_kwargs(remote)):
             start = _raw(access, model, 0, "resid_pre")
             leaf = start.detach().requires_grad_(True)
             access.write(model, 0, "resid_pre", leaf)
