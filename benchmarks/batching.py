@@ -44,7 +44,7 @@ def measure_batching(
         from interp.analysis.clean import sample_passes
         from interp.analysis.items import as_items
         from interp.engine.batched import batch_reason
-        from interp.engine.prefix import supports_prefix_reuse
+        from interp.engine.clean_pass import supports_prefix_reuse
     except Exception as error:  # noqa: BLE001 - report why, do not fake a number
         return {key: None, f"{key}_reason": f"interp's batched clean pass is not importable: {error}", "details": {}}
     reason = batch_reason(vlm)

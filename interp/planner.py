@@ -186,7 +186,7 @@ def largest_forward(
     Returns:
         One tuple per forward.
     """
-    from .engine.prefix import forward_batches
+    from .engine.restart_batches import forward_batches
 
     edits = [v for v in variants if v in IMAGE_EDITS]
     starts: list[int] = []

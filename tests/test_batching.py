@@ -166,7 +166,7 @@ def _check_family(vlm, items, *, restartable: bool, tol: float | None = None) ->
     "model_type,attn", [(m, "sdpa") for m in BATCHING] + [("llava", "eager"), ("qwen2_vl", "eager")]
 )
 def test_batched_clean_pass_equals_one_sample_at_a_time(model_type, attn):
-    from interp.engine.prefix import supports_prefix_reuse
+    from interp.engine.clean_pass import supports_prefix_reuse
 
     vlm = tiny_vlm(model_type, attn)
     assert batch_reason(vlm) is None

@@ -21,7 +21,9 @@ from transformers.cache_utils import Cache
 from interp.analysis.clean import sample_pass
 from interp.analysis.sweep import VARIANTS, masking_sweep, sweep_rows
 from interp.engine import capture
-from interp.engine.prefix import RestartGroup, fill_kv, first_changed_row, restart, restart_many
+from interp.engine.clean_kv import fill_kv
+from interp.engine.restarts import RestartGroup, restart, restart_many
+from interp.engine.row_suffix import first_changed_row
 from interp.interventions import AttentionKnockout, Intervention, Plan, ScaleImageTokens
 
 from .conftest import tiny_vlm

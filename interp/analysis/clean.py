@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.batched import capture_batch
-from ..engine.prefix import CleanPass
+from ..engine.clean_pass import CleanPass
 from ..hooks import hook_name
 from ..interventions import RecordAttention, RecordResidual
 from .items import Item

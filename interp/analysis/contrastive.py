@@ -32,7 +32,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..engine.prefix import continue_from, supports_prefix_reuse, unembed
+from ..engine.clean_pass import supports_prefix_reuse
+from ..engine.restarts import continue_from
+from ..engine.unembedding import unembed
 from ..errors import InterpError
 from ..interventions import ContrastiveMask, Plan
 from ..interventions.contrastive import DISTANCES, bottom_fraction, contrast

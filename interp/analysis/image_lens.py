@@ -34,7 +34,7 @@ from ..hooks import hook_name
 from ..interventions import RecordResidual
 from ..interventions.base import resolve_layers
 from .items import as_items
-from ..engine.prefix import unembed
+from ..engine.unembedding import unembed
 from .stats import per_layer_ci
 
 LENS_SITES = ("resid_pre", "resid_post")

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..engine.prefix import unembed
+from ..engine.unembedding import unembed
 from .clean import SamplePass, sample_pass
 from .items import as_items
 

@@ -351,7 +351,7 @@ def patching_sweep(
 
 def _fast_patching(vlm, mode: str, remote) -> bool:
     """Whether the sweep restarts from captured prefixes (one line when ``mode='fast'`` cannot)."""
-    from ..engine.prefix import supports_prefix_reuse
+    from ..engine.clean_pass import supports_prefix_reuse
 
     if mode not in ("auto", "fast", "naive"):
         raise InterpError(f"mode must be auto, fast or naive, got {mode!r}")
@@ -519,7 +519,10 @@ def _fast_pair(vlm, base, source, conditions: dict, batch: int):
     The source and the base are each captured once. The source's values at ``resid_pre``
     are its captured layer inputs; at other sites its capture records them (one
     :class:`RecordSource`). Each condition restarts the base at its layer with the patch."""
-    from ..engine.prefix import capture, continue_from, first_changed_row, unembed
+    from ..engine.clean_pass import capture
+    from ..engine.restarts import continue_from
+    from ..engine.row_suffix import first_changed_row
+    from ..engine.unembedding import unembed
 
     needed = sorted({(key[1], key[0]) for key in conditions if key[0] != "resid_pre"})
     src = capture(vlm, source, torch.tensor([source.seq_len - 1]), [RecordSource(needed)] if needed else [])

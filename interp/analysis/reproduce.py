@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..engine.prefix import supports_prefix_reuse
+from ..engine.clean_pass import supports_prefix_reuse
 from ..errors import InputError, InterpError
 from ..evaluation.shards import shard_docs
 from ..interventions.base import resolve_layers

@@ -53,15 +53,11 @@ from tqdm.auto import tqdm
 
 from ..engine.decode import greedy_continue
 from ..engine.memory import resolve_decode_batch
-from ..engine.prefix import (
-    RestartGroup,
-    fill_kv,
-    first_changed_row,
-    restart,
-    restart_many,
-    supports_prefix_reuse,
-    unembed,
-)
+from ..engine.clean_kv import fill_kv
+from ..engine.clean_pass import supports_prefix_reuse
+from ..engine.restarts import RestartGroup, restart, restart_many
+from ..engine.row_suffix import first_changed_row
+from ..engine.unembedding import unembed
 from ..errors import InterpError
 from ..interventions import AttentionKnockout, Plan, ScaleImageTokens
 from ..interventions.base import resolve_layers

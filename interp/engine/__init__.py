@@ -15,17 +15,11 @@ Interventions say what they do through their own interface
 
 from .batched import capture_batch
 from .plan import Plan, RunResult, build_schedule, execute_step
-from .prefix import (
-    CleanPass,
-    Restart,
-    capture,
-    continue_from,
-    fill_kv,
-    first_changed_row,
-    restart,
-    supports_prefix_reuse,
-    unembed,
-)
+from .clean_kv import fill_kv
+from .clean_pass import CleanPass, capture, supports_prefix_reuse
+from .restarts import Restart, continue_from, restart
+from .row_suffix import first_changed_row
+from .unembedding import unembed
 
 __all__ = [
     "CleanPass",

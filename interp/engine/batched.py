@@ -47,7 +47,8 @@ from ..hooks import site_order
 from ..interventions.base import Intervention, StepContext
 from ..interventions.runtime import row_value
 from .plan import Plan, build_schedule
-from .prefix import CleanPass, _recorder_specs, cache_keyword, cache_layer_kv, capture, supports_prefix_reuse
+from .clean_pass import CleanPass, _recorder_specs, capture, supports_prefix_reuse
+from .kv_cache import cache_keyword, cache_layer_kv
 
 
 def batch_reason(vlm, remote: bool | str | None = None) -> str | None:

@@ -28,7 +28,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation import LogitsProcessorList
 
 from ..errors import InterpError
-from .prefix import cache_keyword
+from .kv_cache import cache_keyword
 
 
 def _generation_config(model, max_new_tokens: int):
