@@ -266,7 +266,7 @@ def add_parsers(sub) -> None:
     faith = sub.add_parser(
         "faithfulness",
         help="on a planted organism: score every localisation method against its known reading layers",
-        description="The masking sweep, knockouts and attention mass on a model whose text reads the image only at "
+        description="The masking sweep, knockouts, attention mass and edge attribution on a model whose text reads the image only at "
         "known layers (interp organism train --planted), each method's layers scored by precision, recall and F1.",
     )
     faith.add_argument("--out", required=True, help="output directory (report.md, localisation.csv, figures)")
