@@ -49,7 +49,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import InterpError
 
@@ -76,6 +76,16 @@ class OutputLockedError(OutputError):
 
 class SettingsMismatchError(OutputError):
     """An output holds a run with other settings (or files of no known run)."""
+
+
+class DamagedLogError(OutputError):
+    """A line of a :class:`RowLog` that is not its last is damaged: ``line`` is its number,
+    ``is_json`` whether it is complete JSON (then it is not a record of this log)."""
+
+    def __init__(self, message: str, *, line: int = 0, is_json: bool = False):
+        super().__init__(message)
+        self.line = line
+        self.is_json = is_json
 
 
 def _size(n: int) -> str:
@@ -494,11 +504,14 @@ class RowLog:
     :meth:`read` returns the complete lines without changing the file; :meth:`open`
     (call it only once the file is proven to be this run's) removes a last line cut by a
     crash and opens the file for :meth:`append`, which makes each call's lines durable
-    before it returns. A damaged line that is not the last is an error, never dropped.
+    before it returns. A damaged line that is not the last is an error (a
+    :class:`DamagedLogError`), never dropped; with ``check``, so is a record for which
+    ``check(record)`` is false.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, check: Callable[[dict], bool] | None = None):
         self.path = Path(path)
+        self.check = check
         self._fd: int | None = None
         self._complete = 0  # bytes of complete lines
 
@@ -520,12 +533,20 @@ class RowLog:
             try:
                 record = json.loads(line)
             except (ValueError, UnicodeDecodeError):
-                raise OutputError(
+                raise DamagedLogError(
                     f"{self.path}:{number} is not a complete JSON line; the file is damaged, not just "
-                    f"cut off at the end; it is left untouched"
+                    f"cut off at the end; it is left untouched",
+                    line=number,
+                    is_json=False,
                 ) from None
             if not isinstance(record, dict):
-                raise OutputError(f"{self.path}:{number} is not a JSON object; it is left untouched")
+                raise DamagedLogError(
+                    f"{self.path}:{number} is not a JSON object; it is left untouched", line=number, is_json=True
+                )
+            if self.check is not None and not self.check(record):
+                raise DamagedLogError(
+                    f"{self.path}:{number} is not a record of this log; it is left untouched", line=number, is_json=True
+                )
             records.append(record)
         self._complete = end
         return records, end < len(data)
@@ -710,6 +731,7 @@ class RunDir:
 
 
 __all__ = [
+    "DamagedLogError",
     "DiskFullError",
     "MIN_FREE_BYTES",
     "OutputError",

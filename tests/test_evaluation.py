@@ -29,9 +29,9 @@ from interp.evaluation import (
     read_results,
     summarize,
 )
-from interp.evaluation.results import IDENTITY_KEYS, meta_path, read_meta
+from interp.evaluation.results import IDENTITY_KEYS, ResultsLog, meta_path, read_meta
 from interp.evaluation.runner import effective_batch_size, generate_replies
-from interp.outputs import OutputError
+from interp.outputs import OutputError, lock_path
 
 from .conftest import tiny_vlm
 from .test_outputs import in_mount_namespace, one_line, snapshot, start_python, wait_for_line
@@ -260,6 +260,29 @@ def test_a_damaged_middle_line_is_an_error(reference, tmp_path, vlm):
     shutil.copy(meta_path(reference), meta_path(out))
     with pytest.raises(ResultsFileError, match="damaged.jsonl:3 is not a complete JSON line"):
         evaluate(vlm, "synthetic", out=out, batch_size=2, **RUN)
+
+
+def test_resume_refuses_a_damaged_middle_line_untouched(tmp_path):
+    out = tmp_path / "run.jsonl"
+    meta = {"model": "tiny", "task": "synthetic", "doc_ids": ["a", "b", "c", "d"]}
+    with ResultsLog(out) as log:
+        log.resume(meta)
+        for doc_id in "abc":
+            log.append({"doc_id": doc_id, "reply": "ünï — 答え", "score": 0.5, "extra": None})
+    data = out.read_bytes().split(b"\n")
+    data[1] = data[1][:12]  # line 2 damaged, and a cut last line that must stay too
+    out.write_bytes(b"\n".join(data) + b'{"doc_id": "d", "rep')
+    before = snapshot(out, meta_path(out))
+    for _ in range(2):  # refused, lock released: the second try is refused the same way
+        with pytest.raises(ResultsFileError) as error, ResultsLog(out) as log:
+            log.resume(meta)
+        assert one_line(error.value) == (
+            f"{out}:2 is not a complete JSON line; the file is damaged, not just cut off at the end"
+        )
+        assert snapshot(out, meta_path(out)) == before and not lock_path(out).exists()
+    out.write_bytes(b"\n".join([data[0], b'["a", "list"]', data[2], b""]))
+    with pytest.raises(ResultsFileError, match=r"run.jsonl:2 is not a result row \(no doc_id\)"):
+        read_results(out, repair=True)
 
 
 # -- shards -------------------------------------------------------------------------------------

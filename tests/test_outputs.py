@@ -24,6 +24,7 @@ import pytest
 
 from interp.errors import InterpError
 from interp.outputs import (
+    DamagedLogError,
     DIR_LOCK_NAME,
     OutputError,
     OutputLock,
@@ -379,6 +380,19 @@ def test_row_log_repairs_a_cut_line_only_when_opened(tmp_path):
     assert path.read_bytes() == damaged
     with pytest.raises(OutputError, match="not a regular file"):
         RowLog("/dev/full").read()  # never read a device (it would never end)
+
+
+def test_row_log_check_refuses_a_foreign_record_with_its_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"b": 2}\n{"a": 3, "cut')
+    before = path.read_bytes()
+    with pytest.raises(DamagedLogError, match="rows.jsonl:3 is not a record of this log") as error:
+        RowLog(path, check=lambda record: "a" in record).open()
+    assert (error.value.line, error.value.is_json) == (3, True) and path.read_bytes() == before
+    path.write_bytes(b'{"a": 1}\n{"a": \n')
+    with pytest.raises(DamagedLogError) as error:
+        RowLog(path).read()
+    assert (error.value.line, error.value.is_json) == (2, False)
 
 
 SETTINGS = {"model": "tiny:llava", "limit": 6, "seed": 0}

@@ -1,10 +1,10 @@
 """The per-sample results file of an evaluation run, and its sidecar of settings.
 
-``<out>`` is JSON Lines, one line per document, appended (flushed and fsync'ed) as
-soon as the document is scored, in the run's document order. ``<out>.meta.json``
-holds the run's settings (model, task, split, limit, shard, prompt suffix, generation
-length, the documents it covers) and package versions; nothing but sample rows goes
-into the JSONL.
+``<out>`` is JSON Lines (an :class:`interp.outputs.RowLog`), one line per document,
+appended (fsync'ed) as soon as the document is scored, in the run's document order.
+``<out>.meta.json`` holds the run's settings (model, task, split, limit, shard, prompt
+suffix, generation length, the documents it covers) and package versions; nothing but
+sample rows goes into the JSONL.
 
 A run killed at any point (SIGKILL included) leaves at worst a last line cut short.
 :meth:`ResultsLog.resume` first proves the file is this run's (its sidecar exists and
@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import InterpError
-from ..outputs import OutputLock, check_output, json_normalized, output_error, settings_differences, write_atomic
+from ..outputs import (
+    DamagedLogError,
+    OutputLock,
+    RowLog,
+    check_output,
+    json_normalized,
+    settings_differences,
+    write_atomic,
+)
 
 # Settings that must match to continue a file; everything else in the meta is informative.
 IDENTITY_KEYS = ("model", "task", "split", "limit", "shard", "prompt_suffix", "max_new_tokens", "decoding", "doc_ids")
@@ -57,6 +64,23 @@ def write_atomically(path: Path, data: bytes, *, overwrite: bool = True) -> None
     write_atomic(path, data, overwrite=overwrite)
 
 
+class _ResultsRows(RowLog):
+    """The :class:`interp.outputs.RowLog` of a results file: every line a row with a ``doc_id``."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, check=lambda row: "doc_id" in row)
+
+    def read(self) -> tuple[list[dict], bool]:
+        try:
+            return super().read()
+        except DamagedLogError as error:
+            if error.is_json:
+                raise ResultsFileError(f"{self.path}:{error.line} is not a result row (no doc_id)") from None
+            raise ResultsFileError(
+                f"{self.path}:{error.line} is not a complete JSON line; the file is damaged, not just cut off at the end"
+            ) from None
+
+
 def read_results(path: Path, *, repair: bool = False) -> tuple[list[dict], bool]:
     """``(rows, cut)``: the complete lines of a results file, and whether a last line was cut short.
 
@@ -65,29 +89,11 @@ def read_results(path: Path, *, repair: bool = False) -> tuple[list[dict], bool]
     path = Path(path)
     if not path.is_file():  # a device such as /dev/full would be read forever
         raise ResultsFileError(f"{path} is not a regular file")
-    data = path.read_bytes()
-    complete, newline, tail = data.rpartition(b"\n")
-    if not newline:  # no newline at all: everything is an unfinished first line
-        complete, tail = b"", data
-    rows = []
-    for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ResultsFileError(
-                f"{path}:{number} is not a complete JSON line; the file is damaged, not just cut off at the end"
-            ) from None
-        if not isinstance(row, dict) or "doc_id" not in row:
-            raise ResultsFileError(f"{path}:{number} is not a result row (no doc_id)")
-        rows.append(row)
-    cut = bool(tail)
+    log = _ResultsRows(path)
+    rows, cut = log.read()
     if cut and repair:  # only the cut tail goes: every complete line stays where it is
-        try:
-            os.truncate(path, len(complete + newline))
-        except OSError as error:
-            raise output_error(error, path) from None
+        with log:
+            log.open()
     return rows, cut
 
 
@@ -140,7 +146,7 @@ class ResultsLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._handle = None
+        self._rows = _ResultsRows(self.path)
         self._lock = OutputLock(self.path)
 
     def resume(self, meta: dict) -> list[dict]:
@@ -180,35 +186,21 @@ class ResultsLog:
                 f"cannot resume {self.path}: {sidecar.name} is missing, so it is not known to be a "
                 f"results file of this run; it is left untouched: use another --out"
             )
-        rows, cut = read_results(self.path) if self.path.exists() else ([], False)
+        rows, _ = self._rows.read()
         ids = [row["doc_id"] for row in rows]
         if len(set(map(json.dumps, ids))) != len(ids):
             raise ResultsFileError(f"{self.path} holds a document twice; it was not written by one run")
-        if cut:
-            read_results(self.path, repair=True)
         if not sidecar.exists():
             write_atomically(sidecar, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
-        try:
-            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across appends, closed by close()
-        except OSError as error:
-            raise output_error(error, self.path) from None
-        return rows
+        return self._rows.open()  # proven this run's: a cut last line goes
 
     def append(self, row: dict) -> None:
         """Write one row and make it durable before returning (a full disk: one clear line)."""
-        try:
-            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        except OSError as error:
-            raise output_error(error, self.path) from None
+        self._rows.append(row)
 
     def close(self) -> None:
-        if self._handle is not None:
-            # a line that could not be flushed (disk full): the next resume drops it
-            with contextlib.suppress(OSError):
-                self._handle.close()
-            self._handle = None
+        with contextlib.suppress(OSError):  # close runs in finally blocks: never hide the error that got there
+            self._rows.close()
         self._lock.release()
 
     def __enter__(self) -> ResultsLog:
