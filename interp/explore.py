@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .runfiles import FILES
 
 #: opacity of the dimming layer from no attention (0) to the most (1): attended cells show the image as it is
 SPOTLIGHT = [[0.0, "rgba(0,0,0,0.72)"], [1.0, "rgba(0,0,0,0)"]]
@@ -48,10 +49,6 @@ SWEEP_COLUMNS = ("pair", "change", "site", "layer", "group", "row", "col", "effe
 SUMMARY_COLUMNS = ("change", "site", "layer", "group", "mean")
 #: position groups in the map's order, from the image to the last token
 GROUP_ORDER = ("changed", "other_image", "image", "question", "other_text", "last")
-#: patching outputs in a run directory, preferred first: the sweep, a sweep still running, the summary
-SWEEP_FILES = ("patching_sweep.csv",)
-PARTIAL_FILES = ("rows/patching.jsonl", "patching_sweep.partial.jsonl")
-REPORT_FILES = ("report.json", "patching.json")
 #: the per-sample figure's sizes in pixels: image column, the gap holding its colour bar, a head
 IMAGE_PX, GAP_PX, HEAD_PX = 420, 110, 140
 
@@ -123,6 +120,25 @@ def sample_attention(
 # -- run directories ------------------------------------------------------------
 
 
+def _patching_files() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Patching outputs in a run directory, preferred first: the sweep, a sweep still running (a
+    reproduce run's section log, ``interp patch --resume``'s log), the summary (a report)."""
+    files = FILES
+    return (
+        (files.patching_sweep,),
+        (files.section_log("patching"), files.patching_partial),
+        (files.report_json, files.patching_json),
+    )
+
+
+def _patching_wanted(section_first: bool = False) -> str:
+    """The patching outputs a reader takes, for a message: the sweep, its row log, a report's section."""
+    files = FILES
+    reports = f"{files.report_json} / {files.patching_json}"
+    summary = f"a patching section in {reports}" if section_first else f"{reports} with a patching section"
+    return f"{files.patching_sweep}, {files.section_log('patching')}, or {summary}"
+
+
 @dataclass
 class Patching:
     """Patching outputs as read: ``rows`` (one per pair and condition, as in
@@ -176,7 +192,7 @@ def patching_table(table: pd.DataFrame, source: str = "the patching table") -> P
     if kind is None:
         hint = " (it looks like a masking sweep: the masking curve comes from --run)" if "variant" in columns else ""
         raise InputError(
-            f"{source} is not a patching table{hint}: expected the columns of patching_sweep.csv "
+            f"{source} is not a patching table{hint}: expected the columns of {FILES.patching_sweep} "
             f"({', '.join(SWEEP_COLUMNS)}; written by `interp reproduce` and `interp patch`) or of a "
             f"patching summary ({', '.join(SUMMARY_COLUMNS)}); it has {', '.join(sorted(columns)) or 'none'}"
         )
@@ -221,13 +237,14 @@ def _patching_summary(path: Path) -> Patching | None:
 def _patching_in(directory: Path) -> Patching | None:
     """The patching outputs an ``interp reproduce`` / ``interp patch`` directory holds, the
     fullest first: the sweep's CSV, its row log (still running), the report's summary."""
-    for name in SWEEP_FILES:
+    sweeps, partials, reports = _patching_files()
+    for name in sweeps:
         if (directory / name).is_file():
             return patching_table(_read_csv(directory / name), str(directory / name))
-    for name in PARTIAL_FILES:
+    for name in partials:
         if (directory / name).is_file() and (found := _patching_log(directory / name)) is not None:
             return found
-    for name in REPORT_FILES:
+    for name in reports:
         if (directory / name).is_file() and (found := _patching_summary(directory / name)) is not None:
             return found
     return None
@@ -242,7 +259,7 @@ def read_patching(path: str | Path) -> Patching:
         InputError: no patching output there, or a file of another kind.
     """
     path = Path(path).expanduser()
-    wanted = "patching_sweep.csv, rows/patching.jsonl, or report.json / patching.json with a patching section"
+    wanted = _patching_wanted()
     if path.is_dir():
         found = _patching_in(path)
         if found is None:
@@ -272,11 +289,12 @@ def read_run(run_dir: str | Path) -> RunData:
         InputError: neither report is there, or it is unreadable.
     """
     run = Path(run_dir).expanduser()
-    report_path = next((run / name for name in REPORT_FILES if (run / name).is_file()), None)
+    files, (_, _, reports) = FILES, _patching_files()
+    report_path = next((run / name for name in reports if (run / name).is_file()), None)
     if report_path is None:
         raise InputError(
-            f"no report.json in run directory {run}; pass the --out of an `interp reproduce` run "
-            "(or of `interp patch`: patching.json)"
+            f"no {files.report_json} in run directory {run}; pass the --out of an `interp reproduce` run "
+            f"(or of `interp patch`: {files.patching_json})"
         )
     report = _read_json(report_path)
     masking = report.get("masking") or {}
@@ -831,8 +849,8 @@ def _patching_section(patching: Patching | None) -> str:
     if patching is None:
         return (
             '<h2>activation patching</h2><p class="note" id="patching-missing">no patching map: the run has no '
-            "patching output (patching_sweep.csv, rows/patching.jsonl, or a patching section in report.json / "
-            "patching.json; written by `interp reproduce` on the synthetic data and by `interp patch`); "
+            f"patching output ({_patching_wanted(section_first=True)}; written by `interp reproduce` "
+            "on the synthetic data and by `interp patch`); "
             "pass a run directory with one, or --patching FILE</p>"
         )
     bands, cells = patching_bands(patching), patching_cells(patching)
@@ -863,7 +881,7 @@ def _patching_section(patching: Patching | None) -> str:
         )
         parts.append(_figure_div(patching_cells_figure(whole), "patching-cells", caption))
     elif patching.rows is None:
-        parts.append('<p class="note">per-cell rows are only in patching_sweep.csv, not in this summary</p>')
+        parts.append(f'<p class="note">per-cell rows are only in {FILES.patching_sweep}, not in this summary</p>')
     return "\n".join(parts)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .attribution import IG_STEPS, agreement, attribution_sweep
+from ..runfiles import FILES
 from .patching import (
     REPORT_CHANGES,
     REPORT_GROUPS,
@@ -100,9 +101,9 @@ def attribution_section(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out / "attribution_sweep.csv", index=False)
+        frame.to_csv(out / FILES.attribution_sweep, index=False)
         if table is not None:
-            table.to_csv(out / "attribution_agreement.csv", index=False)
+            table.to_csv(out / FILES.attribution_agreement, index=False)
         main = next((str(s) for s in dict.fromkeys(frame.site) if s != "z"), "")
         for change in dict.fromkeys(effects.change) if main else ():
             figures.attribution_curves(

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
+from ..runfiles import FILES
 
 ABLATION_KEYS = ("method_ablation", "ablation")  # where a report keeps its method ablation, if any
 
@@ -47,9 +48,9 @@ class Comparison:
 
 def read_report(run_dir: str | Path) -> dict:
     """A run directory's ``report.json`` (one clear error when it is missing or unreadable)."""
-    path = Path(run_dir) / "report.json"
+    path = Path(run_dir) / FILES.report_json
     if not path.is_file():
-        raise InputError(f"{run_dir}: no report.json (make one with `interp reproduce --out {run_dir}`)")
+        raise InputError(f"{run_dir}: no {FILES.report_json} (make one with `interp reproduce --out {run_dir}`)")
     try:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -41,6 +41,7 @@ from ..errors import InputError, InterpError
 from ..interventions.base import StepContext, resolve_layers
 from ..interventions.patch import PATCH_SITES, ImageCells, PatchActivations, RecordSource
 from ..engine.plan import Plan, RunResult, build_schedule, execute_step
+from ..runfiles import FILES
 from .stats import per_layer_ci
 
 #: position groups of the sweep, in display order
@@ -741,7 +742,7 @@ def patching_section(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        sweep.to_csv(out / "patching_sweep.csv", index=False)
+        sweep.to_csv(out / FILES.patching_sweep, index=False)
         if main:
             figures.patching_heatmap(
                 effects, site=main, out_dir=out, title=f"{vlm.name}: source activations patched in at one layer"

@@ -23,6 +23,7 @@ from .attention import (
 )
 from .contrastive import compare_to_baseline
 from .items import Item
+from ..runfiles import FILES
 from .stats import per_layer_ci
 
 
@@ -151,8 +152,8 @@ def write_report(vlm, tables, config, out: Path, *, dataset: str = "", extras: d
     for name, (section, lines) in (extras or {}).items():
         report[name] = section
         markdown += "\n" + "\n".join(lines) + "\n"
-    write_atomic(out / "report.json", json.dumps(report, indent=1, default=str))
-    write_atomic(out / "report.md", markdown)
+    write_atomic(out / FILES.report_json, json.dumps(report, indent=1, default=str))
+    write_atomic(out / FILES.report_md, markdown)
     return report
 
 

@@ -9,6 +9,15 @@ Layout of ``DIR``::
     rows/<section>.jsonl          one line per unit of a report section (a patched pair, a lens sample)
     rows/<section>.settings.json  the settings the section's rows were computed with
     rows/.lock.shard-I-of-N       held (flock) by the process writing that shard
+    report.json, report.md        the report (``interp reproduce``), written once the sections are done
+    patching_sweep.csv            the patching section's rows (``interp reproduce``, ``interp patch``)
+    attribution_sweep.csv         the attribution section's rows; attribution_agreement.csv: its agreement
+    patching.json, patching.md    ``interp patch``'s report (attribution.json / .md with ``--method atp|ig``)
+    patching_sweep.partial.jsonl  ``interp patch --resume``'s row log (attribution_sweep.partial.jsonl)
+
+These names are spelled once, in :class:`RunFiles` (:data:`FILES`): every writer and reader
+(the report, the sections, ``interp patch``, ``interp explore``, ``interp compare``) takes them
+from there.
 
 Rules, so nothing is ever lost:
 
@@ -31,6 +40,7 @@ import os
 from pathlib import Path
 
 from ..errors import InterpError
+from ..runfiles import FILES
 from ..outputs import OutputError, OutputLock, RowLog, SettingsRecord, check_output
 
 
@@ -38,10 +48,9 @@ class RunDirError(InterpError):
     """The run directory cannot be used as asked (settings differ, not a reproduce run)."""
 
 
-SETTINGS = "run.json"
 #: what an interrupted writer (or another shard starting at the same moment) may leave
 #: beside the settings before they exist: locks, probes, temporary files, the rows folder
-_LEFTOVERS = (".interp.lock", ".interp-probe-", f".{SETTINGS}.", "rows")
+_LEFTOVERS = (".interp.lock", ".interp-probe-", f".{FILES.settings}.", FILES.rows)
 
 
 def shard_label(shard: tuple[int, int] | None) -> str:
@@ -59,13 +68,13 @@ class RunDir:
         self.settings = settings
         self.shard = shard
         self.label = shard_label(shard)
-        self.rows = self.out / "rows"
+        self.rows = self.out / FILES.rows
         self._lock: OutputLock | None = None
         self._logs: dict[str, RowLog] = {}
 
     def open(self) -> RunDir:
         check_output(self.out, "dir", lock=False)
-        record = SettingsRecord(self.out / SETTINGS)
+        record = SettingsRecord(self.out / FILES.settings)
         if record.read() is None:
             others = sorted(p.name for p in self.out.iterdir() if not p.name.startswith(_LEFTOVERS))
             if others:
@@ -143,13 +152,13 @@ class RunDir:
         in ``rows/<name>.settings.json``: a continuation with other settings for the section is
         refused with one line (its rows were computed for those), nothing touched. Sections run
         once the samples are done, in one process, so their logs have no shard label."""
-        SettingsRecord(self.rows / f"{name}.settings.json").claim(settings, what=f"{self.out} (section {name})")
-        return self.rows / f"{name}.jsonl"
+        SettingsRecord(self.out / FILES.section_settings(name)).claim(settings, what=f"{self.out} (section {name})")
+        return self.out / FILES.section_log(name)
 
     def section_rows(self, name: str) -> list[dict]:
         """The rows section ``name`` has logged so far (its complete records, in order; none when
         it has not run)."""
-        path = self.rows / f"{name}.jsonl"
+        path = self.out / FILES.section_log(name)
         if not path.exists():
             return []
         return [row for record in RowLog(path).read()[0] for row in record["rows"]]

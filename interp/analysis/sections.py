@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.capabilities import OffersCellLabels, OffersCounterfactuals
+from ..runfiles import FILES
 
 
 @dataclass
@@ -154,7 +155,9 @@ def _method_ablation(ctx: SectionContext) -> tuple[dict, list[str]]:
         progress=config.progress,
         remote=config.remote,
     )
-    rows = run_method_ablation(ctx.vlm, ctx.items, config=ablation, out=ctx.run.rows / "method_ablation.jsonl")
+    rows = run_method_ablation(
+        ctx.vlm, ctx.items, config=ablation, out=ctx.run.out / FILES.section_log("method_ablation")
+    )
     report = write_outputs(
         rows,
         {**ablation.resolved(ctx.vlm), "model": ctx.vlm.name, "dataset": ctx.dataset},

@@ -16,6 +16,7 @@ def _patch(args) -> int:
     from .. import load
     from ..analysis.image_lens import lens_section
     from ..analysis.patching import default_cell_layers, first_pair_plan, patching_section, section_pairs
+    from ..runfiles import FILES
     from ..data.synthetic import CHANGES, SyntheticVQA
 
     changes = tuple(c.strip() for c in args.changes.split(",") if c.strip())
@@ -59,7 +60,7 @@ def _patch(args) -> int:
         changes=changes,
         n_boot=args.n_boot,
         seed=args.seed,
-        resume=out / "patching_sweep.partial.jsonl" if args.resume else None,
+        resume=out / FILES.patching_partial if args.resume else None,
         **options,
     )
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "patching": report}
@@ -67,12 +68,14 @@ def _patch(args) -> int:
         lens, lens_lines = lens_section(vlm, data, out, n=args.lens, n_boot=args.n_boot, seed=args.seed)
         result["image_lens"] = lens
         lines += lens_lines
-    (out / "patching.json").write_text(json.dumps(result, indent=1))
-    (out / "patching.md").write_text("\n".join([f"# interp patch: {vlm.name} on synthetic:{args.split}", ""] + lines))
+    (out / FILES.patching_json).write_text(json.dumps(result, indent=1))
+    (out / FILES.patching_md).write_text(
+        "\n".join([f"# interp patch: {vlm.name} on synthetic:{args.split}", ""] + lines)
+    )
     for line in lines[:12]:
         if line.startswith("- "):
             print(line[2:])
-    print(f"wrote {out / 'patching.md'}, patching.json and figures")
+    print(f"wrote {out / FILES.patching_md}, {FILES.patching_json} and figures")
     return 0
 
 
@@ -80,6 +83,7 @@ def _attribution(args, vlm, data, changes, options: dict, out) -> int:
     """``interp patch --method atp|ig``: every pair estimated, ``--validate`` pairs also patched exactly."""
     from ..analysis.attribution_report import attribution_section
     from ..analysis.patching import patching_sweep, section_pairs
+    from ..runfiles import FILES
 
     exact = None
     if args.validate:
@@ -88,7 +92,7 @@ def _attribution(args, vlm, data, changes, options: dict, out) -> int:
             vlm,
             pairs,
             **{k: v for k, v in options.items() if k not in ("cell_layers", "cell_pairs")},
-            resume=out / "patching_sweep.partial.jsonl" if args.resume else None,
+            resume=out / FILES.patching_partial if args.resume else None,
         )
     report, lines = attribution_section(
         vlm,
@@ -101,16 +105,18 @@ def _attribution(args, vlm, data, changes, options: dict, out) -> int:
         exact=exact,
         n_boot=args.n_boot,
         seed=args.seed,
-        resume=out / "attribution_sweep.partial.jsonl" if args.resume else None,
+        resume=out / FILES.attribution_partial if args.resume else None,
         **options,
     )
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "attribution": report}
-    (out / "attribution.json").write_text(json.dumps(result, indent=1))
-    (out / "attribution.md").write_text("\n".join([f"# interp patch --method {args.method}: {vlm.name}", ""] + lines))
+    (out / FILES.attribution_json).write_text(json.dumps(result, indent=1))
+    (out / FILES.attribution_md).write_text(
+        "\n".join([f"# interp patch --method {args.method}: {vlm.name}", ""] + lines)
+    )
     for line in lines:
         if line.startswith("| ") and not line.startswith("| change"):
             print(line)
-    print(f"wrote {out / 'attribution.md'}, attribution.json and figures")
+    print(f"wrote {out / FILES.attribution_md}, {FILES.attribution_json} and figures")
     return 0
 
 

@@ -55,6 +55,7 @@ def _reproduce(args) -> int:
 
     from .. import load
     from ..analysis.reproduce import ReproduceConfig, launched_by_torchrun, reproduce
+    from ..runfiles import FILES
 
     if launched_by_torchrun() and load_kwargs.get("device_map") is None:
         import torch
@@ -108,7 +109,7 @@ def _reproduce(args) -> int:
     )
     if single:
         print(single["statement"])
-    print(f"wrote {Path(args.out) / 'report.md'}, report.json and figures")
+    print(f"wrote {Path(args.out) / FILES.report_md}, {FILES.report_json} and figures")
     return 0
 
 
@@ -117,6 +118,7 @@ def _faithfulness(args) -> int:
     from .. import load
     from ..analysis.faithfulness import check_truth
     from ..analysis.reproduce import ReproduceConfig, reproduce
+    from ..runfiles import FILES
     from ..data.synthetic import SyntheticVQA
 
     model, load_kwargs = model_and_kwargs(args)
@@ -135,7 +137,7 @@ def _faithfulness(args) -> int:
         print(
             f"  {row['method']:<26} reports {row['reported']}  F1 {row['f1']:.2f} [{row['f1_low']:.2f}, {row['f1_high']:.2f}]"
         )
-    print(f"wrote {out / 'report.md'}, localisation.csv and figures")
+    print(f"wrote {out / FILES.report_md}, localisation.csv and figures")
     return 0
 
 
