@@ -13,8 +13,8 @@ from one run:
   method for the layer x group grid and for the per-cell grid at one layer (cells are free for
   attribution: the same two forwards and one backward); backward passes;
 * **wall ratio** exact / attribution for the layer x group grid (one run, the same pairs);
-* **peak memory** of one attribution pair over one plain forward (``ru_maxrss`` of a fresh
-  process each);
+* **peak memory** of one attribution pair over one plain forward (resident memory above the
+  loaded model's, sampled every millisecond, the first call in a fresh process each);
 * the **projection** to LLaVA-1.5-7B (576 cells, 32 layers): restarted layer forwards of exact
   per-cell patching against attribution's three passes.
 
@@ -79,8 +79,7 @@ page = os.sysconf("SC_PAGE_SIZE") / 2**20
 def rss():
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * page
-vlm.run(vlm.prepare(pairs[0].changed.image, pairs[0].changed.question))  # warm-up
-base, peak, done = rss(), [0.0], [False]
+base, peak, done = rss(), [0.0], [False]  # no warm-up: both variants pay their first call
 def sample():
     while not done[0]:
         peak[0] = max(peak[0], rss())
@@ -171,7 +170,11 @@ def measure(n_pairs: int, seed: int = 0) -> dict:
         "layer_rows_ratio_cells": per_pair["exact_cell_layer_rows"] / per_pair["atp_cell_layer_rows"],
         "wall_seconds": {"exact": exact_seconds, "atp": atp_seconds},
         "wall_ratio_grid": exact_seconds / atp_seconds,
-        "memory": {**memory, "ratio": memory["attribution_pair_mb"] / memory["plain_forward_mb"]},
+        "memory": {
+            **memory,
+            "ratio": memory["attribution_pair_mb"] / memory["plain_forward_mb"],
+            "note": "resident memory above the loaded model's, first call in a fresh process each (CPU)",
+        },
         "projection_llava_1_5_7b": {
             "cells": cells_7b,
             "layers": layers_7b,
