@@ -11,10 +11,22 @@ import pytest
 from nbclient import NotebookClient
 
 from interp import plotting
+from interp.plotting import patching as patching_figures
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+#: the package's figure functions: the paper's figures and the patching / lens / attribution ones
+FIGURES = [
+    *plotting.__all__,
+    *(
+        name
+        for name, value in vars(patching_figures).items()
+        if callable(value)
+        and not name.startswith("_")
+        and getattr(value, "__module__", "") == patching_figures.__name__
+    ),
+]
 #: a cell that calls one of the package's figure functions or draws with pyplot
-PLOTTING = re.compile(r"\b(" + "|".join(plotting.__all__) + r")\(|\bplt\.(subplots|plot|imshow|figure)\(")
+PLOTTING = re.compile(r"\b(" + "|".join(FIGURES) + r")\(|\bplt\.(subplots|plot|imshow|figure)\(")
 #: what Jupyter itself uses; the suite's Agg would show no pyplot figure at all
 INLINE = "module://matplotlib_inline.backend_inline"
 
