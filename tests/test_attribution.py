@@ -11,14 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.analysis.attribution import (
-    _knocked_out_change,
-    _query_positions,
-    agreement,
-    attribution_sweep,
-    edge_attribution,
-    knockout_effects,
-)
+from interp.analysis.attribution import agreement, attribution_sweep
+from interp.analysis.edge_attribution import _knocked_out_change, _query_positions, edge_attribution, knockout_effects
 from interp.analysis.patching import _first_token, as_pairs, patching_sweep
 from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
 from interp.errors import InputError, InterpError

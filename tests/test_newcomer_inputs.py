@@ -184,7 +184,9 @@ def test_limit_bounds_every_section(tmp_path):
     finally:
         handle.remove()
     assert report["patching"]["n_pairs"] == 3 and report["image_lens"]["n_samples"] == 3
-    assert sum(images) <= 3 * 8  # per question: its passes, its pair's two, its lens pass (not 60 + 60 more)
+    assert report["attribution"]["n_pairs"] == 3
+    # per question: its passes, its pair's two exact and two attribution passes, its lens pass (not 60 + 60 more)
+    assert sum(images) <= 3 * 10
 
 
 def test_scene_size_one_rule_for_every_command():

@@ -19,7 +19,7 @@ Methods (:data:`METHODS`, each a rule over per-question rows computed once):
 * ``attention_mass``: the layers where the mean attention mass from text queries (after the
   image) to the image tokens is at least ``mass_share`` of the largest layer's;
 * ``attribution_{last,question,text}``: attention-edge attribution
-  (:func:`interp.analysis.attribution.edge_attribution`: every layer's knockout of those edges
+  (:func:`interp.analysis.edge_attribution.edge_attribution`: every layer's knockout of those edges
   estimated from one forward and one backward), the layers whose mean estimated drop of the
   answer's log-probability is at least ``mass_share`` of the largest drop.
 """
@@ -150,7 +150,7 @@ def item_tables(vlm, item) -> dict[str, list[dict]]:
     """One question's rows for the methods the default sweep does not cover: the all-text knockout
     over windows (``sweep_text``), the three knockouts one layer at a time (``sweep1``), the
     text->image attention mass (``mass``), the attention-edge attribution (``edges``)."""
-    from .attribution import edge_attribution
+    from .edge_attribution import edge_attribution
     from .sweep import masking_sweep
 
     out: dict[str, list[dict]] = {}
