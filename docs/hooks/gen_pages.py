@@ -205,8 +205,10 @@ def model_card(folder: str) -> str:
     source = f"{MODEL_CARDS[folder]}/MODEL_CARD.md"
     first, _, rest = text.partition("\n")
     note = f"\n\n*Included from `{source}`, written by `interp organism card`.*\n"
-    # the card's loss curve sits beside it in the package; in the site, beside this page
-    return (first + note + rest).replace("](loss_curve.png)", f"]({folder}-loss_curve.png)")
+    # the card's figures sit beside it in the package; in the site, beside this page
+    for figure in sorted((ROOT / MODEL_CARDS[folder]).glob("*.png")):
+        rest = rest.replace(f"]({figure.name})", f"]({folder}-{figure.name})")
+    return first + note + rest
 
 
 def generated_pages() -> dict[str, str]:
@@ -225,7 +227,11 @@ def copied_files() -> dict[str, Path]:
     """``{path in the site: committed file}``: notebooks, loss curves and the main job's figures."""
     files = {f"{NOTEBOOKS}/{path.name}": path for path in sorted((ROOT / NOTEBOOKS).glob("*.ipynb"))}
     files.update(
-        {f"organisms/{folder}-loss_curve.png": ROOT / src / "loss_curve.png" for folder, src in MODEL_CARDS.items()}
+        {
+            f"organisms/{folder}-{figure.name}": figure
+            for folder, src in MODEL_CARDS.items()
+            for figure in sorted((ROOT / src).glob("*.png"))
+        }
     )
     files.update({f"figures/{path.name}": path for path in sorted((ROOT / "figures").glob("*.png"))})
     files.update(
