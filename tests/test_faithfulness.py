@@ -117,3 +117,44 @@ def test_the_section_on_a_tiny_model_with_planted_layers_resumes(tmp_path, monke
     monkeypatch.setattr(faithfulness, "item_tables", never)
     again = reproduce(vlm, data, tmp_path / "run", dataset="synthetic:test", limit=4, config=config)
     assert json.dumps(again["localisation"], sort_keys=True) == json.dumps(section, sort_keys=True)
+
+
+def test_the_table_of_several_runs_reads_their_reports(tmp_path):
+    from interp.analysis.faithfulness import benchmark_table
+    from interp.cli import main
+
+    def run(name: str, layers: list[int], f1: float):
+        folder = tmp_path / name
+        folder.mkdir()
+        method = {
+            "method": "attention_mass",
+            "reported": layers,
+            "precision": 1.0,
+            "recall": f1,
+            "f1": f1,
+            "precision_low": 1.0,
+            "precision_high": 1.0,
+            "recall_low": f1,
+            "recall_high": f1,
+            "f1_low": f1 - 0.1,
+            "f1_high": f1,
+            "n": 8,
+            "layer_forwards_per_question": 30,
+        }
+        report = {"localisation": {"planted_layers": layers, "n": 8, "small_sample": True, "methods": [method]}}
+        (folder / "report.json").write_text(json.dumps(report))
+        return str(folder)
+
+    runs = {"early": run("early", [4, 5, 6], 1.0), "late": run("late", [16, 17, 18], 0.8)}
+    table = benchmark_table(runs)
+    assert list(table.organism) == ["early", "late"] and list(table.f1) == [1.0, 0.8]
+    assert table.planted_layers.tolist() == [[4, 5, 6], [16, 17, 18]]
+    out = tmp_path / "table"
+    assert main(["faithfulness", "--out", str(out), "--table", *(f"{k}={v}" for k, v in runs.items())]) == 0
+    assert pd.read_csv(out / "localisation_benchmark.csv").f1.tolist() == [1.0, 0.8]
+    assert (out / "localisation_matrix.png").stat().st_size > 0
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "report.json").write_text("{}")
+    with pytest.raises(InterpError, match="has no localisation section"):
+        benchmark_table({"plain": str(tmp_path / "plain")})
+    assert main(["faithfulness", "--out", str(out), "--table", "nameonly"]) == 2

@@ -301,6 +301,36 @@ def localisation_section(ctx) -> tuple[dict, list[str]]:
     return report, localisation_markdown(report)
 
 
+def benchmark_table(runs: dict[str, str]) -> pd.DataFrame:
+    """Every method's scores on several organisms, from their runs' ``report.json``.
+
+    Args:
+        runs: organism name -> the directory of its ``interp faithfulness`` (or ``reproduce``) run.
+
+    Returns:
+        One row per (organism, method): ``planted_layers``, ``n``, ``reported``, precision, recall
+        and F1 with their CIs, ``layer_forwards_per_question``.
+
+    Raises:
+        InterpError: a run without a localisation section.
+    """
+    import json
+    from pathlib import Path
+
+    from ..runfiles import FILES
+
+    rows = []
+    for organism, run in runs.items():
+        path = Path(run) / FILES.report_json
+        report = json.loads(path.read_text()) if path.is_file() else {}
+        section = report.get("localisation")
+        if not section:
+            raise InterpError(f"{path} has no localisation section: run interp faithfulness on {organism} first")
+        for method in section["methods"]:
+            rows.append({"organism": organism, "planted_layers": section["planted_layers"], **method})
+    return pd.DataFrame(rows)
+
+
 def localisation_markdown(report: dict) -> list[str]:
     """The section's lines for ``report.md``."""
     small = " (a small sample: the CIs are rough)" if report["small_sample"] else ""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..cli_args import add_model_args, decode_batch, model_and_kwargs, non_negative_int, positive_int
+from ..errors import InterpError
 from ..options import GPU_BATCH_SIZE, MODES, PAPER_MASK_SCALE, SCORINGS
 from .common import _load_samples, _output_dir
 
@@ -121,6 +122,8 @@ def _faithfulness(args) -> int:
     from ..runfiles import FILES
     from ..data.synthetic import SyntheticVQA
 
+    if args.table:
+        return _faithfulness_table(args)
     model, load_kwargs = model_and_kwargs(args)
     vlm = load(model, **load_kwargs)
     truth = check_truth(vlm)  # before anything is written
@@ -138,6 +141,27 @@ def _faithfulness(args) -> int:
             f"  {row['method']:<26} reports {row['reported']}  F1 {row['f1']:.2f} [{row['f1_low']:.2f}, {row['f1_high']:.2f}]"
         )
     print(f"wrote {out / FILES.report_md}, localisation.csv and figures")
+    return 0
+
+
+def _faithfulness_table(args) -> int:
+    """``interp faithfulness --table NAME=DIR ...``: the finished runs' scores side by side."""
+    from ..analysis.faithfulness import benchmark_table
+    from ..plotting.localisation import localisation_matrix
+
+    runs = {}
+    for entry in args.table:
+        name, sep, run = entry.partition("=")
+        if not sep or not name or not run:
+            raise InterpError(f"--table {entry!r}: give NAME=DIR (an organism's name and its faithfulness run)")
+        runs[name] = run
+    table = benchmark_table(runs)
+    out = _output_dir(args.out)
+    table.to_csv(out / "localisation_benchmark.csv", index=False)
+    localisation_matrix(table, out_dir=out)
+    pivot = table.pivot_table(index="method", columns="organism", values="f1", sort=False)
+    print(pivot.round(2).to_string())
+    print(f"wrote {out / 'localisation_benchmark.csv'} and localisation_matrix.png / .pdf")
     return 0
 
 
@@ -272,6 +296,14 @@ def add_parsers(sub) -> None:
         "known layers (interp organism train --planted), each method's layers scored by precision, recall and F1.",
     )
     faith.add_argument("--out", required=True, help="output directory (report.md, localisation.csv, figures)")
+    faith.add_argument(
+        "--table",
+        nargs="+",
+        default=None,
+        metavar="NAME=DIR",
+        help="instead of running: the finished runs' scores side by side (localisation_benchmark.csv and the "
+        "methods x organisms figure)",
+    )
     faith.add_argument("--split", default="test", choices=["train", "val", "test"])
     faith.add_argument("--limit", type=positive_int, default=200, help="questions (default 200)")
     faith.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
