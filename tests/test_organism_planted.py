@@ -181,3 +181,52 @@ def test_card_bars_by_hand_and_the_card_renders(tmp_path):
     text = card.read_text()
     assert "planted layers S: [4, 5, 6]" in text and "NOT met" not in text
     assert (tmp_path / "card" / "text_image_mass.png").stat().st_size > 0
+
+
+# -- the shipped variants: their ground truth on a fixed sample --------------------------------
+
+#: the fixed sample the shipped variants are verified on (test split, seed 0)
+VERIFY_SAMPLES = 48
+
+
+def _shipped() -> list[str]:
+    from interp.models.organism import PLANTED_VARIANTS, WEIGHTS_DIR
+
+    return [v for v in PLANTED_VARIANTS if (WEIGHTS_DIR / f"{v}.safetensors").is_file()]
+
+
+def test_the_planted_variants_are_shipped():
+    from interp.models.organism import PLANTED_VARIANTS
+
+    assert _shipped() == list(PLANTED_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", _shipped())
+def test_a_shipped_variant_reads_the_image_only_inside_its_layers(variant):
+    """On a fixed sample, through plain hooks on HF's attention: text puts at most 1e-3 of its
+    attention on the image outside S; cutting text->image outside S changes at most one answer in
+    48 (the card's 1-point bar is on the test split); cutting it inside S leaves about what the
+    blind model gets right (within 0.1 on 48 questions; the card's bar, 0.05, is on 256)."""
+    import interp
+    from interp.data.synthetic import SyntheticVQA
+    from interp.models.organism import PLANTED_LAYERS, planted_layers_of
+    from interp.models.organism.evaluate import evaluate
+    from interp.models.organism.planted import eager_attention, knockout_accuracy
+
+    vlm = interp.load(variant)
+    layers = planted_layers_of(vlm.config)
+    assert layers == list(PLANTED_LAYERS[variant])
+    data = SyntheticVQA("test", seed=0, image_size=vlm.scene_size)
+    samples = [data[i] for i in range(VERIFY_SAMPLES)]
+    with eager_attention(vlm.model):
+        mass = text_image_mass(vlm.model, vlm.processor, samples[:16])
+    assert max(m for layer, m in enumerate(mass) if layer not in layers) <= 1e-3
+    assert min(mass[layer] for layer in layers) > 1e-2  # it does read there
+    outside = [layer for layer in range(vlm.n_layers) if layer not in layers]
+    plain = knockout_accuracy(vlm.model, vlm.processor, samples, [])
+    cut_outside = knockout_accuracy(vlm.model, vlm.processor, samples, outside)
+    cut_inside = knockout_accuracy(vlm.model, vlm.processor, samples, layers)
+    blind = evaluate(vlm.model, vlm.processor, samples, limit=VERIFY_SAMPLES, progress=False)["blind_accuracy"]
+    assert plain >= 0.8
+    assert abs(cut_outside - plain) <= 1 / VERIFY_SAMPLES
+    assert cut_inside <= blind + 0.1

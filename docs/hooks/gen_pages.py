@@ -59,12 +59,14 @@ NOTEBOOKS = "notebooks"
 MODEL_CARDS = {
     "llava": "interp/models/organism/weights",
     "qwen2vl": "interp/models/organism/weights/qwen2vl",
+    "planted": "interp/models/organism/weights/planted",
 }
 
 #: figures of committed run logs shown on the results page (the run-log folders are not pages)
 RUN_FIGURES = {
     "patching_heads_colour.png": "docs/patching-heads/patching_heads_colour.png",
     "method_ablation_organism.png": "docs/method-ablation/2026-12-01/organism/method_ablation.png",
+    "localisation_matrix.png": "docs/localisation/2026-12-07/localisation_matrix.png",
 }
 
 
