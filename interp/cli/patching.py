@@ -49,7 +49,8 @@ def _patch(args) -> int:
     if args.dry_run:
         print("\n".join(plan.lines()))
         return 0
-    print(plan.summary("patch"), file=sys.stderr)
+    if args.method == "exact" or args.validate:  # the plan is exact patching's (a validation pair's, with atp/ig)
+        print(plan.summary("patch"), file=sys.stderr)
     if args.method != "exact":
         return _attribution(args, vlm, data, changes, options, out)
     report, lines = patching_section(
