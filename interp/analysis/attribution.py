@@ -45,7 +45,17 @@ from .. import sites as registry
 from ..errors import InputError, InterpError
 from ..interventions.patch import aligned_positions
 from ..interventions.runtime import first, split_heads
-from .patching import GROUPS, METRIC, PatchPair, _condition_plan, _first_token, _sites, as_pairs
+from .patching import (
+    GROUPS,
+    METRIC,
+    PatchPair,
+    _condition_plan,
+    _first_token,
+    _sites,
+    as_pairs,
+    condition_row,
+    pair_columns,
+)
 
 #: the estimators :func:`attribution_sweep` offers
 METHODS = ("atp", "ig")
@@ -306,58 +316,30 @@ def _attribute_pair(vlm, pair: PatchPair, planned: tuple, method: str, steps: in
         return []
     b_pos, s_pos, members = _alignment(conditions, base, source)
     needed = sorted({(key[1], key[0]) for key in conditions})
-    probe_tokens = None
-    if pair.source.answer and pair.base.answer:
-        probe_tokens = (_first_token(vlm, source, pair.source.answer), _first_token(vlm, base, pair.base.answer))
-    if probe_tokens is None:  # the model's own top tokens: one plain forward each
-        clean = vlm.run(source).logits[0].float()
-        corrupt = vlm.run(base).logits[0].float()
-        a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else int(clean.argmax())
-        a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else int(corrupt.argmax())
-        probe_tokens = (a_source, a_base)
-    a_source, a_base = probe_tokens
+    # the answers' first tokens, or (no answer given) the model's own top token: one plain forward
+    a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else _top_token(vlm, source)
+    a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else _top_token(vlm, base)
     found = pair_attribution(vlm, base, source, needed, b_pos, s_pos, (a_source, a_base), steps=steps, remote=remote)
-    clean, corrupt = found["source_logits"], found["base_logits"]
-    clean_ld = float(clean[a_source] - clean[a_base])
-    corrupt_ld = float(corrupt[a_source] - corrupt[a_base])
-    denominator = clean_ld - corrupt_ld
-    same = a_source == a_base
-    common = {
-        "pair": pair.id,
-        "change": pair.change,
-        "clean_logit_diff": clean_ld,
-        "corrupt_logit_diff": corrupt_ld,
-        "clean_correct": int(clean.argmax()) == a_source,
-        "corrupt_correct": int(corrupt.argmax()) == a_base,
-        "same_first_token": same,
-    }
+    common = pair_columns(pair, found["source_logits"], found["base_logits"], a_source, a_base)
+    corrupt_ld = common["corrupt_logit_diff"]
+    denominator = common["clean_logit_diff"] - corrupt_ld
     rows = []
     for key, idx in members.items():
-        site, layer, group, r, c, head = key
-        per_position = found["contributions"][(layer, site)]
-        chosen = per_position[idx]
+        site, layer, _, _, _, head = key
+        chosen = found["contributions"][(layer, site)][idx]
         estimate = float(chosen[:, head].sum() if head >= 0 else chosen.sum())
-        if same:
-            effect, value, logit_change = float("nan"), corrupt_ld, estimate
+        if a_source == a_base:  # a control: the logit difference is 0, its answer's logit is estimated
+            row = condition_row(common, key, corrupt_ld, float("nan"), estimate)
         else:
             effect = estimate / denominator if abs(denominator) > 1e-6 else float("nan")
-            value, logit_change = corrupt_ld + estimate, float("nan")
-        rows.append(
-            {
-                **common,
-                "site": site,
-                "head": head,
-                "layer": layer,
-                "group": group,
-                "row": r,
-                "col": c,
-                "logit_diff": value,
-                "effect": effect,
-                "answer_logit_change": logit_change,
-                "method": method,
-            }
-        )
+            row = condition_row(common, key, corrupt_ld + estimate, effect, float("nan"))
+        rows.append({**row, "method": method})
     return rows
+
+
+def _top_token(vlm, prepared) -> int:
+    """The model's top next token after ``prepared``'s prompt (one plain forward)."""
+    return int(vlm.run(prepared).logits[0].argmax())
 
 
 # -- trust: an estimate against exact patching -----------------------------------------------

@@ -466,39 +466,49 @@ def _patch_pair(vlm, pair: PatchPair, planned: tuple, *, fast: bool, batch: int,
     a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else int(clean.argmax())
     a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else int(corrupt.argmax())
 
-    def ld(row) -> float:
-        return float(row[a_source] - row[a_base])
-
-    clean_ld, corrupt_ld = ld(clean), ld(corrupt)
+    common = pair_columns(pair, clean, corrupt, a_source, a_base)
+    clean_ld, corrupt_ld = common["clean_logit_diff"], common["corrupt_logit_diff"]
     denominator = clean_ld - corrupt_ld
-    common = {
+    rows = []
+    for key, row in logits.items():
+        value = float(row[a_source] - row[a_base])
+        effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
+        rows.append(condition_row(common, key, value, effect, float(row[a_source] - corrupt[a_source])))
+    return rows
+
+
+def pair_columns(pair: PatchPair, clean, corrupt, a_source: int, a_base: int) -> dict:
+    """The columns every row of a pair shares: its id and change, the logit difference
+    ``logit(a_source) - logit(a_base)`` of the source (``clean``) and base (``corrupt``) runs'
+    last-position logits, whether each run's top token is its answer, and whether the answers
+    share their first token."""
+    return {
         "pair": pair.id,
         "change": pair.change,
-        "clean_logit_diff": clean_ld,
-        "corrupt_logit_diff": corrupt_ld,
+        "clean_logit_diff": float(clean[a_source] - clean[a_base]),
+        "corrupt_logit_diff": float(corrupt[a_source] - corrupt[a_base]),
         "clean_correct": int(clean.argmax()) == a_source,
         "corrupt_correct": int(corrupt.argmax()) == a_base,
         "same_first_token": a_source == a_base,
     }
-    rows = []
-    for (site, layer, group, r, c, head), row in logits.items():
-        value = ld(row)
-        effect = (value - corrupt_ld) / denominator if a_source != a_base and abs(denominator) > 1e-6 else float("nan")
-        rows.append(
-            {
-                **common,
-                "site": site,
-                "head": head,
-                "layer": layer,
-                "group": group,
-                "row": r,
-                "col": c,
-                "logit_diff": value,
-                "effect": effect,
-                "answer_logit_change": float(row[a_source] - corrupt[a_source]),
-            }
-        )
-    return rows
+
+
+def condition_row(common: dict, key: tuple, logit_diff: float, effect: float, answer_logit_change: float) -> dict:
+    """One sweep row: the pair's columns, the condition ``(site, layer, group, row, col, head)``
+    and its patched logit difference, normalised effect and answer-logit change."""
+    site, layer, group, r, c, head = key
+    return {
+        **common,
+        "site": site,
+        "head": head,
+        "layer": layer,
+        "group": group,
+        "row": r,
+        "col": c,
+        "logit_diff": logit_diff,
+        "effect": effect,
+        "answer_logit_change": answer_logit_change,
+    }
 
 
 def _head_list(vlm, heads) -> list[int]:

@@ -16,6 +16,7 @@ def _patch(args) -> int:
     from .. import load
     from ..analysis.image_lens import lens_section
     from ..analysis.patching import default_cell_layers, first_pair_plan, patching_section, section_pairs
+    from ..outputs import write_atomic
     from ..runfiles import FILES
     from ..data.synthetic import CHANGES, SyntheticVQA
 
@@ -69,9 +70,9 @@ def _patch(args) -> int:
         lens, lens_lines = lens_section(vlm, data, out, n=args.lens, n_boot=args.n_boot, seed=args.seed)
         result["image_lens"] = lens
         lines += lens_lines
-    (out / FILES.patching_json).write_text(json.dumps(result, indent=1))
-    (out / FILES.patching_md).write_text(
-        "\n".join([f"# interp patch: {vlm.name} on synthetic:{args.split}", ""] + lines)
+    write_atomic(out / FILES.patching_json, json.dumps(result, indent=1))
+    write_atomic(
+        out / FILES.patching_md, "\n".join([f"# interp patch: {vlm.name} on synthetic:{args.split}", ""] + lines)
     )
     for line in lines[:12]:
         if line.startswith("- "):
@@ -84,6 +85,7 @@ def _attribution(args, vlm, data, changes, options: dict, out) -> int:
     """``interp patch --method atp|ig``: every pair estimated, ``--validate`` pairs also patched exactly."""
     from ..analysis.attribution_report import attribution_section
     from ..analysis.patching import patching_sweep, section_pairs
+    from ..outputs import write_atomic
     from ..runfiles import FILES
 
     exact = None
@@ -110,9 +112,9 @@ def _attribution(args, vlm, data, changes, options: dict, out) -> int:
         **options,
     )
     result = {"model": vlm.name, "dataset": f"synthetic:{args.split}", "attribution": report}
-    (out / FILES.attribution_json).write_text(json.dumps(result, indent=1))
-    (out / FILES.attribution_md).write_text(
-        "\n".join([f"# interp patch --method {args.method}: {vlm.name}", ""] + lines)
+    write_atomic(out / FILES.attribution_json, json.dumps(result, indent=1))
+    write_atomic(
+        out / FILES.attribution_md, "\n".join([f"# interp patch --method {args.method}: {vlm.name}", ""] + lines)
     )
     for line in lines:
         if line.startswith("| ") and not line.startswith("| change"):
