@@ -29,6 +29,9 @@ def test_registry_order_needs_and_switches():
     assert not SECTIONS["patching"].applies(_ctx([], config))  # a plain list offers no counterfactuals
     assert SECTIONS["attribution"].applies(_ctx(synthetic, config))  # on the patching section's pairs
     assert not SECTIONS["attribution"].applies(_ctx(synthetic, ReproduceConfig(patching_pairs=0)))
+    estimate_only = ReproduceConfig(patching_exact=0)
+    assert not SECTIONS["patching"].applies(_ctx(synthetic, estimate_only))
+    assert SECTIONS["attribution"].applies(_ctx(synthetic, estimate_only))
     assert not SECTIONS["image_lens"].applies(_ctx(synthetic, ReproduceConfig(lens_samples=0)))
     assert not SECTIONS["method_ablation"].applies(_ctx(synthetic, config))  # off unless seeds are given
     assert SECTIONS["method_ablation"].applies(_ctx([], ReproduceConfig(ablation_seeds=1)))
@@ -78,6 +81,29 @@ def test_sections_resume_from_the_store_and_refuse_other_settings(tmp_path, monk
     with pytest.raises(SettingsMismatchError, match="section patching"):
         _run_raw(out, seed=1)
     assert (out / "rows" / "patching.jsonl").read_bytes() == before
+
+
+def test_exact_patching_runs_on_the_first_pairs_and_attribution_on_all(tmp_path):
+    """The validation subset: its exact rows are those of a run patching every pair exactly."""
+    runs = {}
+    for exact in ("1", "3"):
+        out = tmp_path / f"exact{exact}"
+        args = RUN[:5] + ["--limit", "3", "--patching", "3", "--patching-exact", exact, "--lens", "0"]
+        assert main(args + ["--n-boot", "50", "--out", str(out)]) == 0
+        runs[exact] = out
+    rows = {
+        k: [json.loads(line) for line in (out / "rows" / "patching.jsonl").read_text().splitlines()]
+        for k, out in runs.items()
+    }
+    assert len(rows["1"]) == 1 and len(rows["3"]) == 3
+    assert rows["1"][0] == rows["3"][0]  # the same pair, the same numbers
+    for out in runs.values():
+        assert len((out / "rows" / "attribution.jsonl").read_text().splitlines()) == 3
+    report = json.loads((runs["1"] / "report.json").read_text())
+    assert report["patching"]["n_pairs"] == 1 and report["patching"]["validation_of"] == 3
+    assert report["attribution"]["n_pairs"] == 3 and report["attribution"]["agreement"][0]["n_pairs"] == 1
+    assert "validation_of" not in json.loads((runs["3"] / "report.json").read_text())["patching"]
+    assert "first 1 of the run's 3 pairs" in (runs["1"] / "report.md").read_text()
 
 
 def _run_raw(out, seed: int) -> None:

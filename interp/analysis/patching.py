@@ -675,6 +675,7 @@ def patching_section(
     out_dir=None,
     *,
     n_pairs: int = 60,
+    of_pairs: int | None = None,
     changes: Sequence[str] = REPORT_CHANGES,
     cell_layers: Any = None,
     cell_pairs: int | None = 2,
@@ -695,6 +696,8 @@ def patching_section(
     ``samples``: a :class:`~interp.data.synthetic.SyntheticVQA` (``n_pairs`` counterfactuals,
     the ``changes`` taking turns) or ready pairs (Counterfactuals, PatchPairs, tuples).
     Per-cell maps are computed for the first ``cell_pairs`` pairs (the figure shows one).
+    ``of_pairs``: the run's pair count when these ``n_pairs`` are its first ones, patched exactly
+    to validate an estimate of them all (the report says so).
     ``sweep``: a finished :func:`patching_sweep` of these pairs (e.g. read back from its
     CSV) to report instead of running one.
     Writes ``patching_sweep.csv`` and the figures ``patching_heatmap``, ``patching_curves_<change>``
@@ -806,6 +809,8 @@ def patching_section(
         "cell_layers": cell_layers,
         "example": example,
     }
+    if of_pairs is not None and of_pairs > len(pairs):
+        report["validation_of"] = of_pairs
     return report, patching_markdown(report)
 
 
@@ -846,6 +851,12 @@ def patching_markdown(report: dict) -> list[str]:
         f"{report['both_answers_top_token']:.0%} of the pairs.",
         "",
     ]
+    if report.get("validation_of"):
+        lines += [
+            f"These are the first {report['n_pairs']} of the run's {report['validation_of']} pairs, patched exactly "
+            "to validate the attribution estimate, which covers all of them (next section).",
+            "",
+        ]
     for entry in report["layer0_changed_effect"]:
         if entry["metric"] != "effect":
             continue

@@ -72,7 +72,10 @@ class ReproduceConfig:
     #: (colour and shape changes and the distractor control, taking turns) and the
     #: image-token lens on this many samples; other data have no counterfactuals or cell labels
     patching_pairs: int = 60
-    #: of those pairs, how many are also patched cell by cell (a restart per image cell and cell layer)
+    #: of those pairs, the first this many are patched exactly (a validation subset: the attribution
+    #: section estimates every pair and is scored against these); ``patching_pairs`` or more: all
+    patching_exact: int = 15
+    #: of the exactly patched pairs, how many are also patched cell by cell (a restart per image cell and cell layer)
     patching_cell_pairs: int = 2
     lens_samples: int = 60
     #: the authors'-method ablation with this many sampling seeds (None: off; it generates
@@ -163,6 +166,7 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
         "seed",
         "heatmap_layers",
         "patching_pairs",
+        "patching_exact",
         "patching_cell_pairs",
         "lens_samples",
         "ablation_seeds",
@@ -465,6 +469,7 @@ def reproduce(
             f"reproduce needs at least {MIN_LAYERS} decoder layers (the contrastive method's pre layer lies before "
             f"its reference layer, which lies before the review layer); {vlm.name} has {vlm.n_layers}"
         )
+    validate.non_negative_int(config.patching_exact, "patching_exact")
     validate.non_negative_int(config.patching_cell_pairs, "patching_cell_pairs")
     if config.batch_size is not None:
         validate.positive_int(config.batch_size, "batch_size")

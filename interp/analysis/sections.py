@@ -81,9 +81,23 @@ def run_sections(ctx: SectionContext) -> dict[str, tuple[dict, list[str]]]:
 # -- the sections ------------------------------------------------------------------------------
 
 
-@section("patching", needs=OffersCounterfactuals, enabled=lambda ctx: ctx.config.patching_pairs > 0)
+def _attributed_pairs(ctx: SectionContext) -> int:
+    """The run's counterfactual pairs: at most one per item (every one estimated by attribution)."""
+    return min(ctx.config.patching_pairs, len(ctx.items))
+
+
+def _exact_pairs(ctx: SectionContext) -> int:
+    """The first pairs also patched exactly (the validation subset of the attribution estimate)."""
+    return min(ctx.config.patching_exact, _attributed_pairs(ctx))
+
+
+@section(
+    "patching",
+    needs=OffersCounterfactuals,
+    enabled=lambda ctx: ctx.config.patching_pairs > 0 and ctx.config.patching_exact > 0,
+)
 def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
-    """Counterfactual patching on at most one pair per item (the synthetic benchmark's pairs)."""
+    """Exact counterfactual patching on the first pairs (the synthetic benchmark's pairs)."""
     from .patching import REPORT_CHANGES, REPORT_GROUPS, patching_section
 
     config = ctx.config
@@ -97,7 +111,8 @@ def _patching(ctx: SectionContext) -> tuple[dict, list[str]]:
         ctx.vlm,
         ctx.samples,
         ctx.out,
-        n_pairs=min(config.patching_pairs, len(ctx.items)),
+        n_pairs=_exact_pairs(ctx),
+        of_pairs=_attributed_pairs(ctx),
         cell_pairs=config.patching_cell_pairs,
         resume=ctx.run.section_log("patching", settings),
         **ctx.common,
@@ -119,7 +134,7 @@ def _attribution(ctx: SectionContext) -> tuple[dict, list[str]]:
         ctx.vlm,
         ctx.samples,
         ctx.out,
-        n_pairs=min(config.patching_pairs, len(ctx.items)),
+        n_pairs=_attributed_pairs(ctx),
         exact=pd.DataFrame(ctx.run.section_rows("patching")),
         resume=ctx.run.section_log("attribution", settings),
         **ctx.common,

@@ -76,6 +76,7 @@ def _reproduce(args) -> int:
         "n_boot": args.n_boot,
         "keep_prefix_mb": args.keep_prefix_mb,
         "patching_pairs": args.patching,
+        "patching_exact": args.patching_exact,
         "patching_cell_pairs": args.patching_cell_pairs,
         "lens_samples": args.lens,
         "ablation_seeds": args.method_ablation,
@@ -218,15 +219,23 @@ def add_parsers(sub) -> None:
         type=non_negative_int,
         default=None,
         metavar="PAIRS",
-        help="synthetic data: counterfactual activation patching on PAIRS pairs (default 60; 0: skip; "
-        "see interp patch)",
+        help="synthetic data: counterfactual pairs for attribution patching, every one (default 60; 0: skip "
+        "patching; see interp patch)",
+    )
+    rep.add_argument(
+        "--patching-exact",
+        type=non_negative_int,
+        default=None,
+        metavar="PAIRS",
+        help="of those pairs, the first PAIRS are also patched exactly, to validate the attribution estimate "
+        "that covers them all (default 15; 0: estimate only; PAIRS >= --patching: every pair exactly)",
     )
     rep.add_argument(
         "--patching-cell-pairs",
         type=non_negative_int,
         default=None,
         metavar="PAIRS",
-        help="of the patched pairs, how many also get per-cell maps (default 2; 0: none; a restart per image "
+        help="of the exactly patched pairs, how many also get per-cell maps (default 2; 0: none; a restart per image "
         "cell and cell layer: 2,304 for 576 tokens)",
     )
     rep.add_argument(
