@@ -77,9 +77,9 @@ REGISTRY: tuple[Site, ...] = (
     ),
     Site("projected", "vision.hook_projected", "projector", "projector", "output", token_axis=False),
     Site("resid_pre", "blocks.{l}.hook_resid_pre", "decoder", "block", "input", 0, restartable=True, short="resid_pre"),
-    Site("q", "blocks.{l}.attn.hook_q", "decoder", "q", "output", 1, per_head=True, short="q"),
-    Site("k", "blocks.{l}.attn.hook_k", "decoder", "k", "output", 2, per_head=True, short="k"),
-    Site("v", "blocks.{l}.attn.hook_v", "decoder", "v", "output", 3, per_head=True, short="v"),
+    Site("q", "blocks.{l}.attn.hook_q", "decoder", "q", "output", 1, per_head=True, restartable=True, short="q"),
+    Site("k", "blocks.{l}.attn.hook_k", "decoder", "k", "output", 2, per_head=True, restartable=True, short="k"),
+    Site("v", "blocks.{l}.attn.hook_v", "decoder", "v", "output", 3, per_head=True, restartable=True, short="v"),
     Site(
         "attn_pattern",
         "blocks.{l}.attn.hook_pattern",

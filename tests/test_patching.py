@@ -15,7 +15,7 @@ from interp.interventions import ImageCells, PatchActivations, RecordResidual, S
 from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 FAMILIES = ("llava", "qwen2_vl", "idefics3")
-SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+SITES = ("resid_pre", "q", "k", "v", "attn_out", "mlp_out", "resid_post")
 
 
 def _pair(vlm, question_b: str = "What colour is the square?", question_s: str | None = None):
@@ -38,6 +38,9 @@ def _module(vlm, layer, site):
     block = vlm.adapter.resolve(vlm.model, "layers")[layer]
     if site in ("resid_pre", "resid_post"):
         return block
+    if site in ("q", "k", "v"):  # the projections' outputs (queries and keys before rotary embedding)
+        attn = getattr(block, vlm.adapter.attn_name)
+        return getattr(attn, getattr(vlm.adapter, f"{site}_name"))
     return getattr(block, vlm.adapter.attn_name if site == "attn_out" else vlm.adapter.mlp_name)
 
 
@@ -115,7 +118,7 @@ def test_patch_equals_a_forward_hook_reference_at_every_site(model_type):
             else:
                 rows_b, rows_s = torch.tensor([base.seq_len - 1]), torch.tensor([source.seq_len - 1])
             references.append(_reference_patch(vlm, base, source, layer, site, rows_b, rows_s))
-            conditions.append([PatchActivations(f"blocks.{layer}.hook_{site}", positions=selector)])
+            conditions.append([PatchActivations(layers=layer, site=site, positions=selector)])
     runs = patch_session(vlm, base, source, conditions).runs
     unpatched = _logits(vlm, base)
     for run, reference in zip(runs, references):

@@ -12,7 +12,20 @@ from .conftest import sample_for, tiny_vlm
 
 
 def test_the_table_is_what_the_parts_use():
-    assert registry.keys(restartable=True) == PATCH_SITES == ("resid_pre", "z", "attn_out", "mlp_out", "resid_post")
+    assert (
+        registry.keys(restartable=True)
+        == PATCH_SITES
+        == (
+            "resid_pre",
+            "q",
+            "k",
+            "v",
+            "z",
+            "attn_out",
+            "mlp_out",
+            "resid_post",
+        )
+    )
     assert [s for s in layer_sites()] == [
         "resid_pre",
         "q",

@@ -152,8 +152,8 @@ def add_parsers(sub) -> None:
     patch.add_argument(
         "--sites",
         default="resid_pre",
-        help="comma-separated sites: resid_pre (default), attn_out, mlp_out, resid_post, and z (each "
-        "attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site",
+        help="comma-separated sites: resid_pre (default), q, k, v, attn_out, mlp_out, resid_post, and z "
+        "(each attention head alone, blocks.{l}.attn.hook_z); the summary reads the first whole site",
     )
     patch.add_argument("--heads", default="all", help="with --sites z: all (default) or a comma-separated head list")
     patch.add_argument(

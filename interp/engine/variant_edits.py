@@ -63,9 +63,11 @@ class _Variants:
         return [(where[v], v, item) for v, item in self.at.get((layer, site), ()) if v in where]
 
     def inside(self, layer: int, members: list[int]) -> set[int]:
-        """Members with edits inside ``layer`` (its attention pattern, attention or MLP output)."""
+        """Members with edits inside ``layer`` (its queries, keys, values, attention pattern, attention or MLP output)."""
         return {
-            v for site in ("attn_pattern", "z", "attn_out", "mlp_out") for _, v, _ in self._todo(layer, site, members)
+            v
+            for site in ("q", "k", "v", "attn_pattern", "z", "attn_out", "mlp_out")
+            for _, v, _ in self._todo(layer, site, members)
         }
 
     def edits_rows(self, layer: int, members: list[int]) -> bool:
@@ -104,11 +106,20 @@ class _Variants:
         return (built["tensor"], True) if "tensor" in built else (mask, False)
 
     def hooks(self, layer: int, block, access, members: list[int]) -> list:
-        """Forward hooks for the edits inside ``block``: ``z`` on the attention's output
-        projection's input (split into heads as ``hook_z`` shows it), ``attn_out`` and
-        ``mlp_out`` on those modules' outputs."""
+        """Forward hooks for the edits inside ``block``: ``q``, ``k`` and ``v`` on the query, key
+        and value projections' outputs and ``z`` on the attention's output projection's input
+        (split into heads as their hook names show them), ``attn_out`` and ``mlp_out``
+        on those modules' outputs."""
         handles = []
         attn = getattr(block, access.attn_name)
+        for site in ("q", "k", "v"):
+            if self._todo(layer, site, members):
+
+                def projected(module, args, output, site=site):
+                    heads = split_heads(first(output), access.head_dim)
+                    return replace_first(output, merge_heads(self.edit_hidden(layer, site, heads, members)))
+
+                handles.append(getattr(attn, getattr(access, f"{site}_name")).register_forward_hook(projected))
         if self._todo(layer, "z", members):
 
             def pre_hook(module, args):

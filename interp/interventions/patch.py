@@ -1,7 +1,8 @@
 """Activation patching: replace the run's activations with those of a *source* input.
 
 ``PatchActivations`` writes a source run's values into the run at chosen hook points
-(``blocks.{l}.hook_resid_pre | hook_attn_out | hook_mlp_out | hook_resid_post``, per
+(``blocks.{l}.hook_resid_pre | hook_attn_out | hook_mlp_out | hook_resid_post``, the
+attention's ``blocks.{l}.attn.hook_q | hook_k | hook_v`` (before rotary embedding), per
 head ``blocks.{l}.attn.hook_z`` with ``heads=``, or ``layers`` + ``site``) and positions. The source's values are read from the step
 context's ``records`` under the key :meth:`PatchActivations.source_key` gives::
 
@@ -169,8 +170,8 @@ class PatchActivations(Intervention):
         hook_names: TL-style names (``blocks.{l}.hook_resid_pre`` ...; per head
             ``blocks.{l}.attn.hook_z``); or give ``layers`` and ``site`` instead.
         layers: the decoder layers: an int, a list of ints or ``"all"``.
-        site: with ``layers``: ``resid_pre``, ``attn_out``, ``mlp_out``, ``resid_post``
-            (or ``z``).
+        site: with ``layers``: ``resid_pre``, ``q``, ``k``, ``v``, ``z``, ``attn_out``,
+            ``mlp_out`` or ``resid_post``.
         positions: ``"image"``, ``"question"``, ``"last"``, ``"text"``, ``"all"``,
             explicit positions, or :class:`ImageCells`.
         source: the source's :class:`~interp.inputs.Prepared` (needed to align positions
