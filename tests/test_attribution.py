@@ -42,9 +42,10 @@ def _site_module(vlm, layer: int, site: str):
     }[site]
 
 
-def _hooked_values(vlm, prepared, points, *, grad: bool):
+def _hooked_values(vlm, prepared, points, *, grad: bool, dropped: int | None = None):
     """Logits (last position) and the tensor at each ``(layer, site)``, from plain forward hooks;
-    with ``grad`` the LM input is a leaf that requires grad (parameters stay frozen)."""
+    with ``grad`` the LM input is a leaf that requires grad (parameters stay frozen); ``dropped``:
+    that layer's attention and MLP outputs pass on detached (GradDrop by hand)."""
     values, handles = {}, []
     blocks = vlm.adapter.resolve(vlm.model, "layers")
 
@@ -73,6 +74,16 @@ def _hooked_values(vlm, prepared, points, *, grad: bool):
                 values[key] = output[0] if isinstance(output, tuple) else output
 
             handles.append(module.register_forward_hook(post))
+    if dropped is not None:
+        block = blocks[dropped]
+        for module in (getattr(block, vlm.adapter.attn_name), getattr(block, vlm.adapter.mlp_name)):
+
+            def detach(module, args, output):
+                if isinstance(output, tuple):
+                    return (output[0].detach(),) + tuple(output[1:])
+                return output.detach()
+
+            handles.append(module.register_forward_hook(detach))
     flags = [(p, p.requires_grad) for p in vlm.model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -87,8 +98,9 @@ def _hooked_values(vlm, prepared, points, *, grad: bool):
     return logits, values
 
 
-def _reference(vlm, pair, points, groups):
-    """Per (layer, site, group): sum over the group's positions of (source - base) . dLD/d(base)."""
+def _reference(vlm, pair, points, groups, dropped: int | None = None):
+    """Per (layer, site, group): sum over the group's positions of (source - base) . dLD/d(base)
+    (``dropped``: with that layer's gradient stopped; a site it cuts off has gradient 0)."""
     from interp.interventions.patch import aligned_positions
 
     base = vlm.prepare(pair.base.image, pair.base.question)
@@ -96,12 +108,13 @@ def _reference(vlm, pair, points, groups):
     a_s = _first_token(vlm, source, pair.source.answer)
     a_b = _first_token(vlm, base, pair.base.answer)
     _, src = _hooked_values(vlm, source, points, grad=False)
-    logits, got = _hooked_values(vlm, base, points, grad=True)
+    logits, got = _hooked_values(vlm, base, points, grad=True, dropped=dropped)
     metric = (logits[0, a_s] - logits[0, a_b]) if a_s != a_b else logits[0, a_s]
     keys = list(points)
-    grads = torch.autograd.grad(metric, [got[k] for k in keys])
+    grads = torch.autograd.grad(metric, [got[k] for k in keys], allow_unused=True)
     out = {}
     for key, grad in zip(keys, grads):
+        grad = torch.zeros_like(got[key]) if grad is None else grad
         for name, selector in groups(base).items():
             b_pos, s_pos = aligned_positions(selector, base, source)
             delta = src[key][0, s_pos].float() - got[key][0, b_pos].detach().float()
@@ -182,6 +195,63 @@ def test_the_estimate_is_exact_where_the_metric_is_linear_in_the_site():
     assert (merged.logit_diff_exact - merged.logit_diff_est).abs().max() < 1e-4
     last = merged[merged.group == "last"]
     assert (last.logit_diff_exact - last.corrupt_logit_diff_exact).abs().max() > 1e-3  # a real change
+
+
+def test_graddrop_equals_plain_autograd_with_each_layer_stopped_by_hand():
+    """AtP*'s GradDrop: (1 / (L - 1)) * sum over layers l of |the estimate with l's attention and
+    MLP outputs detached|, each l's estimate from plain-PyTorch autograd with forward hooks."""
+    vlm = tiny_vlm("llava")
+    pair = as_pairs(_pairs(1))[0]
+    layers = [0, 1, vlm.n_layers - 1]
+    sites = ("resid_pre", "attn_out", "mlp_out")
+    frame = attribution_sweep(
+        vlm, [pair], sites=sites, positions=["question", "last"], layers=layers, method="atp*", progress=False
+    )
+    plain = attribution_sweep(vlm, [pair], sites=sites, positions=["question", "last"], layers=layers, progress=False)
+    assert np.allclose(frame.effect, plain.effect)  # away from q and k, atp* estimates as atp does
+    points = [(l, s) for l in layers for s in sites]
+    groups = lambda base: {"question": "question", "last": "last"}  # noqa: E731
+    dropped = [_reference(vlm, pair, points, groups, dropped=l) for l in range(vlm.n_layers)]
+    scale = abs(frame.clean_logit_diff.iloc[0] - frame.corrupt_logit_diff.iloc[0])
+    for row in frame.itertuples():
+        key = (row.layer, row.site, row.group)
+        expected = sum(abs(d[key]) for d in dropped) / (vlm.n_layers - 1)
+        assert math.isclose(row.graddrop * scale, expected, rel_tol=1e-3, abs_tol=1e-6), (key, expected)
+    last = frame[(frame.layer == vlm.n_layers - 1) & (frame.site == "mlp_out")]
+    assert np.allclose(last.graddrop, last.effect.abs(), atol=1e-7)  # only its own layer drops it
+
+
+def test_the_qk_fix_is_exact_where_only_the_softmax_is_nonlinear():
+    """With the final norm taken out and the last MLP silenced, the logits are linear in the last
+    layer's head outputs: AtP*'s recomputed softmax makes the estimate at its queries and keys
+    exact, where the first-order estimate misses a sharpened attention's change."""
+    import interp
+
+    vlm = interp.load("tiny:llava", attn_implementation="eager")  # a private copy: its weights change
+    vlm.adapter.resolve(vlm.model, "final_norm").forward = lambda hidden, *args, **kwargs: hidden
+    block = vlm.adapter.resolve(vlm.model, "layers")[vlm.n_layers - 1]
+    attn = getattr(block, vlm.adapter.attn_name)
+    with torch.no_grad():
+        getattr(block, vlm.adapter.mlp_name).down_proj.weight.zero_()
+        attn.q_proj.weight.mul_(30.0)  # a sharp, nearly saturated softmax
+        attn.o_proj.weight.mul_(30.0)
+    pairs = _pairs(3)
+    kwargs = dict(
+        sites=("q", "k"),
+        positions=["changed", "other_image", "question", "last"],
+        layers=[vlm.n_layers - 1],
+        progress=False,
+    )
+    exact = patching_sweep(vlm, pairs, mode="naive", **kwargs)
+    keys = ["pair", "site", "head", "layer", "group", "row", "col"]
+    error = {}
+    for method in ("atp", "atp*"):
+        merged = exact.merge(attribution_sweep(vlm, pairs, method=method, **kwargs), on=keys, suffixes=("", "_est"))
+        assert len(merged) == len(exact) == 3 * 2 * 4
+        error[method] = float((merged.logit_diff - merged.logit_diff_est).abs().max())
+    change = float((exact.logit_diff - exact.corrupt_logit_diff).abs().max())
+    assert error["atp*"] < 1e-6 < 1e-4 < error["atp"]
+    assert change > 1e-3
 
 
 def test_integrated_gradients_approach_the_exact_effect_of_patching_the_image():
@@ -334,6 +404,8 @@ def test_bad_inputs_each_give_one_clear_line():
     ]
     with pytest.raises(InputError, match="integrated gradients interpolate the LM input"):
         attribution_sweep(vlm, uneven, method="ig", positions=["last"], progress=False)
+    with pytest.raises(InputError, match="the QK fix reuses the source's rotated queries and keys"):
+        attribution_sweep(vlm, uneven, method="atp*", sites=("k",), positions=["last"], layers=[0], progress=False)
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -366,3 +438,9 @@ def test_patch_command_estimates_every_pair_and_validates_some(tmp_path):
     ig = tmp_path / "ig"
     assert main(args + ["--method", "ig", "--ig-steps", "2", "--validate", "0", "--out", str(ig)]) == 0
     assert json.loads((ig / "attribution.json").read_text())["attribution"]["steps"] == 2
+    star = tmp_path / "atp-star"
+    assert main(args + ["--method", "atp*", "--sites", "k", "--validate", "2", "--out", str(star)]) == 0
+    report = json.loads((star / "attribution.json").read_text())["attribution"]
+    assert report["method"] == "atp*" and all("graddrop_spearman" in row for row in report["agreement"])
+    assert "GradDrop vs exact size" in (star / "attribution.md").read_text()
+    assert pd.read_csv(star / "attribution_sweep.csv").graddrop.notna().all()

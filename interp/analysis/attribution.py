@@ -14,6 +14,13 @@ first token, the control pairs, whose difference is identically zero).
 Methods (``method=``):
 
 * ``"atp"``: the first-order estimate above.
+* ``"atp*"``: AtP*'s two corrections. At sites ``q`` and ``k`` the attention softmax is
+  recomputed with the source's rotated queries or keys and only the head outputs' change is
+  linearised (the QK fix: first-order estimates miss a saturated softmax's change). And
+  GradDrop: one more backward per decoder layer ``l``, with the gradient through ``l``'s
+  attention and MLP outputs stopped; the ``graddrop`` column holds
+  ``sum over l of |estimate without l| / (L - 1)`` (normalised like ``effect``), an unsigned
+  score that a cancellation through one layer cannot hide.
 * ``"ig"``: integrated gradients (EAP-IG style): the gradient is averaged over ``steps``
   forwards whose LM input (the residual stream entering layer 0, image features merged in)
   is interpolated from the base's (alpha = 0) towards the source's, left Riemann sum, so
@@ -58,9 +65,13 @@ from .patching import (
 )
 
 #: the estimators :func:`attribution_sweep` offers
-METHODS = ("atp", "ig")
+METHODS = ("atp", "atp*", "ig")
 #: the default interpolation steps of ``method="ig"``
 IG_STEPS = 8
+#: the sites inside a decoder layer's own contribution to the residual stream (GradDrop stops them)
+_INSIDE = frozenset({"q", "k", "v", "z", "attn_out", "mlp_out"})
+#: the sites whose effect runs through the attention softmax (AtP*'s QK fix recomputes it)
+_QK_SITES = ("q", "k")
 
 
 @contextmanager
@@ -134,11 +145,55 @@ def _alignment(conditions: dict, base, source) -> tuple[torch.Tensor, torch.Tens
 def _check_method(method: str, steps: int) -> int:
     if method not in METHODS:
         raise InterpError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
-    if method == "atp":
+    if method in ("atp", "atp*"):
         return 1
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InterpError(f"steps must be a positive integer, got {steps!r}")
     return steps
+
+
+def _attention_change(call_inputs, site: str, positions: torch.Tensor, replacement: torch.Tensor):
+    """The exact change of every head's output when the rotated queries (``site="q"``) or keys
+    (``"k"``) at ``positions`` are replaced: the attention softmax recomputed, not linearised
+    (AtP*'s QK fix).
+
+    Returns:
+        ``(rows, change)``: the query rows that change and their output change ``(rows, heads, d)``
+        (float32, detached).
+    """
+    from ..interventions.runtime import attention_probs
+
+    args, kwargs = call_inputs
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    which = 1 if site == "q" else 2
+    patched = args[which].clone()
+    patched[:, :, positions.to(patched.device)] = replacement.to(patched.device, patched.dtype)
+    changed = args[:which] + (patched,) + args[which + 1 :]
+    rows = positions if site == "q" else torch.arange(args[1].shape[-2])
+    before = attention_probs((args, kwargs), rows=rows).float()
+    after = attention_probs((changed, kwargs), rows=rows).float()
+    value = args[3].float()
+    n_rep = before.shape[1] // value.shape[1]
+    if n_rep > 1:
+        value = value.repeat_interleave(n_rep, dim=1)
+    return rows, ((after - before) @ value)[0].transpose(0, 1)  # (rows, heads, d)
+
+
+def _read_order(tensors, qk_layers, dropped) -> list[tuple[int, str]]:
+    """Every read and write of one base pass in forward order: the needed tensors, each QK-fixed
+    layer's attention call and ``hook_z`` (whose gradient the fix uses), and the dropped layer's
+    two writes (``drop_attn_out``, ``drop_mlp_out``: the value with its gradient stopped)."""
+    events = set(tensors) | {(layer, "attn_pattern") for layer in qk_layers} | {(layer, "z") for layer in qk_layers}
+    if dropped is not None:
+        events |= {(dropped, "drop_attn_out"), (dropped, "drop_mlp_out")}
+
+    def order(event):
+        layer, site = event
+        if site.startswith("drop_"):
+            return (layer, registry.forward_key(registry.site(site[5:])), 1)
+        return (layer, registry.forward_key(registry.site(site)), 0)
+
+    return sorted(events, key=order)
 
 
 def pair_attribution(
@@ -151,9 +206,11 @@ def pair_attribution(
     answers: tuple[int, int],
     *,
     steps: int = 1,
+    qk_sets: dict | None = None,
+    graddrop: bool = False,
     remote: bool | str | None = None,
 ) -> dict:
-    """One pair's gradient pass: per-position attribution at every ``(layer, site)`` of ``needed``.
+    """One pair's gradient passes: per-position attribution at every ``(layer, site)`` of ``needed``.
 
     Args:
         vlm: the model.
@@ -166,73 +223,172 @@ def pair_attribution(
             answer's logit instead of the (zero) difference.
         steps: gradient averaging steps (1: attribution patching; more: integrated gradients
             along the interpolated LM input).
+        qk_sets: AtP*'s QK fix: ``{condition: indices into B}`` of conditions at sites ``q`` / ``k``,
+            each estimated through its heads' exactly recomputed attention instead of per position.
+        graddrop: AtP*'s GradDrop: one more forward and backward per decoder layer, with the
+            gradient through that layer's attention and MLP outputs stopped.
         remote: as in :meth:`interp.VLM.run`.
 
     Returns:
-        ``{"contributions": {(layer, site): (len(B),) or (len(B), heads) tensor}, "source_logits",
-        "base_logits"}`` (last position, float32, CPU).
+        ``{"contributions": {(layer, site): (len(B),) or (len(B), heads) tensor}, "qk": {condition:
+        (heads,) tensor}, "dropped": {layer: the same two dicts with that layer dropped},
+        "source_logits", "base_logits"}`` (last position, float32, CPU).
 
     Raises:
-        InputError: ``steps > 1`` with a source laid out unlike the base.
+        InputError: ``steps > 1`` with a source laid out unlike the base, or a QK-fixed
+            condition whose source positions differ from its base positions (its rotated keys
+            would not apply).
     """
     if steps > 1 and source.seq_len != base.seq_len:
         raise InputError(
             f"integrated gradients interpolate the LM input: the source has {source.seq_len} tokens, the base "
             f"{base.seq_len}; use method='atp'"
         )
-    model, access = vlm.nnsight, vlm.access
-    n_layers = vlm.n_layers
+    passes = _Passes(vlm, needed, base_positions, source_positions, qk_sets or {})
+    model = vlm.nnsight
     a_source, a_base = answers
-    canon = {key: _canonical(*key, n_layers) for key in needed}
-    tensors = sorted(set(canon.values()), key=lambda key: (key[0], registry.forward_key(registry.site(key[1]))))
-    per_head = {key: registry.site(key[1]).per_head for key in tensors}
-    head_dim = access.head_dim
-    b_idx, s_idx = base_positions, source_positions
-
-    def read_later():
-        """Every needed tensor after layer 0's input (read once per trace, in forward order)."""
-        return {key: _raw(access, model, *key) for key in tensors if key != (0, "resid_pre")}
-
+    runs = [(step, None) for step in range(steps)] + [(0, layer) for layer in range(vlm.n_layers) if graddrop]
     with gradient_pass(vlm.model), model.session(**vlm.trace_kwargs(remote)):
         shared = nnsight.save({})
-        totals = nnsight.save({})
+        found = nnsight.save({})
         with model.trace(dict(source.inputs)):
-            start = _raw(access, model, 0, "resid_pre")
-            shared["source_start"] = start.detach()
-            for key, value in {(0, "resid_pre"): start, **read_later()}.items():
-                shared[("source",) + key] = value.detach()[:, s_idx.to(value.device)]
+            passes.read_source(shared)
             source_logits = nnsight.save(model.output.logits[:, -1].detach().float())
-        for step in range(steps):
+        for step, dropped in runs:
             with model.trace(dict(base.inputs)):
-                start = _raw(access, model, 0, "resid_pre")
-                if step == 0:
-                    shared["base_start"] = start.detach()
-                    leaf = start.detach().requires_grad_(True)
-                else:
-                    alpha = step / steps
-                    mixed = shared["base_start"] + alpha * (shared["source_start"] - shared["base_start"])
-                    leaf = mixed.detach().requires_grad_(True)
-                access.write(model, 0, "resid_pre", leaf)
-                values = {(0, "resid_pre"): leaf, **read_later()}
+                values = passes.read_base(shared, step, steps, dropped)
                 logits = model.output.logits[:, -1]
-                if step == 0:
+                if step == 0 and dropped is None:
                     base_logits = nnsight.save(logits.detach().float())
-                    for key, value in values.items():
-                        shared[("base",) + key] = value.detach()[:, b_idx.to(value.device)]
+                    passes.keep_base(shared, values)
                 metric = (
                     (logits[:, a_source] - logits[:, a_base]).sum() if a_source != a_base else logits[:, a_source].sum()
                 )
                 with metric.backward():
-                    for key in reversed(tensors):
-                        grad = values[key].grad[:, b_idx.to(values[key].device)]
-                        delta = shared[("source",) + key] - shared[("base",) + key]
-                        if per_head[key]:
-                            grad, delta = split_heads(grad, head_dim), split_heads(delta, head_dim)
-                        part = (delta.float() * grad.float()).sum(-1)[0]
-                        totals[key] = part if step == 0 else totals[key] + part
-    contributions = {key: (totals[canon[key]] / steps).detach().cpu() for key in needed}
+                    found[(step, dropped)] = passes.totals(shared, values, dropped)
+    return _gathered(found, passes.canon, passes.qk_sets, steps, vlm.n_layers, source_logits, base_logits)
+
+
+class _Passes:
+    """What one pair's traces read, write and multiply, shared by its source, base and dropped passes."""
+
+    def __init__(self, vlm, needed, base_positions: torch.Tensor, source_positions: torch.Tensor, qk_sets: dict):
+        for key, idx in qk_sets.items():
+            if not torch.equal(base_positions[idx], source_positions[idx]):
+                raise InputError(
+                    "the QK fix reuses the source's rotated queries and keys, so it needs them at the base's "
+                    f"positions; condition {key[:3]} matches other positions: use method='atp'"
+                )
+        self.model, self.access = vlm.nnsight, vlm.access
+        self.canon = {key: _canonical(*key, vlm.n_layers) for key in needed}
+        self.tensors = sorted(set(self.canon.values()), key=_forward_order)
+        self.per_head = {key: registry.site(key[1]).per_head for key in self.tensors}
+        self.qk_sets = qk_sets
+        self.qk_layers = sorted({key[1] for key in qk_sets})
+        self.b_idx, self.s_idx = base_positions, source_positions
+
+    def read_source(self, shared: dict) -> None:
+        """The source's values at the base positions' matches (and its rotated queries and keys)."""
+        model, access, s_idx = self.model, self.access, self.s_idx
+        start = _raw(access, model, 0, "resid_pre")
+        shared["source_start"] = start.detach()  # integrated gradients interpolate towards it
+        for layer, site in _read_order(self.tensors, self.qk_layers, None):
+            if (layer, site) == (0, "resid_pre"):
+                shared[("source", 0, "resid_pre")] = start.detach()[:, s_idx.to(start.device)]
+            elif site == "attn_pattern":
+                args, _ = access.read(model, layer, "attn_pattern")
+                shared[("source_q", layer)] = args[1].detach()[:, :, s_idx.to(args[1].device)]
+                shared[("source_k", layer)] = args[2].detach()[:, :, s_idx.to(args[2].device)]
+            elif (layer, site) in self.per_head:
+                value = _raw(access, model, layer, site)
+                shared[("source", layer, site)] = value.detach()[:, s_idx.to(value.device)]
+
+    def read_base(self, shared: dict, step: int, steps: int, dropped: int | None) -> dict:
+        """One base pass's forward: its LM input made a leaf (interpolated for IG steps), every
+        tensor read, the QK-fixed changes computed (first pass), the dropped layer's gradient stopped."""
+        model, access = self.model, self.access
+        start = _raw(access, model, 0, "resid_pre")
+        if step == 0:
+            if dropped is None:
+                shared["base_start"] = start.detach()
+            leaf = start.detach().requires_grad_(True)
+        else:
+            mixed = shared["base_start"] + step / steps * (shared["source_start"] - shared["base_start"])
+            leaf = mixed.detach().requires_grad_(True)
+        access.write(model, 0, "resid_pre", leaf)
+        values = {(0, "resid_pre"): leaf}
+        for layer, site in _read_order(self.tensors, self.qk_layers, dropped):
+            if site.startswith("drop_"):
+                kept = access.read(model, layer, site[5:])
+                access.write(model, layer, site[5:], kept.detach())
+            elif site == "attn_pattern":
+                if step == 0 and dropped is None:
+                    self._qk_changes(shared, layer, access.read(model, layer, "attn_pattern"))
+            elif (layer, site) != (0, "resid_pre"):
+                values[(layer, site)] = _raw(access, model, layer, site)
+        return values
+
+    def _qk_changes(self, shared: dict, layer: int, call) -> None:
+        for key, idx in self.qk_sets.items():
+            if key[1] == layer:
+                replacement = shared[(f"source_{key[0]}", layer)][:, :, idx]
+                shared[("change",) + key] = _attention_change(call, key[0], self.b_idx[idx], replacement)
+
+    def keep_base(self, shared: dict, values: dict) -> None:
+        for key in self.tensors:
+            value = values[key]
+            shared[("base",) + key] = value.detach()[:, self.b_idx.to(value.device)]
+
+    def totals(self, shared: dict, values: dict, dropped: int | None) -> dict:
+        """Inside the backward: ``(source - base) . gradient`` per position at every needed tensor,
+        and per head for every QK-fixed condition, in reverse forward order."""
+        head_dim = self.access.head_dim
+        out: dict = {}
+        for key in sorted(values, key=_forward_order, reverse=True):
+            if key[0] == dropped and key[1] in _INSIDE:
+                continue  # its gradient is stopped: no contribution through this layer
+            grad = values[key].grad
+            if key in self.per_head:
+                grad_b = grad[:, self.b_idx.to(grad.device)]
+                delta = shared[("source",) + key] - shared[("base",) + key]
+                if self.per_head[key]:
+                    grad_b, delta = split_heads(grad_b, head_dim), split_heads(delta, head_dim)
+                out[key] = (delta.float() * grad_b.float()).sum(-1)[0].detach()
+            if key[1] == "z" and key[0] in self.qk_layers:
+                heads = split_heads(grad, head_dim)[0].float()
+                for cond in self.qk_sets:
+                    if cond[1] == key[0]:
+                        rows, change = shared[("change",) + cond]
+                        out[cond] = (heads[rows.to(heads.device)] * change.to(heads.device)).sum((0, 2)).detach()
+        return out
+
+
+def _forward_order(key: tuple[int, str]) -> tuple:
+    return key[0], registry.forward_key(registry.site(key[1]))
+
+
+def _gathered(found: dict, canon: dict, qk_sets: dict, steps: int, n_layers: int, source_logits, base_logits) -> dict:
+    """:func:`pair_attribution`'s passes gathered: the mean over the IG steps, the QK-fixed
+    conditions, and each dropped layer's own estimates (zero inside that layer)."""
+    plain = [found[(step, None)] for step in range(steps)]
+    contributions = {key: (sum(t[canon[key]] for t in plain) / steps).cpu() for key in canon}
+    qk = {cond: plain[0][cond].cpu() for cond in qk_sets}
+    dropped = {}
+    for layer in range(n_layers):
+        totals = found.get((0, layer))
+        if totals is None:
+            continue
+        dropped[layer] = {
+            "contributions": {
+                key: totals[canon[key]].cpu() if canon[key] in totals else torch.zeros_like(contributions[key])
+                for key in canon
+            },
+            "qk": {cond: totals[cond].cpu() if cond in totals else torch.zeros_like(qk[cond]) for cond in qk_sets},
+        }
     return {
         "contributions": contributions,
+        "qk": qk,
+        "dropped": dropped,
         "source_logits": source_logits[0].cpu(),
         "base_logits": base_logits[0].cpu(),
     }
@@ -265,7 +421,7 @@ def attribution_sweep(
         cell_layers: layers also attributed per image cell.
         cell_pairs: the first pairs that get per-cell rows (None: all; attribution makes cells cheap).
         heads: site ``z``: ``"all"`` or a list of heads.
-        method: ``"atp"`` or ``"ig"`` (see the module docstring).
+        method: ``"atp"``, ``"atp*"`` or ``"ig"`` (see the module docstring).
         steps: ``method="ig"``: interpolation steps.
         remote: as in :meth:`interp.VLM.run`.
         progress: show a progress bar.
@@ -275,7 +431,8 @@ def attribution_sweep(
         One row per (pair, site, layer, group[, cell][, head]) with ``patching_sweep``'s columns:
         ``logit_diff`` is the base's plus the estimated change, ``effect`` the estimate over
         ``clean - corrupt``; ``answer_logit_change`` is estimated for control pairs (same first
-        token) and NaN otherwise; ``method`` names the estimator.
+        token) and NaN otherwise; ``method`` names the estimator; with ``"atp*"``, ``graddrop``
+        holds AtP*'s unsigned GradDrop score.
 
     Raises:
         InterpError: an unknown method, site, group, or bad steps.
@@ -316,25 +473,60 @@ def _attribute_pair(vlm, pair: PatchPair, planned: tuple, method: str, steps: in
         return []
     b_pos, s_pos, members = _alignment(conditions, base, source)
     needed = sorted({(key[1], key[0]) for key in conditions})
+    starred = method == "atp*"
+    qk_sets = {key: idx for key, idx in members.items() if key[0] in _QK_SITES} if starred else {}
     # the answers' first tokens, or (no answer given) the model's own top token: one plain forward
     a_source = _first_token(vlm, source, pair.source.answer) if pair.source.answer else _top_token(vlm, source)
     a_base = _first_token(vlm, base, pair.base.answer) if pair.base.answer else _top_token(vlm, base)
-    found = pair_attribution(vlm, base, source, needed, b_pos, s_pos, (a_source, a_base), steps=steps, remote=remote)
+    found = pair_attribution(
+        vlm,
+        base,
+        source,
+        needed,
+        b_pos,
+        s_pos,
+        (a_source, a_base),
+        steps=steps,
+        qk_sets=qk_sets,
+        graddrop=starred,
+        remote=remote,
+    )
     common = pair_columns(pair, found["source_logits"], found["base_logits"], a_source, a_base)
     corrupt_ld = common["corrupt_logit_diff"]
     denominator = common["clean_logit_diff"] - corrupt_ld
+    control = a_source == a_base  # the logit difference is 0: its answer's logit is estimated
     rows = []
     for key, idx in members.items():
-        site, layer, _, _, _, head = key
-        chosen = found["contributions"][(layer, site)][idx]
-        estimate = float(chosen[:, head].sum() if head >= 0 else chosen.sum())
-        if a_source == a_base:  # a control: the logit difference is 0, its answer's logit is estimated
+        estimate = _estimate(found, key, idx)
+        if control:
             row = condition_row(common, key, corrupt_ld, float("nan"), estimate)
         else:
             effect = estimate / denominator if abs(denominator) > 1e-6 else float("nan")
             row = condition_row(common, key, corrupt_ld + estimate, effect, float("nan"))
-        rows.append({**row, "method": method})
+        row["method"] = method
+        if starred:
+            scale = 1.0 if control else abs(denominator) if abs(denominator) > 1e-6 else float("nan")
+            row["graddrop"] = _graddrop(found, key, idx) / scale
+        rows.append(row)
     return rows
+
+
+def _estimate(found: dict, key: tuple, idx: torch.Tensor) -> float:
+    """A condition's estimate from one pass's gathered values (QK-fixed or per position)."""
+    site, layer, head = key[0], key[1], key[5]
+    if key in found["qk"]:
+        chosen = found["qk"][key]
+        return float(chosen[head] if head >= 0 else chosen.sum())
+    chosen = found["contributions"][(layer, site)][idx]
+    return float(chosen[:, head].sum() if head >= 0 else chosen.sum())
+
+
+def _graddrop(found: dict, key: tuple, idx: torch.Tensor) -> float:
+    """AtP*'s GradDrop score: ``sum over layers l of |estimate with l's gradient dropped| / (L - 1)``
+    (unsigned: it ranks by size, and a cancellation through one layer no longer hides an effect)."""
+    dropped = found["dropped"]
+    total = sum(abs(_estimate(passes, key, idx)) for passes in dropped.values())
+    return total / max(len(dropped) - 1, 1)
 
 
 def _top_token(vlm, prepared) -> int:
@@ -381,7 +573,9 @@ def agreement(
     Returns:
         One row per (change, site): ``n_pairs``, ``n_conditions``, ``spearman`` with ``low`` /
         ``high`` (95% bootstrap CI over pairs), ``top_k_overlap`` (fraction), ``sign_agreement``
-        (fraction, NaN when no condition passes the threshold) and ``n_signed``.
+        (fraction, NaN when no condition passes the threshold) and ``n_signed``; for an estimate
+        with GradDrop scores (``atp*``), ``graddrop_spearman`` (their rank correlation with the
+        exact means' sizes) and ``graddrop_top_k_overlap``.
 
     Raises:
         InterpError: the frames share no condition.
@@ -395,6 +589,9 @@ def agreement(
     merged["value_exact"] = np.where(merged.same_first_token, merged.answer_logit_change_exact, merged.effect_exact)
     merged["value_est"] = np.where(merged.same_first_token, merged.answer_logit_change_est, merged.effect_est)
     merged = merged.dropna(subset=["value_exact", "value_est"])
+    if "graddrop" not in merged:
+        merged["graddrop"] = np.nan
+    scored_any = bool(merged.graddrop.notna().any())
     rng = np.random.default_rng(seed)
     out = []
     for (change, site), part in merged.groupby(["change", "site"], sort=False):
@@ -402,6 +599,15 @@ def agreement(
         pairs = np.array(sorted(part.pair.unique()))
         table = part.pivot_table(index="pair", columns=cond, values=["value_exact", "value_est"], aggfunc="mean")
         ex, es = table["value_exact"].to_numpy(), table["value_est"].to_numpy()
+        scored = part.dropna(subset=["graddrop"])
+        graddrop = (
+            scored.pivot_table(index="pair", columns=cond, values="graddrop", aggfunc="mean")
+            .reindex(index=table.index, columns=table["value_exact"].columns)
+            .to_numpy()
+            if not scored.empty
+            else np.empty(0)
+        )
+        dropped = _graddrop_scores(np.nanmean(ex, axis=0), graddrop, top_k) if scored_any else {}
 
         everyone = np.arange(len(pairs))
         point = _rank_correlation(ex, es, everyone)
@@ -432,6 +638,22 @@ def agreement(
                 if signed.any()
                 else float("nan"),
                 "n_signed": int(signed.sum()),
+                **dropped,
             }
         )
     return pd.DataFrame(out)
+
+
+def _graddrop_scores(mean_exact: np.ndarray, graddrop: np.ndarray, top_k: int) -> dict:
+    """How GradDrop's unsigned scores rank the conditions against the exact means' sizes."""
+    from scipy.stats import spearmanr
+
+    empty = {"graddrop_spearman": float("nan"), "graddrop_top_k_overlap": float("nan")}
+    if graddrop.size == 0 or np.isnan(graddrop).all():
+        return empty
+    scores = np.nanmean(graddrop, axis=0)
+    size = np.abs(mean_exact)
+    k = min(top_k, len(size))
+    rho = float(spearmanr(size, scores, nan_policy="omit").statistic) if np.nanstd(scores) > 0 else float("nan")
+    top = set(np.argsort(-size)[:k]) & set(np.argsort(-scores)[:k])
+    return {"graddrop_spearman": rho, "graddrop_top_k_overlap": len(top) / k if k else float("nan")}

@@ -57,7 +57,7 @@ def attribution_section(
         layers: the layers (``"all"`` or a list).
         cell_layers: the layers of the per-cell grids (default: four spread out).
         cell_pairs: the first pairs that get per-cell grids (None: every pair).
-        method: ``"atp"`` or ``"ig"``.
+        method: ``"atp"``, ``"atp*"`` or ``"ig"``.
         steps: ``method="ig"``: interpolation steps.
         exact: exact patching rows of (some of) these pairs to score the estimate against.
         n_boot: bootstrap resamples.
@@ -166,17 +166,22 @@ def attribution_markdown(report: dict) -> list[str]:
         return lines
     n_pairs = max(row["n_pairs"] for row in rows)
     small = " (a small sample: read the CIs)" if n_pairs < 20 else ""
+    graddrop = any("graddrop_spearman" in row for row in rows)
+    extra = (" GradDrop vs exact size: rho, top-10 |", "---|") if graddrop else ("", "")
     lines += [
         f"Agreement with exact patching over the (layer, group) conditions, {n_pairs} pairs{small}:",
         "",
-        "| change | site | Spearman rho [95% CI] | top-10 overlap | sign agreement (exact beyond 0.1) |",
-        "|---|---|---|---|---|",
+        "| change | site | Spearman rho [95% CI] | top-10 overlap | sign agreement (exact beyond 0.1) |" + extra[0],
+        "|---|---|---|---|---|" + extra[1],
     ]
     for row in rows:
         rho = _number(row["spearman"], 3)
         if row.get("low") is not None:
             rho += f" [{_number(row['low'], 3)}, {_number(row['high'], 3)}]"
         sign = "n/a" if row.get("sign_agreement") is None else f"{row['sign_agreement']:.2f} (n={row['n_signed']})"
-        lines.append(f"| {row['change']} | {row['site']} | {rho} | {_number(row['top_k_overlap'], 1)} | {sign} |")
+        line = f"| {row['change']} | {row['site']} | {rho} | {_number(row['top_k_overlap'], 1)} | {sign} |"
+        if graddrop:
+            line += f" {_number(row.get('graddrop_spearman'), 3)}, {_number(row.get('graddrop_top_k_overlap'), 1)} |"
+        lines.append(line)
     lines += ["", "Figures: attribution_curves_<change> (exact and estimated side by side), attribution_cells.", ""]
     return lines

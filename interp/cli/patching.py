@@ -82,7 +82,7 @@ def _patch(args) -> int:
 
 
 def _attribution(args, vlm, data, changes, options: dict, out) -> int:
-    """``interp patch --method atp|ig``: every pair estimated, ``--validate`` pairs also patched exactly."""
+    """``interp patch --method atp|atp*|ig``: every pair estimated, ``--validate`` pairs also patched exactly."""
     from ..analysis.attribution_report import attribution_section
     from ..analysis.patching import patching_sweep, section_pairs
     from ..outputs import write_atomic
@@ -142,7 +142,7 @@ def add_parsers(sub) -> None:
         "--cell-pairs",
         type=int,
         default=None,
-        help="pairs also patched cell by cell (default: 2 exactly; every pair with --method atp|ig)",
+        help="pairs also patched cell by cell (default: 2 exactly; every pair with --method atp|atp*|ig)",
     )
     patch.add_argument(
         "--groups",
@@ -159,16 +159,17 @@ def add_parsers(sub) -> None:
     patch.add_argument(
         "--method",
         default="exact",
-        choices=["exact", "atp", "ig"],
+        choices=["exact", "atp", "atp*", "ig"],
         help="exact: activation patching (default); atp: attribution patching (one forward + backward per "
-        "pair, per-cell grids for every pair); ig: integrated gradients along the interpolated LM input",
+        "pair, per-cell grids for every pair); atp*: AtP* (the attention softmax recomputed at q and k, and "
+        "GradDrop: one more backward per layer); ig: integrated gradients along the interpolated LM input",
     )
     patch.add_argument("--ig-steps", type=positive_int, default=8, help="--method ig: interpolation steps (default 8)")
     patch.add_argument(
         "--validate",
         type=int,
         default=10,
-        help="--method atp|ig: also patch this many pairs exactly and report the agreement (default 10; 0: none)",
+        help="--method atp|atp*|ig: also patch this many pairs exactly and report the agreement (default 10; 0: none)",
     )
     patch.add_argument("--lens", type=int, default=60, help="samples for the image-token lens (0: skip)")
     patch.add_argument("--seed", type=int, default=0)
