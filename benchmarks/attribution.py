@@ -3,7 +3,8 @@
 For counterfactual pairs of the synthetic benchmark (the colour, shape and distractor changes taking
 turns), every (site, layer, position group) condition is patched exactly
 (:func:`interp.analysis.patching.patching_sweep`, fast mode) and estimated
-(:func:`interp.analysis.attribution.attribution_sweep`, ``atp``; ``ig`` at ``resid_pre``). Reported,
+(:func:`interp.analysis.attribution.attribution_sweep`, ``atp``; ``ig`` at ``resid_pre``; every
+head alone at :data:`HEAD_GROUPS`; ``atp*`` with its QK fix at ``q`` / ``k`` and GradDrop). Reported,
 from one run:
 
 * **agreement** per (change, site, method): Spearman's rho of the conditions' mean effects with a
@@ -18,7 +19,9 @@ from one run:
 * the **projection** to LLaVA-1.5-7B (576 cells, 32 layers): restarted layer forwards of exact
   per-cell patching against attribution's three passes.
 
-Run: ``python -m benchmarks.attribution --pairs 30 --out benchmarks/results/attribution.json``.
+Run: ``python -m benchmarks.attribution --pairs 60 --work DIR --out benchmarks/results/attribution.json``
+(``--work``: each stage's rows are logged there, and a rerun resumes; only pairs computed in a
+call are timed).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from .harness import log
 
 SITES = ("resid_pre", "attn_out", "mlp_out")
 GROUPS = ("changed", "other_image", "question", "last")
+#: per head (site z): where the image's information is read, every head alone
+HEAD_GROUPS = ("changed", "last")
+#: the sites AtP*'s QK fix applies to
+QK_SITES = ("q", "k")
 
 
 class LayerRows:
@@ -93,33 +100,87 @@ print(max(peak[0], rss()) - base)
 """
 
 
-def measure(n_pairs: int, seed: int = 0) -> dict:
+STAGES = ("exact_grid", "atp_grid", "ig_resid_pre", "exact_heads", "atp_heads", "exact_qk", "atp_qk", "atp_star")
+
+
+def _stage(work: Path | None, name: str, compute) -> tuple:
+    """``(frame, seconds per computed pair)`` of one stage: ``compute(resume)`` with its rows logged
+    under ``work`` (a rerun reads finished pairs back; the calls that computed pairs add their time
+    and count to ``<stage>.timing.json``), or in memory without ``work``."""
+    import pandas as pd
+
+    log_file = work / f"{name}.jsonl" if work else None
+    done = len(log_file.read_text().splitlines()) if log_file and log_file.exists() else 0
+    start = time.perf_counter()
+    frame = compute(log_file)
+    seconds = time.perf_counter() - start
+    computed = frame.pair.nunique() - done
+    log(f"{name}: {seconds:.1f} s for {computed} pairs")
+    timing = work / f"{name}.timing.json" if work else None
+    if computed > 0 and timing:  # the call that computed the pairs keeps their time for the report
+        earlier = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0, "pairs": 0}
+        timing.write_text(json.dumps({"seconds": earlier["seconds"] + seconds, "pairs": earlier["pairs"] + computed}))
+    if timing and timing.exists():
+        kept = json.loads(timing.read_text())
+        return pd.DataFrame(frame), kept["seconds"] / kept["pairs"]
+    return pd.DataFrame(frame), (seconds / computed if computed > 0 else float("nan"))
+
+
+def measure(n_pairs: int, seed: int = 0, work: Path | None = None, only: tuple[str, ...] = ()) -> dict | None:
     import interp
     from interp.analysis.attribution import agreement, attribution_sweep
     from interp.analysis.patching import REPORT_CHANGES, patching_sweep
     from interp.data.synthetic import SyntheticVQA
 
     torch.set_num_threads(1)
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
     vlm = interp.load("organism")
     data = SyntheticVQA("test", seed=seed, image_size=vlm.scene_size)
     pairs = data.counterfactual_pairs(n_pairs, REPORT_CHANGES, seed=seed)
     grid = dict(positions=GROUPS, layers="all", progress=False)
-    log(f"attribution benchmark: {len(pairs)} pairs, sites {SITES}")
+    log(f"attribution benchmark: {len(pairs)} pairs, sites {SITES}, heads at {HEAD_GROUPS}, {QK_SITES}")
+
+    def exact_run(sites, positions=GROUPS):
+        return lambda resume: patching_sweep(
+            vlm, pairs, sites=sites, mode="fast", **{**grid, "positions": positions}, resume=resume
+        )
+
+    def estimate_run(sites, method="atp", positions=GROUPS, **extra):
+        return lambda resume: attribution_sweep(
+            vlm, pairs, sites=sites, method=method, **{**grid, "positions": positions}, resume=resume, **extra
+        )
+
+    if only:  # these stages' rows into ``work`` (run several such processes side by side), no report
+        runs = {
+            "exact_grid": exact_run(SITES),
+            "atp_grid": estimate_run(SITES),
+            "ig_resid_pre": estimate_run(("resid_pre",), "ig", steps=8),
+            "exact_heads": exact_run(("z",), HEAD_GROUPS),
+            "atp_heads": estimate_run(("z",), positions=HEAD_GROUPS),
+            "exact_qk": exact_run(QK_SITES),
+            "atp_qk": estimate_run(QK_SITES),
+            "atp_star": estimate_run(SITES + QK_SITES, "atp*"),
+        }
+        for name in only:
+            _stage(work, name, runs[name])
+        return None
     with LayerRows(vlm) as exact_work:
-        start = time.perf_counter()
-        exact = patching_sweep(vlm, pairs, sites=SITES, mode="fast", **grid)
-        exact_seconds = time.perf_counter() - start
-    log(f"exact: {exact_seconds:.1f} s")
+        exact, exact_per_pair = _stage(work, "exact_grid", exact_run(SITES))
     with LayerRows(vlm) as atp_work:
-        start = time.perf_counter()
-        atp = attribution_sweep(vlm, pairs, sites=SITES, **grid)
-        atp_seconds = time.perf_counter() - start
-    log(f"atp: {atp_seconds:.1f} s")
-    ig = attribution_sweep(vlm, pairs, sites=("resid_pre",), method="ig", steps=8, **grid)
-    log("ig done")
+        atp, atp_per_pair = _stage(work, "atp_grid", estimate_run(SITES))
+    counted = exact_work.calls > 0 and atp_work.calls > 0  # neither stage read back from a log
+    ig, _ = _stage(work, "ig_resid_pre", estimate_run(("resid_pre",), "ig", steps=8))
+    heads_exact, _ = _stage(work, "exact_heads", exact_run(("z",), HEAD_GROUPS))
+    heads_atp, _ = _stage(work, "atp_heads", estimate_run(("z",), positions=HEAD_GROUPS))
+    qk_exact, _ = _stage(work, "exact_qk", exact_run(QK_SITES))
+    qk_atp, _ = _stage(work, "atp_qk", estimate_run(QK_SITES))
+    star, star_per_pair = _stage(work, "atp_star", estimate_run(SITES + QK_SITES, "atp*"))
+    every_exact = pd_concat([exact, qk_exact])
     tables = {
-        "atp": agreement(exact, atp, n_boot=1000, seed=seed),
-        "ig": agreement(exact[exact.site == "resid_pre"], ig, n_boot=1000, seed=seed),
+        "atp": agreement(pd_concat([exact, heads_exact, qk_exact]), pd_concat([atp, heads_atp, qk_atp]), seed=seed),
+        "atp*": agreement(every_exact, star, seed=seed),
+        "ig": agreement(exact[exact.site == "resid_pre"], ig, seed=seed),
     }
     # one layer's per-cell grid on the first pair: exact restarts once per cell
     cell_layer = vlm.n_layers // 2
@@ -147,9 +208,10 @@ def measure(n_pairs: int, seed: int = 0) -> dict:
     }
     n_cells = len(atp_cell_rows)
     per_pair = {
-        "exact_layer_rows": exact_work.rows / len(pairs),
-        "atp_layer_rows": atp_work.rows / len(pairs),
+        "exact_layer_rows": exact_work.rows / len(pairs) if counted else None,
+        "atp_layer_rows": atp_work.rows / len(pairs) if counted else None,
         "atp_backward_passes": 1,
+        "atp_star_backward_passes": 1 + vlm.n_layers,
         "exact_cell_layer_rows": exact_cells.rows,
         "atp_cell_layer_rows": atp_cells.rows,
         "cells": n_cells,
@@ -163,13 +225,15 @@ def measure(n_pairs: int, seed: int = 0) -> dict:
         "n_pairs": len(pairs),
         "sites": list(SITES),
         "groups": list(GROUPS),
+        "head_groups": list(HEAD_GROUPS),
+        "qk_sites": list(QK_SITES),
         "agreement": {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()},
         "cells": {"layer": cell_layer, "pair": pairs[0].id, "n_cells": n_cells, "spearman_logit_diff": cell_rho},
         "per_pair_counts": per_pair,
-        "layer_rows_ratio_grid": per_pair["exact_layer_rows"] / per_pair["atp_layer_rows"],
+        "layer_rows_ratio_grid": per_pair["exact_layer_rows"] / per_pair["atp_layer_rows"] if counted else None,
         "layer_rows_ratio_cells": per_pair["exact_cell_layer_rows"] / per_pair["atp_cell_layer_rows"],
-        "wall_seconds": {"exact": exact_seconds, "atp": atp_seconds},
-        "wall_ratio_grid": exact_seconds / atp_seconds,
+        "wall_seconds_per_pair": {"exact": exact_per_pair, "atp": atp_per_pair, "atp*": star_per_pair},
+        "wall_ratio_grid": exact_per_pair / atp_per_pair,
         "memory": {
             **memory,
             "ratio": memory["attribution_pair_mb"] / memory["plain_forward_mb"],
@@ -188,12 +252,27 @@ def measure(n_pairs: int, seed: int = 0) -> dict:
     }
 
 
+def pd_concat(frames: list):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="row logs: a rerun resumes each stage")
+    parser.add_argument(
+        "--only", default="", help=f"with --work: run only these comma-separated stages ({', '.join(STAGES)})"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.pairs)
+    only = tuple(s for s in args.only.split(",") if s)
+    if only and (args.work is None or set(only) - set(STAGES)):
+        parser.error(f"--only needs --work and stages among {', '.join(STAGES)}")
+    result = measure(args.pairs, work=args.work, only=only)
+    if result is None:
+        return 0
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
