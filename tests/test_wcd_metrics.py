@@ -75,3 +75,24 @@ def test_aggregate_leaves_skipped_questions_out():
 def test_unknown_task_is_one_line():
     with pytest.raises(InterpError, match="no WCD metric for task 'pope'"):
         wcd_score("pope", "yes", ["yes"])
+
+
+def test_each_benchmark_declares_its_rule_and_primary_metric():
+    """The authors' get_score.py scores six tasks, each by one rule; the analyses read each
+    benchmark's primary per-sample field from its own score."""
+    from interp.data.metrics import WCD_RULES
+    from interp.data.tasks import TASKS, Doc, wcd_tasks
+
+    assert wcd_tasks() == {
+        "textvqa": "word_overlap",
+        "vqav2": "exact_x0.3",
+        "okvqa": "exact_x0.3",
+        "vizwiz": "word_overlap",
+        "gqa": "answer_word_in_prediction",
+        "docvqa": "substring",
+    }
+    metadata = {"category": "existence", "image_id": "x", "kind": "colour"}
+    for name, benchmark in TASKS.items():
+        assert benchmark.wcd_rule is None or benchmark.wcd_rule in WCD_RULES
+        doc = Doc(doc_id="1", question="What?", targets=("yes",) * 10, image=None, metadata=metadata)
+        assert benchmark.primary_metric in benchmark.score(doc, "yes"), name

@@ -105,10 +105,6 @@ def _from_sample(sample) -> Item:
     )
 
 
-#: per-sample score fields of the evaluation tasks, in order of preference
-_SCORE_FIELDS = ("vqa_accuracy", "anls", "exact_match", "correct")
-
-
 def _from_task_doc(task, doc) -> Item:
     """An evaluation-task document: the task's prompt (question + its suffix), the most
     common target as the teacher-forced reference, and the task's own metric as scorer."""
@@ -119,8 +115,7 @@ def _from_task_doc(task, doc) -> Item:
     ordered = (reference,) + tuple(t for t in targets if t != reference)
 
     def scorer(prediction: str, answers) -> float:
-        fields = task.score(doc, prediction)
-        return float(next(fields[k] for k in _SCORE_FIELDS if k in fields))
+        return float(task.score(doc, prediction)[task.benchmark.primary_metric])
 
     meta = dict(doc.metadata)
     return Item(

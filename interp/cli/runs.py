@@ -29,13 +29,13 @@ def _ablate_method(args) -> int:
     out = _output_dir(args.out)
     from .. import load
     from ..analysis.method_ablation import AblationConfig, run_method_ablation, write_outputs
-    from ..data.metrics import WCD_TASKS
-    from ..data.tasks import get_benchmark
+    from ..data.tasks import get_benchmark, wcd_tasks
 
+    scored = wcd_tasks()
     wcd_task = args.wcd_task or ("textvqa" if args.dataset == "synthetic" else args.dataset)
-    if wcd_task not in WCD_TASKS:
+    if wcd_task not in scored:
         raise InterpError(
-            f"no WCD metric for task {wcd_task!r}; the authors score {', '.join(WCD_TASKS)} "
+            f"no WCD metric for task {wcd_task!r}; the authors score {', '.join(scored)} "
             "(pass --wcd-task to score with one of their rules)"
         )
     if args.limit is not None and args.limit < 1:

@@ -93,7 +93,7 @@ __all__ = [
     "synthetic_aggregate",
     "synthetic_score",
     "vqa_accuracy",
-    "WCD_TASKS",
+    "WCD_RULES",
     "wcd_aggregate",
     "wcd_process_text",
     "wcd_score",
@@ -415,12 +415,10 @@ def synthetic_aggregate(rows: Sequence[Mapping]) -> dict:
 
 # -- the authors' lenient metrics (season1blue/WCD, methods/utils/get_score.py) -------------------------
 
-#: task -> the rule the authors' ``get_score.py`` scores it with
-WCD_TASKS: Mapping[str, str] = {
-    "textvqa": "word_overlap", "vizwiz": "word_overlap", "vqav2": "exact_x0.3", "okvqa": "exact_x0.3",
-    "gqa": "answer_word_in_prediction", "docvqa": "substring",
-}  # fmt: skip
-_SKIPS_UNANSWERABLE = frozenset({"textvqa", "vizwiz", "vqav2", "okvqa"})
+#: the rules of the authors' ``get_score.py`` (a benchmark names its own: ``Benchmark.wcd_rule``)
+WCD_RULES = ("word_overlap", "exact_x0.3", "answer_word_in_prediction", "substring")
+#: the rules whose loops skip a question answered only "unanswerable"
+_SKIPS_UNANSWERABLE = frozenset({"word_overlap", "exact_x0.3"})
 
 
 def wcd_process_text(text: str) -> str:
@@ -458,15 +456,18 @@ def wcd_score(task: str, prediction: str, answers: Sequence[str] | str) -> float
     scores DocVQA with the textvqa rule (``evaluate_textvqa``); ``get_score.py``'s
     ``evaluate_docvqa`` is the substring rule used here.
     """
-    if task not in WCD_TASKS:
+    from .tasks import wcd_tasks
+
+    rules = wcd_tasks()
+    if task not in rules:
         from ..errors import InterpError
 
-        raise InterpError(f"no WCD metric for task {task!r}; the authors' get_score.py scores {', '.join(WCD_TASKS)}")
+        raise InterpError(f"no WCD metric for task {task!r}; the authors' get_score.py scores {', '.join(rules)}")
+    rule = rules[task]
     answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
-    if task in _SKIPS_UNANSWERABLE and set(answers) == {"unanswerable"}:
+    if rule in _SKIPS_UNANSWERABLE and set(answers) == {"unanswerable"}:
         return None
     prediction = str(prediction)
-    rule = WCD_TASKS[task]
     if rule == "word_overlap":
         union = {word for answer in answers for word in _words(answer)}
         return 100.0 if any(word in union for word in _words(prediction)) else 0.0

@@ -149,16 +149,17 @@ def _print_summary(report: dict, as_json: bool) -> None:
 
 def _metric_choice(task_name: str, metric: str | None) -> tuple[bool, bool]:
     """``(lmms, wcd)``: which metrics ``--metric`` asks for on ``task_name``."""
-    from ..data.metrics import WCD_TASKS
+    from ..data.tasks import wcd_tasks
     from ..errors import InterpError
 
-    if metric in ("wcd", "both") and task_name not in WCD_TASKS:
+    scored = wcd_tasks()
+    if metric in ("wcd", "both") and task_name not in scored:
         raise InterpError(
             f"--metric {metric}: the authors' get_score.py has no metric for task {task_name!r} "
-            f"(it scores {', '.join(WCD_TASKS)}); use --metric lmms"
+            f"(it scores {', '.join(scored)}); use --metric lmms"
         )
     if metric is None:
-        metric = "both" if task_name in WCD_TASKS else "lmms"
+        metric = "both" if task_name in scored else "lmms"
     return metric in ("lmms", "both"), metric in ("wcd", "both")
 
 

@@ -50,6 +50,11 @@ TASKS: Mapping[str, Benchmark] = MappingProxyType(
 )
 
 
+def wcd_tasks() -> dict[str, str]:
+    """Task -> the rule the authors' ``get_score.py`` scores it with (each benchmark's ``wcd_rule``)."""
+    return {name: benchmark.wcd_rule for name, benchmark in TASKS.items() if benchmark.wcd_rule}
+
+
 def get_benchmark(name: str) -> Benchmark:
     """The registered benchmark called ``name``."""
     if name not in TASKS:

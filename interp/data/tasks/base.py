@@ -142,6 +142,11 @@ class Benchmark:
     hf_dataset: str = ""  # the lmms-eval HF copy, e.g. "lmms-lab/textvqa"
     official_layout: str = ""  # what the official files look like in --data-dir
     hf_layout: str = "a `datasets` save_to_disk directory or <split>-*.parquet files"
+    #: the per-sample field of :meth:`score` that scores one answer (what the analyses read)
+    primary_metric: str = "vqa_accuracy"
+    #: the rule the authors' ``get_score.py`` scores this benchmark with
+    #: (:data:`interp.data.metrics.WCD_RULES`), or None where they do not score it
+    wcd_rule: str | None = None
 
     # -- loading --------------------------------------------------------------------------
 

@@ -47,6 +47,8 @@ def _image_root(roots: list[Path], image: str) -> tuple[Path, bool]:
 
 class DocVQA(Benchmark):
     name = "docvqa"
+    primary_metric = "anls"
+    wcd_rule = "substring"
     title = "DocVQA"
     splits = ("validation",)
     default_split = "validation"

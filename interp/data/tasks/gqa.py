@@ -44,6 +44,8 @@ def _missing(image_id: str, where: str) -> CallableImage:
 
 class GQA(Benchmark):
     name = "gqa"
+    primary_metric = "exact_match"
+    wcd_rule = "answer_word_in_prediction"
     title = "GQA"
     splits = ("testdev",)
     default_split = "testdev"

@@ -48,6 +48,7 @@ def _parse_line(line: str, where: str) -> tuple[str | None, str, str]:
 
 class MME(Benchmark):
     name = "mme"
+    primary_metric = "correct"
     title = "MME"
     splits = ("test",)
     default_split = "test"

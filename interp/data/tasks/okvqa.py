@@ -26,6 +26,7 @@ UNANSWERABLE_HINT = "When the provided information is insufficient, respond with
 
 class OKVQA(Benchmark):
     name = "okvqa"
+    wcd_rule = "exact_x0.3"
     title = "OK-VQA"
     splits = ("val2014",)
     default_split = "val2014"

@@ -29,6 +29,7 @@ _DIRS = ("", "coco", "output/coco")
 
 class POPE(Benchmark):
     name = "pope"
+    primary_metric = "correct"
     title = "POPE"
     splits = ("all", *CATEGORIES)
     default_split = "all"

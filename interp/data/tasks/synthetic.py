@@ -21,6 +21,7 @@ SEED = 0
 
 class Synthetic(Benchmark):
     name = "synthetic"
+    primary_metric = "correct"
     title = "synthetic VQA"
     splits = ("test", "val")
     default_split = "test"

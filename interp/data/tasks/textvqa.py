@@ -34,6 +34,7 @@ _IMAGE_DIRS = ("train_images", "train_val_images/train_images", "images")
 
 class TextVQA(CapitalisedVQABenchmark):
     name = "textvqa"
+    wcd_rule = "word_overlap"
     title = "TextVQA"
     splits = ("validation", "train")
     default_split = "validation"

@@ -44,6 +44,7 @@ def _stem(name: str) -> str:
 
 class VizWiz(CapitalisedVQABenchmark):
     name = "vizwiz"
+    wcd_rule = "word_overlap"
     title = "VizWiz-VQA"
     splits = ("val",)
     default_split = "val"

@@ -23,6 +23,7 @@ from .coco_vqa import find_coco_vqa, load_coco_vqa, load_coco_vqa_hf
 
 class VQAv2(Benchmark):
     name = "vqav2"
+    wcd_rule = "exact_x0.3"
     title = "VQAv2"
     splits = ("validation",)
     default_split = "validation"
