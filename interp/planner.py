@@ -277,6 +277,63 @@ def plan_pair(
     return SamplePlan(seq, memory, work, unit="pair", alternatives=("clean_forward", "layer_activations"))
 
 
+def plan_attribution(
+    adapter: Any,
+    config: Any,
+    dtype: Any,
+    base: Any,
+    per_layer: dict[int, int],
+    *,
+    method: str = "atp",
+    steps: int = 1,
+    attn_implementation: str = "sdpa",
+    weights: int | None = None,
+) -> SamplePlan:
+    """The memory and work of one counterfactual pair of attribution patching
+    (:func:`interp.analysis.attribution.attribution_sweep`).
+
+    A base pass keeps its whole forward for the backward: every layer's activations over the
+    prompt (eager attention: its score matrices too), the logits and their gradient; the source's
+    values at the attributed tensors are kept beside it. ``"ig"`` runs ``steps`` base passes and
+    ``"atp*"`` one more per layer, one at a time.
+
+    Args:
+        adapter: the family adapter.
+        config: the model's HF config.
+        dtype: the torch dtype the model runs in.
+        base: the pair's prepared base (:class:`interp.inputs.Prepared`).
+        per_layer: attributed conditions at each layer (their count sizes nothing: one backward
+            serves them all).
+        method: ``"atp"``, ``"atp*"`` or ``"ig"``.
+        steps: ``"ig"``'s interpolation steps.
+        attn_implementation: ``"eager"`` keeps attention scores for the backward.
+        weights: the weights' bytes when known.
+
+    Returns:
+        The :class:`SamplePlan` (its ``tokens``: the base's).
+    """
+    text = adapter.text_config(config)
+    n_layers, d_model = adapter.n_layers(config), int(text.hidden_size)
+    seq, b = base.seq_len, dtype.itemsize
+    base_passes = steps if method == "ig" else 1 + (n_layers if method == "atp*" else 0)
+    memory = {
+        "weights": weight_bytes(config, dtype) if weights is None else weights,
+        "source_values": 2 * len(per_layer) * seq * d_model * 4,
+        "graph": n_layers * seq * (_activation_row(text) + 2 * d_model) * b,
+        "attention_scores": n_layers * int(text.num_attention_heads) * seq * seq * b
+        if attn_implementation == "eager"
+        else 0,
+        "logits_and_grad": 2 * seq * int(text.vocab_size) * 4,
+    }
+    work = {
+        "conditions": sum(per_layer.values()),
+        "forwards": 1 + base_passes,
+        "backwards": base_passes,
+        "layer_rows": (1 + 2 * base_passes) * n_layers * seq,  # a backward counted as one forward's rows
+    }
+    return SamplePlan(seq, memory, work, unit="pair")
+
+
 def plan_generation(
     adapter: Any,
     config: Any,

@@ -165,3 +165,44 @@ def test_pair_plan_counts_the_sweeps_conditions():
     grid = vlm.prepare(pairs[0].base.image, pairs[0].base.question).grid
     cells = int((grid.positions >= 0).sum())
     assert plan.work["conditions"] == 2 * 2 + cells  # 2 groups x 2 layers, and every cell at layer 1
+
+
+def test_attribution_plan_by_hand():
+    """Attribution keeps one forward's activations for its backward: the graph grows with layers x
+    tokens, not with the conditions; atp* adds a base pass per layer, ig one per step."""
+    from interp.planner import plan_attribution
+
+    vlm = tiny_vlm("llava", "eager")
+    base = sample_for(vlm)
+    text = vlm.config.get_text_config()
+    L, d, seq, heads = vlm.n_layers, text.hidden_size, base.seq_len, text.num_attention_heads
+    plan = plan_attribution(
+        vlm.adapter, vlm.config, torch.float32, base, {0: 5, 2: 20}, attn_implementation="eager", weights=0
+    )
+    assert plan.memory["graph"] == L * seq * (4 * d + 3 * text.intermediate_size + 2 * d) * 4
+    assert plan.memory["attention_scores"] == L * heads * seq * seq * 4
+    assert plan.memory["logits_and_grad"] == 2 * seq * text.vocab_size * 4
+    assert plan.peak_bytes == sum(plan.memory.values())
+    assert (plan.work["forwards"], plan.work["backwards"]) == (2, 1)
+    more = plan_attribution(vlm.adapter, vlm.config, torch.float32, base, {0: 500}, weights=0)
+    assert (
+        more.memory["graph"] == plan.memory["graph"] and more.memory["attention_scores"] == 0
+    )  # sdpa  # one backward serves every condition
+    star = plan_attribution(vlm.adapter, vlm.config, torch.float32, base, {0: 5}, method="atp*", weights=0)
+    assert (star.work["forwards"], star.work["backwards"]) == (2 + L, 1 + L)
+    ig = plan_attribution(vlm.adapter, vlm.config, torch.float32, base, {0: 5}, method="ig", steps=4, weights=0)
+    assert (ig.work["forwards"], ig.work["backwards"]) == (5, 4)
+
+
+def test_patch_dry_run_plans_the_attribution_and_its_validation(capsys, tmp_path):
+    from interp.cli import main
+
+    out = tmp_path / "atp"
+    args = ["patch", "--model", "tiny:llava", "--out", str(out), "--dry-run", "--pairs", "3", "--method", "atp*"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "exact patching:" in printed and "attribution (atp*):" in printed and "graph" in printed
+    assert main(args + ["--validate", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "exact patching:" not in printed and "backwards" in printed
+    assert not out.exists() or not any(out.iterdir())

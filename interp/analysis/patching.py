@@ -426,14 +426,18 @@ def first_pair_plan(
     cell_layers: Any = (),
     cell_pairs: int | None = None,
     heads: Any = "all",
+    method: str = "exact",
+    steps: int = 1,
 ):
-    """What the first of ``pairs`` will hold and run in :func:`patching_sweep` with the same
-    options (:func:`interp.planner.plan_pair`); no weights needed (a config-only load will do).
+    """What the first of ``pairs`` will hold and run in :func:`patching_sweep` (``method="exact"``)
+    or :func:`interp.analysis.attribution.attribution_sweep` (``"atp"``, ``"atp*"``, ``"ig"``) with
+    the same options (:func:`interp.planner.plan_pair`, :func:`interp.planner.plan_attribution`);
+    no weights needed (a config-only load will do).
 
     Returns:
         The :class:`interp.planner.SamplePlan` of one pair.
     """
-    from ..planner import plan_pair
+    from ..planner import plan_attribution, plan_pair
 
     site_list = _sites(sites)
     plan = _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions)
@@ -441,6 +445,17 @@ def first_pair_plan(
     per_layer: dict[int, int] = {}
     for key in conditions:
         per_layer[key[1]] = per_layer.get(key[1], 0) + 1
+    if method != "exact":
+        return plan_attribution(
+            vlm.adapter,
+            vlm.config,
+            vlm.dtype,
+            base,
+            per_layer,
+            method=method,
+            steps=steps,
+            attn_implementation=vlm.attn_implementation,
+        )
     return plan_pair(
         vlm.adapter, vlm.config, vlm.dtype, base, per_layer, batch=batch, attn_implementation=vlm.attn_implementation
     )

@@ -42,16 +42,22 @@ def _patch(args) -> int:
         "heads": _int_list(args.heads),
     }
     cell_layers = options["cell_layers"]
-    plan = first_pair_plan(
-        vlm,
-        section_pairs(data, 1, changes, args.seed),
-        **{**options, "cell_layers": default_cell_layers(vlm.n_layers) if cell_layers is None else cell_layers},
+    first = section_pairs(data, 1, changes, args.seed)
+    planned = {**options, "cell_layers": default_cell_layers(vlm.n_layers) if cell_layers is None else cell_layers}
+    plans = (
+        [("exact patching", first_pair_plan(vlm, first, **planned))] if args.method == "exact" or args.validate else []
     )
+    if args.method != "exact":
+        steps = args.ig_steps if args.method == "ig" else 1
+        plans.append(
+            (f"attribution ({args.method})", first_pair_plan(vlm, first, **planned, method=args.method, steps=steps))
+        )
     if args.dry_run:
-        print("\n".join(plan.lines()))
+        for name, plan in plans:
+            print("\n".join([f"{name}:"] + plan.lines()))
         return 0
-    if args.method == "exact" or args.validate:  # the plan is exact patching's (a validation pair's, with atp/ig)
-        print(plan.summary("patch"), file=sys.stderr)
+    for name, plan in plans:
+        print(f"{name}: {plan.summary('patch')}", file=sys.stderr)
     if args.method != "exact":
         return _attribution(args, vlm, data, changes, options, out)
     report, lines = patching_section(
