@@ -98,7 +98,7 @@ def _hooked_values(vlm, prepared, points, *, grad: bool, dropped: int | None = N
     return logits, values
 
 
-def _reference(vlm, pair, points, groups, dropped: int | None = None):
+def _reference(vlm, pair, points, groups, dropped: int | None = None, metric=None):
     """Per (layer, site, group): sum over the group's positions of (source - base) . dLD/d(base)
     (``dropped``: with that layer's gradient stopped; a site it cuts off has gradient 0)."""
     from interp.interventions.patch import aligned_positions
@@ -109,9 +109,12 @@ def _reference(vlm, pair, points, groups, dropped: int | None = None):
     a_b = _first_token(vlm, base, pair.base.answer)
     _, src = _hooked_values(vlm, source, points, grad=False)
     logits, got = _hooked_values(vlm, base, points, grad=True, dropped=dropped)
-    metric = (logits[0, a_s] - logits[0, a_b]) if a_s != a_b else logits[0, a_s]
+    if metric is not None:
+        scored = metric(logits[0], (a_s, a_b))
+    else:
+        scored = (logits[0, a_s] - logits[0, a_b]) if a_s != a_b else logits[0, a_s]
     keys = list(points)
-    grads = torch.autograd.grad(metric, [got[k] for k in keys], allow_unused=True)
+    grads = torch.autograd.grad(scored, [got[k] for k in keys], allow_unused=True)
     out = {}
     for key, grad in zip(keys, grads):
         grad = torch.zeros_like(got[key]) if grad is None else grad
@@ -195,6 +198,37 @@ def test_the_estimate_is_exact_where_the_metric_is_linear_in_the_site():
     assert (merged.logit_diff_exact - merged.logit_diff_est).abs().max() < 1e-4
     last = merged[merged.group == "last"]
     assert (last.logit_diff_exact - last.corrupt_logit_diff_exact).abs().max() > 1e-3  # a real change
+
+
+def _answer_logprob(logits, answers):
+    return torch.log_softmax(logits.float(), -1)[answers[0]]
+
+
+def test_a_metric_of_the_users_choice_equals_plain_autograd():
+    """``metric=``: the source answer's log-probability attributed instead of the logit difference."""
+    vlm = tiny_vlm("llava")
+    pair = as_pairs(_pairs(1))[0]
+    layers, sites = [0, vlm.n_layers - 1], ("resid_pre", "attn_out", "mlp_out")
+    frame = attribution_sweep(
+        vlm, [pair], sites=sites, positions=["question", "last"], layers=layers, metric=_answer_logprob, progress=False
+    )
+    groups = lambda base: {"question": "question", "last": "last"}  # noqa: E731
+    reference = _reference(vlm, pair, [(l, s) for l in layers for s in sites], groups, metric=_answer_logprob)
+    for row in frame.itertuples():
+        expected = reference[(row.layer, row.site, row.group)]
+        assert math.isclose(row.logit_diff - row.corrupt_logit_diff, expected, rel_tol=1e-3, abs_tol=1e-6)
+    base = vlm.prepare(pair.base.image, pair.base.question)
+    plain = vlm.run(base).logits[0].float()
+    assert math.isclose(
+        frame.corrupt_logit_diff.iloc[0],
+        float(
+            torch.log_softmax(plain, -1)[
+                _first_token(vlm, vlm.prepare(pair.source.image, pair.source.question), pair.source.answer)
+            ]
+        ),
+        abs_tol=1e-4,
+    )
+    assert max(abs(v) for v in reference.values()) > 1e-4
 
 
 def test_graddrop_equals_plain_autograd_with_each_layer_stopped_by_hand():
@@ -391,6 +425,10 @@ def test_bad_inputs_each_give_one_clear_line():
         attribution_sweep(vlm, pairs, method="exact-ish", progress=False)
     with pytest.raises(InterpError, match="steps must be a positive integer"):
         attribution_sweep(vlm, pairs, method="ig", steps=0, progress=False)
+    with pytest.raises(InterpError, match="metric must return one number per pair"):
+        attribution_sweep(vlm, pairs, metric=lambda logits, answers: logits[:3], progress=False)
+    with pytest.raises(InterpError, match="metric must be a function"):
+        attribution_sweep(vlm, pairs, metric="logit_diff", progress=False)
     with pytest.raises(InterpError, match="cannot patch site 'attn_pattern'"):
         attribution_sweep(vlm, pairs, sites=("attn_pattern",), progress=False)
     with pytest.raises(InterpError, match="unknown query group"):

@@ -37,7 +37,7 @@ the graph starts at the LM's input, which the trace makes a leaf that requires g
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,7 @@ def pair_attribution(
     steps: int = 1,
     qk_sets: dict | None = None,
     graddrop: bool = False,
+    metric: Callable | None = None,
     remote: bool | str | None = None,
 ) -> dict:
     """One pair's gradient passes: per-position attribution at every ``(layer, site)`` of ``needed``.
@@ -227,6 +228,8 @@ def pair_attribution(
             each estimated through its heads' exactly recomputed attention instead of per position.
         graddrop: AtP*'s GradDrop: one more forward and backward per decoder layer, with the
             gradient through that layer's attention and MLP outputs stopped.
+        metric: ``metric(logits, answers)`` of the last position's logits ``(vocab,)`` and
+            ``answers``, one number (None: the answers' logit difference).
         remote: as in :meth:`interp.VLM.run`.
 
     Returns:
@@ -261,10 +264,13 @@ def pair_attribution(
                 if step == 0 and dropped is None:
                     base_logits = nnsight.save(logits.detach().float())
                     passes.keep_base(shared, values)
-                metric = (
-                    (logits[:, a_source] - logits[:, a_base]).sum() if a_source != a_base else logits[:, a_source].sum()
-                )
-                with metric.backward():
+                if metric is not None:
+                    scored = metric(logits[0], answers).sum()
+                elif a_source != a_base:
+                    scored = (logits[:, a_source] - logits[:, a_base]).sum()
+                else:
+                    scored = logits[:, a_source].sum()
+                with scored.backward():
                     found[(step, dropped)] = passes.totals(shared, values, dropped)
     return _gathered(found, passes.canon, passes.qk_sets, steps, vlm.n_layers, source_logits, base_logits)
 
@@ -406,6 +412,7 @@ def attribution_sweep(
     heads: Any = "all",
     method: str = "atp",
     steps: int = IG_STEPS,
+    metric: Callable | None = None,
     remote: bool | str | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
@@ -423,6 +430,11 @@ def attribution_sweep(
         heads: site ``z``: ``"all"`` or a list of heads.
         method: ``"atp"``, ``"atp*"`` or ``"ig"`` (see the module docstring).
         steps: ``method="ig"``: interpolation steps.
+        metric: ``metric(logits, answers) -> one-element tensor``: what is attributed, from a run's
+            last-position logits ``(vocab,)`` and the answers' first tokens ``(source, base)``
+            (None: the logit difference, or for a control pair the answer's logit). With a metric
+            the ``*_logit_diff`` columns hold its values and ``effect`` is the estimate over
+            ``clean - corrupt``.
         remote: as in :meth:`interp.VLM.run`.
         progress: show a progress bar.
         resume: a row log (JSON Lines): finished pairs are read back, a torn record recomputed.
@@ -435,12 +447,14 @@ def attribution_sweep(
         holds AtP*'s unsigned GradDrop score.
 
     Raises:
-        InterpError: an unknown method, site, group, or bad steps.
+        InterpError: an unknown method, site, group, bad steps, or a metric that does not
+            return one number.
         InputError: pairs that cannot be aligned (see :func:`interp.interventions.patch.aligned_positions`).
     """
     from ..outputs import logged_units
 
     n_steps = _check_method(method, steps)
+    _check_metric(vlm, metric)
     pair_list = as_pairs(pairs)
     site_list = _sites(sites)
     plan = _condition_plan(vlm, site_list, layers, heads, cell_layers, cell_pairs, positions)
@@ -449,7 +463,9 @@ def attribution_sweep(
         resume,
         tqdm(numbered, desc=f"attribution ({method})", unit="pair", disable=not progress),
         lambda entry: entry[1].id,
-        lambda entry: _attribute_pair(vlm, entry[1], plan.conditions(vlm, entry[1], entry[0]), method, n_steps, remote),
+        lambda entry: _attribute_pair(
+            vlm, entry[1], plan.conditions(vlm, entry[1], entry[0]), method, n_steps, metric, remote
+        ),
     )
     frame = pd.DataFrame(rows)
     frame.attrs.update(
@@ -460,13 +476,30 @@ def attribution_sweep(
             "mode": method,
             "method": method,
             "steps": n_steps,
-            "metric": f"estimated ({method}): {METRIC}",
+            "metric": f"estimated ({method}): {METRIC if metric is None else getattr(metric, '__name__', 'metric')}",
         }
     )
     return frame
 
 
-def _attribute_pair(vlm, pair: PatchPair, planned: tuple, method: str, steps: int, remote) -> list[dict]:
+def _check_metric(vlm, metric) -> None:
+    """A metric must map a run's last-position logits ``(vocab,)`` and the answers to one number."""
+    if metric is None:
+        return
+    if not callable(metric):
+        raise InterpError(f"metric must be a function of (logits, answers), got {type(metric).__name__}")
+    vocab = int(vlm.adapter.text_config(vlm.config).vocab_size)
+    probe = metric(torch.zeros(vocab, requires_grad=True), (0, 0))
+    if not isinstance(probe, torch.Tensor) or probe.numel() != 1:
+        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise InterpError(
+            f"metric must return one number per pair (a one-element tensor that keeps the gradient), got {shape}"
+        )
+
+
+def _attribute_pair(
+    vlm, pair: PatchPair, planned: tuple, method: str, steps: int, metric: Callable | None, remote
+) -> list[dict]:
     """One pair's rows, shaped like :func:`interp.analysis.patching._patch_pair`'s."""
     base, source, conditions = planned
     if not conditions:
@@ -489,12 +522,16 @@ def _attribute_pair(vlm, pair: PatchPair, planned: tuple, method: str, steps: in
         steps=steps,
         qk_sets=qk_sets,
         graddrop=starred,
+        metric=metric,
         remote=remote,
     )
     common = pair_columns(pair, found["source_logits"], found["base_logits"], a_source, a_base)
+    if metric is not None:  # the metric's values stand in for the logit difference
+        for column, logits in (("clean_logit_diff", "source_logits"), ("corrupt_logit_diff", "base_logits")):
+            common[column] = float(metric(found[logits], (a_source, a_base)).detach())
     corrupt_ld = common["corrupt_logit_diff"]
     denominator = common["clean_logit_diff"] - corrupt_ld
-    control = a_source == a_base  # the logit difference is 0: its answer's logit is estimated
+    control = a_source == a_base and metric is None  # the logit difference is 0: its answer's logit is estimated
     rows = []
     for key, idx in members.items():
         estimate = _estimate(found, key, idx)
