@@ -286,7 +286,7 @@ class _Passes:
                     f"positions; condition {key[:3]} matches other positions: use method='atp'"
                 )
         self.model, self.access = vlm.nnsight, vlm.access
-        self.canon = {key: _canonical(*key, vlm.n_layers) for key in needed}
+        self.canon = {key: _canonical(key[0], key[1], vlm.n_layers) for key in needed}
         self.tensors = sorted(set(self.canon.values()), key=_forward_order)
         self.per_head = {key: registry.site(key[1]).per_head for key in self.tensors}
         self.qk_sets = qk_sets

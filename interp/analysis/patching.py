@@ -5,9 +5,10 @@ corrupted input that runs with them written in. For a synthetic counterfactual p
 (:func:`interp.data.synthetic.counterfactual`) the source is the original scene and
 the base the scene with one controlled change.
 
-* :func:`run_patched` / :func:`patch_session` run the source and the patched base run(s)
-  in ONE nnsight session (on ``remote=`` one request: the source's values never come
-  back to Python between the runs).
+* :func:`run_patched` / :func:`patch_session` (the engine's source runs,
+  :mod:`interp.engine.source_runs`) run the source and the patched base run(s) in ONE nnsight
+  session (on ``remote=`` one request: the source's values never come back to Python between
+  the runs).
 * :func:`patching_sweep` patches the source's activations into the base at every layer,
   site and position group (and per image cell at chosen layers) and returns a tidy
   DataFrame; ``resid_pre`` runs on the captured-prefix fast path
@@ -26,21 +27,20 @@ the answer token's logit, ``answer_logit_change = logit_patched(answer) - logit_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import nnsight
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError, InterpError
-from ..interventions.base import StepContext, resolve_layers
+from ..interventions.base import resolve_layers
 from ..interventions.patch import PATCH_SITES, ImageCells, PatchActivations, RecordSource
-from ..engine.plan import Plan, RunResult, build_schedule, execute_step
+from ..engine.source_runs import PatchedRuns, patch_session, run_patched  # noqa: F401 - the runners, re-exported
 from ..runfiles import FILES
 from .stats import per_layer_ci
 
@@ -58,105 +58,6 @@ GROUP_LABELS = {
     "other_text": "other text tokens",
     "last": "last token",
 }
-
-
-# -- running a source and patched base runs in one session ------------------------------
-
-
-@dataclass
-class PatchedRuns:
-    """What :func:`patch_session` returns: the source run and one base run per condition."""
-
-    source: RunResult
-    runs: list[RunResult] = field(default_factory=list)
-
-
-def _source_recorders(bound: Iterable) -> list:
-    """One recorder per source name, over the union of the sites the patches need."""
-    sites: dict[str, set] = {}
-    for item in bound:
-        made = item.source_recorder()
-        if made is not None:
-            sites.setdefault(made.name, set()).update(made.sites())
-    return [RecordSource(s, name) for name, s in sites.items()]
-
-
-def _with_source(items, source) -> list:
-    return [item.with_source(source) if item.needs_source() else item for item in Plan(items)]
-
-
-def patch_session(
-    vlm,
-    base,
-    source,
-    conditions: Sequence[Sequence],
-    *,
-    remote: bool | str | None = None,
-    logit_positions=None,
-    source_interventions: Sequence = (),
-) -> PatchedRuns:
-    """Run ``source`` once, then ``base`` once per condition (a list of interventions, any
-    mix of :class:`PatchActivations` and others), all in one nnsight session.
-
-    Patches without a source get ``source``. The source run records every site any
-    patch needs (whole activations, under :meth:`PatchActivations.source_key`), plus
-    ``source_interventions`` of its own. Logits: the last position ``(batch, vocab)``,
-    or ``logit_positions`` of each run (``(batch, n, vocab)``).
-    """
-    if base.input_ids.shape[0] != source.input_ids.shape[0]:
-        raise InputError(f"the source has batch {source.input_ids.shape[0]} but the base has {base.input_ids.shape[0]}")
-    bound_conditions = [Plan(_with_source(items, source)).bind(vlm, base) for items in conditions]
-    recorders = _source_recorders(item for bound in bound_conditions for item in bound)
-    source_bound = Plan(source_interventions).bind(vlm, source) + recorders
-    source_schedule = build_schedule(source_bound)
-    schedules = [build_schedule(bound) for bound in bound_conditions]
-    model, access = vlm.nnsight, vlm.access
-    trace_kwargs = vlm.trace_kwargs(remote)
-
-    def pick(logits):
-        return logits[:, -1] if logit_positions is None else logits[:, logit_positions]
-
-    with torch.no_grad(), model.session(**trace_kwargs):
-        records = nnsight.save({})
-        outputs = nnsight.save([])
-        with model.trace(dict(source.inputs)):
-            execute_step(model, access, source_schedule, StepContext.of(source, records, vlm.device))
-            source_logits = nnsight.save(pick(model.output.logits))
-        for schedule in schedules:
-            with model.trace(dict(base.inputs)):
-                run_records = dict(records)  # the source's values, and this run's own recordings
-                ctx = StepContext.of(base, run_records, vlm.device)
-                execute_step(model, access, schedule, ctx)
-                outputs.append((run_records, pick(model.output.logits)))
-    source_records = {k: v.detach().cpu() for k, v in records.items()}
-    source_run = RunResult(source, source_records, logits=source_logits.detach().cpu())
-    runs = [
-        RunResult(base, {k: v.detach().cpu() for k, v in rec.items() if k not in records}, logits=logits.detach().cpu())
-        for rec, logits in outputs
-    ]
-    return PatchedRuns(source_run, runs)
-
-
-def run_patched(
-    vlm,
-    base,
-    source,
-    *interventions,
-    remote: bool | str | None = None,
-    logit_positions=None,
-    source_interventions: Sequence = (),
-) -> RunResult:
-    """Run ``base`` with ``interventions`` (patches read from ``source``), after a source
-    run recording what the patches need, in one nnsight session. Returns the base run."""
-    return patch_session(
-        vlm,
-        base,
-        source,
-        [list(interventions)],
-        remote=remote,
-        logit_positions=logit_positions,
-        source_interventions=source_interventions,
-    ).runs[0]
 
 
 # -- pairs -------------------------------------------------------------------------------
