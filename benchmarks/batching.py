@@ -14,7 +14,7 @@ cut back into one pass per question). Reported:
   (a warm-up, then rounds alternating both), with the CPU-time ratio beside it;
 * the largest difference between the two passes' logits and records. The result is ``null``
   with the reason if they differ by more than the tolerance (per tensor 1e-5 times its largest
-  magnitude, absolute below 1, as in ``tests/test_batching.py``): never a number for passes that
+  magnitude, absolute below 1, as in ``tests/engine/test_batching.py``): never a number for passes that
   are not the same.
 
 On a CPU batching saves little (the forward is compute-bound at batch 1 already); it is made
@@ -37,7 +37,7 @@ def measure_batching(
     vlm, samples, *, batch: int, reps: int = 3, tolerance: float = 1e-5, key: str = "clean_pass_batch_speedup"
 ) -> dict:
     """Batch-1 over batch-``batch`` clean passes of ``samples`` (see the module docstring); the
-    passes must agree per tensor within ``tolerance * max(1, max|value|)`` (tests/test_batching.py's
+    passes must agree per tensor within ``tolerance * max(1, max|value|)`` (tests/engine/test_batching.py's
     float32 tolerance).
     Returns ``{key: float | None, key + "_reason": str | None, "details": ...}``."""
     try:

@@ -15,7 +15,7 @@ from interp.analysis.reproduce import ReproduceConfig, reproduce
 from interp.errors import InputError, InterpError
 
 from .conftest import sample_for, tiny_vlm
-from .test_analysis import _items
+from .analysis.test_analysis import _items
 from .test_bad_input import cli, one_line
 
 

@@ -17,7 +17,7 @@ import pytest
 from .conftest import assert_reports_close
 
 REPO = Path(__file__).resolve().parents[1]
-OFF = ["--patching", "0", "--lens", "0"]  # the synthetic sections: tests/test_analysis.py runs them
+OFF = ["--patching", "0", "--lens", "0"]  # the synthetic sections: tests/analysis/test_analysis.py runs them
 ARGS = ["reproduce", "--model", "tiny:llava", "--limit", "6", "--n-boot", "50", *OFF]
 
 

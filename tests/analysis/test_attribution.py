@@ -18,7 +18,7 @@ from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
 from interp.errors import InputError, InterpError
 from interp.interventions import AttentionKnockout, RecordResidual
 
-from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 FAMILIES = ("llava", "qwen2_vl", "idefics3")
 

@@ -36,7 +36,7 @@ from interp.engine.batched import batch_reason
 from interp.errors import InterpError
 from interp.models.adapters import all_adapters
 
-from .conftest import assert_reports_close, make_image, tiny_vlm
+from ..conftest import assert_reports_close, make_image, tiny_vlm
 
 ATOL = 1e-5
 

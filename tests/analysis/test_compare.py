@@ -10,7 +10,7 @@ import pytest
 from interp.analysis.compare import compare_json, compare_markdown, compare_runs
 from interp.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ORGANISM_RUN = ROOT / "figures"  # the committed `interp reproduce --model organism` run
 FROZEN_RUN = ROOT / "docs" / "organism-runs" / "2026-11-21c" / "frozen-reproduce"
 

@@ -10,7 +10,7 @@ from interp.errors import InterpError
 from interp.interventions import ReviewLayerMask, SoftImageMask
 from interp.interventions.wcd import authors_difference, bottom_k_keep, general_attention
 
-from .conftest import TEST_IMAGE_SIZE, sample_for, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, sample_for, tiny_vlm
 
 
 def _np_sq_jsd(p, q):
@@ -101,7 +101,7 @@ def test_soft_mask_and_general_attention_equal_reference(model_type):
 
 
 def _image_of(vlm):
-    from .conftest import make_image
+    from ..conftest import make_image
 
     return make_image(*TEST_IMAGE_SIZE)
 

@@ -23,7 +23,7 @@ from interp.engine import capture, continue_from, unembed
 from interp.errors import InterpError
 from interp.interventions import Intervention, Plan, RecordAttention, ScaleImageTokens
 
-from .conftest import TEST_IMAGE_SIZE, assert_reports_close, make_image, report_numbers, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, assert_reports_close, make_image, report_numbers, tiny_vlm
 
 
 class ScaleText(Intervention):

@@ -26,8 +26,8 @@ from interp.engine.restarts import RestartGroup, restart, restart_many
 from interp.engine.row_suffix import first_changed_row
 from interp.interventions import AttentionKnockout, Intervention, Plan, ScaleImageTokens
 
-from .conftest import tiny_vlm
-from .test_analysis import _items
+from ..conftest import tiny_vlm
+from ..analysis.test_analysis import _items
 
 KEYS = ["item", "variant", "layer"]
 

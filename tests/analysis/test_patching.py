@@ -12,7 +12,7 @@ from interp.data.synthetic import SyntheticVQA, counterfactual_pairs
 from interp.errors import HookNameError, InputError, InterpError, LayerIndexError
 from interp.interventions import ImageCells, PatchActivations, RecordResidual, ScaleImageTokens
 
-from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 FAMILIES = ("llava", "qwen2_vl", "idefics3")
 SITES = ("resid_pre", "q", "k", "v", "attn_out", "mlp_out", "resid_post")

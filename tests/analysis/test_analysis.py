@@ -30,7 +30,7 @@ from interp.data.synthetic import SyntheticVQA
 from interp.errors import InterpError
 from interp.interventions.contrastive import bottom_fraction, contrast
 
-from .conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
+from ..conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
 
 
 def _items(vlm, n=2):
@@ -274,7 +274,7 @@ def test_the_committed_run_keeps_its_findings():
     """figures/: the sweep CSV and the report written from it; the detector still finds what the report says."""
     from pathlib import Path
 
-    figures = Path(__file__).parents[1] / "figures"
+    figures = Path(__file__).parents[2] / "figures"
     report = json.loads((figures / "report.json").read_text())
     effects = layer_effects(
         pd.read_csv(figures / "masking_sweep.csv"), n_boot=report["config"]["n_boot"], seed=report["seed"]

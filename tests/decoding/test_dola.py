@@ -37,7 +37,7 @@ from interp.decoding import (
 from interp.errors import InterpError, LayerIndexError
 from interp.interventions import ScaleImageTokens
 
-from .conftest import sample_for, tiny_vlm
+from ..conftest import sample_for, tiny_vlm
 
 # -- the independent reference ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from interp.cli import main
 from interp.plotting import patching as figures
 
-from .conftest import make_image
+from ..conftest import make_image
 
 
 def _effects():

@@ -12,7 +12,7 @@ from interp.analysis.sections import SECTIONS, SectionContext, section
 from interp.cli import main
 from interp.outputs import SettingsMismatchError
 
-from .conftest import tiny_vlm
+from ..conftest import tiny_vlm
 
 RUN = ["reproduce", "--model", "tiny:llava", "--limit", "2", "--patching", "2", "--lens", "2", "--n-boot", "50"]
 

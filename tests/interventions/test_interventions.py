@@ -21,7 +21,7 @@ from interp import (
 )
 from interp.models.tiny import tiny_model_types
 
-from .conftest import sample_for, tiny_vlm
+from ..conftest import sample_for, tiny_vlm
 
 FAMILIES = tiny_model_types()
 

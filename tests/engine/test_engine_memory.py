@@ -17,8 +17,8 @@ from interp.analysis.sweep import VARIANTS, masking_sweep
 from interp.engine.memory import KV_COPIES, decode_batch_for, kv_bytes, layer_devices, resolve_decode_batch
 from interp.errors import InterpError
 
-from .conftest import tiny_vlm
-from .test_analysis import _items
+from ..conftest import tiny_vlm
+from ..analysis.test_analysis import _items
 
 
 def test_kv_bytes_and_decode_batch_by_hand():

@@ -9,7 +9,7 @@ from interp.analysis.image_lens import image_token_lens, lens_accuracy, lens_wor
 from interp.data.synthetic import COLOURS, SHAPES, SyntheticVQA
 from interp.errors import InterpError
 
-from .conftest import tiny_vlm
+from ..conftest import tiny_vlm
 
 
 def test_lens_equals_hf_hidden_states_through_norm_and_head():

@@ -13,7 +13,7 @@ from interp.analysis import faithfulness
 from interp.analysis.faithfulness import METHODS, attention_mass_rows, check_truth, layer_scores
 from interp.errors import InterpError
 
-from .conftest import sample_for
+from ..conftest import sample_for
 
 
 def test_scores_by_hand():

@@ -10,7 +10,7 @@ from interp.cli import main
 from interp.models.adapters import adapter_for, all_adapters, supported_model_types
 from interp.models.tiny import build_tiny, save_tiny, tiny_model_types
 
-from .conftest import make_image
+from ..conftest import make_image
 
 
 def test_registry_and_tiny_builders_stay_in_sync():

@@ -8,7 +8,7 @@ import torch
 from interp.analysis.teacher import teacher_force
 from interp.models.tiny import tiny_model_types
 
-from .conftest import sample_for, tiny_vlm
+from ..conftest import sample_for, tiny_vlm
 
 
 @pytest.mark.parametrize("model_type", tiny_model_types())

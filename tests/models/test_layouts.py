@@ -17,7 +17,7 @@ from interp.inputs import prepare
 from interp.models.adapters import adapter_for
 from interp.models.tiny import build_tiny, tiny_model_types
 
-from .conftest import TEST_IMAGE_SIZE
+from ..conftest import TEST_IMAGE_SIZE
 
 
 def _layer0_input(model, inputs):

@@ -30,7 +30,7 @@ from interp.models.tiny.real_shapes import (
     save_real,
 )
 
-from .conftest import make_image
+from ..conftest import make_image
 
 QUESTION = "What is in the picture?"
 

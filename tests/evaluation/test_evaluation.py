@@ -33,9 +33,9 @@ from interp.evaluation.results import IDENTITY_KEYS, ResultsLog, meta_path, read
 from interp.evaluation.runner import effective_batch_size, generate_replies
 from interp.outputs import OutputError, lock_path
 
-from .conftest import tiny_vlm
-from .test_outputs import in_mount_namespace, one_line, snapshot, start_python, wait_for_line
-from .test_tasks import write_pope
+from ..conftest import tiny_vlm
+from ..test_outputs import in_mount_namespace, one_line, snapshot, start_python, wait_for_line
+from ..data.test_tasks import write_pope
 
 SHORT = "Answer the question using a single word or phrase."
 RUN = dict(limit=8, max_new_tokens=3, progress=False)
@@ -192,7 +192,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(vlm, reference, tmp_pa
     process = subprocess.Popen(
         [sys.executable, "-c", script, str(out)],
         env=env,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
