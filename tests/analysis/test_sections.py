@@ -116,3 +116,37 @@ def _run_raw(out, seed: int) -> None:
     config = ReproduceConfig(patching_pairs=2, lens_samples=2, n_boot=50, seed=seed, progress=False)
     data = SyntheticVQA("test", image_size=vlm.scene_size)
     reproduce(vlm, data, out, dataset="synthetic:test", limit=2, config=config)
+
+
+def test_image_encodings_per_question_pair_and_sample(tmp_path):
+    """Counted with a forward hook on the vision tower: the core phases encode each question's image
+    once for its clean pass and twice for the crop baseline's two-image prompt (image and crop),
+    plus the two example answers; exact patching and attribution at most twice per pair each
+    (source and base); the image-token lens once per sample."""
+    import interp
+    from interp.analysis.reproduce import reproduce
+    from interp.data.synthetic import SyntheticVQA
+
+    vlm = interp.load("tiny:llava")
+    first_block = vlm.adapter.resolve(vlm.model, "vision_layers")[0]
+    encoded = []
+    handle = first_block.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+    data = SyntheticVQA("test", image_size=vlm.scene_size)
+
+    def count(name: str, **sections) -> int:
+        encoded.clear()
+        config = ReproduceConfig(n_boot=50, progress=False, **sections)
+        reproduce(vlm, data, tmp_path / name, dataset="synthetic:test", limit=3, config=config)
+        return sum(encoded)
+
+    try:
+        core = count("core", patching_pairs=0, lens_samples=0)
+        exact = count("exact", patching_pairs=3, patching_exact=3, patching_cell_pairs=0, lens_samples=0)
+        estimate = count("estimate", patching_pairs=3, patching_exact=0, lens_samples=0)
+        lens = count("lens", patching_pairs=0, lens_samples=3)
+    finally:
+        handle.remove()
+    assert core == 3 + 2 * 3 + 2
+    assert exact - core <= 2 * 3 + 2 * 3  # exact patching and attribution, each on 3 pairs
+    assert estimate - core <= 2 * 3
+    assert lens - core <= 3
