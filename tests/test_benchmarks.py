@@ -208,3 +208,29 @@ def test_batching_benchmark_counts_one_forward_per_batch():
     assert forwards["batch_2"]["layer_token_rows_per_question"] > forwards["batch_1"]["layer_token_rows_per_question"]
     assert details["worst_share_of_tolerance"] <= 1 and details["max_abs_diff"] < 1e-4
     assert len(details["timing"]["per_round"]) == 1
+
+
+def test_attribution_benchmark_stages_resume_and_keep_the_computing_calls_time(tmp_path):
+    """A stage's rows are read back on a rerun; its time per pair is that of the calls that computed
+    pairs (kept in ``<stage>.timing.json``), never a resumed call's near-zero time."""
+    import pandas as pd
+
+    from benchmarks.attribution import _stage
+
+    def compute(total: int):
+        def run(log):
+            rows = [{"pair": f"p{i}"} for i in range(total)]
+            if log is not None:  # as a RowLog does: one line per finished pair
+                log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            return pd.DataFrame(rows)
+
+        return run
+
+    frame, first = _stage(tmp_path, "grid", compute(3))
+    assert len(frame) == 3 and first > 0
+    timing = json.loads((tmp_path / "grid.timing.json").read_text())
+    assert timing["pairs"] == 3
+    again, per_pair = _stage(tmp_path, "grid", compute(3))  # everything read back: nothing timed
+    assert per_pair == first and json.loads((tmp_path / "grid.timing.json").read_text()) == timing
+    _, in_memory = _stage(None, "grid", compute(2))
+    assert in_memory > 0 and not (tmp_path / "None").exists()
