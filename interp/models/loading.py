@@ -75,6 +75,8 @@ def resolve_config(name: str) -> tuple[str | None, str, Any]:
     label = None
     if name in VARIANTS:
         label, name = name, str(organism_dir(name))
+    elif name.startswith("organism") and "/" not in name and not Path(name).exists():
+        raise InterpError(f"unknown organism {name!r}; the shipped organisms are {', '.join(VARIANTS)}")
 
     local = Path(name).expanduser()
     if Path(name).is_absolute() or name.startswith((".", "~")) or local.exists():

@@ -143,6 +143,13 @@ def test_bad_planted_input_is_one_line(tmp_path, capsys):
         main(["organism", "train", "--planted", "organism-planted-nowhere"])
     assert stop.value.code == 2
     assert main(["organism", "train", "--planted", "organism-planted-late", "--arch", "qwen2_vl"]) == 2
+    capsys.readouterr()
+    bench = tmp_path / "bench"
+    assert main(["faithfulness", "--model", "organism-planted-nowhere", "--out", str(bench)]) == 2
+    assert "unknown organism 'organism-planted-nowhere'; the shipped organisms are" in capsys.readouterr().err
+    assert main(["faithfulness", "--model", "organism", "--out", str(bench)]) == 2  # no planted layers
+    assert "no known reading layers" in capsys.readouterr().err
+    assert not bench.exists()
 
 
 def test_card_bars_by_hand_and_the_card_renders(tmp_path):
