@@ -123,3 +123,42 @@ def assert_reports_close(a: dict, b: dict, atol: float = 0.0) -> None:
         if not (math.isnan(x[key]) and math.isnan(y[key])) and not abs(x[key] - y[key]) <= atol
     ]
     assert not bad, bad[:5]
+
+
+# -- helpers shared by several test modules -------------------------------------------------
+
+
+def square_items(vlm, n: int = 2) -> list:
+    """``n`` items of a plain image each, asking for the colour of a square in its top-left quarter."""
+    from interp.analysis.items import Item
+
+    size = TEST_IMAGE_SIZE
+    return [
+        Item(
+            id=str(i),
+            image=make_image(*size, seed=i),
+            question="What colour is the square?",
+            answers=("red",),
+            kind="attribute",
+            boxes=((0, 0, size[1] // 2, size[0] // 2),),
+        )
+        for i in range(n)
+    ]
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """Exit code and stderr of ``interp argv``; argparse exits are caught."""
+    from interp.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def one_line(text: str) -> str:
+    """The one non-empty line of ``text`` (a command's error output)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]

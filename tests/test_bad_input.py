@@ -20,24 +20,9 @@ from interp.cli import main
 from interp.cli_args import model_and_kwargs, parse_model_args
 from interp.errors import InputError, InterpError, LayerIndexError
 
-from .conftest import make_image, sample_for, tiny_vlm
+from .conftest import cli, make_image, one_line, sample_for, tiny_vlm
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    """Exit code and stderr of ``interp argv``; argparse exits are caught."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
-
-
-def one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 # -- the command line ---------------------------------------------------------------

@@ -14,9 +14,7 @@ import interp
 from interp.analysis.reproduce import ReproduceConfig, reproduce
 from interp.errors import InputError, InterpError
 
-from .conftest import sample_for, tiny_vlm
-from .analysis.test_analysis import _items
-from .test_bad_input import cli, one_line
+from .conftest import cli, one_line, sample_for, square_items, tiny_vlm
 
 
 def _no_loading(monkeypatch):
@@ -81,7 +79,7 @@ def test_counts_are_checked_by_the_parser(capsys, monkeypatch, tmp_path, argv):
 
 def test_window_longer_than_the_model_and_zero_n_boot_before_any_compute(tmp_path):
     vlm = tiny_vlm("llava", "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     vlm.counts.clear()
     with pytest.raises(InterpError, match=f"window 50 is longer than the model's {vlm.n_layers} decoder layers"):
         reproduce(vlm, items, tmp_path / "a", config=ReproduceConfig(window=50, progress=False))
@@ -160,7 +158,7 @@ def test_the_masking_scale_as_each_dtype_holds_it():
 
 def test_a_float16_run_states_that_its_mask_is_exact_zero(tmp_path):
     vlm = interp.load("tiny:llava", dtype="float16")
-    report = reproduce(vlm, _items(vlm, 2), tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
+    report = reproduce(vlm, square_items(vlm, 2), tmp_path / "run", config=ReproduceConfig(progress=False, n_boot=50))
     assert report["config"]["scale_in_dtype"] == 0.0 and report["config"]["dtype"] == "float16"
     assert "Masking scale: x1e-09 is 0 in float16" in (tmp_path / "run" / "report.md").read_text()
 

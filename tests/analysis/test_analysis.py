@@ -21,7 +21,7 @@ import torch
 from interp.analysis.attention import attention_maps, layer_distances, persistent_noise, relevant_mass
 from interp.analysis.contrastive import compare_to_baseline, contrastive_eval
 from interp.interventions.distance import hellinger, jsd
-from interp.analysis.items import Item, as_items
+from interp.analysis.items import as_items
 from interp.analysis.logit_lens import early_output
 from interp.analysis.stats import bootstrap_mean_ci, detect_fusion, layer_effects, mcnemar_exact, per_layer_ci
 from interp.analysis.sweep import VARIANTS, masking_sweep
@@ -30,22 +30,7 @@ from interp.data.synthetic import SyntheticVQA
 from interp.errors import InterpError
 from interp.interventions.contrastive import bottom_fraction, contrast
 
-from ..conftest import TEST_IMAGE_SIZE, make_image, tiny_vlm
-
-
-def _items(vlm, n=2):
-    size = TEST_IMAGE_SIZE
-    return [
-        Item(
-            id=str(i),
-            image=make_image(*size, seed=i),
-            question="What colour is the square?",
-            answers=("red",),
-            kind="attribute",
-            boxes=((0, 0, size[1] // 2, size[0] // 2),),
-        )
-        for i in range(n)
-    ]
+from ..conftest import square_items, tiny_vlm
 
 
 def _hf_logprobs(vlm, tf):
@@ -58,7 +43,7 @@ def _hf_logprobs(vlm, tf):
 
 def test_teacher_forcing_matches_generation_and_plain_forward():
     vlm = tiny_vlm("llava", "sdpa")
-    item = _items(vlm, 1)[0]
+    item = square_items(vlm, 1)[0]
     prepared = vlm.prepare(item.image, item.question)
     generated = vlm.run(prepared, generate=True, max_new_tokens=4)
     tokenizer = vlm.processor.tokenizer
@@ -82,7 +67,7 @@ def test_teacher_forcing_matches_generation_and_plain_forward():
 )
 def test_fast_sweep_equals_naive_rerun(model_type, attn):
     vlm = tiny_vlm(model_type, attn)
-    items = _items(vlm, 2)
+    items = square_items(vlm, 2)
     kwargs = dict(variants=VARIANTS, window=2, progress=False)
     fast = masking_sweep(vlm, items, mode="fast", **kwargs)
     naive = masking_sweep(vlm, items, mode="naive", **kwargs)
@@ -100,7 +85,7 @@ def test_fast_sweep_equals_naive_rerun(model_type, attn):
 def test_sweep_matches_plain_pytorch_hooks():
     """Scaling image tokens at layer l with a forward-pre-hook gives the sweep's numbers."""
     vlm = tiny_vlm("llava", "sdpa")
-    item = _items(vlm, 1)[0]
+    item = square_items(vlm, 1)[0]
     sweep = masking_sweep(vlm, [item], variants=("single",), mode="fast", progress=False)
     prepared = vlm.prepare(item.image, item.question)
     tf = teacher_force(vlm, prepared, item.answers[0])
@@ -127,7 +112,7 @@ def test_sweep_matches_plain_pytorch_hooks():
 
 def test_fast_sweep_refused_where_it_cannot_apply():
     vlm = tiny_vlm("qwen3_vl", "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     with pytest.raises(InterpError, match="DeepStack"):
         masking_sweep(vlm, items, mode="fast", progress=False)
     auto = masking_sweep(vlm, items, variants=("single",), progress=False)
@@ -138,7 +123,7 @@ def test_fast_sweep_refused_where_it_cannot_apply():
 
 def test_contrastive_fast_equals_one_trace_intervention():
     vlm = tiny_vlm("llava", "sdpa")
-    items = _items(vlm, 2)
+    items = square_items(vlm, 2)
     review = vlm.n_layers - 1
     kwargs = dict(review_layer=review, fusion_layers=[0], crop=False, progress=False)
     fast = contrastive_eval(vlm, items, mode="fast", **kwargs)
@@ -289,7 +274,7 @@ def test_the_committed_run_keeps_its_findings():
 
 def test_attention_maps_and_masses_by_hand():
     vlm = tiny_vlm("llava", "eager")
-    item = _items(vlm, 1)[0]
+    item = square_items(vlm, 1)[0]
     maps = attention_maps(vlm, [item], progress=False)
     prepared = vlm.prepare(item.image, item.question)
     with torch.no_grad():
@@ -314,7 +299,7 @@ def test_attention_maps_and_masses_by_hand():
 
 def test_early_output_last_layer_is_the_model_output():
     vlm = tiny_vlm("llava", "sdpa")
-    item = _items(vlm, 1)[0]
+    item = square_items(vlm, 1)[0]
     lens = early_output(vlm, [item], progress=False)
     tf = teacher_force(vlm, vlm.prepare(item.image, item.question), item.answers[0])
     picked, _ = _hf_logprobs(vlm, tf)
@@ -326,7 +311,7 @@ def test_early_output_last_layer_is_the_model_output():
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "idefics3"])
 def test_analyses_run_unchanged_on_other_families(model_type):
     vlm = tiny_vlm(model_type, "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     sweep = masking_sweep(vlm, items, variants=("single", "knockout_last"), progress=False)
     assert len(sweep) == 1 + 2 * vlm.n_layers
     maps = attention_maps(vlm, items, progress=False)
@@ -338,7 +323,7 @@ def test_analyses_run_unchanged_on_other_families(model_type):
 
 def test_analyses_under_remote_local_equal_local():
     vlm = tiny_vlm("llava", "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     local = masking_sweep(vlm, items, variants=("single",), mode="naive", progress=False)
     remote = masking_sweep(vlm, items, variants=("single",), mode="naive", remote="local", progress=False)
     assert np.allclose(local.logprob, remote.logprob, atol=1e-5)

@@ -26,8 +26,7 @@ from interp.engine.restarts import RestartGroup, restart, restart_many
 from interp.engine.row_suffix import first_changed_row
 from interp.interventions import AttentionKnockout, Intervention, Plan, ScaleImageTokens
 
-from ..conftest import tiny_vlm
-from ..analysis.test_analysis import _items
+from ..conftest import square_items, tiny_vlm
 
 KEYS = ["item", "variant", "layer"]
 
@@ -35,7 +34,7 @@ KEYS = ["item", "variant", "layer"]
 @pytest.mark.parametrize("model_type,attn", [("llava", "sdpa"), ("gemma3", "sdpa"), ("qwen2_vl", "sdpa")])
 def test_generation_scored_fast_sweep_equals_naive(model_type, attn):
     vlm = tiny_vlm(model_type, attn)
-    items = _items(vlm, 2)
+    items = square_items(vlm, 2)
     kwargs = dict(variants=VARIANTS, window=2, scoring="generate", max_new_tokens=4, progress=False)
     vlm.counts.clear()
     fast = masking_sweep(vlm, items, mode="fast", **kwargs)
@@ -54,7 +53,7 @@ def test_generation_scored_fast_sweep_equals_naive(model_type, attn):
 
 def test_generation_sweep_decodes_in_batches_and_auto_picks_fast():
     vlm = tiny_vlm("llava", "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     kwargs = dict(variants=("single", "knockout_last"), window=2, scoring="generate", max_new_tokens=3, progress=False)
     whole = masking_sweep(vlm, items, **kwargs)
     assert whole.attrs["mode"] == "fast"
@@ -68,7 +67,7 @@ def test_teacher_forced_prompt_rows_equal_the_prompt_pass(model_type):
     """What the generation path takes from the teacher-forced pass (its prompt rows' keys and
     values) is what a clean pass of the prompt alone computes."""
     vlm = tiny_vlm(model_type, "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     prompt = capture(vlm, sp.prepared, torch.tensor([sp.prepared.seq_len - 1]), keep_kv=True)
     n = sp.prepared.seq_len
     for (k_tf, v_tf), (k, v) in zip(fill_kv(vlm, sp.clean), prompt.kv):
@@ -91,7 +90,7 @@ def _sweep(vlm, sp, rows):
 )
 def test_row_level_restart_equals_every_row(model_type, attn):
     vlm = tiny_vlm(model_type, attn)
-    for item in _items(vlm, 2):
+    for item in square_items(vlm, 2):
         sp = sample_pass(vlm, item, restartable=True, attention_layers=None, residual_layers=None)
         rows, rows_counts = _sweep(vlm, sp, True)
         full, full_counts = _sweep(vlm, sp, False)
@@ -107,7 +106,7 @@ def test_row_level_restart_equals_every_row(model_type, attn):
 
 def test_first_changed_row_by_hand():
     vlm = tiny_vlm("llava", "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     tf = sp.tf
     image, question = tf.prepared.image_positions, tf.prepared.question_positions
 
@@ -129,7 +128,7 @@ def test_first_changed_row_respects_bidirectional_image_attention():
     """Gemma3's image tokens attend to each other both ways: a change at a middle image row
     reaches the image rows before it, so the restart starts at the first image token."""
     vlm = tiny_vlm("gemma3", "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     image = sp.tf.prepared.image_positions
     middle = int(image[len(image) // 2])
     bound = Plan(AttentionKnockout([middle], "text", [1])).bind(vlm, sp.tf.prepared)
@@ -142,7 +141,7 @@ def test_first_changed_row_respects_bidirectional_image_attention():
 
 def test_shared_layer_forward_for_identical_inputs():
     vlm = tiny_vlm("llava", "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     n_layers, start = vlm.n_layers, 1
     variants = [
         Plan(ScaleImageTokens(layers, 1e-9)).bind(vlm, sp.tf.prepared)
@@ -187,7 +186,7 @@ def test_layer_major_restart_equals_each_group_alone(model_type):
     each group restarted alone, in the final hidden states and in every layer's prompt keys and
     values; it makes fewer layer calls for the same layer-row work."""
     vlm = tiny_vlm(model_type, "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     groups = _mixed_groups(vlm, sp)
     assert len({g.first_row for g in groups}) == 3 and len({g.start for g in groups}) == vlm.n_layers
     kv_rows = sp.tf.prompt_len
@@ -217,7 +216,7 @@ def test_last_layer_output_projection_and_mlp_run_on_the_scored_rows_only():
     """Nothing reads the last layer's other rows: its o_proj and MLP see the scored rows only,
     and the scored hidden states equal the full layer's (an independent full-row run)."""
     vlm = tiny_vlm("llava", "sdpa")
-    sp = sample_pass(vlm, _items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
+    sp = sample_pass(vlm, square_items(vlm, 1)[0], restartable=True, attention_layers=None, residual_layers=None)
     last = vlm.n_layers - 1
     bound = Plan(ScaleImageTokens([last], 1e-9)).bind(vlm, sp.tf.prepared)
     row = first_changed_row(vlm, sp.clean, last, [bound])

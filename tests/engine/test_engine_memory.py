@@ -17,8 +17,7 @@ from interp.analysis.sweep import VARIANTS, masking_sweep
 from interp.engine.memory import KV_COPIES, decode_batch_for, kv_bytes, layer_devices, resolve_decode_batch
 from interp.errors import InterpError
 
-from ..conftest import tiny_vlm
-from ..analysis.test_analysis import _items
+from ..conftest import square_items, tiny_vlm
 
 
 def test_kv_bytes_and_decode_batch_by_hand():
@@ -40,7 +39,7 @@ def test_kv_bytes_and_decode_batch_by_hand():
 
 def test_sweep_decodes_in_bounded_slices_with_the_same_predictions(monkeypatch):
     vlm = tiny_vlm("llava", "sdpa")
-    items = _items(vlm, 1)
+    items = square_items(vlm, 1)
     calls: list[int] = []
     real = sweep_module.greedy_continue
 
@@ -76,7 +75,7 @@ def test_decode_slices_never_split_a_group():
 def test_bad_decode_batch_is_one_line(value):
     vlm = tiny_vlm("llava", "sdpa")
     with pytest.raises(InterpError, match="decode_batch"):
-        masking_sweep(vlm, _items(vlm, 1), scoring="generate", decode_batch=value, progress=False)
+        masking_sweep(vlm, square_items(vlm, 1), scoring="generate", decode_batch=value, progress=False)
 
 
 def test_decode_batch_flag(tmp_path, capsys):
