@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= figures
 LIMIT  ?= 60
+# of the LIMIT counterfactual pairs attribution patching estimates, how many exact patching validates
+EXACT  ?= 15
 # pytest-xdist workers for `make test` (one torch thread each); JOBS=0 runs the suite in this process
 JOBS   ?= 2
 # the exact versions the suite last passed with; `make test CONSTRAINTS=` installs the newest allowed instead
@@ -29,7 +31,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 setup: $(VENV)/.installed
 
 main: setup
-	$(BIN)/interp reproduce --model organism --out $(OUT) --limit $(LIMIT)
+	$(BIN)/interp reproduce --model organism --out $(OUT) --limit $(LIMIT) --patching-exact $(EXACT)
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope
