@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -162,3 +164,40 @@ def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
     return lines[0]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    """The ``i``-th test image colour (distinct for small ``i``)."""
+    return (40 * i % 256, 200, 255 - 30 * i % 256)
+
+
+def save_image(path: Path, i: int) -> Path:
+    """A small plain image of :func:`colour` ``i`` at ``path`` (directories made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 10), colour(i)).save(path)
+    return path
+
+
+def write_pope(root: Path, categories=("adversarial", "popular", "random")) -> Path:
+    """POPE's official layout under ``root``: two questions per category, their two COCO images."""
+    for category in categories:
+        lines = [
+            {
+                "question_id": 1,
+                "image": "COCO_val2014_000000310196.jpg",
+                "text": "Is there a snowboard in the image? ",
+                "label": "yes",
+            },
+            {
+                "question_id": 2,
+                "image": "COCO_val2014_000000210789.jpg",
+                "text": f"Is there a {category} dog in the image?",
+                "label": "no",
+            },
+        ]
+        path = root / "coco" / f"coco_pope_{category}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    save_image(root / "val2014" / "COCO_val2014_000000310196.jpg", 11)
+    save_image(root / "val2014" / "COCO_val2014_000000210789.jpg", 12)
+    return root

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -39,91 +35,7 @@ from interp.outputs import (
     write_atomic,
 )
 
-ROOT = Path(__file__).parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-}
-
-
-# -- helpers shared with test_evaluation ------------------------------------------------------------
-
-
-def snapshot(*paths: Path) -> dict:
-    """Every file under ``paths`` (files or directories) with its bytes: to prove nothing changed."""
-    out = {}
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                out[str(file)] = file.read_bytes() if file.is_file() else None
-        elif path.exists():
-            out[str(path)] = path.read_bytes()
-        else:
-            out[str(path)] = "absent"
-    return out
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error)
-    assert "\n" not in text and text
-    return text
-
-
-def start_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-        env=ENV,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
-def wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.strip() == expected:
-            return line
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"the helper process never printed {expected!r}: {process.stderr.read()[-2000:]}")
-
-
-def in_mount_namespace(script: str, mounts: dict[str, str], *args: str, timeout: float = 300) -> dict:
-    """Run Python ``script`` in a private mount namespace where each directory of ``mounts``
-    is a fresh tmpfs with those mount options (e.g. ``"size=256k"``, ``"ro,size=64k"``).
-
-    The mounts vanish with the process. Root uses ``unshare -m``; other users a user
-    namespace (``unshare -rm``). The script prints one JSON object, returned here.
-    """
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs util-linux unshare to mount a small or read-only tmpfs")
-    flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
-    setup = " && ".join(f"mkdir -p {d} && mount -t tmpfs -o {o} tmpfs {d}" for d, o in mounts.items())
-    command = [
-        unshare,
-        *flags,
-        "sh",
-        "-c",
-        f'{setup} && exec {shlex.quote(sys.executable)} -c "$0" "$@"',
-        textwrap.dedent(script),
-        *map(str, args),
-    ]
-    result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0 and result.stderr.startswith(("mount", "unshare", "mkdir")):
-        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {result.stderr.strip()[:200]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
+from .processes import error_line, in_mount_namespace, snapshot, start_python, wait_for_line
 
 # -- checks before compute -----------------------------------------------------------------------------
 
@@ -143,7 +55,7 @@ def test_check_output_gives_one_line_per_bad_location(tmp_path):
     for path, kind, message in cases:
         with pytest.raises(OutputError) as error:
             check_output(path, kind)
-        assert message in one_line(error.value)
+        assert message in error_line(error.value)
     assert snapshot(tmp_path) == before  # nothing written, nothing left behind
     assert (
         check_output(existing, "file") == existing
@@ -232,7 +144,7 @@ def test_a_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path):
         wait_for_line(holder, "held")
         with pytest.raises(OutputLockedError) as error:
             OutputLock(target).acquire()
-        message = one_line(error.value)
+        message = error_line(error.value)
         assert f"{target} is being written by another process (pid {holder.pid} on " in message
         assert "wait for it to finish or use another --out" in message
         with pytest.raises(OutputLockedError):
@@ -350,7 +262,7 @@ def test_settings_record_is_written_once_and_checked(tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(SettingsMismatchError) as error:
         record.claim({"model": "m", "limit": 2})
-    assert f"{tmp_path} holds a run with other settings: limit (6 there, 2 now); it is left untouched" in one_line(
+    assert f"{tmp_path} holds a run with other settings: limit (6 there, 2 now); it is left untouched" in error_line(
         error.value
     )
     (tmp_path / "other.json").write_text("[1, 2]")
@@ -427,7 +339,7 @@ def test_run_dir_resumes_units_and_refuses_other_runs(tmp_path):
     before = snapshot(run_path)
     with pytest.raises(SettingsMismatchError) as error:
         RunDir(run_path, {**SETTINGS, "limit": 2}, identity=("model", "limit")).open()
-    assert "holds a run with other settings: limit (6 there, 2 now); it is left untouched" in one_line(error.value)
+    assert "holds a run with other settings: limit (6 there, 2 now); it is left untouched" in error_line(error.value)
     assert snapshot(run_path) == before  # the lock file came and went; every file byte for byte the same
 
     crashed = tmp_path / "crashed"  # a first run killed while writing its settings leaves only a temporary file

@@ -26,6 +26,8 @@ from interp.data.tasks import (
     load_task,
 )
 
+from ..conftest import colour, save_image, write_pope
+
 ANSWERS_A = [
     "coca cola",
     "coca cola",
@@ -39,16 +41,6 @@ ANSWERS_A = [
     "cola",
 ]
 ANSWERS_B = ["two", "2", "2", "two", "3", "2", "2", "two", "2", "2"]
-
-
-def colour(i: int) -> tuple[int, int, int]:
-    return (40 * i % 256, 200, 255 - 30 * i % 256)
-
-
-def save_image(path: Path, i: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (12, 10), colour(i)).save(path)
-    return path
 
 
 def pixel(doc) -> tuple[int, int, int]:
@@ -225,30 +217,6 @@ def write_docvqa(root: Path) -> Path:
     write_json(root / "val_v1.0.json", {"dataset_name": "docvqa", "dataset_split": "val", "data": data})
     save_image(root / "documents" / "txpn0095_1.png", 9)
     save_image(root / "documents" / "abc_2.png", 10)
-    return root
-
-
-def write_pope(root: Path, categories=("adversarial", "popular", "random")) -> Path:
-    for category in categories:
-        lines = [
-            {
-                "question_id": 1,
-                "image": "COCO_val2014_000000310196.jpg",
-                "text": "Is there a snowboard in the image? ",
-                "label": "yes",
-            },
-            {
-                "question_id": 2,
-                "image": "COCO_val2014_000000210789.jpg",
-                "text": f"Is there a {category} dog in the image?",
-                "label": "no",
-            },
-        ]
-        path = root / "coco" / f"coco_pope_{category}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    save_image(root / "val2014" / "COCO_val2014_000000310196.jpg", 11)
-    save_image(root / "val2014" / "COCO_val2014_000000210789.jpg", 12)
     return root
 
 

@@ -33,9 +33,8 @@ from interp.evaluation.results import IDENTITY_KEYS, ResultsLog, meta_path, read
 from interp.evaluation.runner import effective_batch_size, generate_replies
 from interp.outputs import OutputError, lock_path
 
-from ..conftest import tiny_vlm
-from ..test_outputs import in_mount_namespace, one_line, snapshot, start_python, wait_for_line
-from ..data.test_tasks import write_pope
+from ..conftest import tiny_vlm, write_pope
+from ..processes import error_line, in_mount_namespace, snapshot, start_python, wait_for_line
 
 SHORT = "Answer the question using a single word or phrase."
 RUN = dict(limit=8, max_new_tokens=3, progress=False)
@@ -276,7 +275,7 @@ def test_resume_refuses_a_damaged_middle_line_untouched(tmp_path):
     for _ in range(2):  # refused, lock released: the second try is refused the same way
         with pytest.raises(ResultsFileError) as error, ResultsLog(out) as log:
             log.resume(meta)
-        assert one_line(error.value) == (
+        assert error_line(error.value) == (
             f"{out}:2 is not a complete JSON line; the file is damaged, not just cut off at the end"
         )
         assert snapshot(out, meta_path(out)) == before and not lock_path(out).exists()
@@ -453,7 +452,7 @@ def test_resume_checks_the_settings_before_repairing_a_cut_line(vlm, reference, 
     before = snapshot(out, meta_path(out))
     with pytest.raises(ResumeError) as error:
         evaluate(vlm, "synthetic", out=out, batch_size=2, limit=8, max_new_tokens=2, progress=False)
-    assert "different max_new_tokens (3 there, 2 now)" in one_line(error.value)
+    assert "different max_new_tokens (3 there, 2 now)" in error_line(error.value)
     assert snapshot(out, meta_path(out)) == before  # the cut line is still there: the file is not this run's
     meta_path(out).write_text('{"model": ')  # a damaged sidecar: nothing is proven, nothing touched
     before = snapshot(out, meta_path(out))
@@ -494,7 +493,7 @@ def test_out_that_is_a_directory_a_device_or_under_a_file(vlm, tmp_path, capsys,
         assert message in cli_error(main, ["merge", "--out", str(out), str(a_file)], capsys)
         with pytest.raises(OutputError) as error:
             evaluate(vlm, "synthetic", out=out, **RUN)
-        assert message in one_line(error.value)
+        assert message in error_line(error.value)
     assert a_file.read_bytes() == b"keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
 
 
