@@ -11,10 +11,10 @@ the base the scene with one controlled change.
   the runs).
 * :func:`patching_sweep` patches the source's activations into the base at every layer,
   site and position group (and per image cell at chosen layers) and returns a tidy
-  DataFrame; ``resid_pre`` runs on the captured-prefix fast path
+  DataFrame; every patchable site runs on the captured-prefix fast path
   (:mod:`interp.engine.prefix`: each pair's source and base captured once, the base
-  restarted at layer ``l`` with the source's values written in), other sites through
-  sessions.
+  restarted at layer ``l`` with the source's values written in); ``mode="naive"``, a remote
+  run or a family without prefix reuse patches through sessions.
 
 Metric: the logit difference ``LD = logit(source answer) - logit(base answer)`` at the
 last prompt position, each answer represented by its *first* token as generated after
