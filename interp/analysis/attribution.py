@@ -161,7 +161,7 @@ def _attention_change(call_inputs, site: str, positions: torch.Tensor, replaceme
         ``(rows, change)``: the query rows that change and their output change ``(rows, heads, d)``
         (float32, detached).
     """
-    from ..interventions.runtime import attention_probs
+    from ..interventions.runtime import attention_probs, expand_kv
 
     args, kwargs = call_inputs
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
@@ -172,10 +172,7 @@ def _attention_change(call_inputs, site: str, positions: torch.Tensor, replaceme
     rows = positions if site == "q" else torch.arange(args[1].shape[-2])
     before = attention_probs((args, kwargs), rows=rows).float()
     after = attention_probs((changed, kwargs), rows=rows).float()
-    value = args[3].float()
-    n_rep = before.shape[1] // value.shape[1]
-    if n_rep > 1:
-        value = value.repeat_interleave(n_rep, dim=1)
+    value = expand_kv(args[3].float(), before.shape[1])
     return rows, ((after - before) @ value)[0].transpose(0, 1)  # (rows, heads, d)
 
 
@@ -644,7 +641,8 @@ def agreement(
             if not scored.empty
             else np.empty(0)
         )
-        dropped = _graddrop_scores(np.nanmean(ex, axis=0), graddrop, top_k) if scored_any else {}
+        mean_ex, mean_es = np.nanmean(ex, axis=0), np.nanmean(es, axis=0)
+        dropped = _graddrop_scores(mean_ex, graddrop, top_k) if scored_any else {}
 
         everyone = np.arange(len(pairs))
         point = _rank_correlation(ex, es, everyone)
@@ -654,10 +652,7 @@ def agreement(
             else []
         )
         boots = [b for b in boots if not np.isnan(b)]
-        mean_ex, mean_es = np.nanmean(ex, axis=0), np.nanmean(es, axis=0)
         k = min(top_k, len(mean_ex))
-        top_ex = set(np.argsort(-np.abs(mean_ex))[:k])
-        top_es = set(np.argsort(-np.abs(mean_es))[:k])
         signed = np.abs(mean_ex) > sign_threshold
         out.append(
             {
@@ -670,7 +665,7 @@ def agreement(
                 "low": float(np.percentile(boots, 2.5)) if boots else float("nan"),
                 "high": float(np.percentile(boots, 97.5)) if boots else float("nan"),
                 "top_k": k,
-                "top_k_overlap": len(top_ex & top_es) / k if k else float("nan"),
+                "top_k_overlap": _top_overlap(np.abs(mean_ex), np.abs(mean_es), k),
                 "sign_agreement": float((np.sign(mean_ex[signed]) == np.sign(mean_es[signed])).mean())
                 if signed.any()
                 else float("nan"),
@@ -690,7 +685,12 @@ def _graddrop_scores(mean_exact: np.ndarray, graddrop: np.ndarray, top_k: int) -
         return empty
     scores = np.nanmean(graddrop, axis=0)
     size = np.abs(mean_exact)
-    k = min(top_k, len(size))
     rho = float(spearmanr(size, scores, nan_policy="omit").statistic) if np.nanstd(scores) > 0 else float("nan")
-    top = set(np.argsort(-size)[:k]) & set(np.argsort(-scores)[:k])
-    return {"graddrop_spearman": rho, "graddrop_top_k_overlap": len(top) / k if k else float("nan")}
+    return {"graddrop_spearman": rho, "graddrop_top_k_overlap": _top_overlap(size, scores, min(top_k, len(size)))}
+
+
+def _top_overlap(first: np.ndarray, second: np.ndarray, k: int) -> float:
+    """The share of the ``k`` largest entries of ``first`` that are among the ``k`` largest of ``second``."""
+    if not k:
+        return float("nan")
+    return len(set(np.argsort(-first)[:k]) & set(np.argsort(-second)[:k])) / k

@@ -50,14 +50,11 @@ def _knocked_out_change(call_inputs, rows: torch.Tensor, image: torch.Tensor) ->
     """The exact change of each head's output at query ``rows`` when their edges to the ``image``
     keys are cut and the softmax renormalises over the rest: ``(m z - s) / (1 - m)``, with ``m``
     the cut mass, ``s`` the cut part of the output and ``z`` the output (batch, rows, heads, d)."""
-    from ..interventions.runtime import attention_probs
+    from ..interventions.runtime import attention_probs, expand_kv
 
     args, _ = call_inputs
     probs = attention_probs(call_inputs, rows=rows).float().detach()  # (batch, heads, rows, keys)
-    value = args[3].detach().float()  # (batch, kv heads, keys, d)
-    n_rep = probs.shape[1] // value.shape[1]
-    if n_rep > 1:
-        value = value.repeat_interleave(n_rep, dim=1)
+    value = expand_kv(args[3].detach().float(), probs.shape[1])  # (batch, heads, keys, d)
     image = image.to(probs.device)
     cut = probs[..., image]
     mass = cut.sum(-1, keepdim=True)

@@ -119,6 +119,14 @@ def merge_heads(value):
     return value.reshape(*value.shape[:-2], value.shape[-2] * value.shape[-1]) if value.ndim == 4 else value
 
 
+def expand_kv(value, n_heads: int):
+    """Keys or values ``(batch, kv_heads, seq, d)`` repeated for grouped-query attention to
+    ``n_heads`` query heads, query head ``h`` reading KV head ``h // (n_heads // kv_heads)`` (as
+    HF's ``repeat_kv``); unchanged without grouping."""
+    n_rep = n_heads // value.shape[1]
+    return value.repeat_interleave(n_rep, dim=1) if n_rep > 1 else value
+
+
 def per_head_result(z, o_weight):
     """Each head's contribution to the attention output: ``z[..., h, :] @ W_O[:, h]^T``,
     ``(batch, seq, heads, d_model)`` (the output projection's bias, if any, excluded)."""
@@ -203,9 +211,7 @@ def attention_probs(call_inputs, rows=None):
     additive = additive_mask(mask, query, key, kwargs, rows)
     if rows is not None:
         query = query[:, :, rows]
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:
-        key = key.repeat_interleave(n_rep, dim=1)
+    key = expand_kv(key, query.shape[1])
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     softcap = kwargs.get("softcap")
     if softcap is not None:
